@@ -1,0 +1,24 @@
+"""PIP-Net: Patch-based Intuitive Prototypes for interpretable image classification.
+
+Nauta, Schlötterer, van Keulen, Seifert, CVPR 2023. See README.md for the tour.
+"""
+
+from pipnet import losses
+from pipnet.backbones import BackboneError, create_backbone, list_models
+from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, PIPNetOutput, create_model
+from pipnet.official import load_official_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneError",
+    "ModelLoadError",
+    "PIPNet",
+    "PIPNetConfig",
+    "PIPNetOutput",
+    "create_backbone",
+    "create_model",
+    "list_models",
+    "load_official_checkpoint",
+    "losses",
+]

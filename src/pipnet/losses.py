@@ -1,0 +1,54 @@
+"""The three losses of PIP-Net (spec section 3; paper Eq. 1-3).
+
+Each is a small pure function. The training step combines them with per-phase weights
+(``pipnet.train.phases``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["alignment_loss", "tanh_loss", "classification_loss"]
+
+
+def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A(a, b) = -mean_n log(sum_k a[n,k] b[n,k] + 1e-12) over (N, P) rows."""
+    return -torch.log((a * b).sum(dim=1) + 1e-12).mean()
+
+
+def alignment_loss(maps1: torch.Tensor, maps2: torch.Tensor) -> torch.Tensor:
+    """L_A = (A(z', sg(z'')) + A(z'', sg(z'))) / 2: the same patch in both views gets the same prototype.
+
+    Args:
+        maps1: prototype maps of the first view (B, P, h, w), softmax over P.
+        maps2: prototype maps of the second view (B, P, h, w).
+
+    Each half lets the gradient flow only into its non-detached side (stop-gradient on the other view).
+    """
+    z1 = maps1.permute(0, 2, 3, 1).flatten(0, 2)  # (B*h*w, P)
+    z2 = maps2.permute(0, 2, 3, 1).flatten(0, 2)  # (B*h*w, P)
+    return (_align(z1, z2.detach()) + _align(z2, z1.detach())) / 2
+
+
+def tanh_loss(presence: torch.Tensor) -> torch.Tensor:
+    """L_T of one view = -mean_k log(tanh(sum_b p[b,k]) + 1e-8): every prototype present once per batch.
+
+    Args:
+        presence: (B, P) presence scores of one view; the sum runs over the whole batch (under
+            multi-process training, pass the globally gathered presence).
+    """
+    return -torch.log(torch.tanh(presence.sum(dim=0)) + 1e-8).mean()
+
+
+def classification_loss(
+    scores: torch.Tensor, labels: torch.Tensor, multiplier: torch.Tensor | float = 2.0
+) -> torch.Tensor:
+    """L_C = NLL(log_softmax(log(out^m + 1)), y) with m = 2.
+
+    Args:
+        scores: (N, C) non-negative class scores ``out`` (both views stacked in training).
+        labels: (N,) class indices (repeated for the two views).
+        multiplier: the exponent m.
+    """
+    return F.nll_loss(F.log_softmax(torch.log1p(scores.pow(multiplier)), dim=1), labels)

@@ -1,0 +1,255 @@
+"""The PIP-Net model (spec section 1; Nauta et al., CVPR 2023, Fig. 2).
+
+    image x (B,3,H,W) -> backbone f -> z (B,D,h,w) -> add-on -> maps (B,P,h,w), softmax over P
+      -> max over h,w -> presence p (B,P) in [0,1] -> non-negative linear layer -> scores (B,C)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipnet.backbones import Backbone, create_backbone
+
+__all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError"]
+
+PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
+RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
+
+
+class ModelLoadError(ValueError):
+    """A saved model cannot be loaded (missing files, wrong architecture, corrupt weights)."""
+
+
+@dataclass
+class PIPNetConfig:
+    """Everything needed to rebuild a PIP-Net's architecture (saved as ``config.json``).
+
+    Args:
+        backbone: registered backbone name (see ``pipnet.list_models()``) or ``timm/<name>``.
+        num_classes: C.
+        num_features: 0 = no add-on conv (P = D, the default); n > 0 = a 1x1 conv to n prototypes.
+        bias: whether the classifier has a (non-negative) bias; off in the paper.
+        image_size: the input size S the model was trained at.
+        backbone_kwargs: extra arguments of the backbone builder (e.g. ``output_stride`` for timm).
+        class_names: optional names of the C classes.
+        disabled_prototypes: prototypes switched off (their presence is zeroed before the classifier).
+    """
+
+    backbone: str = "convnext_tiny_26"
+    num_classes: int = 200
+    num_features: int = 0
+    bias: bool = False
+    image_size: int = 224
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    disabled_prototypes: list[int] = field(default_factory=list)
+
+
+class PIPNetOutput(NamedTuple):
+    maps: torch.Tensor  # (B, P, h, w) prototype maps, softmax over P
+    presence: torch.Tensor  # (B, P) max of each map, in [0, 1]
+    scores: torch.Tensor  # (B, C) class scores, >= 0
+
+
+class NonNegativeLinear(nn.Module):
+    """out = p @ relu(W).T (+ b): the scoring sheet. W ~ N(1, 0.1); the exponent m is a fixed buffer."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).normal_(1.0, 0.1))  # (C, P)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # m of o = log(out^m + 1); stored like the published model, never trained.
+        self.register_buffer("multiplier", torch.tensor(2.0))
+
+    def forward(self, presence: torch.Tensor) -> torch.Tensor:
+        return F.linear(presence, F.relu(self.weight), self.bias)  # (B, C)
+
+
+class PIPNet(nn.Module):
+    """PIP-Net: a backbone, a softmax add-on giving prototype maps, max-pooling and a sparse scoring sheet."""
+
+    def __init__(self, config: PIPNetConfig, backbone: Backbone | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone if backbone is not None else create_backbone(config.backbone, **config.backbone_kwargs)
+        dim = self.backbone.num_features
+        if config.num_features > 0:
+            self.add_on = nn.Conv2d(dim, config.num_features, kernel_size=1, bias=True)
+            nn.init.xavier_uniform_(self.add_on.weight, gain=nn.init.calculate_gain("sigmoid"))
+            self.num_prototypes = config.num_features
+        else:
+            self.add_on = nn.Identity()
+            self.num_prototypes = dim
+        self.classifier = NonNegativeLinear(self.num_prototypes, config.num_classes, bias=config.bias)
+        self.register_buffer("prototype_mask", torch.ones(self.num_prototypes), persistent=False)
+        self._apply_disabled()
+
+    # ---- forward pieces (timm's names, plus `prototype_maps`) -------------------------------------
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map z (B, D, h, w)."""
+        return self.backbone(x)
+
+    def prototype_maps(self, z: torch.Tensor) -> torch.Tensor:
+        """Softmax over prototypes at every latent cell: (B, D, h, w) -> (B, P, h, w)."""
+        return torch.softmax(self.add_on(z), dim=1)
+
+    def forward_head(self, maps: torch.Tensor, inference: bool = False) -> PIPNetOutput:
+        presence = maps.amax(dim=(2, 3)) * self.prototype_mask  # (B, P)
+        scored = presence
+        if inference:
+            scored = torch.where(presence < PRESENCE_THRESHOLD, torch.zeros_like(presence), presence)
+        return PIPNetOutput(maps, presence, self.classifier(scored))  # scores (B, C)
+
+    def forward(self, x: torch.Tensor) -> PIPNetOutput:
+        """Training-time forward: every presence goes into the classifier."""
+        return self.forward_head(self.prototype_maps(self.forward_features(x)))
+
+    def predict(self, x: torch.Tensor) -> PIPNetOutput:
+        """Inference forward: presence < 0.1 is set to 0 before the classifier (``presence`` is unmasked)."""
+        return self.forward_head(self.prototype_maps(self.forward_features(x)), inference=True)
+
+    # ---- properties of the scoring sheet -------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def relevant_weights(self) -> torch.Tensor:
+        """Boolean (C, P): weights above 1e-3 (of switched-on prototypes)."""
+        return (F.relu(self.classifier.weight) * self.prototype_mask) > RELEVANCE_THRESHOLD
+
+    def used_prototypes(self) -> torch.Tensor:
+        """Indices of prototypes with a relevant weight to any class."""
+        return self.relevant_weights().any(dim=0).nonzero().flatten()
+
+    # ---- editing ----------------------------------------------------------------------------------
+
+    def disable_prototypes(self, indices: list[int]) -> None:
+        """Switch prototypes off: their presence is 0 for every class. Recorded in the saved config."""
+        bad = [i for i in indices if not 0 <= int(i) < self.num_prototypes]
+        if bad:
+            raise IndexError(f"prototype indices out of range 0..{self.num_prototypes - 1}: {bad}")
+        self.config.disabled_prototypes = sorted(set(self.config.disabled_prototypes) | {int(i) for i in indices})
+        self._apply_disabled()
+
+    def enable_prototypes(self, indices: list[int]) -> None:
+        """Switch prototypes back on."""
+        drop = {int(i) for i in indices}
+        self.config.disabled_prototypes = [i for i in self.config.disabled_prototypes if i not in drop]
+        self._apply_disabled()
+
+    def _apply_disabled(self) -> None:
+        self.prototype_mask.fill_(1.0)
+        if self.config.disabled_prototypes:
+            self.prototype_mask[torch.tensor(self.config.disabled_prototypes, dtype=torch.long)] = 0.0
+
+    # ---- saving and loading -------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        from pipnet.utils import atomic_write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_write(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "library": "pipnet"})
+        with atomic_write(directory / "config.json") as tmp:
+            tmp.write_text(json.dumps(asdict(self.config), indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> PIPNet:
+        """Load a model written by :meth:`save_pretrained`."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise ModelLoadError(f"{directory} is not a saved PIP-Net: {p.name} is missing")
+        try:
+            raw = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from e
+        known = set(PIPNetConfig.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ModelLoadError(f"{config_path} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        model = cls(PIPNetConfig(**raw))
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"{weights_path} is corrupt or truncated: {e}") from e
+        load_state_dict_checked(model, state, source=str(weights_path))
+        return model
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with an error message that names what does not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"shape mismatches (e.g. {wrong[:3]})")
+        raise ModelLoadError(f"{source} does not fit this model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def create_model(
+    backbone: str = "convnext_tiny_26",
+    num_classes: int = 200,
+    *,
+    pretrained: bool | str | Path = False,
+    num_features: int = 0,
+    bias: bool = False,
+    image_size: int = 224,
+    class_names: list[str] | None = None,
+    **backbone_kwargs: Any,
+) -> PIPNet:
+    """Build a PIP-Net.
+
+    Args:
+        backbone: a name from ``pipnet.list_models()`` or ``timm/<name>``.
+        num_classes: number of classes C.
+        pretrained: False, True (ImageNet weights; offline for ``efficientnet_lite0``), or a weights file.
+        num_features: 0 for no add-on conv (P = D), else the number of prototypes of a 1x1 add-on conv.
+        bias: give the classifier a non-negative bias (off in the paper).
+        image_size: the input size the model is meant for (recorded in the config).
+        class_names: optional class names, saved with the model.
+        **backbone_kwargs: passed to the backbone builder (e.g. ``output_stride=16`` for timm models).
+    """
+    config = PIPNetConfig(
+        backbone=backbone,
+        num_classes=num_classes,
+        num_features=num_features,
+        bias=bias,
+        image_size=image_size,
+        backbone_kwargs=dict(backbone_kwargs),
+        class_names=class_names,
+    )
+    return PIPNet(config, create_backbone(backbone, pretrained=pretrained, **backbone_kwargs))
+
+
+def output_probabilities(scores: torch.Tensor, multiplier: torch.Tensor | float = 2.0) -> torch.Tensor:
+    """softmax(log(out^m + 1)): the class probabilities of the paper."""
+    return torch.softmax(torch.log1p(scores.pow(multiplier)), dim=1)
+
