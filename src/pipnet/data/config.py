@@ -20,6 +20,8 @@ class PlantedConfig:
         distractors: maximum number of distractor shapes (not part types of any class) per image.
         difficulty: 0..1; scales clutter, scale jitter and colour noise.
         seed: the generator's seed; the same seed gives the same images, byte for byte.
+        size: side in pixels of the generated (square) images, before any transform.
+        multi_images: images of the multi-object variant (the parts of two classes in one image).
     """
 
     num_classes: int = 6
@@ -31,6 +33,8 @@ class PlantedConfig:
     distractors: int = 2
     difficulty: float = 0.5
     seed: int = 0
+    size: int = 96
+    multi_images: int = 24
 
 
 @dataclass

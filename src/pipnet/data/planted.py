@@ -1,0 +1,390 @@
+"""The built-in planted-parts data set: synthetic images whose classes are defined by known, localised parts.
+
+A pool of part types (shape x colour x texture) is shared by the classes; each class is a fixed combination
+of ``parts_per_class`` part types, and no two classes have the same combination. An image is a cluttered,
+muted background, the parts of its class at random non-overlapping positions and scales, and a few grey
+outlined distractor shapes that are no part type. Every image records the centre of each planted part, so
+prototype purity and part localisation have known answers.
+
+Image ``i`` of a split is a pure function of ``(seed, split, i)``: nothing is stored on disk, and the same
+seed gives the same images byte for byte. Splits: ``train``, ``test``, ``ood`` (background and distractors
+only) and ``multi`` (the parts of two classes in one image, for multi-object explanations).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from pipnet.data.config import PlantedConfig
+
+__all__ = [
+    "SHAPES",
+    "COLOURS",
+    "TEXTURES",
+    "PlantedSample",
+    "PlantedParts",
+    "part_type_names",
+    "part_type_style",
+    "class_part_types",
+    "generate_image",
+]
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "test", "ood", "multi"]
+_SPLIT_CODES = {"train": 0, "test": 1, "ood": 2, "multi": 3}
+
+SHAPES = ("disc", "square", "triangle", "cross", "bullseye", "diamond", "star", "bar")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 190, 40),
+    "blue": (30, 70, 235),
+    "yellow": (250, 225, 20),
+    "magenta": (225, 40, 225),
+    "cyan": (20, 215, 230),
+    "orange": (250, 135, 10),
+    "white": (250, 250, 250),
+}
+TEXTURES = ("solid", "striped")
+_DISTRACTOR_SHAPES = ("disc", "square", "triangle", "diamond", "hexagon", "star")
+_MAX_PART_TYPES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The part pool and the classes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def part_type_style(part_type: int) -> tuple[str, str, str]:
+    """(shape, colour, texture) of a part type.
+
+    Types 0..7 differ in both shape and colour; later types reuse shapes and colours in new pairs
+    (the colour index is shifted by ``type // 8``), then add stripes, so every type is a distinct combination.
+    """
+    if not 0 <= part_type < _MAX_PART_TYPES:
+        raise ValueError(f"part type {part_type} outside 0..{_MAX_PART_TYPES - 1}")
+    n_shapes, n_colours = len(SHAPES), len(COLOURS)
+    shape = part_type % n_shapes
+    colour = (shape + (part_type // n_shapes) % n_colours) % n_colours
+    texture = part_type // (n_shapes * n_colours)
+    return SHAPES[shape], list(COLOURS)[colour], TEXTURES[texture]
+
+
+def part_type_names(num_part_types: int) -> list[str]:
+    """Readable names of the first ``num_part_types`` part types, e.g. ``red disc`` or ``striped blue star``."""
+    names = []
+    for t in range(num_part_types):
+        shape, colour, texture = part_type_style(t)
+        names.append(f"{colour} {shape}" if texture == "solid" else f"{texture} {colour} {shape}")
+    return names
+
+
+def _validate(config: PlantedConfig) -> None:
+    n, k, m = config.num_part_types, config.parts_per_class, config.num_classes
+    if not 1 <= n <= _MAX_PART_TYPES:
+        raise ValueError(f"num_part_types must be in 1..{_MAX_PART_TYPES}, got {n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"parts_per_class must be in 1..num_part_types={n}, got {k}")
+    if not 1 <= m <= math.comb(n, k):
+        raise ValueError(f"num_classes={m} needs 1..{math.comb(n, k)} distinct combinations of {k} of {n} part types")
+    if not 0.0 <= config.difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {config.difficulty}")
+    if config.size < 32:
+        raise ValueError(f"size must be at least 32 pixels, got {config.size}")
+    if config.seed < 0:
+        raise ValueError(f"seed must be non-negative, got {config.seed}")
+
+
+def class_part_types(config: PlantedConfig) -> list[tuple[int, ...]]:
+    """The part types of each class: distinct combinations, chosen deterministically from the seed.
+
+    Each class takes the still-unused combination whose part types have been used least so far (ties broken
+    by a seeded shuffle): the pool is covered first, after which classes necessarily share part types.
+    """
+    _validate(config)
+    n, k = config.num_part_types, config.parts_per_class
+    rng = np.random.default_rng([config.seed, 1000])
+    if math.comb(n, k) <= 5000:
+        candidates = list(itertools.combinations(range(n), k))
+        candidates = [candidates[j] for j in rng.permutation(len(candidates))]
+    else:  # too many to list: a seeded sample of distinct combinations
+        seen: dict[tuple[int, ...], None] = {}
+        while len(seen) < max(5000, config.num_classes):
+            seen.setdefault(tuple(sorted(int(t) for t in rng.choice(n, size=k, replace=False))), None)
+        candidates = list(seen)
+    usage = np.zeros(n, dtype=np.int64)
+    chosen: list[tuple[int, ...]] = []
+    for _ in range(config.num_classes):
+        best = min(range(len(candidates)), key=lambda j: (int(usage[list(candidates[j])].sum()), j))
+        combo = candidates.pop(best)
+        usage[list(combo)] += 1
+        chosen.append(combo)
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _polygon(cx: float, cy: float, radii: list[float], start_deg: float) -> list[tuple[float, float]]:
+    """Vertices at equal angles around (cx, cy), starting at ``start_deg`` (0 = up), with the given radii."""
+    step = 2 * math.pi / len(radii)
+    start = math.radians(start_deg - 90)
+    return [(cx + r * math.cos(start + j * step), cy + r * math.sin(start + j * step)) for j, r in enumerate(radii)]
+
+
+def _rotated(points: list[tuple[float, float]], cx: float, cy: float, deg: float) -> list[tuple[float, float]]:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
+
+
+def _box(cx: float, cy: float, hw: float, hh: float) -> list[tuple[float, float]]:
+    return [(cx - hw, cy - hh), (cx + hw, cy - hh), (cx + hw, cy + hh), (cx - hw, cy + hh)]
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: Any, outline: Any
+) -> None:
+    """Draw one shape of circumradius ``r`` centred on (cx, cy); ``fill=None`` draws the outline only."""
+    width = 1 if fill is not None else max(1, round(r / 5))
+    if shape == "disc":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
+        return
+    if shape == "bullseye":  # a ring with a central dot, so that the centre lies on the part
+        ring = outline if fill is None else fill
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=ring, width=max(2, round(0.3 * r)))
+        dot = 0.35 * r
+        draw.ellipse((cx - dot, cy - dot, cx + dot, cy + dot), fill=fill, outline=outline)
+        return
+    if shape == "square":
+        points = _box(cx, cy, 0.8 * r, 0.8 * r)
+    elif shape == "bar":
+        points = _box(cx, cy, r, 0.38 * r)
+    elif shape == "cross":
+        a, b = r, 0.33 * r
+        points = [(cx + x, cy + y) for x, y in [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a),
+                                                 (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]]
+    elif shape == "triangle":
+        points = _polygon(cx, cy, [r] * 3, 0)
+    elif shape == "diamond":
+        points = _polygon(cx, cy, [r] * 4, 0)
+    elif shape == "hexagon":
+        points = _polygon(cx, cy, [r] * 6, 0)
+    elif shape == "star":
+        points = _polygon(cx, cy, [r, 0.45 * r] * 5, 0)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    draw.polygon(_rotated(points, cx, cy, angle), fill=fill, outline=outline, width=width)
+
+
+def _draw_part(img: Image.Image, part_type: int, cx: float, cy: float, r: float, angle: float,
+               colour: tuple[int, int, int]) -> None:
+    shape, _, texture = part_type_style(part_type)
+    if texture == "solid":
+        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, angle, fill=colour, outline=(0, 0, 0))
+        return
+    # Striped: the shape as a mask over a patch of diagonal stripes (the colour and a dark shade of it).
+    side = int(2 * r + 4)
+    x0, y0 = int(cx - side / 2), int(cy - side / 2)
+    mask = Image.new("L", (side, side), 0)
+    _draw_shape(ImageDraw.Draw(mask), shape, cx - x0, cy - y0, r, angle, fill=255, outline=255)
+    yy, xx = np.mgrid[:side, :side]
+    dark = ((xx + yy) // 3) % 2 == 1
+    patch = np.empty((side, side, 3), dtype=np.uint8)
+    patch[:] = colour
+    patch[dark] = (np.asarray(colour) * 0.35).astype(np.uint8)
+    img.paste(Image.fromarray(patch), (x0, y0), mask)
+
+
+def _background(rng: np.random.Generator, size: int, difficulty: float) -> Image.Image:
+    """Smooth, muted noise with low-contrast blobs, drawn at quarter resolution and upsampled."""
+    low = max(8, size // 4)
+    gray = rng.uniform(70, 170)
+    tint = rng.uniform(-18, 18, size=3)
+    grid = gray + tint + rng.normal(0.0, 12 + 20 * difficulty, size=(4, 4, 3))
+    canvas = Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8)).resize((low, low), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(2, 3 + round(6 * difficulty)))):
+        w, h = rng.uniform(0.1, 0.35, size=2) * low
+        x, y = rng.uniform(0, low, size=2)
+        colour = tuple(int(v) for v in np.clip(gray + tint + rng.uniform(-30, 30, size=3), 0, 255))
+        draw.ellipse((x - w, y - h, x + w, y + h), fill=colour)
+    return canvas.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _place(rng: np.random.Generator, placed: list[tuple[float, float, float]], r: float, size: int,
+           tries: int = 100) -> tuple[float, float] | None:
+    """A centre for a shape of radius ``r``, fully inside and clear of every placed shape; None if none found."""
+    for _ in range(tries):
+        cx, cy = rng.uniform(r + 1, size - r - 2, size=2)
+        if all((cx - px) ** 2 + (cy - py) ** 2 > (r + pr + 2) ** 2 for px, py, pr in placed):
+            return float(cx), float(cy)
+    return None
+
+
+@dataclass(frozen=True)
+class PlantedSample:
+    """One generated image with its ground truth.
+
+    Args:
+        image: the RGB image, ``size`` x ``size``.
+        label: the class (the first class for ``multi``; -1 for ``ood``).
+        keypoints: (K, 3) float ``[part_type, x, y]``, the centre of each planted part in pixels.
+        classes_present: the classes whose parts are in the image.
+    """
+
+    image: Image.Image
+    label: int
+    keypoints: torch.Tensor
+    classes_present: tuple[int, ...]
+
+
+def _sample_classes(rng: np.random.Generator, config: PlantedConfig, split: str, index: int) -> tuple[int, ...]:
+    m = config.num_classes
+    if split == "ood":
+        return ()
+    if split == "multi":
+        if m < 2:
+            raise ValueError("the multi split needs at least two classes")
+        first = index % m
+        return first, int((first + 1 + rng.integers(m - 1)) % m)
+    return (index % m,)
+
+
+def generate_image(config: PlantedConfig, split: Split, index: int,
+                   combos: list[tuple[int, ...]] | None = None) -> PlantedSample:
+    """Generate image ``index`` of ``split``: a pure function of ``(config, split, index)``.
+
+    Args:
+        config: the data set's settings.
+        split: ``train``, ``test``, ``ood`` or ``multi``.
+        index: the image's index in its split.
+        combos: ``class_part_types(config)``, passed in to avoid recomputing it per image.
+    """
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
+    combos = class_part_types(config) if combos is None else combos
+    rng = np.random.default_rng([config.seed, _SPLIT_CODES[split], index])
+    size, d = config.size, config.difficulty
+    classes = _sample_classes(rng, config, split, index)
+    parts = [t for c in classes for t in combos[c]]
+    parts = [parts[j] for j in rng.permutation(len(parts))]
+    img = _background(rng, size, d)
+
+    placed: list[tuple[float, float, float]] = []
+    keypoints: list[tuple[float, float, float]] = []
+    shrink = 1.0
+    for part_type in parts:
+        centre = None
+        while centre is None:
+            r = shrink * size * rng.uniform(0.17 - 0.05 * d, 0.17 + 0.05 * d) / 2
+            centre = _place(rng, placed, r, size)
+            if centre is None:  # crowded: make the remaining parts smaller
+                shrink *= 0.85
+        colour = tuple(int(v) for v in np.clip(np.array(COLOURS[part_type_style(part_type)[1]])
+                                               + rng.uniform(-30, 30, size=3) * d, 0, 255))
+        angle = float(rng.uniform(-45, 45) * d)
+        _draw_part(img, part_type, centre[0], centre[1], r, angle, colour)
+        placed.append((centre[0], centre[1], r))
+        keypoints.append((float(part_type), centre[0], centre[1]))
+
+    n_distract = int(rng.integers(0, config.distractors + 1)) + (config.parts_per_class if split == "ood" else 0)
+    draw = ImageDraw.Draw(img)
+    for _ in range(n_distract):
+        r = size * rng.uniform(0.12, 0.22) / 2
+        centre = _place(rng, placed, r, size, tries=20)
+        if centre is None:
+            continue
+        level = rng.uniform(40, 215)
+        grey = tuple(int(v) for v in np.clip(level + rng.uniform(-10, 10, size=3), 0, 255))
+        shape = _DISTRACTOR_SHAPES[int(rng.integers(len(_DISTRACTOR_SHAPES)))]
+        _draw_shape(draw, shape, centre[0], centre[1], r, float(rng.uniform(-45, 45)), fill=None, outline=grey)
+        placed.append((centre[0], centre[1], r))
+
+    pixels = np.asarray(img, dtype=np.int16) + rng.normal(0.0, 3 + 6 * d, size=(size, size, 3)).astype(np.int16)
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    kp = torch.tensor(keypoints, dtype=torch.float32).reshape(-1, 3)
+    return PlantedSample(img, classes[0] if classes else -1, kp, classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data set
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PlantedParts(Dataset):
+    """One split of the planted-parts data set, generated on first access and kept in memory.
+
+    Items are ``(transform(image) if transform else image, label)``; the label is -1 for ``ood``.
+
+    Args:
+        config: the data set's settings.
+        split: ``train``, ``test``, ``ood`` or ``multi``.
+        transform: applied to the PIL image of each item.
+    """
+
+    def __init__(self, config: PlantedConfig, split: Split,
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
+        if split not in _SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
+        self.config, self.split, self.transform = config, split, transform
+        self.combos = class_part_types(config)
+        self.part_names = part_type_names(config.num_part_types)
+        self.classes = [f"class_{c}: " + "+".join(self.part_names[t] for t in combo)
+                        for c, combo in enumerate(self.combos)]
+        self._length = {
+            "train": config.num_classes * config.train_per_class,
+            "test": config.num_classes * config.test_per_class,
+            "ood": config.ood_images,
+            "multi": config.multi_images,
+        }[split]
+        m = config.num_classes
+        self.targets = [-1] * self._length if split == "ood" else [i % m for i in range(self._length)]
+        self._cache: dict[int, PlantedSample] = {}
+
+    @property
+    def num_parts(self) -> int:
+        """Number of part types (the ids in ``keypoints``)."""
+        return self.config.num_part_types
+
+    def __len__(self) -> int:
+        return self._length
+
+    def sample(self, i: int) -> PlantedSample:
+        """The generated image ``i`` with its ground truth (cached)."""
+        if not 0 <= i < self._length:
+            raise IndexError(f"index {i} out of range for the {self.split} split of {self._length} images")
+        if i not in self._cache:
+            self._cache[i] = generate_image(self.config, self.split, i, self.combos)
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        s = self.sample(i)
+        return (self.transform(s.image) if self.transform else s.image), s.label
+
+    def image(self, i: int) -> Image.Image:
+        """The untransformed image (a copy)."""
+        return self.sample(i).image.copy()
+
+    def keypoints(self, i: int) -> torch.Tensor:
+        """(K, 3) float ``[part_type, x, y]`` in the generated image's pixels."""
+        return self.sample(i).keypoints.clone()
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of the generated image."""
+        return self.config.size, self.config.size
+
+    def classes_present(self, i: int) -> tuple[int, ...]:
+        """The classes whose parts image ``i`` contains (two for ``multi``, none for ``ood``)."""
+        return self.sample(i).classes_present

@@ -1,0 +1,224 @@
+"""Projection: each prototype's most typical image patches over a data set (paper Fig. 4; spec sections 4, 6).
+
+One batched pass over the data keeps, for every prototype, its top-k images in memory O(P * k). A
+prototype's patch in an image is the argmax cell of its map there (its presence p is the max over cells),
+so an image appears at most once per prototype: the row of distinct images the paper shows. The same pass
+collects every (prototype, image) whose presence exceeds a threshold (0.5 for the second purity variant),
+memory proportional to their number.
+
+Ties are broken deterministically: higher presence first, then lower image index; inside one map, the
+lowest flattened cell index (row-major) among equal maxima.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from tqdm.auto import tqdm
+
+from pipnet.model import PRESENCE_THRESHOLD, PIPNet
+
+__all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_unused_prototypes"]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The result of :func:`project` (all tensors on the CPU).
+
+    Attributes:
+        presence: (P, k) the top-k presences of every prototype, highest first.
+        image_index: (P, k) long, index in the data set of the image of each entry.
+        cell: (P, k, 2) long, (i, j) argmax cell of the prototype's map in that image.
+        grid: (h, w) latent grid size.
+        image_size: (H, W) of the model's input.
+        max_presence: (P,) highest presence of each prototype over the data set.
+        num_images: number of images projected.
+        threshold: the presence threshold of the ``above_*`` rows.
+        above_prototype: (M,) long, prototype of each (prototype, image) pair with presence > threshold,
+            sorted by prototype, then image index.
+        above_image: (M,) long, its image index.
+        above_cell: (M, 2) long, its argmax cell.
+        above_presence: (M,) its presence.
+    """
+
+    presence: torch.Tensor
+    image_index: torch.Tensor
+    cell: torch.Tensor
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    max_presence: torch.Tensor
+    num_images: int
+    threshold: float
+    above_prototype: torch.Tensor
+    above_image: torch.Tensor
+    above_cell: torch.Tensor
+    above_presence: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return self.presence.shape[1]
+
+    def above_threshold(self, prototype: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image_index (n,), cell (n, 2), presence (n,)) of every image where ``prototype`` exceeds the threshold."""
+        lo, hi = torch.searchsorted(self.above_prototype, torch.tensor([prototype, prototype + 1])).tolist()
+        return self.above_image[lo:hi], self.above_cell[lo:hi], self.above_presence[lo:hi]
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module, device: torch.device | str | None = None) -> Iterator[torch.device]:
+    """Run ``model`` in eval mode under ``torch.inference_mode()``, restoring every module's training flag.
+
+    Args:
+        model: the model (its weights are never modified).
+        device: where to run; None means the model's own device. A different device moves the model there
+            for the duration and back afterwards (the values are unchanged).
+
+    Yields:
+        The device the inputs must go to.
+    """
+    home = next(model.parameters()).device
+    target = torch.device(device) if device is not None else home
+    flags = {m: m.training for m in model.modules()}
+    try:
+        if target != home:
+            model.to(target)
+        model.eval()
+        with torch.inference_mode():
+            yield target
+    finally:
+        if target != home:
+            model.to(home)
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def make_loader(
+    data: Dataset | DataLoader, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A loader over ``data`` in data-set order (a loader passed in must not shuffle: indices matter)."""
+    if isinstance(data, DataLoader):
+        if data.batch_sampler is not None and not isinstance(data.sampler, SequentialSampler):
+            raise ValueError("the loader must visit the data in order (shuffle=False): image indices are recorded")
+        return data
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def inputs_of(batch: object) -> torch.Tensor:
+    """The image tensor of a batch: ``x`` of ``(x, label, ...)`` or the batch itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch  # type: ignore[return-value]
+
+
+def merge_topk(
+    presence: torch.Tensor, image: torch.Tensor, cell: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the k best columns of (P, n) candidates: higher presence first, ties to the earlier column.
+
+    Columns must be ordered so that ties should go to the earlier one (running top-k first, then new images
+    in increasing index). A stable descending sort gives exactly that; ``torch.topk`` does not promise any
+    order among ties.
+    """
+    order = torch.sort(presence, dim=1, descending=True, stable=True).indices[:, :k]  # (P, k)
+    return presence.gather(1, order), image.gather(1, order), cell.gather(1, order)
+
+
+def project(
+    model: PIPNet,
+    data: Dataset | DataLoader,
+    *,
+    k: int = 10,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    presence_threshold: float = 0.5,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Projection:
+    """Find every prototype's top-k images (and argmax cells) over ``data`` in one batched pass.
+
+    Runs under ``torch.inference_mode()`` in eval mode and never changes the model.
+
+    Args:
+        model: a PIP-Net.
+        data: a data set yielding ``(x, label)`` (x normalised (3, S, S)), or a non-shuffling loader of it.
+        k: how many images to keep per prototype (fewer when the data set is smaller).
+        batch_size: images per forward pass (when ``data`` is a data set).
+        device: where to run (default: the model's device).
+        presence_threshold: also collect every (prototype, image) with presence above this.
+        num_workers: loader workers (when ``data`` is a data set).
+        progress: show a progress bar.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    with eval_mode(model, device) as dev:
+        loader = make_loader(data, batch_size, num_workers, pin_memory=dev.type == "cuda")
+        P = model.num_prototypes
+        top_p = torch.empty(P, 0, device=dev)
+        top_img = torch.empty(P, 0, dtype=torch.long, device=dev)
+        top_cell = torch.empty(P, 0, dtype=torch.long, device=dev)
+        above: list[torch.Tensor] = []  # rows (prototype, image, cell) per batch
+        above_p: list[torch.Tensor] = []
+        seen, grid, image_size = 0, (0, 0), (0, 0)
+        for batch in tqdm(loader, desc="projection", disable=not progress, leave=False):
+            x = inputs_of(batch).to(dev, non_blocking=True)
+            maps = model.prototype_maps(model.forward_features(x))  # (B, P, h, w)
+            B, _, h, w = maps.shape
+            grid, image_size = (h, w), (int(x.shape[-2]), int(x.shape[-1]))
+            presence, cell = maps.flatten(2).float().max(dim=2)  # (B, P): first maximal cell on ties
+            image = torch.arange(seen, seen + B, device=dev)  # (B,)
+            top_p, top_img, top_cell = merge_topk(
+                torch.cat([top_p, presence.T], dim=1),
+                torch.cat([top_img, image.expand(P, B)], dim=1),
+                torch.cat([top_cell, cell.T], dim=1),
+                k,
+            )
+            b, p = (presence > presence_threshold).nonzero(as_tuple=True)  # ordered by image, then prototype
+            above.append(torch.stack([p, image[b], cell[b, p]], dim=1))  # (m, 3)
+            above_p.append(presence[b, p])
+            seen += B
+    if seen == 0:
+        raise ValueError("project() got an empty data set")
+    rows = torch.cat(above).cpu()  # (M, 3)
+    rows_p = torch.cat(above_p).cpu()  # (M,)
+    by_proto = torch.sort(rows[:, 0], stable=True).indices  # keeps image order inside each prototype
+    rows, rows_p = rows[by_proto], rows_p[by_proto]
+    top_cell = top_cell.cpu()
+    top_p = top_p.cpu()
+    return Projection(
+        presence=top_p,
+        image_index=top_img.cpu(),
+        cell=torch.stack([top_cell // grid[1], top_cell % grid[1]], dim=-1),
+        grid=grid,
+        image_size=image_size,
+        max_presence=top_p[:, 0].clone(),
+        num_images=seen,
+        threshold=presence_threshold,
+        above_prototype=rows[:, 0].clone(),
+        above_image=rows[:, 1].clone(),
+        above_cell=torch.stack([rows[:, 2] // grid[1], rows[:, 2] % grid[1]], dim=-1),
+        above_presence=rows_p,
+    )
+
+
+def prune_unused_prototypes(model: PIPNet, projection: Projection, threshold: float = PRESENCE_THRESHOLD) -> list[int]:
+    """Zero all classifier weights of prototypes whose top-k presence never exceeds ``threshold``.
+
+    The last step of training (spec section 4, "After training"), run on a projection of the training
+    images without augmentation. Unlike evaluation, this changes the model.
+
+    Args:
+        model: the trained PIP-Net (modified in place).
+        projection: :func:`project` of the projection set.
+        threshold: presence that a prototype must exceed somewhere (0.1).
+
+    Returns:
+        The indices of those prototypes (whether or not they had non-zero weights).
+    """
+    if projection.max_presence.shape[0] != model.num_prototypes:
+        raise ValueError(f"projection has {projection.max_presence.shape[0]} prototypes, model {model.num_prototypes}")
+    idle = (projection.max_presence <= threshold).nonzero().flatten()
+    with torch.no_grad():
+        model.classifier.weight[:, idle.to(model.classifier.weight.device)] = 0.0
+    return idle.tolist()

@@ -1,0 +1,12 @@
+"""Shared fixtures: everything small, on the CPU, with no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
