@@ -7,7 +7,6 @@ guard, whose warning is turned into an error here without changing the global se
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 
@@ -17,8 +16,6 @@ from PIL import Image
 from pipnet.data.errors import ImageLoadError
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "to_rgb"]
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -31,13 +28,17 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
 
 
 def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
-    """16-bit integer or float grayscale -> 8-bit RGB, keeping the full range of the source."""
+    """16-bit, 32-bit or float grayscale -> 8-bit RGB.
+
+    16-bit values (0..65535) scale by 1/257; float images and integers outside 0..65535 are stretched
+    from their minimum to their maximum.
+    """
     arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F":
+    if img.mode == "F" or (arr.size and (arr.max() > 65535 or arr.min() < 0)):
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     else:
-        arr = arr / 257.0  # 0..65535 -> 0..255
+        arr = arr / 257.0
     gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
 

@@ -14,7 +14,6 @@ only) and ``multi`` (the parts of two classes in one image, for multi-object exp
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from pipnet.data.config import PlantedConfig
+from pipnet.data.shapes import draw_shape
 
 __all__ = [
     "SHAPES",
@@ -38,8 +38,6 @@ __all__ = [
     "class_part_types",
     "generate_image",
 ]
-
-log = logging.getLogger(__name__)
 
 Split = Literal["train", "test", "ood", "multi"]
 _SPLIT_CODES = {"train": 0, "test": 1, "ood": 2, "multi": 3}
@@ -137,68 +135,18 @@ def class_part_types(config: PlantedConfig) -> list[tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _polygon(cx: float, cy: float, radii: list[float], start_deg: float) -> list[tuple[float, float]]:
-    """Vertices at equal angles around (cx, cy), starting at ``start_deg`` (0 = up), with the given radii."""
-    step = 2 * math.pi / len(radii)
-    start = math.radians(start_deg - 90)
-    return [(cx + r * math.cos(start + j * step), cy + r * math.sin(start + j * step)) for j, r in enumerate(radii)]
-
-
-def _rotated(points: list[tuple[float, float]], cx: float, cy: float, deg: float) -> list[tuple[float, float]]:
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
-
-
-def _box(cx: float, cy: float, hw: float, hh: float) -> list[tuple[float, float]]:
-    return [(cx - hw, cy - hh), (cx + hw, cy - hh), (cx + hw, cy + hh), (cx - hw, cy + hh)]
-
-
-def _draw_shape(
-    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: Any, outline: Any
-) -> None:
-    """Draw one shape of circumradius ``r`` centred on (cx, cy); ``fill=None`` draws the outline only."""
-    width = 1 if fill is not None else max(1, round(r / 5))
-    if shape == "disc":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
-        return
-    if shape == "bullseye":  # a ring with a central dot, so that the centre lies on the part
-        ring = outline if fill is None else fill
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=ring, width=max(2, round(0.3 * r)))
-        dot = 0.35 * r
-        draw.ellipse((cx - dot, cy - dot, cx + dot, cy + dot), fill=fill, outline=outline)
-        return
-    if shape == "square":
-        points = _box(cx, cy, 0.8 * r, 0.8 * r)
-    elif shape == "bar":
-        points = _box(cx, cy, r, 0.38 * r)
-    elif shape == "cross":
-        a, b = r, 0.33 * r
-        points = [(cx + x, cy + y) for x, y in [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a),
-                                                 (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]]
-    elif shape == "triangle":
-        points = _polygon(cx, cy, [r] * 3, 0)
-    elif shape == "diamond":
-        points = _polygon(cx, cy, [r] * 4, 0)
-    elif shape == "hexagon":
-        points = _polygon(cx, cy, [r] * 6, 0)
-    elif shape == "star":
-        points = _polygon(cx, cy, [r, 0.45 * r] * 5, 0)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    draw.polygon(_rotated(points, cx, cy, angle), fill=fill, outline=outline, width=width)
-
-
 def _draw_part(img: Image.Image, part_type: int, cx: float, cy: float, r: float, angle: float,
                colour: tuple[int, int, int]) -> None:
+    """Draw one part: filled with its colour and a thin black outline, or filled with stripes."""
     shape, _, texture = part_type_style(part_type)
     if texture == "solid":
-        _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, angle, fill=colour, outline=(0, 0, 0))
+        draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, angle, fill=colour, outline=(0, 0, 0))
         return
     # Striped: the shape as a mask over a patch of diagonal stripes (the colour and a dark shade of it).
     side = int(2 * r + 4)
     x0, y0 = int(cx - side / 2), int(cy - side / 2)
     mask = Image.new("L", (side, side), 0)
-    _draw_shape(ImageDraw.Draw(mask), shape, cx - x0, cy - y0, r, angle, fill=255, outline=255)
+    draw_shape(ImageDraw.Draw(mask), shape, cx - x0, cy - y0, r, angle, fill=255, outline=255)
     yy, xx = np.mgrid[:side, :side]
     dark = ((xx + yy) // 3) % 2 == 1
     patch = np.empty((side, side, 3), dtype=np.uint8)
@@ -309,7 +257,7 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
         level = rng.uniform(40, 215)
         grey = tuple(int(v) for v in np.clip(level + rng.uniform(-10, 10, size=3), 0, 255))
         shape = _DISTRACTOR_SHAPES[int(rng.integers(len(_DISTRACTOR_SHAPES)))]
-        _draw_shape(draw, shape, centre[0], centre[1], r, float(rng.uniform(-45, 45)), fill=None, outline=grey)
+        draw_shape(draw, shape, centre[0], centre[1], r, float(rng.uniform(-45, 45)), fill=None, outline=grey)
         placed.append((centre[0], centre[1], r))
 
     pixels = np.asarray(img, dtype=np.int16) + rng.normal(0.0, 3 + 6 * d, size=(size, size, 3)).astype(np.int16)

@@ -1,0 +1,148 @@
+"""``build_data``: one ``DataConfig`` -> every data set a PIP-Net run needs, as a ``DataBundle``.
+
+Nothing is decoded here (except with ``bad_images="skip"``, which scans the files): images load lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from pipnet.data.augment import TwoViewTransform
+from pipnet.data.config import DataConfig
+from pipnet.data.cub import CUB, read_cub
+from pipnet.data.errors import DataError
+from pipnet.data.folders import image_tree, load_folder_source
+from pipnet.data.planted import PlantedParts
+from pipnet.data.wrappers import EvalDataset, ImageSource, TwoViewDataset
+
+__all__ = ["DataBundle", "build_data"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """The data sets of one run.
+
+    Args:
+        classes: class names; labels index them.
+        train: items ``(view1, view2, label)`` for the classification phase (CUB: cropped images, delta 8).
+        pretrain: items ``(view1, view2, label)`` for pretraining (CUB: full images, delta 32); else ``train``.
+        projection: items ``(x, label)``: the training images through the evaluation transform (CUB: full).
+        test: items ``(x, label)`` (CUB: cropped), or None without a test split.
+        test_projection: items ``(x, label)``: the test images for part purity (CUB: full), or None.
+        ood: name -> items ``(x, -1)``: out-of-distribution sets.
+        multi: planted only: items ``(x, label)`` of images with the parts of two classes.
+        num_parts: number of annotated part types (0 without keypoints).
+        part_names: their names.
+    """
+
+    classes: list[str]
+    train: Dataset
+    pretrain: Dataset
+    projection: Dataset
+    test: Dataset | None
+    test_projection: Dataset | None
+    ood: dict[str, Dataset] = field(default_factory=dict)
+    multi: Dataset | None = None
+    num_parts: int = 0
+    part_names: list[str] = field(default_factory=list)
+
+
+def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
+    return EvalDataset(base, config.image_size, config.preset)
+
+
+def _two_views(base: ImageSource, config: DataConfig, delta: int = 32) -> TwoViewDataset:
+    return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+
+
+def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
+    """One data set per ``config.ood`` folder, named after the folder (numbered when names repeat)."""
+    sets: dict[str, Dataset] = {}
+    for folder in config.ood:
+        name = Path(folder).name or str(folder)
+        unique, k = name, 2
+        while unique in sets:
+            unique, k = f"{name}_{k}", k + 1
+        sets[unique] = _eval(image_tree(folder, config.bad_images), config)
+    return sets
+
+
+def _planted(config: DataConfig) -> DataBundle:
+    planted = config.planted
+    train = PlantedParts(planted, "train")
+    test = _eval(PlantedParts(planted, "test"), config) if planted.test_per_class > 0 else None
+    ood = {"planted_ood": _eval(PlantedParts(planted, "ood"), config)} if planted.ood_images > 0 else {}
+    two_views = _two_views(train, config)
+    return DataBundle(
+        classes=train.classes,
+        train=two_views,
+        pretrain=two_views,
+        projection=_eval(train, config),
+        test=test,
+        test_projection=test,
+        ood={**ood, **_ood_folders(config)},
+        multi=_eval(PlantedParts(planted, "multi"), config) if planted.num_classes >= 2 and planted.multi_images else None,
+        num_parts=train.num_parts,
+        part_names=train.part_names,
+    )
+
+
+def _folder(config: DataConfig) -> DataBundle:
+    source = load_folder_source(config.root, config.val_fraction, config.seed, config.bad_images)
+    two_views = _two_views(source.train, config)
+    test = _eval(source.test, config) if source.test is not None else None
+    return DataBundle(
+        classes=source.classes,
+        train=two_views,
+        pretrain=two_views,
+        projection=_eval(source.projection, config),
+        test=test,
+        test_projection=test,
+        ood=_ood_folders(config),
+    )
+
+
+def _cub(config: DataConfig) -> DataBundle:
+    meta = read_cub(config.root)
+    train_crop, train_full = CUB(meta, "train", crop=True), CUB(meta, "train", crop=False)
+    test_crop, test_full = CUB(meta, "test", crop=True), CUB(meta, "test", crop=False)
+    return DataBundle(
+        classes=meta.classes,
+        train=_two_views(train_crop, config, delta=8),
+        pretrain=_two_views(train_full, config, delta=32),
+        projection=_eval(train_full, config),
+        test=_eval(test_crop, config),
+        test_projection=_eval(test_full, config),
+        ood=_ood_folders(config),
+        num_parts=train_crop.num_parts,
+        part_names=meta.part_names,
+    )
+
+
+_SOURCES = {"planted": _planted, "folder": _folder, "cub": _cub}
+
+
+def build_data(config: DataConfig) -> DataBundle:
+    """Build every data set of a run from its data configuration.
+
+    Args:
+        config: the source, its folder, the input size S, the augmentation preset and the split settings.
+
+    Raises:
+        DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
+    """
+    if config.source not in _SOURCES:
+        raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES)}")
+    if config.source != "planted" and not config.root:
+        raise DataError(f"data source {config.source!r} needs a root folder (DataConfig.root)")
+    bundle = _SOURCES[config.source](config)
+    log.info("data %s: %d classes, %d training images, %s test images, %d part types, ood sets %s",
+             config.source, len(bundle.classes), len(bundle.train),
+             len(bundle.test) if bundle.test is not None else "no", bundle.num_parts, sorted(bundle.ood))
+    return bundle
