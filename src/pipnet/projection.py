@@ -25,7 +25,7 @@ from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 __all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_unused_prototypes"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Projection:
     """The result of :func:`project` (all tensors on the CPU).
 

@@ -1,0 +1,90 @@
+"""Throughput of ``evaluate`` and ``project`` relative to plain batched inference (``model.predict``).
+
+All three read the same random tensors through the same kind of loader, with a randomly initialised model,
+so the ratios show the cost of the bookkeeping (top-k merging, explanation sizes, score collection) on top
+of the forward pass. Each number is the median of several timed repetitions after one warm-up.
+
+    python benchmarks/bench_eval.py --model resnet18 --sizes 112 224 --images 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import pipnet
+from pipnet.evaluate import evaluate
+from pipnet.projection import project
+
+
+def plain_inference(model: pipnet.PIPNet, data: TensorDataset, batch_size: int, device: torch.device) -> None:
+    model.eval()
+    with torch.inference_mode():
+        for x, _ in DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda"):
+            model.predict(x.to(device, non_blocking=True))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_round_robin(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each run over ``repeats`` rounds (after a warm-up round).
+
+    The runs alternate inside every round, and each round starts with a different one, so a change in
+    machine load (or a cache warmed by the previous run) affects all of them alike.
+    """
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats + 1):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn = runs[name]
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    print(f"{args.model}, {args.images} random images, batch {args.batch_size}, {device}, median of {args.repeats}")
+    print(f"{'size':>5}  {'grid':>7}  {'P':>5}  {'method':<16}{'images/s':>10}{'ratio':>8}")
+    for size in args.sizes:
+        model = pipnet.create_model(args.model, num_classes=args.classes, image_size=size).to(device)
+        data = TensorDataset(torch.randn(args.images, 3, size, size), torch.randint(0, args.classes, (args.images,)))
+        with torch.inference_mode():
+            grid = tuple(model.eval().predict(data[0][0][None].to(device)).maps.shape[-2:])
+        runs = {
+            "plain predict": lambda: plain_inference(model, data, args.batch_size, device),
+            "evaluate": lambda: evaluate(model, data, batch_size=args.batch_size),
+            "project (k=10)": lambda: project(model, data, k=10, batch_size=args.batch_size),
+        }
+        rates = {name: args.images / t for name, t in timed_round_robin(runs, device, args.repeats).items()}
+        base = rates["plain predict"]
+        for name, rate in rates.items():
+            shape = f"{grid[0]}x{grid[1]}"
+            print(f"{size:>5}  {shape:>7}  {model.num_prototypes:>5}  {name:<16}{rate:>10.1f}{rate / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

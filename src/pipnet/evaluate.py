@@ -1,0 +1,264 @@
+"""Evaluate a PIP-Net: accuracy, sparsity, explanation sizes, OoD detection, purity (spec section 6).
+
+:func:`evaluate` is a pure function: it runs under ``torch.inference_mode()`` in eval mode, restores the
+model's training flags, never changes a weight (unlike the published code, which sparsified the model on
+every test batch), and returns a frozen :class:`Metrics` that serialises to ``metrics.json``.
+
+Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
+projection pass per purity set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pipnet import metrics as M
+from pipnet.model import PRESENCE_THRESHOLD, PIPNet
+from pipnet.patches import patch_boxes
+from pipnet.projection import Projection, eval_mode, inputs_of, make_loader, project
+
+__all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "purity_of_projection"]
+
+OOD_TPR = 0.95
+PURITY_PRESENCE = 0.5
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything :func:`evaluate` measures; the field names are the keys of ``metrics.json``.
+
+    Accuracies are fractions in [0, 1]. Sizes are means over the test images. ``ood`` maps a set's name to
+    ``{"fpr95", "auroc", "num_images"}``; ``purity`` maps a variant (``"<set>_top10"``,
+    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``. Undefined values
+    are NaN here and ``null`` in JSON.
+    """
+
+    top1_accuracy: float
+    top5_accuracy: float
+    sparsity_ratio: float
+    global_size: int
+    local_size: float
+    local_size_all_classes: float
+    num_present: float
+    abstained: int
+    num_images: int
+    ood: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    purity: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    binary: dict[str, float] | None = None
+    confusion_matrix: list[list[int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN becomes None)."""
+        return _nan_to_none(asdict(self))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        """Read back :meth:`to_dict` (None becomes NaN again)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        binary = known.pop("binary", None)  # None here means "not a binary task"
+        return cls(**_none_to_nan(known), binary=_none_to_nan(binary) if binary is not None else None)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _none_to_nan(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _none_to_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return value
+
+
+# ---- passes over data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass:
+    """What one pass over a data set keeps per image (all on the CPU)."""
+
+    scores: torch.Tensor  # (N, C)
+    labels: torch.Tensor  # (N,)
+    size_pred: torch.Tensor  # (N,)
+    size_any: torch.Tensor  # (N,)
+    present: torch.Tensor  # (N,)
+
+
+def _run(model: PIPNet, loader: DataLoader, weight: torch.Tensor, dev: torch.device, desc: str, progress: bool) -> _Pass:
+    scores, labels, size_pred, size_any, present = [], [], [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = inputs_of(batch).to(dev, non_blocking=True)
+        out = model.predict(x)
+        used = torch.where(out.presence < PRESENCE_THRESHOLD, 0.0, out.presence)  # what the classifier saw
+        sizes = M.local_explanation_sizes(used.float(), weight, M.predictions(out.scores))
+        scores.append(out.scores.float())
+        labels.append(torch.as_tensor(batch[1]).reshape(-1))
+        for acc, s in zip((size_pred, size_any, present), sizes):
+            acc.append(s)
+    if not scores:
+        raise ValueError("evaluate() got an empty data set")
+    cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
+    return _Pass(cat(scores), cat(labels).long(), cat(size_pred), cat(size_any), cat(present))
+
+
+def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
+    """(K, 4) rows (image index, part id, x, y) of the keypoints of ``images``, from ``dataset.keypoints(i)``."""
+    rows = []
+    for i in torch.unique(images).tolist():
+        kp = torch.as_tensor(dataset.keypoints(i), dtype=torch.float64).reshape(-1, 3)  # (K_i, 3)
+        rows.append(torch.cat([torch.full((len(kp), 1), float(i), dtype=torch.float64), kp], dim=1))
+    return torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64)
+
+
+def purity_of_projection(
+    projection: Projection, dataset: Dataset, prototypes: torch.Tensor
+) -> dict[str, dict[str, float | int]]:
+    """Purity summaries of ``prototypes`` for the top-k patches and for every patch above the threshold.
+
+    Keys: ``top{k}`` and ``presence{threshold}`` (e.g. ``top10``, ``presence0.5``). The data set gives
+    ``keypoints(i)``, ``num_parts`` and optionally ``part_groups`` (part id -> merged part, e.g. left/right).
+    """
+    prototypes = prototypes.long().cpu()
+    P = projection.presence.shape[0]
+    num_parts = int(dataset.num_parts)
+    groups = getattr(dataset, "part_groups", None)
+    variants = {
+        f"top{projection.k}": (
+            prototypes[:, None].expand(-1, projection.k).flatten(),
+            projection.image_index[prototypes].flatten(),
+            projection.cell[prototypes].reshape(-1, 2),
+        ),
+    }
+    chosen = torch.isin(projection.above_prototype, prototypes)
+    variants[f"presence{projection.threshold:g}"] = (
+        projection.above_prototype[chosen],
+        projection.above_image[chosen],
+        projection.above_cell[chosen],
+    )
+    out = {}
+    for name, (proto, image, cell) in variants.items():
+        boxes = patch_boxes(cell, projection.grid, projection.image_size)  # (M, 4)
+        values = M.purity(proto, image, boxes, keypoint_table(dataset, image), P, num_parts, groups)
+        out[name] = M.purity_summary(values[prototypes])
+    return out
+
+
+# ---- the evaluation -------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model: PIPNet,
+    data: Dataset | DataLoader,
+    *,
+    ood: dict[str, Dataset | DataLoader] | None = None,
+    purity_sets: dict[str, Dataset] | None = None,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    k: int = 10,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Metrics:
+    """Measure a trained PIP-Net (spec section 6) without changing it.
+
+    Args:
+        model: the PIP-Net.
+        data: the in-distribution test set, yielding ``(x, label)`` with labels in [0, C).
+        ood: out-of-distribution sets by name (labels are ignored).
+        purity_sets: sets with part keypoints by name (e.g. ``{"train": ..., "test": ...}``); purity is
+            computed for the used prototypes on the top-k patches and on every patch with presence > 0.5.
+        batch_size: images per forward pass.
+        device: where to run (default: the model's device).
+        k: patches per prototype for purity (10 in the paper).
+        num_workers: data loader workers.
+        progress: show progress bars.
+    """
+    C = model.num_classes
+    for name, dataset in (purity_sets or {}).items():
+        if not (hasattr(dataset, "keypoints") and hasattr(dataset, "num_parts")):
+            raise ValueError(f"purity set {name!r} has no part annotations (needs keypoints(i) and num_parts)")
+    with eval_mode(model, device) as dev:
+        pin = dev.type == "cuda"
+        weight = (model.classifier.weight.clamp(min=0) * model.prototype_mask).float()  # (C, P) as used
+        test = _run(model, make_loader(data, batch_size, num_workers, pin), weight, dev, "evaluate", progress)
+        pred = M.predictions(test.scores)
+        max_scores = test.scores.amax(dim=1)
+        accuracy = M.topk_accuracy(test.scores, test.labels, ks=(1, 5))
+        thresholds = M.ood_thresholds(max_scores, pred, C, tpr=OOD_TPR)
+        ood_results = {}
+        for name, ood_data in (ood or {}).items():
+            o = _run(model, make_loader(ood_data, batch_size, num_workers, pin), weight, dev, f"ood {name}", progress)
+            o_max = o.scores.amax(dim=1)
+            ood_results[name] = {
+                "fpr95": M.fpr_at_tpr(o_max, M.predictions(o.scores), thresholds),
+                "auroc": M.auroc(max_scores, o_max),
+                "num_images": len(o_max),
+            }
+        purity_results = {}
+        used = model.used_prototypes().cpu()
+        for name, dataset in (purity_sets or {}).items():
+            projection = project(
+                model, dataset, k=k, batch_size=batch_size, device=dev, presence_threshold=PURITY_PRESENCE,
+                num_workers=num_workers, progress=progress,
+            )  # fmt: skip
+            for variant, summary in purity_of_projection(projection, dataset, used).items():
+                purity_results[f"{name}_{variant}"] = summary
+        sparsity = M.sparsity_ratio(weight)
+        global_size = M.global_explanation_size(weight)
+    return Metrics(
+        top1_accuracy=accuracy[1],
+        top5_accuracy=accuracy[5],
+        sparsity_ratio=sparsity,
+        global_size=global_size,
+        local_size=test.size_pred.double().mean().item(),
+        local_size_all_classes=test.size_any.double().mean().item(),
+        num_present=test.present.double().mean().item(),
+        abstained=int((pred < 0).sum()),
+        num_images=len(pred),
+        ood=ood_results,
+        purity=purity_results,
+        binary=M.binary_metrics(test.scores, test.labels, float(model.classifier.multiplier)) if C == 2 else None,
+        confusion_matrix=M.confusion_matrix(pred, test.labels, C).tolist(),
+    )
+
+
+def format_metrics_table(metrics: Metrics) -> str:
+    """A plain-text table of the metrics for the command line."""
+    rows: list[tuple[str, str]] = [
+        ("top-1 accuracy", f"{metrics.top1_accuracy:.2%}"),
+        ("top-5 accuracy", f"{metrics.top5_accuracy:.2%}"),
+        ("images / abstained", f"{metrics.num_images} / {metrics.abstained}"),
+        ("sparsity ratio", f"{metrics.sparsity_ratio:.4f}"),
+        ("global explanation size", str(metrics.global_size)),
+        ("local size (predicted class)", f"{metrics.local_size:.2f}"),
+        ("local size (any class)", f"{metrics.local_size_all_classes:.2f}"),
+        ("present prototypes (p > 1e-3)", f"{metrics.num_present:.2f}"),
+    ]
+    for name, value in (metrics.binary or {}).items():
+        rows.append((f"binary {name}", f"{value:.4f}"))
+    for name, o in metrics.ood.items():
+        rows.append((f"OoD {name}: FPR@95 / AUROC", f"{o['fpr95']:.4f} / {o['auroc']:.4f} ({o['num_images']} images)"))
+    for name, p in metrics.purity.items():
+        rows.append(
+            (f"purity {name}", f"{p['mean']:.3f} ± {p['std']:.3f}, {p['count_above_0.5']} > 0.5 of {p['num_prototypes']}")
+        )
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -1,0 +1,293 @@
+"""Evaluation metrics of PIP-Net as pure functions on tensors (spec section 6).
+
+Nothing here sees a model: scores, presences, weights and boxes go in, numbers come out. Conventions:
+
+- An image *abstains* when all its class scores are 0 (spec section 1); its prediction is -1 and it is never
+  counted correct. Otherwise the prediction is the argmax, ties going to the lower class index.
+- Weights are used as the classifier uses them, relu(W); a weight is relevant when > 1e-3.
+- Undefined values (a rate with an empty denominator) are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from pipnet.model import RELEVANCE_THRESHOLD
+from pipnet.patches import PATCH_SIZE, central_boxes
+
+__all__ = [
+    "auroc",
+    "binary_metrics",
+    "confusion_matrix",
+    "fpr_at_tpr",
+    "global_explanation_size",
+    "local_explanation_sizes",
+    "ood_thresholds",
+    "predictions",
+    "purity",
+    "purity_summary",
+    "sparsity_ratio",
+    "topk_accuracy",
+]
+
+
+# ---- classification ----------------------------------------------------------------------------------
+
+
+def predictions(scores: torch.Tensor) -> torch.Tensor:
+    """Predicted class of each row of ``scores`` (N, C): argmax (lowest index on ties), -1 when all are 0."""
+    pred = scores.argmax(dim=1)
+    return torch.where(scores.amax(dim=1) <= 0, torch.full_like(pred, -1), pred)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of images whose true class is among the k highest scores, for each k in ``ks``.
+
+    Ties rank the lower class index first (so top-1 agrees with :func:`predictions`); an image that
+    abstains (all scores 0) is never correct. With k >= C every non-abstaining image is correct.
+
+    Args:
+        scores: (N, C) class scores.
+        labels: (N,) true classes in [0, C).
+        ks: the k values.
+    """
+    N, C = scores.shape
+    labels = labels.long().to(scores.device)
+    if N and (labels.min() < 0 or labels.max() >= C):
+        raise ValueError(f"labels must be in [0, {C}) for accuracy")
+    true = scores.gather(1, labels[:, None])  # (N, 1)
+    classes = torch.arange(C, device=scores.device)
+    rank = (scores > true).sum(dim=1) + ((scores == true) & (classes < labels[:, None])).sum(dim=1)  # (N,)
+    answered = scores.amax(dim=1) > 0
+    return {k: ((rank < k) & answered).double().mean().item() if N else math.nan for k in ks}
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) counts, rows = true class, columns = predicted; entries with a -1 (abstained, OoD) are left out."""
+    pred, labels = pred.long().flatten(), labels.long().flatten().to(pred.device)
+    keep = (pred >= 0) & (labels >= 0)
+    flat = labels[keep] * num_classes + pred[keep]
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _rate(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, multiplier: float = 2.0) -> dict[str, float]:
+    """F1, sensitivity, specificity, balanced accuracy and AUC of a two-class task; class 1 is positive.
+
+    An abstaining image counts as a negative prediction. The AUC ranks images by the model's
+    probability of class 1, softmax(log(out^m + 1))[1], which orders them as o_1 - o_0 with
+    o = log(out^m + 1); tied values count one half (Mann-Whitney).
+
+    Args:
+        scores: (N, 2) class scores.
+        labels: (N,) in {0, 1}.
+        multiplier: m of the score transform (2 in the paper).
+    """
+    if scores.shape[1] != 2:
+        raise ValueError(f"binary metrics need 2 classes, got {scores.shape[1]}")
+    labels = labels.long().to(scores.device)
+    positive_pred, positive = predictions(scores) == 1, labels == 1
+    tp = int((positive_pred & positive).sum())
+    fp = int((positive_pred & ~positive).sum())
+    fn = int((~positive_pred & positive).sum())
+    tn = int((~positive_pred & ~positive).sum())
+    sensitivity, specificity = _rate(tp, tp + fn), _rate(tn, tn + fp)
+    o = torch.log1p(scores.double().pow(multiplier))  # (N, 2)
+    margin = o[:, 1] - o[:, 0]
+    return {
+        "f1": _rate(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "auc": auroc(margin[positive], margin[~positive]),
+    }
+
+
+def auroc(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> float:
+    """Area under the ROC curve = P(positive score > negative score) + P(equal) / 2.
+
+    Computed from average ranks (Mann-Whitney U), so ties are exact. For OoD detection pass the
+    in-distribution max scores as positives and the OoD max scores as negatives.
+    """
+    pos, neg = positive_scores.double().flatten(), negative_scores.double().flatten()
+    n_pos, n_neg = pos.numel(), neg.numel()
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    values, inverse, counts = torch.unique(torch.cat([pos, neg]), return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # 0-based first rank of each distinct value
+    average_rank = first.double() + (counts.double() + 1) / 2  # 1-based average rank of each value
+    rank_sum = average_rank[inverse[:n_pos]].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+# ---- sparsity and explanation size -------------------------------------------------------------------
+
+
+def sparsity_ratio(weight: torch.Tensor) -> float:
+    """Fraction of classifier weights <= 1e-3 (negative raw weights count: relu makes them 0)."""
+    return (weight <= RELEVANCE_THRESHOLD).double().mean().item()
+
+
+def global_explanation_size(weight: torch.Tensor, mask: torch.Tensor | None = None) -> int:
+    """Number of prototypes with a relevant weight (relu(W) > 1e-3) to any class.
+
+    Args:
+        weight: (C, P) classifier weights.
+        mask: optional (P,) prototype mask (0 = switched off).
+    """
+    w = weight.clamp(min=0)
+    if mask is not None:
+        w = w * mask
+    return int((w > RELEVANCE_THRESHOLD).any(dim=0).sum())
+
+
+def local_explanation_sizes(
+    presence: torch.Tensor, weight: torch.Tensor, pred: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image explanation sizes (spec section 6).
+
+    Args:
+        presence: (N, P) presence as the classifier used it at inference (p < 0.1 already set to 0).
+        weight: (C, P) classifier weights (relu is applied here; mask switched-off prototypes beforehand).
+        pred: (N,) predicted classes, -1 for an abstaining image.
+
+    Returns:
+        (N,) number of prototypes with p * W > 1e-3 for the predicted class (0 for abstaining images),
+        (N,) the same for any class, and (N,) number of prototypes with p > 1e-3.
+    """
+    w = weight.clamp(min=0).to(presence.dtype)
+    pred = pred.long()
+    for_pred = presence * w[pred.clamp(min=0)]  # (N, P)
+    size_pred = ((for_pred > RELEVANCE_THRESHOLD) & (pred >= 0)[:, None]).sum(dim=1)
+    size_any = (presence * w.amax(dim=0) > RELEVANCE_THRESHOLD).sum(dim=1)  # p >= 0: max over classes of p * W
+    present = (presence > RELEVANCE_THRESHOLD).sum(dim=1)
+    return size_pred, size_any, present
+
+
+# ---- out-of-distribution detection -------------------------------------------------------------------
+
+
+def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95) -> torch.Tensor:
+    """Per-class score thresholds that keep a fraction ``tpr`` of in-distribution images (spec section 6).
+
+    For class c with n in-distribution images predicted as c, the threshold is the largest t such that at
+    least ``tpr`` of them have max score >= t: the m-th highest of their scores with m = ceil(tpr * n) (no
+    interpolation). A class that no image was predicted as gets +inf; abstaining images (-1) are ignored.
+
+    Args:
+        max_scores: (N,) max class score of each in-distribution image.
+        preds: (N,) predicted class (-1 = abstained).
+        num_classes: C.
+        tpr: the true-positive rate to keep, in (0, 1].
+
+    Returns:
+        (C,) float64 thresholds.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    keep = preds >= 0
+    scores, classes = max_scores[keep].double().cpu(), preds[keep].long().cpu()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(classes[order], stable=True).indices]  # by class, scores descending inside
+    sorted_scores = scores[order]
+    counts = torch.bincount(classes, minlength=num_classes)  # (C,)
+    first = torch.cumsum(counts, 0) - counts
+    # ceil(tpr * n) with a tolerance, so 0.95 * 20 = 19.000000000000004 gives 19, not 20.
+    m = torch.ceil(counts.double() * tpr - 1e-9).long().clamp(min=1)
+    pick = (first + m - 1).clamp(max=max(sorted_scores.numel() - 1, 0))
+    picked = sorted_scores[pick] if sorted_scores.numel() else torch.zeros(num_classes, dtype=torch.float64)
+    return torch.where(counts > 0, picked, torch.full_like(picked, math.inf))
+
+
+def fpr_at_tpr(ood_max_scores: torch.Tensor, ood_preds: torch.Tensor, thresholds: torch.Tensor) -> float:
+    """Fraction of OoD images whose max score reaches the threshold of their predicted class.
+
+    Abstaining OoD images (prediction -1) are never false positives.
+    """
+    preds = ood_preds.long().cpu()
+    if preds.numel() == 0:
+        return math.nan
+    reached = ood_max_scores.double().cpu() >= thresholds.double().cpu()[preds.clamp(min=0)]
+    return ((preds >= 0) & reached).double().mean().item()
+
+
+# ---- purity ---------------------------------------------------------------------------------------------
+
+
+def purity(
+    prototype: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    keypoints: torch.Tensor,
+    num_prototypes: int,
+    num_parts: int,
+    part_groups: Sequence[int] | torch.Tensor | None = None,
+    patch_size: int = PATCH_SIZE,
+) -> torch.Tensor:
+    """Purity of every prototype: the largest fraction of its patches that contain one same part.
+
+    A part is in a patch when one of its keypoints lies in the patch box (top <= y < bottom,
+    left <= x < right); boxes larger than ``patch_size`` are first shrunk to their central
+    ``patch_size`` pixels. Parts mapped to the same group (left/right variants) count as one part, which
+    is present when either keypoint is inside. Patches with no part count in the denominator.
+
+    Args:
+        prototype: (M,) prototype of each patch.
+        image: (M,) image index of each patch.
+        boxes: (M, 4) (top, bottom, left, right) of each patch, in the keypoints' coordinates.
+        keypoints: (K, 4) rows (image index, part id, x, y) of every annotated keypoint (visible ones).
+        num_prototypes: P.
+        num_parts: number of part ids.
+        part_groups: optional (num_parts,) group of each part id (e.g. CUB's 15 parts -> 12).
+        patch_size: the patch size boxes are shrunk to.
+
+    Returns:
+        (P,) float64 purity, NaN for prototypes without patches.
+    """
+    device = boxes.device
+    prototype, image = prototype.long().to(device), image.long().to(device)
+    boxes = central_boxes(boxes, patch_size)
+    groups = torch.arange(num_parts) if part_groups is None else torch.as_tensor(part_groups).long()
+    groups = groups.to(device)
+    num_groups = int(groups.max()) + 1 if groups.numel() else 0
+    keypoints = keypoints.to(device=device, dtype=torch.float64)
+    kp_image = keypoints[:, 0].long()
+
+    # Pair every patch with every keypoint of its image (a ragged join, no Python loop).
+    kp_order = torch.sort(kp_image, stable=True).indices
+    num_images = int(max(int(image.max()) if image.numel() else -1, int(kp_image.max()) if kp_image.numel() else -1)) + 1
+    per_image = torch.bincount(kp_image, minlength=num_images)  # (I,)
+    offset = torch.cumsum(per_image, 0) - per_image  # (I,)
+    per_patch = per_image[image]  # (M,)
+    patch_of_pair = torch.repeat_interleave(torch.arange(len(image), device=device), per_patch)  # (R,)
+    pair_start = torch.repeat_interleave(torch.cumsum(per_patch, 0) - per_patch, per_patch)  # (R,)
+    within = torch.arange(len(patch_of_pair), device=device) - pair_start
+    kp = keypoints[kp_order[offset[image[patch_of_pair]] + within]]  # (R, 4)
+    box = boxes[patch_of_pair].double()  # (R, 4)
+    inside = (box[:, 0] <= kp[:, 3]) & (kp[:, 3] < box[:, 1]) & (box[:, 2] <= kp[:, 2]) & (kp[:, 2] < box[:, 3])
+
+    contains = torch.zeros(len(image), num_groups, dtype=torch.bool, device=device)  # (M, G)
+    contains[patch_of_pair[inside], groups[kp[inside, 1].long()]] = True
+    per_part = torch.zeros(num_prototypes, num_groups, dtype=torch.float64, device=device)
+    per_part.index_add_(0, prototype, contains.double())  # (P, G) patches containing each part
+    patches = torch.bincount(prototype, minlength=num_prototypes).double()  # (P,)
+    best = per_part.amax(dim=1) if num_groups else torch.zeros(num_prototypes, dtype=torch.float64, device=device)
+    return torch.where(patches > 0, best / patches.clamp(min=1), torch.full_like(best, math.nan))
+
+
+def purity_summary(purities: torch.Tensor) -> dict[str, float | int]:
+    """Mean, population std, number above 0.5 (strictly) and number of the non-NaN purities given."""
+    values = purities[~torch.isnan(purities)].double()
+    n = values.numel()
+    return {
+        "mean": values.mean().item() if n else math.nan,
+        "std": values.std(correction=0).item() if n else math.nan,
+        "count_above_0.5": int((values > 0.5).sum()),
+        "num_prototypes": n,
+    }
