@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pipnet.model import PRESENCE_THRESHOLD, RELEVANCE_THRESHOLD, PIPNet
 from pipnet.patches import boxes_from_heatmaps, patch_boxes
+from pipnet.projection import eval_mode
 
 __all__ = [
     "ClassExplanation",
@@ -77,7 +78,7 @@ class ImageExplanation:
 
     image_id: str
     predicted: int | None
-    abstained: bool  # no prototype gives evidence to any class (all scores 0 without a bias)
+    abstained: bool  # every class score is 0 (no prototype present): no prediction
     top_classes: list[ClassExplanation]
     presence_threshold: float  # presence below this was set to 0 (0.1 at inference, 0.0 otherwise)
     input_size: tuple[int, int] = (0, 0)  # (H, W) of the model input the boxes refer to
@@ -118,7 +119,7 @@ def explain(
     """Explain a batch of images with one forward pass.
 
     Args:
-        model: a PIP-Net (not modified; put it in eval mode yourself if it has batch norm to freeze).
+        model: a PIP-Net; run in eval mode (its training flags are restored afterwards), never modified.
         images: (B, 3, S, S) model inputs, normalised as in training.
         top_classes: how many of the highest-scoring classes to explain per image.
         image_ids: one name per image (default: "0", "1", ...).
@@ -138,7 +139,9 @@ def explain(
     if len(image_ids) != batch:
         raise ValueError(f"{len(image_ids)} image_ids for {batch} images")
 
-    out = model.predict(images) if inference else model(images)
+    with eval_mode(model) as device:  # batch norm must not use (or update) batch statistics
+        images = images.to(device)
+        out = model.predict(images) if inference else model(images)
     threshold = PRESENCE_THRESHOLD if inference else 0.0
     # Exactly the presence the classifier saw (see PIPNet.forward_head).
     used = torch.where(out.presence < threshold, torch.zeros_like(out.presence), out.presence)  # (B, P)
@@ -150,7 +153,7 @@ def explain(
     evidence = used[:, None, :] * weight[order]  # (B, k, P)
     evidence_sorted, proto_order = torch.sort(evidence, dim=2, descending=True, stable=True)  # (B, k, P)
     counts = (evidence_sorted > 0).sum(dim=2)  # (B, k)
-    abstained = (used[:, None, :] * weight[None]).amax(dim=(1, 2)) <= 0  # (B,) no evidence for any class
+    abstained = out.scores.amax(dim=1) <= 0  # (B,) all scores 0: no prediction (as metrics.predictions)
 
     grid_h, grid_w = out.maps.shape[-2:]
     input_size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -246,7 +249,7 @@ class ScoringSheet:
         classes = [
             SheetClass(**{**c, "prototypes": [SheetEntry(**e) for e in c["prototypes"]]}) for c in d["classes"]
         ]
-        return cls(classes=classes, used_prototypes=list(d["used_prototypes"]), relevance_threshold=d["relevance_threshold"])
+        return cls(classes, list(d["used_prototypes"]), d["relevance_threshold"])
 
 
 @torch.inference_mode()
