@@ -1,0 +1,62 @@
+"""Multi-process training on PyTorch's own engine (``torchrun``): process group, samplers, gathers.
+
+Launch with ``torchrun --nproc_per_node=N -m pipnet train ...``; torchrun sets RANK / WORLD_SIZE /
+LOCAL_RANK. Single-process runs go through the same functions, which then do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "gather_presence", "all_reduce_sum"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun prepared (NCCL on CUDA, gloo on the CPU); no-op otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather_presence(presence: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The presence scores of the global batch (B_global, P), with gradients flowing back to each rank.
+
+    The tanh loss sums presence over the whole batch; gathering makes it the loss of the global batch.
+    The autograd-aware all_gather sums the gradient of every rank's copy into the owner's slice, and
+    DDP then averages over ranks, which gives exactly the single-process gradient.
+    """
+    if not info.enabled:
+        return presence
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(presence), dim=0)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (for epoch statistics); identity in a single process."""
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t

@@ -1,0 +1,453 @@
+"""The training loop of PIP-Net (spec section 4; supplementary Algorithm 1).
+
+One loop reads the schedule declared in :mod:`pipnet.train.phases`: for every epoch it sets which
+parameter groups train, builds the stage's optimisers when a stage starts, runs the steps, evaluates,
+logs a CSV row and writes a resumable checkpoint. After the last epoch, prototypes never present on the
+projection set are pruned and the model is saved as ``model.safetensors`` + ``config.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pipnet import losses
+from pipnet.data import DataBundle, build_data
+from pipnet.evaluate import Metrics, evaluate
+from pipnet.metrics import global_explanation_size, sparsity_ratio
+from pipnet.model import PIPNet, create_model
+from pipnet.projection import project, prune_unused_prototypes
+from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
+from pipnet.train.config import TrainConfig
+from pipnet.train.distributed import DistInfo, all_reduce_sum, gather_presence, init_distributed
+from pipnet.train.phases import EpochPlan, plan_epochs
+from pipnet.train.run_dir import RunDir
+from pipnet.utils import default_device
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "training_step_losses", "soft_threshold_", "hard_threshold_"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss part became NaN or Inf."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: PIPNet
+    metrics: Metrics | None
+    data: DataBundle
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- the classifier's sparsification (after every classification step) ---------------------------
+
+
+@torch.no_grad()
+def soft_threshold_(classifier: nn.Module, threshold: float = 1e-3) -> None:
+    """Faithful: W <- max(W - 1e-3, 0) for every weight, every step; m <- max(m, 1); b <- max(b, 0).
+
+    Subtracting the threshold from *every* weight is a soft threshold: weights that the classification
+    loss does not keep pushing up drift to exactly 0.
+    """
+    classifier.weight.sub_(threshold).clamp_(min=0.0)
+    classifier.multiplier.clamp_(min=1.0)
+    if classifier.bias is not None:
+        classifier.bias.clamp_(min=0.0)
+
+
+@torch.no_grad()
+def hard_threshold_(classifier: nn.Module, threshold: float = 1e-3) -> None:
+    """Option: only weights below the threshold become 0; the others are left as they are."""
+    classifier.weight.masked_fill_(classifier.weight < threshold, 0.0)
+    classifier.multiplier.clamp_(min=1.0)
+    if classifier.bias is not None:
+        classifier.bias.clamp_(min=0.0)
+
+
+SPARSIFIERS = {"soft_threshold": soft_threshold_, "hard_threshold": hard_threshold_}
+
+
+# ---- one step's losses ---------------------------------------------------------------------------
+
+
+def training_step_losses(
+    out: Any, labels: torch.Tensor, plan: EpochPlan, multiplier: torch.Tensor, info: DistInfo = DistInfo()
+) -> dict[str, torch.Tensor]:
+    """The loss and its parts for one batch of two views stacked as (2B, ...).
+
+    Returns a dict with ``loss`` (the weighted sum) and the parts that have a non-zero weight.
+    """
+    maps1, maps2 = out.maps.float().chunk(2)  # (B, P, h, w) each
+    p1, p2 = out.presence.float().chunk(2)  # (B, P) each
+    parts: dict[str, torch.Tensor] = {}
+    if plan.align:
+        parts["align"] = losses.alignment_loss(maps1, maps2)
+    if plan.tanh:
+        parts["tanh"] = (losses.tanh_loss(gather_presence(p1, info)) + losses.tanh_loss(gather_presence(p2, info))) / 2
+    if plan.classification:
+        parts["classification"] = losses.classification_loss(out.scores.float(), labels.repeat(2), multiplier)
+    weights = plan.loss_weights
+    loss = sum(weights[k] * v for k, v in parts.items())
+    return {"loss": loss, **parts}
+
+
+# ---- optimisers and schedules per stage -----------------------------------------------------------
+
+
+@dataclass
+class StageOptim:
+    net: torch.optim.Optimizer | None
+    classifier: torch.optim.Optimizer
+    net_schedule: torch.optim.lr_scheduler.LRScheduler | None
+    classifier_schedule: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k).state_dict() if getattr(self, k) is not None else None
+            for k in ("net", "classifier", "net_schedule", "classifier_schedule")
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            if v is not None and getattr(self, k) is not None:
+                getattr(self, k).load_state_dict(v)
+
+
+def parameter_groups(model: PIPNet) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by group: to_train, to_freeze, backbone, add_on, classifier, never."""
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in ("to_train", "to_freeze", "backbone", "add_on", "classifier", "never")}
+    for name, p in model.backbone.named_parameters():
+        groups[model.backbone.group_of(name) or "never"].append(p)
+    groups["add_on"] = list(model.add_on.parameters())
+    groups["classifier"] = [model.classifier.weight] + ([model.classifier.bias] if model.classifier.bias is not None else [])
+    return groups
+
+
+def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int) -> StageOptim:
+    """Fresh AdamW optimisers and cosine schedules for a stage (spec section 4)."""
+    o, s = config.optim, config.schedule
+    g = parameter_groups(model)
+    net_groups = [
+        {"params": g["to_train"], "lr": o.lr_block, "name": "to_train"},
+        {"params": g["to_freeze"], "lr": o.lr_block, "name": "to_freeze"},
+        {"params": g["backbone"], "lr": o.lr_net, "name": "backbone"},
+        {"params": g["add_on"], "lr": o.lr_block * 10, "name": "add_on"},
+    ]
+    net_groups = [grp for grp in net_groups if grp["params"]]
+    net = torch.optim.AdamW(net_groups, weight_decay=o.weight_decay) if net_groups else None
+    classifier = torch.optim.AdamW([{"params": g["classifier"], "lr": o.lr, "name": "classifier"}], weight_decay=o.weight_decay)
+    if stage == "pretrain":
+        net_schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs_pretrain * iters), eta_min=o.lr_block / 100)
+            if net
+            else None
+        )
+        return StageOptim(net, classifier, net_schedule, None)
+    net_schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs * iters), eta_min=o.lr_net / 100) if net else None
+    )
+    period = 5 if s.epochs <= 30 else 10
+    classifier_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(classifier, T_0=period, eta_min=0.001)
+    return StageOptim(net, classifier, net_schedule, classifier_schedule)
+
+
+def set_trainable(model: PIPNet, plan: EpochPlan) -> None:
+    """requires_grad per group, as the epoch's plan says; stem groups never train."""
+    for group, params in parameter_groups(model).items():
+        for p in params:
+            p.requires_grad_(group in plan.trains)
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+
+
+def seed_epoch(seed: int, epoch_index: int) -> torch.Generator:
+    """Seed every random source from (seed, epoch): a resumed run draws the same numbers."""
+    s = seed * 1_000_003 + epoch_index
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def _worker_init(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        device = default_device()
+    else:
+        device = torch.device(name)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    return device
+
+
+class _Progress:
+    """A tqdm bar on the main process only; postfix refreshed every ``every`` steps (each refresh syncs)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, every: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+        self.every = max(1, every)
+
+    def update(self, step: int, sums: dict[str, torch.Tensor], count: int) -> None:
+        self.bar.update(1)
+        if not self.bar.disable and (step + 1) % self.every == 0:
+            self.bar.set_postfix({k: f"{float(v) / max(count, 1):.3f}" for k, v in sums.items()})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_epoch(
+    model: nn.Module,
+    core: PIPNet,
+    loader: DataLoader,
+    plan: EpochPlan,
+    optim: StageOptim,
+    config: TrainConfig,
+    device: torch.device,
+    info: DistInfo,
+    scaler: torch.amp.GradScaler | None,
+) -> dict[str, float]:
+    """Train for one epoch; returns the epoch means of the loss parts and the train accuracy."""
+    model.train()
+    rt = config.runtime
+    sparsify = SPARSIFIERS[config.optim.sparsify]
+    net_trains = bool(plan.trains & {"to_train", "to_freeze", "backbone", "add_on"}) and optim.net is not None
+    classifier_trains = "classifier" in plan.trains
+    iters = len(loader)
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen = 0
+    progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
+    for step, (x1, x2, y) in enumerate(loader):
+        x = torch.cat([x1, x2]).to(device, non_blocking=True)  # (2B, 3, S, S)
+        y = y.to(device, non_blocking=True)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, rt.precision):
+            out = model(x)
+        parts = training_step_losses(out, y, plan, core.classifier.multiplier, info)
+        if not torch.isfinite(parts["loss"]):
+            bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
+            message = f"non-finite loss at {plan.stage} epoch {plan.epoch} step {step + 1}: part(s) {bad or ['loss']}"
+            if rt.on_nonfinite == "skip":
+                log.warning("%s; batch skipped", message)
+                continue
+            raise NonFiniteLossError(message + "; the last good checkpoint is kept")
+        for opt in (optim.net, optim.classifier):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        (scaler.scale(parts["loss"]) if scaler else parts["loss"]).backward()
+        for opt, trains in ((optim.net, net_trains), (optim.classifier, classifier_trains)):
+            if trains:
+                if scaler:
+                    scaler.step(opt)
+                else:
+                    opt.step()
+        if scaler:
+            scaler.update()
+        if net_trains and optim.net_schedule is not None:
+            optim.net_schedule.step()
+        if plan.stage == "classify":
+            if optim.classifier_schedule is not None:
+                optim.classifier_schedule.step(plan.epoch - 1 + (step + 1) / iters)
+            sparsify(core.classifier, config.optim.sparsify_threshold)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
+        correct += (out.scores.detach().argmax(dim=1) == y.repeat(2)).sum()
+        seen += 1
+        progress.update(step, sums, seen)
+    progress.close()
+    totals = all_reduce_sum(torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)]), info)
+    steps = max(float(totals[-1]), 1.0)
+    row = {k: float(v) / steps for k, v in zip(sums, totals[: len(sums)])}
+    batch = config.schedule.batch_size_pretrain if plan.stage == "pretrain" else config.schedule.batch_size
+    row["train_accuracy"] = float(totals[-2]) / max(1.0, 2 * steps * batch) if plan.stage == "classify" else math.nan
+    return row
+
+
+def _loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, epoch: int, device):
+    rt = config.runtime
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=rt.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        batch_size = max(1, batch_size // info.world_size)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=rt.num_workers,
+        generator=generator,
+        worker_init_fn=_worker_init,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _build_model(config: TrainConfig, num_classes: int, classes: list[str], pretrained: bool | str) -> PIPNet:
+    m = config.model
+    return create_model(
+        m.backbone,
+        num_classes,
+        pretrained=pretrained,
+        num_features=m.num_features,
+        bias=m.bias,
+        image_size=config.data.image_size,
+        class_names=list(classes),
+        **m.backbone_kwargs,
+    )
+
+
+def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
+    """Train a PIP-Net as the config says, writing everything to a run folder.
+
+    Args:
+        config: the run's configuration (``config.resume`` continues an earlier run from its folder).
+        data: optional pre-built data (otherwise built from ``config.data``).
+    """
+    rt = config.runtime
+    info = init_distributed("cuda" if rt.device.startswith("cuda") or (rt.device == "auto" and torch.cuda.is_available()) else "cpu")
+    run = RunDir.resume(config.resume) if config.resume else RunDir.create(config.out, config, main=info.is_main)
+    if config.resume:
+        config = run.config  # the resumed run's own settings
+        rt = config.runtime
+    if rt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = _resolve_device(rt.device, info)
+    seed_epoch(rt.seed, 0)
+    data = data if data is not None else build_data(config.data)
+    checkpoint = load_checkpoint(run.checkpoint_path) if config.resume else None
+    model = _build_model(config, len(data.classes), data.classes, False if checkpoint else config.model.pretrained)
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+    model.to(device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    plans = plan_epochs(config.schedule)
+    start = int(checkpoint["epochs_done"]) if checkpoint else 0
+    history = run.read_history()[:start]
+    scaler = torch.amp.GradScaler(device.type) if rt.precision == "fp16" else None
+    optim: StageOptim | None = None
+    stage = None
+    log.info("run folder %s: %d epochs (%d done), device %s, %s", run.path, len(plans), start, device, rt.precision)
+    for index in range(start, len(plans)):
+        plan = plans[index]
+        generator = seed_epoch(rt.seed, index + 1)
+        dataset = data.pretrain if plan.stage == "pretrain" else data.train
+        batch = config.schedule.batch_size_pretrain if plan.stage == "pretrain" else config.schedule.batch_size
+        loader = _loader(dataset, batch, config, generator, info, index, device)
+        if plan.stage != stage:
+            optim = make_stage_optim(model, plan.stage, config, len(loader))
+            if checkpoint and checkpoint["stage"] == plan.stage and index == start:
+                optim.load_state_dict(checkpoint["optim"])
+                if scaler and checkpoint.get("scaler"):
+                    scaler.load_state_dict(checkpoint["scaler"])
+            stage = plan.stage
+        set_trainable(model, plan)
+        wrapped = _wrap(model, info, rt.compile, device)
+        started = time.perf_counter()
+        row: dict[str, Any] = {"epoch": index + 1, "stage": plan.stage, "stage_epoch": plan.epoch, "phase": plan.name}
+        row.update(run_epoch(wrapped, model, loader, plan, optim, config, device, info, scaler))
+        row.update(_lrs(optim))
+        row.update(_scoring_sheet_stats(model))
+        every = config.schedule.eval_every
+        if plan.stage == "classify" and data.test is not None and every and (plan.epoch % every == 0 or index == len(plans) - 1):
+            m = evaluate(model, data.test, batch_size=batch, device=device)
+            row.update(test_accuracy=m.top1_accuracy, local_size=m.local_size, abstained=m.abstained)
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        if info.is_main:
+            run.append_history(history)
+            save_checkpoint(
+                run.checkpoint_path,
+                {"epochs_done": index + 1, "stage": plan.stage, "model": model.state_dict(), "optim": optim.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else None},
+            )
+            log.info("epoch %d/%d %s: %s", index + 1, len(plans), plan.name, _short(row))
+    return _finish(run, model, data, config, device, info, history)
+
+
+def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, device, info: DistInfo, history) -> TrainResult:
+    """Prune never-present prototypes, save the model, evaluate on held-out data, write metrics.json."""
+    batch = config.schedule.batch_size
+    projection = project(model, data.projection, k=10, batch_size=batch, device=device, progress=config.runtime.progress and info.is_main)
+    pruned = prune_unused_prototypes(model, projection, threshold=config.optim.prune_threshold)
+    log.info("pruned %d prototypes never present above %.2f on the projection set", len(pruned), config.optim.prune_threshold)
+    metrics = None
+    if info.is_main:
+        model.save_pretrained(run.path)
+        if data.test is not None:
+            purity = {}
+            if data.num_parts > 0:
+                purity = {"train": data.projection, "test": data.test_projection or data.test}
+            metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
+                               progress=config.runtime.progress)
+            run.write_metrics(metrics)
+        run.write_plot(history)
+    return TrainResult(run.path, model, metrics, data, history)
+
+
+def _wrap(model: PIPNet, info: DistInfo, compile_model: bool, device: torch.device) -> nn.Module:
+    """DDP around the model (rebuilt per epoch, since the set of trained parameters changes), then compile."""
+    wrapped: nn.Module = model
+    if info.enabled and any(p.requires_grad for p in model.parameters()):
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
+        )
+    if compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _lrs(optim: StageOptim) -> dict[str, float]:
+    out = {}
+    for opt in (optim.net, optim.classifier):
+        if opt is not None:
+            for g in opt.param_groups:
+                out[f"lr_{g['name']}"] = g["lr"]
+    return out
+
+
+@torch.no_grad()
+def _scoring_sheet_stats(model: PIPNet) -> dict[str, float]:
+    w = torch.relu(model.classifier.weight) * model.prototype_mask
+    return {"sparsity_ratio": float(sparsity_ratio(w)), "global_size": int(global_explanation_size(w))}
+
+
+def _short(row: dict[str, Any]) -> str:
+    keys = ("loss", "align", "tanh", "classification", "train_accuracy", "test_accuracy", "sparsity_ratio", "seconds")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if k in row and isinstance(row[k], float) and not math.isnan(row[k]))
+
