@@ -338,15 +338,17 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     """
     rt = config.runtime
     info = init_distributed("cuda" if rt.device.startswith("cuda") or (rt.device == "auto" and torch.cuda.is_available()) else "cpu")
-    run = RunDir.resume(config.resume) if config.resume else RunDir.create(config.out, config, main=info.is_main)
     if config.resume:
+        run = RunDir.resume(config.resume)
         config = run.config  # the resumed run's own settings
         rt = config.runtime
+    seed_epoch(rt.seed, 0)
+    data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
+    if not config.resume:
+        run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = _resolve_device(rt.device, info)
-    seed_epoch(rt.seed, 0)
-    data = data if data is not None else build_data(config.data)
     checkpoint = load_checkpoint(run.checkpoint_path) if config.resume else None
     model = _build_model(config, len(data.classes), data.classes, False if checkpoint else config.model.pretrained)
     if checkpoint:

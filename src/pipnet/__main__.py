@@ -1,0 +1,5 @@
+import sys
+
+from pipnet.cli import main
+
+sys.exit(main())

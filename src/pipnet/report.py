@@ -1,0 +1,68 @@
+"""Build the HTML report of a run folder: gallery, scoring sheet, metrics and explained images.
+
+Sits above evaluation, explanations and rendering: it rebuilds the run's data from its saved config,
+projects the training images, explains a sample of test, out-of-distribution and multi-object images,
+and hands everything to :func:`pipnet.render.html.write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pipnet.data import build_data
+from pipnet.explain import explain
+from pipnet.model import PIPNet
+from pipnet.projection import eval_mode, project
+from pipnet.render.html import write_report
+from pipnet.train.config import load_config
+from pipnet.train.run_dir import RunDir
+
+__all__ = ["build_report"]
+
+log = logging.getLogger(__name__)
+
+
+def _sample(dataset, count: int, section: str, model: PIPNet, device) -> list:
+    """Explain the first ``count`` images of an eval dataset (items (x, label), with ``raw_image``)."""
+    if dataset is None or len(dataset) == 0:
+        return []
+    n = min(count, len(dataset))
+    # Spread the picks over the data set so that several classes show up.
+    indices = sorted({round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)})
+    images = torch.stack([dataset[i][0] for i in indices])
+    with eval_mode(model, device) as dev:
+        explanations = explain(model, images.to(dev), image_ids=[f"{section}-{i}" for i in indices])
+    return [(e, dataset.raw_image(i), section) for e, i in zip(explanations, indices)]
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False) -> Path:
+    """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path."""
+    run_dir = Path(run_dir)
+    model = PIPNet.from_pretrained(run_dir).eval()
+    config = load_config(str(run_dir / "config.yaml"))
+    data = build_data(config.data)
+    device = torch.device("cpu")
+    projection = project(model, data.projection, k=10, batch_size=config.schedule.batch_size, progress=progress)
+    explained = _sample(data.test, samples, "test", model, device)
+    for name, ood in data.ood.items():
+        explained += _sample(ood, max(2, samples // 2), "ood", model, device)
+    explained += _sample(data.multi, max(2, samples // 2), "multi", model, device)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    history = RunDir(run_dir, config).read_history()
+    path = Path(out) if out else run_dir / "report.html"
+    write_report(
+        path,
+        model=model,
+        metrics=metrics,
+        history=[r for r in history if r.get("stage") == "classify"],
+        projection=projection,
+        projection_dataset=data.projection,
+        explanations=explained,
+        title=f"PIP-Net report: {run_dir.name}",
+    )
+    return path
