@@ -131,16 +131,30 @@ def read_cub(root: str | os.PathLike[str]) -> CUBMetadata:
     locs_path = root / "parts/part_locs.txt"
     if not locs_path.is_file():
         raise DataError(f"CUB file {locs_path} is missing (expected {_EXPECTED['parts/part_locs.txt']})")
-    values = np.array(locs_path.read_text(encoding="utf-8").split(), dtype=np.float64)
+    try:
+        values = np.array(locs_path.read_text(encoding="utf-8").split(), dtype=np.float64)
+    except ValueError as e:
+        raise DataError(f"{locs_path} holds a value that is not a number ({e}); "
+                        f"expected {_EXPECTED['parts/part_locs.txt']}") from e
     if values.size % 5:
         raise DataError(f"{locs_path} does not have 5 numbers per line (expected {_EXPECTED['parts/part_locs.txt']})")
     locs = values.reshape(-1, 5)
     locs = locs[locs[:, 4] > 0]  # visible only
+    known_ids = set(ids)
     by_image: dict[int, list[list[float]]] = {}
     for image_id, part_id, x, y, _ in locs.tolist():
+        where = f"{locs_path}: image {int(image_id)}, part {int(part_id)}"
         if int(part_id) not in part_index:
             raise DataError(f"{locs_path}: part id {int(part_id)} is not listed in {root / 'parts/parts.txt'}")
+        if int(image_id) not in known_ids:
+            raise DataError(f"{where}: image {int(image_id)} is not listed in {root / 'images.txt'}")
+        if not (np.isfinite(x) and np.isfinite(y) and x >= 0 and y >= 0):
+            raise DataError(f"{where} has coordinates ({x}, {y}); expected pixels of the full image, x, y >= 0")
         by_image.setdefault(int(image_id), []).append([float(part_index[int(part_id)]), x, y])
+    missing = [r[1].strip() for r in images if not (root / "images" / r[1].strip()).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} images listed in {root / 'images.txt'} are missing from {root / 'images'} "
+                        f"(first: {missing[:3]})")
 
     log.info("CUB %s: %d images, %d classes, %d visible part locations", root, len(ids), len(class_rows), len(locs))
     labels = []
@@ -235,9 +249,20 @@ class CUB(Dataset):
         """
         kp = self.meta.keypoints[self.indices[i]].clone()
         if not self.crop:
+            self._check_inside(i, kp)
             return kp
         left, top, right, bottom = self.crop_box(i)
         kp[:, 1] -= left
         kp[:, 2] -= top
         inside = (kp[:, 1] >= 0) & (kp[:, 1] < right - left) & (kp[:, 2] >= 0) & (kp[:, 2] < bottom - top)
         return kp[inside]
+
+    def _check_inside(self, i: int, kp: torch.Tensor) -> None:
+        """Raise ``DataError`` when a keypoint of full image ``i`` lies outside it (a mismatched part_locs.txt)."""
+        width, height = self.image_size(i)
+        outside = (kp[:, 1] > width) | (kp[:, 2] > height)
+        if outside.any():
+            _, x, y = kp[outside][0].tolist()
+            raise DataError(f"{self.meta.root / 'parts/part_locs.txt'}: image {self.meta.paths[self.indices[i]]} "
+                            f"is {width} x {height} pixels but has a part at ({x}, {y}); expected coordinates "
+                            "inside the full image")

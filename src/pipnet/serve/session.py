@@ -1,0 +1,303 @@
+"""What the web page works on: the model being edited, its data, and the image being explained.
+
+An :class:`Explorer` holds a :class:`~pipnet.serve.editing.ModelEditor`, the run's data when there is one
+(the training images are projected once, for the prototypes' typical patches; the test set is kept as
+tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluate.evaluate`), and the image
+on show. Explanations, accuracies and pictures are cached until the model or the image changes. Nothing
+here knows about HTTP; the web app serialises calls with :attr:`Explorer.lock`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from pipnet.data import build_data, eval_transform, load_image
+from pipnet.data.config import DataConfig
+from pipnet.data.errors import ImageLoadError
+from pipnet.evaluate import Metrics, evaluate
+from pipnet.explain import ImageExplanation, explain
+from pipnet.model import PIPNet
+from pipnet.projection import Projection, eval_mode, project
+from pipnet.render.png import fit, prototype_row
+from pipnet.serve.editing import ModelEditor, safe_folder_name
+from pipnet.utils import default_device
+
+__all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
+TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
+
+
+class UploadError(ValueError):
+    """An uploaded file is not a usable image; the message is for the person who sent it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Shown:
+    """The image being explained."""
+
+    serial: int  # a new number for every image shown
+    title: str
+    image: Image.Image  # RGB, at most DISPLAY_PX on its longer side, for drawing
+    x: torch.Tensor  # (3, S, S) the model input
+    maps: torch.Tensor  # (P, h, w) its prototype maps (edits never change them)
+    split: str | None = None  # data set and index when picked from the data
+    index: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ExplorerData:
+    """The data of a run, as the page uses it."""
+
+    config: DataConfig
+    config_path: Path | None
+    classes: list[str]
+    picker: dict[str, Dataset]  # name -> data set whose images can be picked by index (items (x, label))
+    projection_set: Dataset
+    projection: Projection
+    test: Dataset | None  # for the accuracy
+
+
+class Explorer:
+    """One model to explore and edit, with its data and the image on show.
+
+    Args:
+        model_dir: a saved model (``model.safetensors`` + ``config.json``), e.g. a run folder.
+        data: a training config YAML or a run folder whose ``config.yaml`` gives the data, or a ``DataConfig``;
+            default: ``model_dir/config.yaml`` when present (or the data an edited model was explored with).
+        out_dir: where edited models are saved (default: beside ``model_dir``).
+        device: where to run the model (default: CUDA when present).
+        gallery_k: typical patches shown per prototype.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        data: str | Path | DataConfig | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        gallery_k: int = 8,
+    ):
+        self.model_dir = Path(model_dir).resolve()
+        self.device = torch.device(device) if device is not None else default_device()
+        self.editor = ModelEditor.from_folder(self.model_dir, self.device)
+        self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
+        self.gallery_k = gallery_k
+        self.lock = threading.RLock()
+        self.data = self._load_data(data)
+        self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
+        preset = self.data.config.preset if self.data else "default"
+        self.transform = eval_transform(self.model.config.image_size, preset)
+        self.shown: Shown | None = None
+        self._serial = 0
+        self._cache: dict[tuple, object] = {}
+
+    @property
+    def model(self) -> PIPNet:
+        """The edited model (the unedited one is ``editor.original``)."""
+        return self.editor.model
+
+    def cached(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()``, computed once per ``key`` (keys that name an image or a model version go stale, not wrong)."""
+        if key not in self._cache:
+            value = make()  # may forget other entries first
+            self._cache[key] = value
+        return self._cache[key]
+
+    def _forget(self, kind: str) -> None:
+        """Drop the cached entries of one kind (the first element of their keys)."""
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+
+    # ---- data ----------------------------------------------------------------------------------------
+
+    def _load_data(self, data: str | Path | DataConfig | None) -> ExplorerData | None:
+        config_path, config = None, data if isinstance(data, DataConfig) else None
+        if config is None:
+            config_path = _data_config_path(self.model_dir, data, self.editor.data_config)
+            if config_path is None:
+                log.info("no data: give --data (a run folder or training config) for the gallery and test accuracy")
+                return None
+            from pipnet.train.config import load_config
+
+            config = load_config(str(config_path)).data
+        size = self.model.config.image_size
+        if config.image_size != size:
+            log.warning("the data's image size is %d, the model's %d: using %d", config.image_size, size, size)
+            config = dataclasses.replace(config, image_size=size)
+        bundle = build_data(config)
+        log.info("projecting %d training images for the prototype gallery", len(bundle.projection))
+        projection = project(self.editor.original, bundle.projection, k=self.gallery_k, device=self.device)
+        picker = {"test": bundle.test} if bundle.test is not None else {}
+        picker["train"] = bundle.projection
+        return ExplorerData(
+            config=config,
+            config_path=config_path,
+            classes=list(bundle.classes),
+            picker=picker,
+            projection_set=bundle.projection,
+            projection=projection,
+            test=_in_memory(bundle.test) if bundle.test is not None else None,
+        )
+
+    # ---- the image on show -------------------------------------------------------------------------
+
+    def show_upload(self, filename: str, content: bytes) -> Shown:
+        """Decode an uploaded file (PNG, JPEG, GIF, BMP, WebP or TIFF) and show it.
+
+        Raises:
+            UploadError: not one of those formats, truncated or corrupt, or too many pixels.
+        """
+        if not content:
+            raise UploadError("the file is empty")
+        _check_format(content)
+        with tempfile.TemporaryDirectory(prefix="pipnet-upload-") as tmp:
+            path = Path(tmp) / "upload"
+            path.write_bytes(content)
+            try:
+                image = load_image(path)
+            except ImageLoadError as e:
+                raise UploadError(f"cannot read this image: {e.reason}") from e
+        return self._show(f"uploaded image {filename[:80]}", image, self.transform(image))
+
+    def show_item(self, split: str, index: int) -> Shown:
+        """Show image ``index`` of one of the data sets (``test`` or ``train``)."""
+        if self.data is None or split not in self.data.picker:
+            raise IndexError(f"there is no {split!r} data set to pick from")
+        dataset = self.data.picker[split]
+        if not 0 <= index < len(dataset):
+            raise IndexError(f"the {split} set has images 0 to {len(dataset) - 1}, not {index}")
+        x, label = dataset[index]
+        title = f"{split} image {index} (class {self.data.classes[label]})"
+        return self._show(title, dataset.raw_image(index), x, split, index)
+
+    def _show(self, title: str, image: Image.Image, x: torch.Tensor, split=None, index=None) -> Shown:
+        with eval_mode(self.model, self.device) as dev:
+            maps = self.model.prototype_maps(self.model.forward_features(x[None].to(dev)))[0].float().cpu()
+        self._serial += 1
+        self._forget("explain")
+        self._forget("pictures")
+        display = fit(image, DISPLAY_PX) if max(image.size) > DISPLAY_PX else image.convert("RGB")
+        self.shown = Shown(self._serial, title, display, x, maps, split, index)
+        return self.shown
+
+    def explanations(self, top_classes: int = 3) -> tuple[ImageExplanation, ImageExplanation] | None:
+        """(edited model's, unedited model's) explanation of the image on show, or None when there is none."""
+        shown = self.shown
+        if shown is None:
+            return None
+
+        def both() -> tuple[ImageExplanation, ImageExplanation]:
+            self._forget("explain")
+            x, ids = shown.x[None], [shown.title]
+            edited = explain(self.model, x, top_classes=top_classes, image_ids=ids)[0]
+            return edited, explain(self.editor.original, x, top_classes=top_classes, image_ids=ids)[0]
+
+        return self.cached(("explain", shown.serial, self.editor.version, top_classes), both)
+
+    # ---- the data's view of the model ----------------------------------------------------------------
+
+    def accuracy(self) -> tuple[Metrics, Metrics] | None:
+        """(unedited, edited) metrics on the test set, or None without one."""
+        test = self.data.test if self.data is not None else None
+        if test is None:
+            return None
+        original = self.cached(("original metrics",), lambda: evaluate(self.editor.original, test, device=self.device))
+        if not self.editor.edited:
+            return original, original
+
+        def edited() -> Metrics:
+            self._forget("metrics")
+            return evaluate(self.model, test, device=self.device)
+
+        return original, self.cached(("metrics", self.editor.version), edited)
+
+    def prototype_patches_png(self, prototype: int) -> bytes | None:
+        """PNG of a prototype's most typical patches in the training images, or None without data."""
+        if self.data is None or not 0 <= prototype < self.model.num_prototypes:
+            return None
+        data = self.data
+
+        def png() -> bytes:
+            row = prototype_row(data.projection, data.projection_set, prototype, self.gallery_k, 48, label=False)
+            buffer = io.BytesIO()
+            row.save(buffer, format="PNG")
+            return buffer.getvalue()
+
+        return self.cached(("patches", prototype), png)
+
+    # ---- saving ------------------------------------------------------------------------------------
+
+    def suggested_name(self) -> str:
+        """``<model>-edited-N`` with the first N that is not taken in the output folder."""
+        n = 1
+        while (self.out_dir / f"{self.model_dir.name}-edited-{n}").exists():
+            n += 1
+        return f"{self.model_dir.name}-edited-{n}"
+
+    def save(self, name: str) -> Path:
+        """Save the edited model to a new folder ``out_dir/<name, sanitised>``.
+
+        Raises:
+            ValueError: no usable name.
+            FileExistsError: that folder exists (nothing is overwritten).
+        """
+        path = self.out_dir / safe_folder_name(name or self.suggested_name())
+        if path.exists():
+            raise FileExistsError(f"{path} exists already: choose another name")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self.editor.save(path)
+
+
+def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | None) -> Path | None:
+    """The config YAML whose data to use: ``data`` (a file, or a run folder), else the model's own."""
+    if data is not None:
+        path = Path(data)
+        path = path / "config.yaml" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no data config at {path} (give a run folder or a training config YAML)")
+        return path
+    for candidate in (model_dir / "config.yaml", Path(recorded) if recorded else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _in_memory(dataset: Dataset, batch_size: int = 64) -> Dataset:
+    """The (x, label) items as one TensorDataset when they fit in ``TEST_CACHE_BYTES``, else ``dataset``."""
+    if len(dataset) * dataset[0][0].numel() * 4 > TEST_CACHE_BYTES:
+        return dataset
+    xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in DataLoader(dataset, batch_size=batch_size)])
+    return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+
+def _check_format(content: bytes) -> None:
+    """Refuse anything but the common image formats before decoding (no PostScript, no PDF, ...)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content), formats=ALLOWED_FORMATS):
+                pass
+    except Image.UnidentifiedImageError as e:
+        raise UploadError("not an image: upload a PNG, JPEG, GIF, BMP, WebP or TIFF file") from e
+    except Image.DecompressionBombError:
+        pass  # a known format with too many pixels: load_image says so
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UploadError(f"cannot read this image: {e}") from e

@@ -1,0 +1,228 @@
+"""``pipnet serve`` end to end, in a real headless browser (Debian's chromium driven by Playwright).
+
+The server runs in a thread on a free local port, on a tiny run folder: an untrained ResNet-18 with a
+hand-set sparse scoring sheet (so every image has evidence) and the planted-parts data of its config.yaml.
+Skipped when /usr/bin/chromium or the Python packages (playwright, the ``serve`` extra) are missing:
+``apt-get install -y chromium`` and ``pip install -e '.[serve]' playwright`` (never ``playwright install``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install playwright)")
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is missing (pip install -e '.[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is missing (pip install -e '.[serve]')")
+
+from pipnet import create_model  # noqa: E402
+from pipnet.data import build_data  # noqa: E402
+from pipnet.data.config import DataConfig, PlantedConfig  # noqa: E402
+from pipnet.model import PIPNet  # noqa: E402
+from pipnet.serve import create_app  # noqa: E402
+from pipnet.serve.editing import ModelEditor  # noqa: E402
+from pipnet.serve.session import Explorer  # noqa: E402
+from pipnet.train.config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig, dump_config  # noqa: E402
+
+BROWSER_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCORING_SHEET = {0: {0: 2.0, 3: 1.0, 6: 0.5}, 1: {1: 2.0, 4: 1.0, 7: 0.5}, 2: {2: 2.0, 5: 1.0}}  # class -> {prototype: w}
+
+
+def _config(out: Path) -> TrainConfig:
+    return TrainConfig(
+        out=str(out),
+        model=ModelOptions(backbone="resnet18", pretrained=False, num_features=8),
+        data=DataConfig(
+            image_size=64,
+            planted=PlantedConfig(num_classes=3, train_per_class=8, test_per_class=4, ood_images=0, multi_images=0, size=64),
+        ),
+        schedule=ScheduleConfig(epochs_pretrain=0, epochs=1, batch_size=8),
+        runtime=RuntimeConfig(progress=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run folder as training leaves it (model + config.yaml), with a sparse hand-set scoring sheet."""
+    run = tmp_path_factory.mktemp("run")
+    config = _config(run)
+    classes = build_data(config.data).classes
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=3, num_features=8, image_size=64, class_names=classes)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        for c, row in SCORING_SHEET.items():
+            for p, w in row.items():
+                model.classifier.weight[c, p] = w
+    model.save_pretrained(run)
+    (run / "config.yaml").write_text(dump_config(config))
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path, tmp_path_factory):
+    """The app on a free port of 127.0.0.1, in a thread: yields (base URL, output folder)."""
+    out_dir = tmp_path_factory.mktemp("edited")
+    app = create_app(run_dir, out_dir=out_dir, device="cpu")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", out_dir
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(server[0])
+    yield page
+    page.close()
+
+
+def submit(page, button) -> None:
+    """Click a form's button and wait for the page the server answers with."""
+    with page.expect_navigation():
+        button.click()
+
+
+def upload(page, name: str, content: bytes, mime: str = "image/png") -> None:
+    page.set_input_files("#upload-form input[name=image]", files=[{"name": name, "mimeType": mime, "buffer": content}])
+    submit(page, page.locator("#upload-form button[type=submit]"))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def evidence_prototypes(page, class_block) -> list[int]:
+    return [int(p) for p in class_block.locator("tr.evidence").evaluate_all("rows => rows.map(r => r.dataset.prototype)")]
+
+
+def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir):
+    expect = sync_api.expect
+    url, out_dir = server
+    expect(page.locator("#gallery tr.prototype")).to_have_count(8)  # every prototype has a weight
+    expect(page.locator("#sheet tr.sheet-class")).to_have_count(3)
+    expect(page.locator("#accuracy")).to_contain_text("Test accuracy (12 images)")
+
+    # Upload an image: the top-3 classes with their evidence, each with its pictures and typical patches.
+    data = build_data(_config(run_dir).data)
+    upload(page, "planted.png", png_bytes(data.test.raw_image(0)))
+    expect(page.locator("#verdict")).to_be_visible()
+    blocks = page.locator("#explanation .class-block")
+    expect(blocks).to_have_count(3)
+    top = blocks.first
+    predicted = int(top.get_attribute("data-class"))
+    assert page.locator("#verdict").inner_text().startswith(data.classes[predicted])
+    before = evidence_prototypes(page, top)
+    assert before and set(before) <= set(SCORING_SHEET[predicted])
+    assert top.locator("tr.evidence").first.locator("img").count() == 3  # boxed image, heat map, typical patches
+    score_before = float(top.locator(".score").inner_text())
+    expect(page.locator("#verdict-before")).to_have_count(0)  # nothing edited yet
+
+    # Switch the strongest prototype off for every class: it leaves the explanation, the score drops.
+    off = before[0]
+    submit(page, top.locator(f'tr.evidence[data-prototype="{off}"] button', has_text="all classes"))
+    expect(page.locator(f'#edit-list tr.edit[data-prototype="{off}"]')).to_contain_text("off for every class")
+    expect(page.locator("#verdict-before")).to_contain_text("Unedited model")
+    for block in page.locator("#explanation .class-block").all():
+        assert off not in evidence_prototypes(page, block)
+    top_now = page.locator(f'#explanation .class-block[data-class="{predicted}"]')
+    if top_now.count():
+        assert float(top_now.locator(".score").inner_text()) < score_before
+    expect(page.locator(f"#prototype-{off} .badge")).to_have_text("off")
+    expect(page.locator("#accuracy")).to_contain_text("unedited")
+
+    # Switch one prototype off for one class only, from the scoring sheet.
+    entry = page.locator('#sheet tr.sheet-class[data-class="2"] .sheet-entry').filter(has=page.locator("button.off")).first
+    one = int(entry.get_attribute("data-prototype"))
+    submit(page, entry.locator("button.off"))
+    expect(page.locator(f'#edit-list tr.edit[data-prototype="{one}"][data-class="2"]')).to_be_visible()
+
+    # Save under a hostile name: it is sanitised and created under the output folder, never elsewhere.
+    page.fill("#save-form input[name=name]", "edited by test/../x")
+    submit(page, page.locator("#save-form button"))
+    saved = out_dir / "edited-by-test-x"
+    expect(page.locator("#notice")).to_contain_text(str(saved))
+    edited = PIPNet.from_pretrained(saved)
+    original = PIPNet.from_pretrained(run_dir)
+    assert edited.config.disabled_prototypes == [off]
+    assert edited.classifier.weight[2, one].item() == 0.0
+    changed = (edited.classifier.weight != original.classifier.weight).nonzero().tolist()
+    assert changed == [[2, one]]
+    assert original.config.disabled_prototypes == []  # the original folder is untouched
+    record = json.loads((saved / "edits.json").read_text())
+    assert [(e["class_index"], e["prototype"]) for e in record["class_edits"]] == [(2, one)]
+    assert record["class_edits"][0]["weight"] == SCORING_SHEET[2][one]
+    # Reloaded, the saved folder gives back the unedited model and the edits, so they can be undone.
+    editor = ModelEditor.from_folder(saved)
+    assert editor.disabled == [off] and set(editor.class_edits) == {(2, one)}
+    assert torch.equal(editor.original.classifier.weight, original.classifier.weight)
+    assert torch.equal(editor.model.classifier.weight, edited.classifier.weight)
+    assert Explorer(saved, device="cpu").data.config_path == run_dir / "config.yaml"  # the data it was edited with
+    submit(page, page.locator("#save-form button"))  # the suggested name is new each time
+    expect(page.locator("#notice")).to_contain_text(f"{run_dir.name}-edited-1")
+
+    # Undo everything; pick a data-set image by index; filter the sheet by class name.
+    submit(page, page.locator("form[action='/reset'] button"))
+    expect(page.locator("#edit-list")).to_have_count(0)
+    page.select_option("#pick-form select[name=split]", "test")
+    page.fill("#pick-form input[name=index]", "3")
+    submit(page, page.locator("#pick-form button:not([name])"))
+    expect(page.locator("#explanation h2")).to_contain_text(f"test image 3 (class {data.classes[data.test.targets[3]]})")
+    page.fill("#filter", data.classes[1].lower())
+    expect(page.locator("#sheet tr.sheet-class:visible")).to_have_count(1)
+
+
+def test_bad_uploads_are_refused_and_the_page_keeps_working(page, server, run_dir, monkeypatch):
+    expect = sync_api.expect
+    good = png_bytes(Image.new("RGB", (64, 64), (200, 30, 30)))
+
+    upload(page, "notes.txt", b"not an image at all\n", "text/plain")
+    expect(page.locator("#error")).to_contain_text("not an image")
+    upload(page, "cut.png", good[: len(good) // 2])
+    expect(page.locator("#error")).to_contain_text("truncated")
+    upload(page, "huge.png", b"\x89PNG" + bytes(10 * 2**20 + 10))
+    expect(page.locator("#error")).to_contain_text("larger than 10 MB")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 pixels are now a decompression bomb
+    upload(page, "bomb.png", good)
+    expect(page.locator("#error")).to_contain_text("decompression bomb")
+    monkeypatch.undo()
+
+    upload(page, "fine.png", good)
+    expect(page.locator("#error")).to_have_count(0)
+    expect(page.locator("#explanation h2")).to_contain_text("uploaded image fine.png")
+    expect(page.locator("#verdict")).to_be_visible()
