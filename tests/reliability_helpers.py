@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from pipnet.data.config import DataConfig, PlantedConfig
@@ -75,7 +76,14 @@ def image_folder(root: Path, classes=("cat", "dog"), n: int = 4, size=(16, 16)) 
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment of a ``python -m pipnet`` child: unbuffered, this interpreter's path."""
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-            "PYTHON": sys.executable}
+    """The environment of a ``python -m pipnet`` child: unbuffered output, one CPU thread (see ``one_thread``)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny models run ~10x faster on a shared 2-core machine, and runs compare exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

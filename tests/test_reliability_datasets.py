@@ -3,12 +3,14 @@ wrong and what was expected, before any training starts."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from reliability_helpers import assert_one_error_line, image_folder, run_cli, tiny_config, write_image
+from reliability_helpers import assert_one_error_line, image_folder, one_thread, run_cli, tiny_config, write_image  # noqa: F401 (one_thread: autouse)
 
+from pipnet.data import read_cub
 from pipnet.model import create_model
 from pipnet.train.config import dump_config
 
@@ -109,6 +111,23 @@ def test_cub_keypoint_with_a_negative_or_non_numeric_coordinate(tmp_path, capsys
     locs.write_text(locs.read_text().replace("3 2 8.0 8.0 1", "3 2 8.0 eight 1"))
     rc, err = _train(capsys, tmp_path, "cub", root)
     assert_one_error_line(rc, err, "part_locs.txt", "eight", "expected")
+
+
+def test_cub_malformed_number(tmp_path, capsys):
+    root = _cub(tmp_path / "CUB_200_2011")
+    (root / "bounding_boxes.txt").write_text((root / "bounding_boxes.txt").read_text().replace("3 5.0", "3 five"))
+    rc, err = _train(capsys, tmp_path, "cub", root)
+    assert_one_error_line(rc, err, "bounding_boxes.txt, line 3", "'3 five 4.0 20.0 15.0'", "expected '<image_id> <x>")
+
+
+def test_cub_skip_mode_leaves_out_missing_and_corrupt_images(tmp_path, caplog):
+    root = _cub(tmp_path / "CUB_200_2011")
+    (root / "images" / "002.bird" / "b3.jpg").unlink()
+    (root / "images" / "002.bird" / "b4.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with caplog.at_level(logging.WARNING):
+        meta = read_cub(root, bad_images="skip")
+    assert meta.paths == ["001.bird/b1.jpg", "001.bird/b2.jpg"] and meta.labels == [0, 0]
+    assert "skipped 2 of 4 CUB images" in caplog.text and "b4.jpg" in caplog.text
 
 
 def test_cub_keypoint_of_an_unknown_image(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import assert_one_error_line, image_folder, run_cli, tiny_config, write_image
+from reliability_helpers import assert_one_error_line, image_folder, one_thread, run_cli, tiny_config, write_image  # noqa: F401 (one_thread: autouse)
 
 from pipnet.data import ImageLoadError, load_image
 from pipnet.data.augment import TwoViewTransform, eval_transform
@@ -111,7 +111,7 @@ def test_a_bad_image_in_a_loader_worker_reaches_the_user_as_one_line_naming_it(t
 
 def test_skip_mode_leaves_bad_images_out_and_logs_the_count(tmp_path, capsys, caplog):
     root = image_folder(tmp_path / "data", n=4)
-    for name, path in list(_bad_files(tmp_path / "bad").items())[:3]:
+    for path in list(_bad_files(tmp_path / "bad").values())[:3]:
         path.rename(root / "train" / "dog" / path.name)
     with caplog.at_level(logging.WARNING):
         rc, err = run_cli(capsys, *_train_args(tmp_path, root, "--data.bad_images", "skip", "--runtime.num_workers", "1"))

@@ -102,7 +102,9 @@ def _load_local_weights(module: nn.Module, path: str | Path, key_map: Callable[[
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from pipnet.utils import load_tensors
+
+            state = load_tensors(path)
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user
         raise BackboneError(f"cannot read weights from {path}: {e}") from e
     for wrapper in ("state_dict", "model_state_dict", "model"):

@@ -10,12 +10,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 log = logging.getLogger("pipnet")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 COMMANDS = {
     "train": "train a PIP-Net (YAML presets + flags; --help lists every option)",
@@ -36,7 +38,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
 
-    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, FileExistsError, FileNotFoundError)
+    # OSError: a missing or existing file, a full disk, no permission; its message names the path.
+    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError)
 
 
 def _out(line: str = "") -> None:
@@ -117,7 +120,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
     from pipnet.data import build_data
     from pipnet.evaluate import evaluate, format_metrics_table
-    from pipnet.model import PIPNet
+    from pipnet.model import ModelLoadError, PIPNet
 
     model = PIPNet.from_pretrained(raw.model)
     data_given = any(a.startswith("--data") for a in argv)
@@ -130,6 +133,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         data_config = parser.instantiate(raw).data
     data_config.ood = list(data_config.ood) + list(raw.ood)
     data = build_data(data_config)
+    if len(data.classes) != model.num_classes:
+        raise ModelLoadError(f"{raw.model} has {model.num_classes} classes but the data has {len(data.classes)}; "
+                             "give the model's own data with --data.source / --data.root")
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
@@ -262,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return HANDLERS[command](rest)
     except _known_errors() as e:
-        sys.stderr.write(f"pipnet {command}: error: {e}\n")
+        message = " ".join(_ANSI.sub("", str(e)).split())  # one line, even when a library's message has several
+        sys.stderr.write(f"pipnet {command}: error: {message}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"pipnet {command}: interrupted; a run can continue with --resume RUN_DIR\n")

@@ -155,6 +155,7 @@ class PIPNet(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created if needed)."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         from pipnet.utils import atomic_write
@@ -162,8 +163,11 @@ class PIPNet(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_write(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "library": "pipnet"})
+        try:
+            with atomic_write(directory / "model.safetensors") as tmp:
+                save_file(state, str(tmp), metadata={"format": "pt", "library": "pipnet"})
+        except SafetensorError as e:  # a full disk, say; the previous file, if any, is intact
+            raise OSError(f"could not write {directory / 'model.safetensors'}: {e}") from e
         with atomic_write(directory / "config.json") as tmp:
             tmp.write_text(json.dumps(asdict(self.config), indent=2))
         return directory
@@ -183,17 +187,34 @@ class PIPNet(nn.Module):
             raw = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from e
-        known = set(PIPNetConfig.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ModelLoadError(f"{config_path} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        model = cls(PIPNetConfig(**raw))
+        model = cls(_checked_config(raw, config_path))
         try:
             state = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelLoadError(f"{weights_path} is corrupt or truncated: {e}") from e
         load_state_dict_checked(model, state, source=str(weights_path))
         return model
+
+
+def _checked_config(raw: Any, path: Path) -> PIPNetConfig:
+    """A ``PIPNetConfig`` from a parsed config.json, or a ``ModelLoadError`` naming the key that is wrong."""
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} is not a JSON object of PIPNetConfig fields")
+    fields = PIPNetConfig.__dataclass_fields__
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ModelLoadError(f"{path} has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    defaults = asdict(PIPNetConfig())
+    for key, value in raw.items():
+        expected = type(defaults[key])
+        if defaults[key] is not None and type(value) is not expected:
+            raise ModelLoadError(f"{path}: {key} should be a {expected.__name__}, got {value!r}")
+    for key in ("num_classes", "image_size"):
+        if raw.get(key, 1) < 1:
+            raise ModelLoadError(f"{path}: {key} should be at least 1, got {raw[key]}")
+    if raw.get("num_features", 0) < 0:
+        raise ModelLoadError(f"{path}: num_features should be 0 or more, got {raw['num_features']}")
+    return PIPNetConfig(**raw)
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from pipnet.backbones import create_backbone
+from pipnet.utils import load_tensors
 from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, load_state_dict_checked
 
 __all__ = ["load_official_checkpoint", "official_to_pipnet_state", "pipnet_to_official_state"]
@@ -83,7 +84,7 @@ def load_official_checkpoint(
         if not path.is_file():
             raise ModelLoadError(f"checkpoint not found: {path}")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = load_tensors(path)
         except Exception as e:  # noqa: BLE001 - pickle errors, truncation, refused globals
             raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
     state = official_to_pipnet_state(checkpoint)

@@ -1,16 +1,19 @@
-"""Small helpers shared across layers: atomic file writes and device / precision choice."""
+"""Small helpers shared across layers: atomic file writes, safe tensor loading and device choice."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "default_device"]
+__all__ = ["atomic_write", "default_device", "load_tensors"]
 
 
 @contextlib.contextmanager
@@ -32,6 +35,24 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain containers only.
+
+    A file holding any other Python object (a pickle that could run code when loaded) is refused with a
+    short ``pickle.UnpicklingError`` naming the object, in place of torch's advice to load it unsafely.
+
+    Args:
+        path: the file.
+        map_location: where tensors go.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(e), re.S)
+        what = " ".join(found.group(1).split()) if found else "an unsupported object"
+        raise pickle.UnpicklingError(f"it holds Python objects other than tensors ({what}); refusing to unpickle it") from None
 
 
 def default_device() -> torch.device:

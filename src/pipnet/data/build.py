@@ -109,7 +109,7 @@ def _folder(config: DataConfig) -> DataBundle:
 
 
 def _cub(config: DataConfig) -> DataBundle:
-    meta = read_cub(config.root)
+    meta = read_cub(config.root, config.bad_images)
     train_crop, train_full = CUB(meta, "train", crop=True), CUB(meta, "train", crop=False)
     test_crop, test_full = CUB(meta, "test", crop=True), CUB(meta, "test", crop=False)
     return DataBundle(

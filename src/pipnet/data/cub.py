@@ -64,8 +64,19 @@ class CUBMetadata:
     keypoints: list[torch.Tensor]
 
 
-def _rows(root: Path, name: str, min_fields: int, max_split: int = -1) -> list[list[str]]:
-    """The non-empty lines of ``root/name`` split on whitespace; raises ``DataError`` naming the file."""
+def _is_number(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _rows(root: Path, name: str, min_fields: int, max_split: int = -1, ints: int = 1, floats: int = 0) -> list[list[str]]:
+    """The non-empty lines of ``root/name`` split on whitespace; raises ``DataError`` naming the file and line.
+
+    The first ``ints`` fields of each line must be integers and the next ``floats`` numbers.
+    """
     path = root / name
     if not path.is_file():
         raise DataError(f"CUB file {path} is missing (expected {_EXPECTED[name]})")
@@ -73,7 +84,9 @@ def _rows(root: Path, name: str, min_fields: int, max_split: int = -1) -> list[l
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             fields = line.split(maxsplit=max_split) if max_split > 0 else line.split()
-            if len(fields) < min_fields:
+            numbers = [_is_number(f, int) for f in fields[:ints]]
+            numbers += [_is_number(f, float) for f in fields[ints:ints + floats]]
+            if len(fields) < min_fields or not all(numbers):
                 raise DataError(f"{path}, line {n}: {line!r} does not match the expected {_EXPECTED[name]}")
             rows.append(fields)
     return rows
@@ -103,14 +116,32 @@ def merge_part_names(names: list[str]) -> tuple[list[str], list[int]]:
     return merged, index
 
 
-def read_cub(root: str | os.PathLike[str]) -> CUBMetadata:
-    """Parse CUB's text files (images are not opened).
+def _readable(root: Path, paths: list[str]) -> list[int]:
+    """Positions of the images that decode; the others are logged and counted."""
+    keep = []
+    for k, rel in enumerate(paths):
+        try:
+            load_image(root / "images" / rel)
+        except ImageLoadError as e:
+            log.warning("skipping unreadable image: %s", e)
+            continue
+        keep.append(k)
+    if len(keep) < len(paths):
+        log.warning("skipped %d of %d CUB images that could not be read", len(paths) - len(keep), len(paths))
+    return keep
+
+
+def read_cub(root: str | os.PathLike[str], bad_images: Literal["error", "skip"] = "error") -> CUBMetadata:
+    """Parse CUB's text files (images are not opened, except to skip bad ones).
 
     Args:
         root: the extracted ``CUB_200_2011`` folder.
+        bad_images: ``error`` (a listed image that is missing raises now, one that does not decode when
+            read) or ``skip`` (decode every image now and leave out those that fail, with a warning and a count).
 
     Raises:
-        DataError: a missing folder or file, a malformed line, or an image without a label, split or box.
+        DataError: a missing folder or file, a malformed line or number, an image without a label, split or
+            box, a negative part location or one of an unlisted image, or (``error``) missing images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -121,9 +152,9 @@ def read_cub(root: str | os.PathLike[str]) -> CUBMetadata:
     ids = [int(r[0]) for r in images]
     class_rows = _rows(root, "classes.txt", 2, max_split=1)
     class_ids = {int(r[0]): k for k, r in enumerate(class_rows)}
-    labels_by_id = _by_image(root, "image_class_labels.txt", _rows(root, "image_class_labels.txt", 2), ids)
-    split_by_id = _by_image(root, "train_test_split.txt", _rows(root, "train_test_split.txt", 2), ids)
-    boxes_by_id = _by_image(root, "bounding_boxes.txt", _rows(root, "bounding_boxes.txt", 5), ids)
+    labels_by_id = _by_image(root, "image_class_labels.txt", _rows(root, "image_class_labels.txt", 2, ints=2), ids)
+    split_by_id = _by_image(root, "train_test_split.txt", _rows(root, "train_test_split.txt", 2, ints=2), ids)
+    boxes_by_id = _by_image(root, "bounding_boxes.txt", _rows(root, "bounding_boxes.txt", 5, floats=4), ids)
     part_rows = _rows(root, "parts/parts.txt", 2, max_split=1)
     part_names, merged_id = merge_part_names([r[1].strip() for r in part_rows])
     part_index = {int(r[0]): merged_id[k] for k, r in enumerate(part_rows)}
@@ -151,10 +182,15 @@ def read_cub(root: str | os.PathLike[str]) -> CUBMetadata:
         if not (np.isfinite(x) and np.isfinite(y) and x >= 0 and y >= 0):
             raise DataError(f"{where} has coordinates ({x}, {y}); expected pixels of the full image, x, y >= 0")
         by_image.setdefault(int(image_id), []).append([float(part_index[int(part_id)]), x, y])
-    missing = [r[1].strip() for r in images if not (root / "images" / r[1].strip()).is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} images listed in {root / 'images.txt'} are missing from {root / 'images'} "
-                        f"(first: {missing[:3]})")
+    paths = [r[1].strip() for r in images]
+    if bad_images == "skip":
+        keep = _readable(root, paths)
+        ids, paths = [ids[k] for k in keep], [paths[k] for k in keep]
+    else:
+        missing = [rel for rel in paths if not (root / "images" / rel).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} images listed in {root / 'images.txt'} are missing from "
+                            f"{root / 'images'} (first: {missing[:3]})")
 
     log.info("CUB %s: %d images, %d classes, %d visible part locations", root, len(ids), len(class_rows), len(locs))
     labels = []
@@ -167,7 +203,7 @@ def read_cub(root: str | os.PathLike[str]) -> CUBMetadata:
     return CUBMetadata(
         root=root,
         classes=[r[1].strip() for r in class_rows],
-        paths=[r[1].strip() for r in images],
+        paths=paths,
         labels=labels,
         is_train=[split_by_id[i][0] == "1" for i in ids],
         boxes=np.array([[float(v) for v in boxes_by_id[i][:4]] for i in ids], dtype=np.float64).reshape(-1, 4),

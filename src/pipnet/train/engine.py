@@ -29,7 +29,7 @@ from pipnet.data import DataBundle, build_data
 from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.metrics import global_explanation_size, sparsity_ratio
-from pipnet.model import PIPNet, create_model
+from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """A loss part became NaN or Inf."""
+
+
+_STOPPED = "training stopped; the checkpoint of the last completed epoch, if any, is kept"
 
 
 @dataclass
@@ -273,23 +276,30 @@ def run_epoch(
     iters = len(loader)
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
-    seen = 0
+    seen = skipped = 0
+    skip = rt.on_nonfinite == "skip"
     progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
     for step, (x1, x2, y) in enumerate(_batches(loader)):
         x = torch.cat([x1, x2]).to(device, non_blocking=True)  # (2B, 3, S, S)
         y = y.to(device, non_blocking=True)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # A skipped batch must not leave its NaNs in BatchNorm's running statistics.
+        buffers = [b.detach().clone() for b in core.buffers()] if skip else []
         with _autocast(device, rt.precision):
             out = model(x)
         parts = training_step_losses(out, y, plan, core.classifier.multiplier, info)
         if not torch.isfinite(parts["loss"]):
             bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
             message = f"non-finite loss at {plan.stage} epoch {plan.epoch} step {step + 1}: part(s) {bad or ['loss']}"
-            if rt.on_nonfinite == "skip":
+            if skip:
+                with torch.no_grad():
+                    for b, saved in zip(core.buffers(), buffers, strict=True):
+                        b.copy_(saved)
+                skipped += 1
                 log.warning("%s; batch skipped", message)
                 continue
-            raise NonFiniteLossError(message + "; the last good checkpoint is kept")
+            raise NonFiniteLossError(f"{message}; {_STOPPED} (runtime.on_nonfinite: skip would skip such batches)")
         for opt in (optim.net, optim.classifier):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
@@ -314,6 +324,8 @@ def run_epoch(
         seen += 1
         progress.update(step, sums, seen)
     progress.close()
+    if skipped and not seen:
+        raise NonFiniteLossError(f"every batch of {plan.stage} epoch {plan.epoch} had a non-finite loss; {_STOPPED}")
     totals = all_reduce_sum(torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)]), info)
     steps = max(float(totals[-1]), 1.0)
     row = {k: float(v) / steps for k, v in zip(sums, totals[: len(sums)])}
@@ -366,21 +378,22 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     """
     rt = config.runtime
     info = init_distributed("cuda" if rt.device.startswith("cuda") or (rt.device == "auto" and torch.cuda.is_available()) else "cpu")
-    if config.resume:
+    resuming = bool(config.resume)
+    if resuming:
         run = RunDir.resume(config.resume)
-        config = run.config  # the resumed run's own settings
+        config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
         rt = config.runtime
     seed_epoch(rt.seed, 0)
     data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
-    if not config.resume:
+    if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = _resolve_device(rt.device, info)
-    checkpoint = load_checkpoint(run.checkpoint_path) if config.resume else None
+    checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
     model = _build_model(config, len(data.classes), data.classes, False if checkpoint else config.model.pretrained)
     if checkpoint:
-        model.load_state_dict(checkpoint["model"])
+        load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
