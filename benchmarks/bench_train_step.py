@@ -25,7 +25,8 @@ from common import median_seconds, print_table  # noqa: E402
 import pipnet  # noqa: E402
 from pipnet.train.config import RuntimeConfig, ScheduleConfig, TrainConfig  # noqa: E402
 from pipnet.train.distributed import DistInfo  # noqa: E402
-from pipnet.train.engine import make_stage_optim, run_epoch, set_trainable  # noqa: E402
+from pipnet.train.engine import run_epoch  # noqa: E402
+from pipnet.train.optim import make_stage_optim, set_trainable  # noqa: E402
 from pipnet.train.phases import plan_epochs  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from pipnet.data.config import DataConfig, PlantedConfig
 from pipnet.train import TrainConfig, train
 from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, dump_config
-from pipnet.train.engine import hard_threshold_, make_stage_optim, parameter_groups, soft_threshold_
+from pipnet.train.optim import hard_threshold_, make_stage_optim, parameter_groups, soft_threshold_
 from pipnet.train.phases import plan_epochs
 from pipnet.model import NonNegativeLinear, PIPNet
 

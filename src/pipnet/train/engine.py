@@ -34,11 +34,12 @@ from pipnet.projection import project, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, gather_presence, init_distributed
+from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError", "training_step_losses", "soft_threshold_", "hard_threshold_"]
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "run_epoch", "training_step_losses"]
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +58,6 @@ class TrainResult:
     metrics: Metrics | None
     data: DataBundle
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ---- the classifier's sparsification (after every classification step) ---------------------------
-
-
-@torch.no_grad()
-def soft_threshold_(classifier: nn.Module, threshold: float = 1e-3) -> None:
-    """Faithful: W <- max(W - 1e-3, 0) for every weight, every step; m <- max(m, 1); b <- max(b, 0).
-
-    Subtracting the threshold from *every* weight is a soft threshold: weights that the classification
-    loss does not keep pushing up drift to exactly 0.
-    """
-    classifier.weight.sub_(threshold).clamp_(min=0.0)
-    classifier.multiplier.clamp_(min=1.0)
-    if classifier.bias is not None:
-        classifier.bias.clamp_(min=0.0)
-
-
-@torch.no_grad()
-def hard_threshold_(classifier: nn.Module, threshold: float = 1e-3) -> None:
-    """Option: only weights below the threshold become 0; the others are left as they are."""
-    classifier.weight.masked_fill_(classifier.weight < threshold, 0.0)
-    classifier.multiplier.clamp_(min=1.0)
-    if classifier.bias is not None:
-        classifier.bias.clamp_(min=0.0)
-
-
-SPARSIFIERS = {"soft_threshold": soft_threshold_, "hard_threshold": hard_threshold_}
 
 
 # ---- one step's losses ---------------------------------------------------------------------------
@@ -109,76 +82,6 @@ def training_step_losses(
     weights = plan.loss_weights
     loss = sum(weights[k] * v for k, v in parts.items())
     return {"loss": loss, **parts}
-
-
-# ---- optimisers and schedules per stage -----------------------------------------------------------
-
-
-@dataclass
-class StageOptim:
-    net: torch.optim.Optimizer | None
-    classifier: torch.optim.Optimizer
-    net_schedule: torch.optim.lr_scheduler.LRScheduler | None
-    classifier_schedule: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts | None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k).state_dict() if getattr(self, k) is not None else None
-            for k in ("net", "classifier", "net_schedule", "classifier_schedule")
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            if v is not None and getattr(self, k) is not None:
-                getattr(self, k).load_state_dict(v)
-
-
-def parameter_groups(model: PIPNet) -> dict[str, list[nn.Parameter]]:
-    """The model's parameters by group: to_train, to_freeze, backbone, add_on, classifier, never."""
-    groups: dict[str, list[nn.Parameter]] = {g: [] for g in ("to_train", "to_freeze", "backbone", "add_on", "classifier", "never")}
-    for name, p in model.backbone.named_parameters():
-        groups[model.backbone.group_of(name) or "never"].append(p)
-    groups["add_on"] = list(model.add_on.parameters())
-    groups["classifier"] = [model.classifier.weight] + ([model.classifier.bias] if model.classifier.bias is not None else [])
-    return groups
-
-
-def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int) -> StageOptim:
-    """Fresh AdamW optimisers and cosine schedules for a stage (spec section 4)."""
-    o, s = config.optim, config.schedule
-    g = parameter_groups(model)
-    net_groups = [
-        {"params": g["to_train"], "lr": o.lr_block, "name": "to_train"},
-        {"params": g["to_freeze"], "lr": o.lr_block, "name": "to_freeze"},
-        {"params": g["backbone"], "lr": o.lr_net, "name": "backbone"},
-        {"params": g["add_on"], "lr": o.lr_block * 10, "name": "add_on"},
-    ]
-    net_groups = [grp for grp in net_groups if grp["params"]]
-    # fused=True: one kernel for all parameters (CPU and CUDA); several times faster than the per-tensor loop.
-    net = torch.optim.AdamW(net_groups, weight_decay=o.weight_decay, fused=True) if net_groups else None
-    classifier = torch.optim.AdamW(
-        [{"params": g["classifier"], "lr": o.lr, "name": "classifier"}], weight_decay=o.weight_decay, fused=True
-    )
-    if stage == "pretrain":
-        net_schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs_pretrain * iters), eta_min=o.lr_block / 100)
-            if net
-            else None
-        )
-        return StageOptim(net, classifier, net_schedule, None)
-    net_schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs * iters), eta_min=o.lr_net / 100) if net else None
-    )
-    period = 5 if s.epochs <= 30 else 10
-    classifier_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(classifier, T_0=period, eta_min=0.001)
-    return StageOptim(net, classifier, net_schedule, classifier_schedule)
-
-
-def set_trainable(model: PIPNet, plan: EpochPlan) -> None:
-    """requires_grad per group, as the epoch's plan says; stem groups never train."""
-    for group, params in parameter_groups(model).items():
-        for p in params:
-            p.requires_grad_(group in plan.trains)
 
 
 # ---- the loop -------------------------------------------------------------------------------------
