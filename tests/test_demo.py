@@ -13,11 +13,11 @@ def test_demo_learns_and_writes_its_run_folder(tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(out)  # the last line is the run folder
     metrics = json.loads((out / "metrics.json").read_text())
-    # Chance is 1/6. The README records the measured value (0.93 on the 2-core CI machine); the bar here
-    # leaves room for the run-to-run spread of bf16 on different thread counts.
+    # Chance is 1/6. The README records the measured values (top-1 1.0, FPR95 0.0 on the 2-core machine);
+    # the bars here leave room for the run-to-run spread of bf16 on other thread counts.
     assert metrics["top1_accuracy"] >= 0.85
     assert metrics["local_size"] <= 10
-    assert 0 < metrics["ood"]["planted_ood"]["auroc"] <= 1
+    assert metrics["ood"]["planted_ood"]["fpr95"] <= 0.2
     assert metrics["purity"]["test_top10"]["num_prototypes"] > 0
     model = PIPNet.from_pretrained(out)
     html = (out / "report.html").read_text()
