@@ -188,3 +188,17 @@ def test_resume_errors(tmp_path):
     (tmp_path / "done" / "checkpoints" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         train(TrainConfig(resume=str(tmp_path / "done")))
+
+
+def test_tensorboard_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tmp_path / "run", epochs_pretrain=1, epochs=1)
+    cfg.runtime.tensorboard = True
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "pretrain/align" in tags and "classify/classification" in tags
+    assert [e.step for e in events.Scalars("pretrain/tanh")] == [1]

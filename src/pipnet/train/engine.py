@@ -307,6 +307,7 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     optim: StageOptim | None = None
     stage = None
     log.info("run folder %s: %d epochs (%d done), device %s, %s", run.path, len(plans), start, device, rt.precision)
+    writer = _tensorboard(run.path) if rt.tensorboard and info.is_main else None
     for index in range(start, len(plans)):
         plan = plans[index]
         generator = seed_epoch(rt.seed, index + 1)
@@ -335,6 +336,11 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         history.append(row)
         if info.is_main:
             run.append_history(history)
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and key not in ("epoch", "stage_epoch") and not math.isnan(value):
+                        writer.add_scalar(f"{plan.stage}/{key}", value, index + 1)
+                writer.flush()
             save_checkpoint(
                 run.checkpoint_path,
                 {"epochs_done": index + 1, "stage": plan.stage, "model": model.state_dict(), "optim": optim.state_dict(),
@@ -362,6 +368,15 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             run.write_metrics(metrics)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
+
+
+def _tensorboard(path: Path):
+    """A TensorBoard writer logging to RUN/tensorboard (needs the ``tensorboard`` extra)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise FileNotFoundError("--runtime.tensorboard needs TensorBoard: pip install 'pipnet[tensorboard]'") from e
+    return SummaryWriter(log_dir=str(path / "tensorboard"))
 
 
 def _wrap(model: PIPNet, info: DistInfo, compile_model: bool, device: torch.device) -> nn.Module:
