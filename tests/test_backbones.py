@@ -100,6 +100,21 @@ def test_efficientnet_lite0_offline_imagenet_weights():
     assert torch.equal(b.net.conv_head.weight, theirs["_conv_head.weight"])
 
 
+def test_efficientnet_lite0_truncated_to_fewer_stages_keeps_the_stride_8_grid():
+    full = create_backbone("efficientnet_lite0")
+    for stages, channels in ((4, 80), (5, 112), (6, 192)):
+        b = create_backbone("efficientnet_lite0", stages=stages)
+        assert b.num_features == channels and len(b.net.blocks) == stages
+        assert b(torch.randn(1, 3, 112, 112)).shape == (1, channels, 14, 14)
+        assert sum(p.numel() for p in b.parameters()) < sum(p.numel() for p in full.parameters())
+        # The last stage kept is the one trained first, as in the full model's grouping.
+        assert b.groups.to_train[0] == f"net.blocks.{stages - 1}.{len(b.net.blocks[-1]) - 1}"
+    m = pipnet.create_model("efficientnet_lite0", num_classes=3, num_features=8, stages=4)
+    assert m.config.backbone_kwargs == {"stages": 4}
+    with pytest.raises(BackboneError, match="between 3 and 7"):
+        create_backbone("efficientnet_lite0", stages=8)
+
+
 def test_timm_backbone_with_output_stride():
     m = pipnet.create_model("timm/resnet18", num_classes=2, output_stride=16)
     assert m(torch.randn(1, 3, 224, 224)).maps.shape[-2:] == (14, 14)

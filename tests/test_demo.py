@@ -13,12 +13,14 @@ def test_demo_learns_and_writes_its_run_folder(tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(out)  # the last line is the run folder
     metrics = json.loads((out / "metrics.json").read_text())
-    # Chance is 1/6. The README records the measured values (top-1 1.0, FPR95 0.0 on the 2-core machine);
-    # the bars here leave room for the run-to-run spread of bf16 on other thread counts.
-    assert metrics["top1_accuracy"] >= 0.85
+    # Chance is 1/6. These are issue #4's targets for the demo model; the README records the measured
+    # values (seeds 0/1/2 on the 2-core machine: top-1 0.99/1.00/1.00, FPR95 0.00 each, test top-10
+    # purity 0.918/0.917/0.900, local size 2.8/3.1/2.2).
+    assert metrics["top1_accuracy"] >= 0.90
     assert metrics["local_size"] <= 10
-    assert metrics["ood"]["planted_ood"]["fpr95"] <= 0.2
-    assert metrics["purity"]["test_top10"]["num_prototypes"] > 0
+    assert metrics["ood"]["planted_ood"]["fpr95"] <= 0.05
+    assert metrics["purity"]["test_top10"]["mean"] >= 0.8
+    assert metrics["purity"]["test_top10"]["num_prototypes"] == metrics["global_size"]
     model = PIPNet.from_pretrained(out)
     html = (out / "report.html").read_text()
     assert not re.search(r"(src|href)=\"(https?:)?//", html)

