@@ -85,3 +85,20 @@ def test_skip_mode_stops_when_a_whole_epoch_is_non_finite(tmp_path):
     with pytest.raises(NonFiniteLossError, match="every batch of pretrain epoch 2"):
         train(config, data=_bundle(config, after=24))
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epochs_done"] == 1
+
+
+
+def test_the_guard_names_the_first_bad_step_and_its_parts():
+    """The stop mode records bad steps on the device and looks only every log_every steps."""
+    from pipnet.train.engine import _NonFiniteGuard
+    from pipnet.train.phases import plan_epochs
+
+    plan = plan_epochs(tiny_config("unused").schedule)[0]
+    guard = _NonFiniteGuard(torch.device("cpu"))
+    one, nan, inf = torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(float("inf"))
+    guard.record(0, {"loss": one, "align": one, "tanh": one})
+    guard.raise_if_bad(plan)  # all finite so far: nothing to say
+    guard.record(1, {"loss": nan, "align": one, "tanh": nan})
+    guard.record(2, {"loss": inf, "align": inf, "tanh": one})
+    with pytest.raises(NonFiniteLossError, match=r"pretrain epoch 1 step 2: part\(s\) \['tanh'\]"):
+        guard.raise_if_bad(plan)

@@ -202,3 +202,22 @@ def test_tensorboard_logs(tmp_path):
     tags = events.Tags()["scalars"]
     assert "pretrain/align" in tags and "classify/classification" in tags
     assert [e.step for e in events.Scalars("pretrain/tanh")] == [1]
+
+
+def test_bf16_training_follows_the_fp32_loss_curve(tmp_path):
+    """bf16 autocast training follows fp32's loss curve from the same start (tiny random resnet18, 32 px).
+
+    Measured here: relative differences 1.0%, 8.1% (pretraining), 0.2%, 0.3%, 0.02% (classification).
+    """
+    histories = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_config(tmp_path / precision, epochs_pretrain=2, epochs=3)
+        config.runtime.precision = precision
+        train(config)
+        rows = (tmp_path / precision / "history.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        histories[precision] = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
+    fp32, bf16 = histories["fp32"], histories["bf16"]
+    assert len(fp32) == len(bf16) == 5
+    relative = [abs(a - b) / abs(b) for a, b in zip(bf16, fp32)]
+    assert relative[0] <= 0.03 and max(relative) <= 0.15, (bf16, fp32)

@@ -159,6 +159,38 @@ def _batches(loader: DataLoader) -> Iterator[Any]:
         raise DataError(f"{original} {_SKIP_HINT}") from None
 
 
+class _NonFiniteGuard:
+    """Finds the first step whose loss is NaN or Inf without a host sync per step.
+
+    ``record`` keeps, on the device, the first bad step and which loss parts were bad there;
+    ``raise_if_bad`` (one sync) stops training with a message naming them. Steps after the bad one may
+    already have run when it is seen; they are thrown away with the run, whose last checkpoint stays.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_parts: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def record(self, step: int, parts: dict[str, torch.Tensor]) -> None:
+        if self.bad_parts is None:
+            self.names = list(parts)
+            self.bad_parts = torch.zeros(len(parts), dtype=torch.bool, device=self.first.device)
+        bad = ~torch.isfinite(torch.stack([v.detach().float() for v in parts.values()]))
+        new = (self.first < 0) & bad.any()
+        self.first = torch.where(new, torch.full_like(self.first, step), self.first)
+        self.bad_parts = torch.where(new, bad, self.bad_parts)
+
+    def raise_if_bad(self, plan: EpochPlan) -> None:
+        step = int(self.first)
+        if step < 0:
+            return
+        flags = self.bad_parts.tolist() if self.bad_parts is not None else []
+        bad = [k for k, f in zip(self.names, flags) if f and k != "loss"] or ["loss"]
+        message = f"non-finite loss at {plan.stage} epoch {plan.epoch} step {step + 1}: part(s) {bad}"
+        raise NonFiniteLossError(f"{message}; {_STOPPED} (runtime.on_nonfinite: skip would skip such batches)")
+
+
 def run_epoch(
     model: nn.Module,
     core: PIPNet,
@@ -182,6 +214,7 @@ def run_epoch(
     seen = skipped = 0
     skip = rt.on_nonfinite == "skip"
     progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
+    guard = _NonFiniteGuard(device)
     for step, (x1, x2, y) in enumerate(_batches(loader)):
         x = torch.cat([x1, x2]).to(device, non_blocking=True)  # (2B, 3, S, S)
         y = y.to(device, non_blocking=True)
@@ -192,17 +225,20 @@ def run_epoch(
         with _autocast(device, rt.precision):
             out = model(x)
         parts = training_step_losses(out, y, plan, core.classifier.multiplier, info)
-        if not torch.isfinite(parts["loss"]):
+        if not skip:
+            # Record the first non-finite step on the device (no host sync); looked at every log_every steps.
+            guard.record(step, parts)
+            if (step + 1) % rt.log_every == 0 or step + 1 == iters:
+                guard.raise_if_bad(plan)
+        elif not torch.isfinite(parts["loss"]):  # skipping needs the answer now: one sync per step
             bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
             message = f"non-finite loss at {plan.stage} epoch {plan.epoch} step {step + 1}: part(s) {bad or ['loss']}"
-            if skip:
-                with torch.no_grad():
-                    for b, saved in zip(core.buffers(), buffers, strict=True):
-                        b.copy_(saved)
-                skipped += 1
-                log.warning("%s; batch skipped", message)
-                continue
-            raise NonFiniteLossError(f"{message}; {_STOPPED} (runtime.on_nonfinite: skip would skip such batches)")
+            with torch.no_grad():
+                for b, saved in zip(core.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+            skipped += 1
+            log.warning("%s; batch skipped", message)
+            continue
         for opt in (optim.net, optim.classifier):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
@@ -227,6 +263,7 @@ def run_epoch(
         seen += 1
         progress.update(step, sums, seen)
     progress.close()
+    guard.raise_if_bad(plan)
     if skipped and not seen:
         raise NonFiniteLossError(f"every batch of {plan.stage} epoch {plan.epoch} had a non-finite loss; {_STOPPED}")
     totals = all_reduce_sum(torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)]), info)
