@@ -6,11 +6,13 @@
    fraction of wall time spent waiting for the next batch.
 
     python benchmarks/bench_data.py --backbone efficientnet_lite0 --size 64 --workers 0 1
+    python benchmarks/bench_data.py --stages 4 --size 112 --batch 16 --precision bf16   # the demo's settings
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -35,8 +37,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--stages", type=int, default=7, help="efficientnet_lite0 only: keep the first N stages")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
-    base = PlantedParts(PlantedConfig(train_per_class=40), "train")
+    base = PlantedParts(PlantedConfig(train_per_class=40, size=max(96, args.size)), "train")
     for i in range(len(base)):
         base.image(i)  # generate once: measure augmentation, not generation
     transform = TwoViewTransform(args.size)
@@ -46,15 +50,19 @@ def main() -> None:
         transform(img)
     aug_rate = len(images) / (time.perf_counter() - start)
 
-    model = pipnet.create_model(args.backbone, base.num_classes if hasattr(base, "num_classes") else len(base.classes)).train()
+    kwargs = {"stages": args.stages} if args.stages != 7 else {}
+    model = pipnet.create_model(args.backbone, len(base.classes), num_features=32, **kwargs).train()
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
     x = torch.randn(2 * args.batch, 3, args.size, args.size)
     start = time.perf_counter()
     for _ in range(3):
-        out = model(x)
+        with autocast():
+            out = model(x)
         (out.scores.sum() + out.maps.mean()).backward()
     model_rate = 3 * args.batch / (time.perf_counter() - start)
 
-    rows = [["augmentation, 1 worker", f"{aug_rate:.0f} images/s"], [f"{args.backbone} training step", f"{model_rate:.1f} images/s"],
+    name = args.backbone + (f" (stages {args.stages})" if kwargs else "")
+    rows = [["augmentation, 1 worker", f"{aug_rate:.0f} images/s"], [f"{name} training step, {args.precision}", f"{model_rate:.1f} images/s"],
             ["augmentation / model", f"{aug_rate / model_rate:.0f}x"]]
     for workers in args.workers:
         data = DataLoader(TwoViewDataset(base, transform), batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True)
@@ -68,7 +76,8 @@ def main() -> None:
                 it = iter(data)
                 continue
             waited += time.perf_counter() - t
-            out = model(torch.cat([x1, x2]))
+            with autocast():
+                out = model(torch.cat([x1, x2]))
             (out.scores.sum() + out.maps.mean()).backward()
             steps += 1
         total = time.perf_counter() - total

@@ -22,7 +22,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
     """A Markdown table (so results paste into benchmarks/README.md)."""
     cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    print("| " + " | ".join(headers) + " |")
+    print("| " + " | ".join(headers) + " |", flush=True)
     print("|" + "|".join("---" for _ in headers) + "|")
     for row in cells:
-        print("| " + " | ".join(row) + " |")
+        print("| " + " | ".join(row) + " |", flush=True)

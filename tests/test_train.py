@@ -221,3 +221,18 @@ def test_bf16_training_follows_the_fp32_loss_curve(tmp_path):
     assert len(fp32) == len(bf16) == 5
     relative = [abs(a - b) / abs(b) for a, b in zip(bf16, fp32)]
     assert relative[0] <= 0.03 and max(relative) <= 0.15, (bf16, fp32)
+
+
+def test_channels_last_auto_is_on_for_resnets_only():
+    from pipnet.train.config import config_from_namespace, config_parser
+    from pipnet.train.engine import uses_channels_last
+
+    parser = config_parser()
+
+    def resolved(*args: str) -> bool:
+        return uses_channels_last(config_from_namespace(parser, parser.parse_args(list(args))))
+
+    assert resolved("--model.backbone", "resnet50") and resolved("--model.backbone", "timm/resnet18")
+    assert not resolved("--model.backbone", "convnext_tiny_26") and not resolved("--model.backbone", "efficientnet_lite0")
+    assert not resolved("--model.backbone", "resnet50", "--runtime.channels_last", "false")
+    assert resolved("--model.backbone", "convnext_tiny_26", "--runtime.channels_last", "true")

@@ -109,6 +109,14 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def uses_channels_last(config: TrainConfig) -> bool:
+    """``runtime.channels_last``, with ``auto`` = on for ResNet backbones (where it measured faster)."""
+    setting = config.runtime.channels_last
+    if setting == "auto":
+        return config.model.backbone.removeprefix("timm/").startswith("resnet")
+    return bool(setting)
+
+
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
     if name == "auto":
         device = default_device()
@@ -213,12 +221,13 @@ def run_epoch(
     correct = torch.zeros((), device=device)
     seen = skipped = 0
     skip = rt.on_nonfinite == "skip"
+    channels_last = uses_channels_last(config)
     progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
     guard = _NonFiniteGuard(device)
     for step, (x1, x2, y) in enumerate(_batches(loader)):
         x = torch.cat([x1, x2]).to(device, non_blocking=True)  # (2B, 3, S, S)
         y = y.to(device, non_blocking=True)
-        if rt.channels_last:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # A skipped batch must not leave its NaNs in BatchNorm's running statistics.
         buffers = [b.detach().clone() for b in core.buffers()] if skip else []
@@ -335,7 +344,7 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     if checkpoint:
         load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
-    if rt.channels_last:
+    if uses_channels_last(config):
         model.to(memory_format=torch.channels_last)
     plans = plan_epochs(config.schedule)
     start = int(checkpoint["epochs_done"]) if checkpoint else 0
