@@ -28,6 +28,7 @@ from pipnet.data.augment import TwoViewTransform  # noqa: E402
 from pipnet.data.config import PlantedConfig  # noqa: E402
 from pipnet.data.planted import PlantedParts  # noqa: E402
 from pipnet.data.wrappers import TwoViewDataset  # noqa: E402
+from pipnet.train.prefetch import prefetch  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 2],
+                    help="batches prepared ahead in a background thread (runtime.prefetch), each measured")
     ap.add_argument("--stages", type=int, default=7, help="efficientnet_lite0 only: keep the first N stages")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
@@ -64,16 +67,16 @@ def main() -> None:
     name = args.backbone + (f" (stages {args.stages})" if kwargs else "")
     rows = [["augmentation, 1 worker", f"{aug_rate:.0f} images/s"], [f"{name} training step, {args.precision}", f"{model_rate:.1f} images/s"],
             ["augmentation / model", f"{aug_rate / model_rate:.0f}x"]]
-    for workers in args.workers:
+    for workers, depth in [(w, d) for w in args.workers for d in args.prefetch]:
         data = DataLoader(TwoViewDataset(base, transform), batch_size=args.batch, shuffle=True, num_workers=workers, drop_last=True)
         waited, total, steps = 0.0, time.perf_counter(), 0
-        it = iter(data)
+        it = prefetch(data, depth)
         while steps < args.steps:
             t = time.perf_counter()
             try:
                 x1, x2, _ = next(it)
             except StopIteration:
-                it = iter(data)
+                it = prefetch(data, depth)
                 continue
             waited += time.perf_counter() - t
             with autocast():
@@ -81,7 +84,8 @@ def main() -> None:
             (out.scores.sum() + out.maps.mean()).backward()
             steps += 1
         total = time.perf_counter() - total
-        rows.append([f"loop waits for data, {workers} workers", f"{100 * waited / total:.1f}% of {total:.1f} s"])
+        rows.append([f"loop waits for data, {workers} workers, prefetch {depth}",
+                     f"{100 * waited / total:.1f}% of {total:.1f} s ({args.steps} steps)"])
     print_table(["measure", "value"], rows)
 
 

@@ -236,3 +236,14 @@ def test_channels_last_auto_is_on_for_resnets_only():
     assert not resolved("--model.backbone", "convnext_tiny_26") and not resolved("--model.backbone", "efficientnet_lite0")
     assert not resolved("--model.backbone", "resnet50", "--runtime.channels_last", "false")
     assert resolved("--model.backbone", "convnext_tiny_26", "--runtime.channels_last", "true")
+
+
+def test_thread_prefetch_gives_the_same_weights(tmp_path):
+    weights = {}
+    for depth in (0, 2):
+        config = tiny_config(tmp_path / f"prefetch{depth}", epochs_pretrain=1, epochs=2)
+        config.runtime.prefetch = depth
+        train(config)
+        weights[depth] = load_file(str(tmp_path / f"prefetch{depth}" / "model.safetensors"))
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

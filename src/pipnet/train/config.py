@@ -97,6 +97,8 @@ class RuntimeConfig:
             float rounding.
         compile: ``torch.compile`` the model.
         num_workers: DataLoader worker processes (0 is fastest on a 2-core machine).
+        prefetch: batches prepared ahead in a background thread while the model trains (0: none); the
+            batches and their order do not change.
         seed: seed of everything; each epoch reseeds from (seed, epoch) so a resumed run is exact.
         deterministic: ask PyTorch for deterministic algorithms.
         progress: show progress bars.
@@ -110,6 +112,7 @@ class RuntimeConfig:
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     num_workers: int = 0
+    prefetch: int = 0
     seed: int = 0
     deterministic: bool = False
     progress: bool = True

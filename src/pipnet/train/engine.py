@@ -36,6 +36,7 @@ from pipnet.train.config import TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, gather_presence, init_distributed
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
+from pipnet.train.prefetch import prefetch
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
@@ -224,7 +225,7 @@ def run_epoch(
     channels_last = uses_channels_last(config)
     progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
     guard = _NonFiniteGuard(device)
-    for step, (x1, x2, y) in enumerate(_batches(loader)):
+    for step, (x1, x2, y) in enumerate(prefetch(_batches(loader), rt.prefetch)):
         x = torch.cat([x1, x2]).to(device, non_blocking=True)  # (2B, 3, S, S)
         y = y.to(device, non_blocking=True)
         if channels_last:
