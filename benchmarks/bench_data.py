@@ -6,7 +6,7 @@
    fraction of wall time spent waiting for the next batch.
 
     python benchmarks/bench_data.py --backbone efficientnet_lite0 --size 64 --workers 0 1
-    python benchmarks/bench_data.py --stages 4 --size 112 --batch 16 --precision bf16   # the demo's settings
+    python benchmarks/bench_data.py --stages 4 --num-features 32 --size 112 --batch 16 --precision bf16   # the demo's settings
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
                     help="batches prepared ahead in a background thread (runtime.prefetch), each measured")
     ap.add_argument("--stages", type=int, default=7, help="efficientnet_lite0 only: keep the first N stages")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--num-features", type=int, default=0, help="prototypes through an add-on conv (0: none, paper)")
     args = ap.parse_args()
     base = PlantedParts(PlantedConfig(train_per_class=40, size=max(96, args.size)), "train")
     for i in range(len(base)):
@@ -54,7 +55,7 @@ def main() -> None:
     aug_rate = len(images) / (time.perf_counter() - start)
 
     kwargs = {"stages": args.stages} if args.stages != 7 else {}
-    model = pipnet.create_model(args.backbone, len(base.classes), num_features=32, **kwargs).train()
+    model = pipnet.create_model(args.backbone, len(base.classes), num_features=args.num_features, **kwargs).train()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
     x = torch.randn(2 * args.batch, 3, args.size, args.size)
     start = time.perf_counter()
