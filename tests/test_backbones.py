@@ -111,6 +111,7 @@ def test_efficientnet_lite0_truncated_to_fewer_stages_keeps_the_stride_8_grid():
         assert b.groups.to_train[0] == f"net.blocks.{stages - 1}.{len(b.net.blocks[-1]) - 1}"
     m = pipnet.create_model("efficientnet_lite0", num_classes=3, num_features=8, stages=4)
     assert m.config.backbone_kwargs == {"stages": 4}
+    assert m.config.describe_backbone() == "efficientnet_lite0 (stages=4)"
     with pytest.raises(BackboneError, match="between 3 and 7"):
         create_backbone("efficientnet_lite0", stages=8)
 

@@ -24,5 +24,6 @@ def test_demo_learns_and_writes_its_run_folder(tmp_path, capsys):
     model = PIPNet.from_pretrained(out)
     html = (out / "report.html").read_text()
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert "efficientnet_lite0 (stages=4)" in html
     for p in model.used_prototypes().tolist():
         assert f"#{p}" in html or f"prototype {p}" in html.lower()

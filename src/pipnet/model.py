@@ -51,6 +51,11 @@ class PIPNetConfig:
     class_names: list[str] | None = None
     disabled_prototypes: list[int] = field(default_factory=list)
 
+    def describe_backbone(self) -> str:
+        """The backbone's name with its builder arguments, e.g. ``efficientnet_lite0 (stages=4)``."""
+        args = ", ".join(f"{k}={v}" for k, v in sorted(self.backbone_kwargs.items()))
+        return f"{self.backbone} ({args})" if args else self.backbone
+
 
 class PIPNetOutput(NamedTuple):
     maps: torch.Tensor  # (B, P, h, w) prototype maps, softmax over P

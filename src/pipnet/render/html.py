@@ -95,7 +95,7 @@ def _summary(model: PIPNet, used: list[int]) -> list[tuple[str, str]]:
     if names:
         classes += ": " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
     return [
-        ("backbone", model.config.backbone),
+        ("backbone", model.config.describe_backbone()),
         ("input size", f"{model.config.image_size} x {model.config.image_size}"),
         ("classes", classes),
         ("prototypes", str(model.num_prototypes)),

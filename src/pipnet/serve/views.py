@@ -30,7 +30,7 @@ def page_context(explorer: Explorer) -> dict[str, Any]:
         "model": {
             "name": explorer.model_dir.name,
             "path": str(explorer.model_dir),
-            "backbone": model.config.backbone,
+            "backbone": model.config.describe_backbone(),
             "image_size": model.config.image_size,
             "num_classes": model.num_classes,
             "num_prototypes": model.num_prototypes,
