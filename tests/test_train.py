@@ -204,23 +204,36 @@ def test_tensorboard_logs(tmp_path):
     assert [e.step for e in events.Scalars("pretrain/tanh")] == [1]
 
 
-def test_bf16_training_follows_the_fp32_loss_curve(tmp_path):
-    """bf16 autocast training follows fp32's loss curve from the same start (tiny random resnet18, 32 px).
+def test_bf16_training_follows_the_fp32_loss_curve():
+    """The first classification steps (every group trained) from the same weights and batches: bf16
+    autocast losses within 2% of fp32's (resnet18, 64 px, batch 8). Measured here over 4 data seeds: at
+    most 0.24% (benchmarks/README.md: up to 5.5e-3 for resnet50 at 112 px)."""
+    from torch.utils.data import DataLoader, TensorDataset
 
-    Measured here: relative differences 1.0%, 8.1% (pretraining), 0.2%, 0.3%, 0.02% (classification).
-    """
-    histories = {}
+    from pipnet.model import create_model
+    from pipnet.train.distributed import DistInfo
+    from pipnet.train.engine import run_epoch
+    from pipnet.train.optim import set_trainable
+
+    g = torch.Generator().manual_seed(0)
+    steps = [(torch.randn(8, 3, 64, 64, generator=g), torch.randn(8, 3, 64, 64, generator=g),
+              torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    curves = {}
     for precision in ("fp32", "bf16"):
-        config = tiny_config(tmp_path / precision, epochs_pretrain=2, epochs=3)
-        config.runtime.precision = precision
-        train(config)
-        rows = (tmp_path / precision / "history.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        histories[precision] = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
-    fp32, bf16 = histories["fp32"], histories["bf16"]
-    assert len(fp32) == len(bf16) == 5
-    relative = [abs(a - b) / abs(b) for a, b in zip(bf16, fp32)]
-    assert relative[0] <= 0.03 and max(relative) <= 0.15, (bf16, fp32)
+        torch.manual_seed(0)
+        model = create_model("resnet18", 10)
+        config = TrainConfig(schedule=ScheduleConfig(epochs_pretrain=1, epochs=4, freeze_epochs=1),
+                             runtime=RuntimeConfig(precision=precision, progress=False, channels_last=False))
+        plan = plan_epochs(config.schedule)[-1]
+        optim = make_stage_optim(model, plan.stage, config, len(steps))
+        set_trainable(model, plan)
+        curves[precision] = [
+            run_epoch(model, model, DataLoader(TensorDataset(*batch), batch_size=8), plan, optim, config,
+                      torch.device("cpu"), DistInfo(), None)["loss"]
+            for batch in steps
+        ]
+    relative = [abs(a - b) / abs(b) for a, b in zip(curves["bf16"], curves["fp32"])]
+    assert max(relative) <= 0.02, curves
 
 
 def test_channels_last_auto_is_on_for_resnets_only():

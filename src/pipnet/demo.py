@@ -26,7 +26,8 @@ def demo_config(out: str | None = None, *, progress: bool = True) -> TrainConfig
     #   top-10 purity 0.47 (64 px) and 0.68 (80 px). Measured with this script's settings otherwise
     #   (seed 0, training + evaluation, 2 threads): stages 7 @ 80 px 202 s, purity 0.68; stages 5 @ 112
     #   163 s, 0.81 (seed 1: 0.85); stages 5 @ 128 203 s, 0.86; stages 4 @ 128 122 s, 0.86; stages 4 @ 112
-    #   106 s, 0.92 with FPR95 0.00 and accuracy 0.99 (the README has the seeds' spread).
+    #   106 s, 0.92 with FPR95 0.00 and accuracy 0.99. (Those runs predate per-image augmentation seeds;
+    #   with them stages 4 @ 112 measured purity 0.89/0.91/0.90 for seeds 0/1/2, see the README.)
     # - batch 16 in both phases (15 steps per epoch instead of 7): the classifier and the soft threshold
     #   need steps more than images; batch 32 with the paper's lr = 0.05 reached only ~0.75-0.80 accuracy.
     # - classifier lr 0.3 (paper 0.05): with so few steps AdamW must push unused weights to 0 quickly;

@@ -101,9 +101,24 @@ class TwoViewDataset(_SourceView):
     def __init__(self, base: ImageSource, transform: TwoViewTransform) -> None:
         super().__init__(base)
         self.transform = transform
+        self.seed: int | None = None
+
+    def set_seed(self, seed: int | None) -> None:
+        """Draw item i's augmentation from its own seed (``seed``, i) instead of the running random state.
+
+        Training sets this every epoch, so an image's views depend only on (seed, epoch, index): not on
+        the order, the number of DataLoader workers, a prefetch thread or how many processes share the batch.
+        """
+        self.seed = seed
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        view1, view2 = self.transform(self.base.image(i))
+        image = self.base.image(i)
+        if self.seed is None:
+            view1, view2 = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 2_654_435_761 + i) % 2**63)
+                view1, view2 = self.transform(image)
         return view1, view2, self.base.targets[i]
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "gather_presence", "all_reduce_sum"]
+__all__ = ["DistInfo", "GlobalBatchSampler", "init_distributed", "gather_presence", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,33 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t)
     return t
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Shuffled global batches, each split between the processes: process r takes the r-th slice.
+
+    The shuffle is ``torch.randperm(n, generator)``, drawn when iteration starts, with the generator every
+    process seeds alike, so the global batches are those of a single process with the same seed (as
+    ``shuffle=True, drop_last=True`` draws them) whatever the number of processes.
+
+    Args:
+        n: dataset length.
+        batch_size: the global batch (rounded down to a multiple of ``world_size``, at least one per process).
+        generator: the shared shuffle generator (the DataLoader's).
+        rank, world_size: this process and the number of processes.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
+        self.n, self.generator, self.rank, self.world_size = n, generator, rank, world_size
+        self.local = max(1, min(batch_size, n) // world_size)
+        self.global_batch = self.local * world_size
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        start = self.rank * self.local
+        for b in range(len(self)):
+            first = b * self.global_batch + start
+            yield order[first : first + self.local]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from pipnet import losses
 from pipnet.data import DataBundle, build_data
@@ -33,7 +33,7 @@ from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
-from pipnet.train.distributed import DistInfo, all_reduce_sum, gather_presence, init_distributed
+from pipnet.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_sum, gather_presence, init_distributed
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
@@ -220,7 +220,7 @@ def run_epoch(
     iters = len(loader)
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
-    seen = skipped = 0
+    seen = skipped = images = 0
     skip = rt.on_nonfinite == "skip"
     channels_last = uses_channels_last(config)
     progress = _Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
@@ -271,32 +271,28 @@ def run_epoch(
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
         correct += (out.scores.detach().argmax(dim=1) == y.repeat(2)).sum()
         seen += 1
+        images += len(y)
         progress.update(step, sums, seen)
     progress.close()
     guard.raise_if_bad(plan)
     if skipped and not seen:
         raise NonFiniteLossError(f"every batch of {plan.stage} epoch {plan.epoch} had a non-finite loss; {_STOPPED}")
-    totals = all_reduce_sum(torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)]), info)
-    steps = max(float(totals[-1]), 1.0)
+    counts = torch.tensor([float(images), float(seen)], device=device)
+    totals = all_reduce_sum(torch.cat([torch.stack([*sums.values(), correct]), counts]), info)
+    steps = max(float(totals[-1]), 1.0)  # summed over processes, like the loss sums
     row = {k: float(v) / steps for k, v in zip(sums, totals[: len(sums)])}
-    batch = config.schedule.batch_size_pretrain if plan.stage == "pretrain" else config.schedule.batch_size
-    row["train_accuracy"] = float(totals[-2]) / max(1.0, 2 * steps * batch) if plan.stage == "classify" else math.nan
+    # Both views of every image count.
+    row["train_accuracy"] = float(totals[-3]) / max(1.0, 2 * float(totals[-2])) if plan.stage == "classify" else math.nan
     return row
 
 
-def _loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, epoch: int, device):
+def _loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, device):
+    """The epoch's loader: the same global batches for any number of processes (each takes its slice)."""
     rt = config.runtime
-    sampler = None
-    if info.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=rt.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        batch_size = max(1, batch_size // info.world_size)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, generator, info.rank, info.world_size)
     return DataLoader(
         dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=True,
+        batch_sampler=sampler,
         num_workers=rt.num_workers,
         generator=generator,
         worker_init_fn=_worker_init,
@@ -360,7 +356,9 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         generator = seed_epoch(rt.seed, index + 1)
         dataset = data.pretrain if plan.stage == "pretrain" else data.train
         batch = config.schedule.batch_size_pretrain if plan.stage == "pretrain" else config.schedule.batch_size
-        loader = _loader(dataset, batch, config, generator, info, index, device)
+        if hasattr(dataset, "set_seed"):  # per-image augmentation seeds (see TwoViewDataset.set_seed)
+            dataset.set_seed(rt.seed * 1_000_003 + index + 1)
+        loader = _loader(dataset, batch, config, generator, info, device)
         if plan.stage != stage:
             optim = make_stage_optim(model, plan.stage, config, len(loader))
             if checkpoint and checkpoint["stage"] == plan.stage and index == start:
