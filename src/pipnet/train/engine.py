@@ -357,7 +357,7 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         dataset = data.pretrain if plan.stage == "pretrain" else data.train
         batch = config.schedule.batch_size_pretrain if plan.stage == "pretrain" else config.schedule.batch_size
         if hasattr(dataset, "set_seed"):  # per-image augmentation seeds (see TwoViewDataset.set_seed)
-            dataset.set_seed(rt.seed * 1_000_003 + index + 1)
+            dataset.set_seed(generator.initial_seed())
         loader = _loader(dataset, batch, config, generator, info, device)
         if plan.stage != stage:
             optim = make_stage_optim(model, plan.stage, config, len(loader))
