@@ -238,7 +238,7 @@ def run_epoch(
         if not skip:
             # Record the first non-finite step on the device (no host sync); looked at every log_every steps.
             guard.record(step, parts)
-            if (step + 1) % rt.log_every == 0 or step + 1 == iters:
+            if (step + 1) % rt.log_every == 0:  # and once more after the last step
                 guard.raise_if_bad(plan)
         elif not torch.isfinite(parts["loss"]):  # skipping needs the answer now: one sync per step
             bad = [k for k, v in parts.items() if k != "loss" and not torch.isfinite(v)]
