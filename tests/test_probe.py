@@ -1,0 +1,66 @@
+"""The linear-probe baseline (benchmarks/probe.py): its fit, its split, and one run on a tiny folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import probe  # noqa: E402
+
+
+def test_fit_logistic_separates_separable_classes_and_the_penalty_shrinks_weights():
+    x = torch.cat([torch.randn(20, 3) + torch.tensor([4.0, 0, 0]), torch.randn(20, 3) - torch.tensor([4.0, 0, 0])])
+    y = torch.tensor([0] * 20 + [1] * 20)
+    w, b = probe.fit_logistic(x, y, 2, l2=1e-3)
+    assert probe.accuracy(x, y, w, b) == 1.0
+    w_strong, _ = probe.fit_logistic(x, y, 2, l2=10.0)
+    assert w_strong.norm() < 0.5 * w.norm()
+    # At the optimum the gradient of the objective vanishes: mean(softmax - onehot) x + l2 w = 0.
+    p = torch.softmax(x.double() @ w_strong + probe.fit_logistic(x, y, 2, l2=10.0)[1], dim=1)
+    grad = x.double().T @ (p - torch.nn.functional.one_hot(y, 2).double()) / len(y) + 10.0 * w_strong
+    assert grad.abs().max() < 1e-5
+
+
+def test_holdout_split_is_stratified_disjoint_and_seeded():
+    y = torch.tensor([0] * 8 + [1] * 4 + [2] * 2)
+    fit, held = probe.holdout_split(y, 0.25, seed=0)
+    assert sorted(fit.tolist() + held.tolist()) == list(range(14))
+    assert [int((y[held] == c).sum()) for c in range(3)] == [2, 1, 1]
+    assert torch.equal(held, probe.holdout_split(y, 0.25, seed=0)[1])
+
+
+def test_probe_runs_on_a_folder_and_prints_train_and_test_accuracy(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "probe.py"), str(tmp_path), "--pretrained", "false",
+         "--backbone-kwargs", '{"stages": 3}', "--image-size", "32", "--l2", "0.01", "1", "--threads", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 classes, 12 training and 4 test images" in result.stdout
+    table = result.stdout.splitlines()
+    row = next(line for line in table if line.startswith("| efficientnet_lite0"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    train_acc, test_acc = float(cells[5]), float(cells[6])
+    assert 0.0 <= test_acc <= 1.0 and train_acc == 1.0  # colour alone separates the classes
+
+
+def test_probe_reports_a_bad_folder_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe.py"), str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "error: data folder" in result.stderr and "Traceback" not in result.stderr
