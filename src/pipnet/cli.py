@@ -140,7 +140,8 @@ def cmd_evaluate(argv: list[str]) -> int:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device, progress=True)
+    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device, progress=True,
+                       mask_sets=data.mask_sets() or None)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())

@@ -24,7 +24,8 @@ from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.patches import patch_boxes
 from pipnet.projection import Projection, eval_mode, inputs_of, make_loader, project
 
-__all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "purity_of_projection"]
+__all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
+           "purity_of_projection"]
 
 OOD_TPR = 0.95
 PURITY_PRESENCE = 0.5
@@ -36,8 +37,9 @@ class Metrics:
 
     Accuracies are fractions in [0, 1]. Sizes are means over the test images. ``ood`` maps a set's name to
     ``{"fpr95", "auroc", "num_images"}``; ``purity`` maps a variant (``"<set>_top10"``,
-    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``. Undefined values
-    are NaN here and ``null`` in JSON.
+    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``; ``on_object`` maps
+    a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
+    :func:`on_object_of_projection`). Undefined values are NaN here and ``null`` in JSON.
     """
 
     top1_accuracy: float
@@ -53,6 +55,7 @@ class Metrics:
     purity: dict[str, dict[str, float | int]] = field(default_factory=dict)
     binary: dict[str, float] | None = None
     confusion_matrix: list[list[int]] = field(default_factory=list)
+    on_object: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -162,6 +165,29 @@ def purity_of_projection(
     return out
 
 
+def on_object_of_projection(
+    projection: Projection, dataset: Dataset, prototypes: torch.Tensor
+) -> dict[str, float | int]:
+    """How often the top-k patches of ``prototypes`` are centred on the object, against chance.
+
+    Keys: ``top{k}`` (share of those patches whose centre pixel is object in the image's mask),
+    ``chance`` (the share a grid cell drawn at random in the same images would get), ``num_patches`` and
+    ``num_prototypes``; see :func:`pipnet.metrics.on_object`. The data set gives ``mask(i)``: the bool
+    (S, S) object mask of image i in the model input's frame.
+    """
+    prototypes = prototypes.long().cpu()
+    images = projection.image_index[prototypes].flatten()  # (M,)
+    cells = projection.cell[prototypes].reshape(-1, 2)  # (M, 2)
+    masks = {i: dataset.mask(i) for i in torch.unique(images).tolist()}
+    for i, mask in masks.items():
+        if tuple(mask.shape) != tuple(projection.image_size):
+            raise ValueError(f"the mask of image {i} is {tuple(mask.shape)}, the model input {projection.image_size}")
+    stacked = torch.stack([masks[i] for i in images.tolist()]) if len(images) else torch.zeros(0, *projection.image_size, dtype=torch.bool)
+    result = M.on_object(stacked, cells, projection.grid, projection.image_size)
+    return {f"top{projection.k}": result["share"], "chance": result["chance"], "num_patches": result["num_patches"],
+            "num_prototypes": len(prototypes)}
+
+
 # ---- the evaluation -------------------------------------------------------------------------------------
 
 
@@ -171,6 +197,7 @@ def evaluate(
     *,
     ood: dict[str, Dataset | DataLoader] | None = None,
     purity_sets: dict[str, Dataset] | None = None,
+    mask_sets: dict[str, Dataset] | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     k: int = 10,
@@ -185,6 +212,8 @@ def evaluate(
         ood: out-of-distribution sets by name (labels are ignored).
         purity_sets: sets with part keypoints by name (e.g. ``{"train": ..., "test": ...}``); purity is
             computed for the used prototypes on the top-k patches and on every patch with presence > 0.5.
+        mask_sets: sets with object masks by name (``mask(i)``, e.g. ``{"train": ..., "test": ...}``): the
+            share of the used prototypes' top-k patches centred on the object, and its chance level.
         batch_size: images per forward pass.
         device: where to run (default: the model's device).
         k: patches per prototype for purity (10 in the paper).
@@ -195,6 +224,9 @@ def evaluate(
     for name, dataset in (purity_sets or {}).items():
         if not (hasattr(dataset, "keypoints") and hasattr(dataset, "num_parts")):
             raise ValueError(f"purity set {name!r} has no part annotations (needs keypoints(i) and num_parts)")
+    for name, dataset in (mask_sets or {}).items():
+        if not (hasattr(dataset, "mask") and getattr(dataset, "has_masks", True)):
+            raise ValueError(f"mask set {name!r} has no object masks (needs mask(i))")
     with eval_mode(model, device) as dev:
         pin = dev.type == "cuda"
         weight = (model.classifier.weight.clamp(min=0) * model.prototype_mask).float()  # (C, P) as used
@@ -214,13 +246,21 @@ def evaluate(
             }
         purity_results = {}
         used = model.used_prototypes().cpu()
+        projections: dict[int, Projection] = {}  # one projection pass per data set, shared by the metrics
+
+        def projection_of(dataset: Dataset) -> Projection:
+            if id(dataset) not in projections:
+                projections[id(dataset)] = project(
+                    model, dataset, k=k, batch_size=batch_size, device=dev, presence_threshold=PURITY_PRESENCE,
+                    num_workers=num_workers, progress=progress,
+                )  # fmt: skip
+            return projections[id(dataset)]
+
         for name, dataset in (purity_sets or {}).items():
-            projection = project(
-                model, dataset, k=k, batch_size=batch_size, device=dev, presence_threshold=PURITY_PRESENCE,
-                num_workers=num_workers, progress=progress,
-            )  # fmt: skip
+            projection = projection_of(dataset)
             for variant, summary in purity_of_projection(projection, dataset, used).items():
                 purity_results[f"{name}_{variant}"] = summary
+        on_object = {name: on_object_of_projection(projection_of(d), d, used) for name, d in (mask_sets or {}).items()}
         sparsity = M.sparsity_ratio(weight)
         global_size = M.global_explanation_size(weight)
     return Metrics(
@@ -237,6 +277,7 @@ def evaluate(
         purity=purity_results,
         binary=M.binary_metrics(test.scores, test.labels, float(model.classifier.multiplier)) if C == 2 else None,
         confusion_matrix=M.confusion_matrix(pred, test.labels, C).tolist(),
+        on_object=on_object,
     )
 
 
@@ -260,5 +301,8 @@ def format_metrics_table(metrics: Metrics) -> str:
         rows.append(
             (f"purity {name}", f"{p['mean']:.3f} ± {p['std']:.3f}, {p['count_above_0.5']} > 0.5 of {p['num_prototypes']}")
         )
+    for name, o in metrics.on_object.items():
+        key = next(k for k in o if k.startswith("top"))
+        rows.append((f"on object {name}: {key} / chance", f"{o[key]:.3f} / {o['chance']:.3f} ({o['num_patches']} patches)"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from pipnet.model import RELEVANCE_THRESHOLD
-from pipnet.patches import PATCH_SIZE, central_boxes
+from pipnet.patches import PATCH_SIZE, central_boxes, patch_boxes
 
 __all__ = [
     "auroc",
@@ -25,6 +25,8 @@ __all__ = [
     "fpr_at_tpr",
     "global_explanation_size",
     "local_explanation_sizes",
+    "on_object",
+    "patch_centres",
     "ood_thresholds",
     "predictions",
     "purity",
@@ -291,3 +293,46 @@ def purity_summary(purities: torch.Tensor) -> dict[str, float | int]:
         "count_above_0.5": int((values > 0.5).sum()),
         "num_prototypes": n,
     }
+
+
+# ---- patches on the object (object masks) ------------------------------------------------------------------
+
+
+def patch_centres(cells: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int]) -> torch.Tensor:
+    """(..., 2) long (y, x) pixel of the centre of each cell's faithful patch box: ((top + bottom) // 2, ...).
+
+    Args:
+        cells: (..., 2) (row, column) grid cells.
+        grid: (h, w).
+        image_size: S or (H, W) of the model input.
+    """
+    box = patch_boxes(cells, grid, image_size)  # (..., 4) top, bottom, left, right
+    return torch.stack([(box[..., 0] + box[..., 1]) // 2, (box[..., 2] + box[..., 3]) // 2], dim=-1)
+
+
+def on_object(
+    masks: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int]
+) -> dict[str, float | int]:
+    """Share of patch centres on the object, beside the chance level of a random grid cell in the same images.
+
+    ``share`` is the fraction of the M patches whose centre pixel (:func:`patch_centres`) is object in its
+    image's mask. ``chance`` is what a cell drawn uniformly from the h x w grid of the same image would
+    score: the fraction of the image's h * w cell centres that are object, averaged over the M patches (an
+    image that holds several of the patches counts as often). Both NaN when M = 0.
+
+    Args:
+        masks: (M, H, W) bool, the object mask of the image of each patch (True = object).
+        cells: (M, 2) (row, column) of each patch.
+        grid: (h, w), the latent grid.
+        image_size: S or (H, W), the model input (the masks' frame).
+    """
+    M = len(cells)
+    if M == 0:
+        return {"share": math.nan, "chance": math.nan, "num_patches": 0}
+    centre = patch_centres(cells, grid, image_size)  # (M, 2)
+    hit = masks[torch.arange(M), centre[:, 0], centre[:, 1]]  # (M,)
+    h, w = grid
+    every = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), dim=-1).reshape(-1, 2)
+    every = patch_centres(every, grid, image_size)  # (h*w, 2)
+    chance = masks[:, every[:, 0], every[:, 1]].double().mean(dim=1)  # (M,)
+    return {"share": hit.double().mean().item(), "chance": chance.mean().item(), "num_patches": M}

@@ -15,7 +15,8 @@ from pipnet.data.augment import TwoViewTransform
 from pipnet.data.config import DataConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError
-from pipnet.data.folders import image_tree, load_folder_source
+from pipnet.data.folders import FolderSource, image_tree, load_folder_source
+from pipnet.data.masks import with_masks
 from pipnet.data.planted import PlantedParts
 from pipnet.data.wrappers import EvalDataset, ImageSource, TwoViewDataset
 
@@ -51,6 +52,11 @@ class DataBundle:
     multi: Dataset | None = None
     num_parts: int = 0
     part_names: list[str] = field(default_factory=list)
+
+    def mask_sets(self) -> dict[str, Dataset]:
+        """``{"train": projection, "test": test}`` when their images have object masks (``--data.masks``), else {}."""
+        sets = {"train": self.projection, "test": self.test_projection or self.test}
+        return {name: d for name, d in sets.items() if d is not None and getattr(d, "has_masks", False)}
 
 
 def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
@@ -95,6 +101,8 @@ def _planted(config: DataConfig) -> DataBundle:
 
 def _folder(config: DataConfig) -> DataBundle:
     source = load_folder_source(config.root, config.val_fraction, config.seed, config.bad_images)
+    if config.masks:
+        source = _masked(source, config.root, config.masks)
     two_views = _two_views(source.train, config)
     test = _eval(source.test, config) if source.test is not None else None
     return DataBundle(
@@ -106,6 +114,14 @@ def _folder(config: DataConfig) -> DataBundle:
         test_projection=test,
         ood=_ood_folders(config),
     )
+
+
+def _masked(source: FolderSource, root: str, masks: str) -> FolderSource:
+    """The same source whose image lists also give object masks (the projection list may be the train list)."""
+    train = with_masks(source.train, root, masks)
+    projection = train if source.projection is source.train else with_masks(source.projection, root, masks)
+    test = with_masks(source.test, root, masks) if source.test is not None else None
+    return FolderSource(classes=source.classes, train=train, test=test, projection=projection)
 
 
 def _cub(config: DataConfig) -> DataBundle:
@@ -139,6 +155,8 @@ def build_data(config: DataConfig) -> DataBundle:
     """
     if config.source not in _SOURCES:
         raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES)}")
+    if config.masks and config.source != "folder":
+        raise DataError(f"--data.masks is read for the folder source only, not {config.source!r}")
     if config.source != "planted" and not config.root:
         raise DataError(f"data source {config.source!r} needs a root folder (DataConfig.root)")
     bundle = _SOURCES[config.source](config)

@@ -52,6 +52,8 @@ class DataConfig:
         seed: seed of the split.
         bad_images: ``error`` (stop, naming the file) or ``skip`` (warn, count, and leave it out).
         ood: extra image folders used as out-of-distribution sets in evaluation.
+        masks: ``folder`` source only: a folder of object masks laid out like ``root``
+            (``masks/<split>/<class>/<stem>.png``, 255 = object) for the ``on_object`` metric.
         planted: settings of the planted-parts data set.
     """
 
@@ -63,4 +65,5 @@ class DataConfig:
     seed: int = 0
     bad_images: Literal["error", "skip"] = "error"
     ood: list[str] = field(default_factory=list)
+    masks: str | None = None
     planted: PlantedConfig = field(default_factory=PlantedConfig)

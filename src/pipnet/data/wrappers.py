@@ -153,6 +153,17 @@ class EvalDataset(_SourceView):
             return kp.reshape(0, 3).to(torch.float32)
         return scale_keypoints(kp, self.base.image_size(i), self.input_size)
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the source has an object mask per image (``--data.masks``)."""
+        return hasattr(self.base, "mask")
+
+    def mask(self, i: int) -> torch.Tensor:
+        """Bool (S, S): the object mask of image ``i`` in the model input's frame (True = object)."""
+        if not self.has_masks:
+            raise AttributeError("this data set has no object masks (give --data.masks)")
+        return self.base.mask(i, self.input_size)
+
     def classes_present(self, i: int) -> Sequence[int]:
         """The classes shown in image ``i``: several for multi-object images, none for out-of-distribution ones."""
         present = getattr(self.base, "classes_present", None)

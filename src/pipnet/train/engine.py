@@ -409,7 +409,7 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             if data.num_parts > 0:
                 purity = {"train": data.projection, "test": data.test_projection or data.test}
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
-                               progress=config.runtime.progress)
+                               progress=config.runtime.progress, mask_sets=data.mask_sets() or None)
             run.write_metrics(metrics)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
