@@ -222,3 +222,15 @@ def test_html_report_is_valid_self_contained_and_lists_every_used_prototype(setu
     written = path.read_text(encoding="utf-8")
     check_html(written)
     assert all(f'<tr id="prototype-{p}">' in written for p in used)
+
+
+def test_gallery_rows_chosen_by_image_order_are_marked_as_ties(setup):
+    model = setup[0]
+    data = TinyImages(n=6)
+    data.originals = [data.originals[0]] * 6  # identical images: every prototype's 4th and 5th images tie
+    tied = project(model, data, k=4)
+    assert tied.tied.all()
+    html = render_report(model=model, projection=tied, projection_dataset=data)
+    assert html.count("picked by image order") == len(model.used_prototypes())
+    distinct = render_report(model=model, projection=setup[2], projection_dataset=setup[1])
+    assert not setup[2].tied.any() and "picked by image order" not in distinct

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +18,8 @@ from torch import nn
 
 from pipnet.backbones import Backbone, create_backbone
 
-__all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError"]
+__all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError",
+           "prototype_log_odds"]
 
 PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
 RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
@@ -102,9 +104,13 @@ class PIPNet(nn.Module):
         """The backbone's feature map z (B, D, h, w)."""
         return self.backbone(x)
 
+    def prototype_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The add-on's output before the softmax: (B, D, h, w) -> (B, P, h, w)."""
+        return self.add_on(z)
+
     def prototype_maps(self, z: torch.Tensor) -> torch.Tensor:
         """Softmax over prototypes at every latent cell: (B, D, h, w) -> (B, P, h, w)."""
-        return torch.softmax(self.add_on(z), dim=1)
+        return torch.softmax(self.prototype_logits(z), dim=1)
 
     def forward_head(self, maps: torch.Tensor, inference: bool = False) -> PIPNetOutput:
         presence = maps.amax(dim=(2, 3)) * self.prototype_mask  # (B, P)
@@ -273,6 +279,30 @@ def create_model(
         class_names=class_names,
     )
     return PIPNet(config, create_backbone(backbone, pretrained=pretrained, **backbone_kwargs))
+
+
+def prototype_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """log(s / (1 - s)) of the softmax s over prototypes (dim 1), computed from the logits without forming s.
+
+    For prototype k at a cell, log-odds = a_k - logsumexp_{j != k} a_j. It orders cells and images exactly
+    as the presence s does (a strictly increasing function of it) but does not round to a tie once s
+    rounds to 1.0 in float32 (a logit about 17 above the others). For every k but the cell's top
+    prototype, the other terms include the top one, so their sum relative to it is >= 1; for the top
+    prototype, its others are summed relative to the second largest logit. P = 1 gives +inf.
+
+    Args:
+        logits: (B, P, h, w) the add-on's output (:meth:`PIPNet.prototype_logits`).
+
+    Returns:
+        (B, P, h, w) log-odds, in the logits' dtype.
+    """
+    top, arg = logits.max(dim=1, keepdim=True)  # (B, 1, h, w)
+    is_top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, arg, True)  # (B, P, h, w)
+    relative = torch.exp(logits - top)  # (B, P, h, w), the top term is 1
+    others = top + torch.log(relative.sum(dim=1, keepdim=True) - relative)  # exact enough when k is not the top
+    second = logits.masked_fill(is_top, -math.inf).amax(dim=1, keepdim=True)  # (B, 1, h, w)
+    others_of_top = second + torch.log(torch.exp(logits - second).masked_fill(is_top, 0.0).sum(dim=1, keepdim=True))
+    return logits - torch.where(is_top, others_of_top, others)
 
 
 def output_probabilities(scores: torch.Tensor, multiplier: torch.Tensor | float = 2.0) -> torch.Tensor:

@@ -6,8 +6,12 @@ so an image appears at most once per prototype: the row of distinct images the p
 collects every (prototype, image) whose presence exceeds a threshold (0.5 for the second purity variant),
 memory proportional to their number.
 
-Ties are broken deterministically: higher presence first, then lower image index; inside one map, the
-lowest flattened cell index (row-major) among equal maxima.
+Images are ranked by the prototype's log-odds at its best cell (``model.prototype_log_odds`` of the logits),
+not by the presence itself: the two order cells and images identically, but presence rounds to 1.0 in
+float32 once a prototype dominates a cell, and then the "top-10" of a saturated prototype would be decided
+by image order. Real ties (equal log-odds) are broken deterministically: lower image index first; inside
+one map, the lowest flattened cell index (row-major) among equal maxima. ``Projection.tied`` marks the
+prototypes whose k-th and (k+1)-th images tie, i.e. whose row still depends on the image order.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
-from pipnet.model import PRESENCE_THRESHOLD, PIPNet
+from pipnet.model import PRESENCE_THRESHOLD, PIPNet, prototype_log_odds
 
 __all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_unused_prototypes"]
 
@@ -30,7 +34,7 @@ class Projection:
     """The result of :func:`project` (all tensors on the CPU).
 
     Attributes:
-        presence: (P, k) the top-k presences of every prototype, highest first.
+        presence: (P, k) the presences of every prototype's top-k images, highest first.
         image_index: (P, k) long, index in the data set of the image of each entry.
         cell: (P, k, 2) long, (i, j) argmax cell of the prototype's map in that image.
         grid: (h, w) latent grid size.
@@ -43,6 +47,8 @@ class Projection:
         above_image: (M,) long, its image index.
         above_cell: (M, 2) long, its argmax cell.
         above_presence: (M,) its presence.
+        score: (P, k) the log-odds the top-k are ranked by (``prototype_log_odds`` at the cell), highest first.
+        tied: (P,) bool, the k-th image ties with the next one (the row's last image was chosen by image order).
     """
 
     presence: torch.Tensor
@@ -57,6 +63,8 @@ class Projection:
     above_image: torch.Tensor
     above_cell: torch.Tensor
     above_presence: torch.Tensor
+    score: torch.Tensor
+    tied: torch.Tensor
 
     @property
     def k(self) -> int:
@@ -113,16 +121,16 @@ def inputs_of(batch: object) -> torch.Tensor:
 
 
 def merge_topk(
-    presence: torch.Tensor, image: torch.Tensor, cell: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep the k best columns of (P, n) candidates: higher presence first, ties to the earlier column.
+    score: torch.Tensor, presence: torch.Tensor, image: torch.Tensor, cell: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the k best columns of (P, n) candidates: higher score first, ties to the earlier column.
 
     Columns must be ordered so that ties should go to the earlier one (running top-k first, then new images
     in increasing index). A stable descending sort gives exactly that; ``torch.topk`` does not promise any
     order among ties.
     """
-    order = torch.sort(presence, dim=1, descending=True, stable=True).indices[:, :k]  # (P, k)
-    return presence.gather(1, order), image.gather(1, order), cell.gather(1, order)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]  # (P, k)
+    return score.gather(1, order), presence.gather(1, order), image.gather(1, order), cell.gather(1, order)
 
 
 def project(
@@ -155,6 +163,7 @@ def project(
     with eval_mode(model, device) as dev:
         loader = make_loader(data, batch_size, num_workers, pin_memory=dev.type == "cuda")
         P = model.num_prototypes
+        top_s = torch.empty(P, 0, device=dev)
         top_p = torch.empty(P, 0, device=dev)
         top_img = torch.empty(P, 0, dtype=torch.long, device=dev)
         top_cell = torch.empty(P, 0, dtype=torch.long, device=dev)
@@ -163,16 +172,20 @@ def project(
         seen, grid, image_size = 0, (0, 0), (0, 0)
         for batch in tqdm(loader, desc="projection", disable=not progress, leave=False):
             x = inputs_of(batch).to(dev, non_blocking=True)
-            maps = model.prototype_maps(model.forward_features(x))  # (B, P, h, w)
-            B, _, h, w = maps.shape
+            logits = model.prototype_logits(model.forward_features(x)).float()  # (B, P, h, w)
+            B, _, h, w = logits.shape
             grid, image_size = (h, w), (int(x.shape[-2]), int(x.shape[-1]))
-            presence, cell = maps.flatten(2).float().max(dim=2)  # (B, P): first maximal cell on ties
+            # float64, then rounded to float32: equal logits in a different channel order give equal scores.
+            score = prototype_log_odds(logits.double()).float()  # (B, P, h, w)
+            score, cell = score.flatten(2).max(dim=2)  # (B, P): first maximal cell on ties
+            presence = torch.softmax(logits, dim=1).flatten(2).gather(2, cell[..., None])[..., 0]  # (B, P)
             image = torch.arange(seen, seen + B, device=dev)  # (B,)
-            top_p, top_img, top_cell = merge_topk(
+            top_s, top_p, top_img, top_cell = merge_topk(  # k + 1 kept, to see whether the k-th ties with the next
+                torch.cat([top_s, score.T], dim=1),
                 torch.cat([top_p, presence.T], dim=1),
                 torch.cat([top_img, image.expand(P, B)], dim=1),
                 torch.cat([top_cell, cell.T], dim=1),
-                k,
+                k + 1,
             )
             b, p = (presence > presence_threshold).nonzero(as_tuple=True)  # ordered by image, then prototype
             above.append(torch.stack([p, image[b], cell[b, p]], dim=1))  # (m, 3)
@@ -184,8 +197,10 @@ def project(
     rows_p = torch.cat(above_p).cpu()  # (M,)
     by_proto = torch.sort(rows[:, 0], stable=True).indices  # keeps image order inside each prototype
     rows, rows_p = rows[by_proto], rows_p[by_proto]
-    top_cell = top_cell.cpu()
-    top_p = top_p.cpu()
+    kept = min(k, seen)
+    top_s = top_s.cpu()
+    tied = top_s[:, kept] == top_s[:, kept - 1] if top_s.shape[1] > kept else torch.zeros(P, dtype=torch.bool)
+    top_s, top_p, top_img, top_cell = (t[:, :kept].cpu() for t in (top_s, top_p, top_img, top_cell))
     return Projection(
         presence=top_p,
         image_index=top_img.cpu(),
@@ -199,6 +214,8 @@ def project(
         above_image=rows[:, 1].clone(),
         above_cell=torch.stack([rows[:, 2] // grid[1], rows[:, 2] % grid[1]], dim=-1),
         above_presence=rows_p,
+        score=top_s,
+        tied=tied,
     )
 
 

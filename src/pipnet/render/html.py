@@ -24,7 +24,7 @@ from pipnet.projection import Projection
 from pipnet.render.png import OriginalImages, RawImageDataset, explanation_figure, prototype_row, sparsity_curve
 from pipnet.utils import atomic_write
 
-__all__ = ["SECTIONS", "render_report", "write_report"]
+__all__ = ["SECTIONS", "gallery_notes", "render_report", "write_report"]
 
 # Known sections of explained images: (title, what a newcomer should look for).
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -129,6 +129,15 @@ def _explained(
     }
 
 
+def gallery_notes(prototype: int, projection: Projection | None, metrics: Mapping[str, Any] | None) -> list[str]:
+    """Plain-words warnings shown beside a prototype's gallery row (ties that decided it)."""
+    notes = []
+    if projection is not None and bool(projection.tied[prototype]):
+        notes.append(f"tie: its {projection.k}th and next-best images score the same, so the row's last "
+                     "image was picked by image order")
+    return notes
+
+
 def render_report(
     *,
     model: PIPNet,
@@ -177,6 +186,7 @@ def render_report(
             "row": row(p),
             "max_presence": f"{float(projection.max_presence[p]):.3f}" if projection is not None else "n/a",
             "classes": ", ".join(classes_of.get(p, [])),
+            "notes": gallery_notes(p, projection, metrics),
         }
         for p in used
     ]
