@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.patches import patch_boxes
-from pipnet.projection import Projection, eval_mode, inputs_of, make_loader, project
+from pipnet.projection import Projection, eval_mode, everywhere_prototypes, inputs_of, make_loader, project
 
 __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
            "purity_of_projection"]
@@ -39,7 +39,9 @@ class Metrics:
     ``{"fpr95", "auroc", "num_images"}``; ``purity`` maps a variant (``"<set>_top10"``,
     ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``; ``on_object`` maps
     a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
-    :func:`on_object_of_projection`). Undefined values are NaN here and ``null`` in JSON.
+    :func:`on_object_of_projection`); ``everywhere`` lists the used prototypes present (> 0.5) on >= 90% of
+    the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``).
+    Undefined values are NaN here and ``null`` in JSON.
     """
 
     top1_accuracy: float
@@ -56,6 +58,7 @@ class Metrics:
     binary: dict[str, float] | None = None
     confusion_matrix: list[list[int]] = field(default_factory=list)
     on_object: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    everywhere: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -188,6 +191,14 @@ def on_object_of_projection(
             "num_prototypes": len(prototypes)}
 
 
+def _labels(dataset: Dataset) -> torch.Tensor:
+    """(N,) labels of a data set: its ``targets``, or the second element of every item."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
+
+
 # ---- the evaluation -------------------------------------------------------------------------------------
 
 
@@ -198,6 +209,7 @@ def evaluate(
     ood: dict[str, Dataset | DataLoader] | None = None,
     purity_sets: dict[str, Dataset] | None = None,
     mask_sets: dict[str, Dataset] | None = None,
+    everywhere_set: Dataset | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     k: int = 10,
@@ -214,6 +226,8 @@ def evaluate(
             computed for the used prototypes on the top-k patches and on every patch with presence > 0.5.
         mask_sets: sets with object masks by name (``mask(i)``, e.g. ``{"train": ..., "test": ...}``): the
             share of the used prototypes' top-k patches centred on the object, and its chance level.
+        everywhere_set: the labelled training (projection) images: find the used prototypes present on
+            most images of every class (``Metrics.everywhere``).
         batch_size: images per forward pass.
         device: where to run (default: the model's device).
         k: patches per prototype for purity (10 in the paper).
@@ -261,6 +275,10 @@ def evaluate(
             for variant, summary in purity_of_projection(projection, dataset, used).items():
                 purity_results[f"{name}_{variant}"] = summary
         on_object = {name: on_object_of_projection(projection_of(d), d, used) for name, d in (mask_sets or {}).items()}
+        everywhere = {}
+        if everywhere_set is not None:
+            found, _ = everywhere_prototypes(model, projection_of(everywhere_set), _labels(everywhere_set), M.EVERYWHERE_SHARE)
+            everywhere = {"prototypes": found, "share": M.EVERYWHERE_SHARE, "presence": PURITY_PRESENCE, "num_used": len(used)}
         sparsity = M.sparsity_ratio(weight)
         global_size = M.global_explanation_size(weight)
     return Metrics(
@@ -278,6 +296,7 @@ def evaluate(
         binary=M.binary_metrics(test.scores, test.labels, float(model.classifier.multiplier)) if C == 2 else None,
         confusion_matrix=M.confusion_matrix(pred, test.labels, C).tolist(),
         on_object=on_object,
+        everywhere=everywhere,
     )
 
 
@@ -304,5 +323,9 @@ def format_metrics_table(metrics: Metrics) -> str:
     for name, o in metrics.on_object.items():
         key = next(k for k in o if k.startswith("top"))
         rows.append((f"on object {name}: {key} / chance", f"{o[key]:.3f} / {o['chance']:.3f} ({o['num_patches']} patches)"))
+    if metrics.everywhere:
+        found = metrics.everywhere["prototypes"]
+        rows.append(("present everywhere (train)", f"{len(found)} of {metrics.everywhere['num_used']} used"
+                     + (f": {', '.join(f'#{p}' for p in found)}" if found else "")))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

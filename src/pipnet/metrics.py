@@ -29,6 +29,8 @@ __all__ = [
     "patch_centres",
     "ood_thresholds",
     "predictions",
+    "presence_share_per_class",
+    "present_everywhere",
     "purity",
     "purity_summary",
     "sparsity_ratio",
@@ -336,3 +338,48 @@ def on_object(
     every = patch_centres(every, grid, image_size)  # (h*w, 2)
     chance = masks[:, every[:, 0], every[:, 1]].double().mean(dim=1)  # (M,)
     return {"share": hit.double().mean().item(), "chance": chance.mean().item(), "num_patches": M}
+
+
+# ---- prototypes present everywhere ----------------------------------------------------------------------
+
+EVERYWHERE_SHARE = 0.9  # "present on most images of every class"
+
+
+def presence_share_per_class(
+    prototype: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, num_prototypes: int, num_classes: int
+) -> torch.Tensor:
+    """(P, C) fraction of each class's images in which each prototype is present.
+
+    Args:
+        prototype: (M,) prototype of each (prototype, image) pair where it is present (e.g. presence > 0.5;
+            ``Projection.above_prototype``); each pair at most once.
+        image: (M,) the image of each pair.
+        labels: (N,) class of every image of the data set.
+        num_prototypes: P.
+        num_classes: C.
+
+    Returns:
+        float64 (P, C); NaN for a class without images.
+    """
+    labels = labels.long().cpu()
+    counts = torch.zeros(num_prototypes, num_classes, dtype=torch.float64)
+    counts.index_put_((prototype.long().cpu(), labels[image.long().cpu()]), torch.ones(len(prototype), dtype=torch.float64),
+                      accumulate=True)
+    images = torch.bincount(labels, minlength=num_classes).double()  # (C,)
+    return torch.where(images > 0, counts / images.clamp(min=1), torch.full_like(counts, math.nan))
+
+
+def present_everywhere(shares: torch.Tensor, share: float = EVERYWHERE_SHARE) -> torch.Tensor:
+    """(P,) bool: prototypes present in at least ``share`` of the images of every class (classes with images).
+
+    Such a prototype adds about the same evidence to every image whatever its class, so it carries no class
+    information (typically background, or a texture all photos share).
+
+    Args:
+        shares: (P, C) from :func:`presence_share_per_class`.
+        share: the fraction, 0.9 by default.
+    """
+    known = ~torch.isnan(shares[0]) if shares.numel() else torch.zeros(0, dtype=torch.bool)
+    if not known.any():
+        return torch.zeros(shares.shape[0], dtype=torch.bool)
+    return (shares[:, known] >= share).all(dim=1)

@@ -24,9 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
 
+from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet, prototype_log_odds
 
-__all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_unused_prototypes"]
+__all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_everywhere_prototypes", "prune_unused_prototypes",
+           "everywhere_prototypes"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,3 +241,43 @@ def prune_unused_prototypes(model: PIPNet, projection: Projection, threshold: fl
     with torch.no_grad():
         model.classifier.weight[:, idle.to(model.classifier.weight.device)] = 0.0
     return idle.tolist()
+
+
+def everywhere_prototypes(
+    model: PIPNet, projection: Projection, labels: torch.Tensor, share: float = M.EVERYWHERE_SHARE
+) -> tuple[list[int], torch.Tensor]:
+    """The used prototypes present (above ``projection.threshold``, 0.5) on >= ``share`` of every class's images.
+
+    Args:
+        model: the PIP-Net (only read: which prototypes are used).
+        projection: :func:`project` of a labelled set (the projection / training images).
+        labels: (N,) the class of each projected image.
+        share: the fraction of every class's images (0.9).
+
+    Returns:
+        The prototype indices (sorted) and the (P, C) share matrix of :func:`pipnet.metrics.presence_share_per_class`.
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    if len(labels) != projection.num_images:
+        raise ValueError(f"{len(labels)} labels for {projection.num_images} projected images")
+    shares = M.presence_share_per_class(projection.above_prototype, projection.above_image, labels,
+                                        model.num_prototypes, model.num_classes)
+    used = torch.zeros(model.num_prototypes, dtype=torch.bool)
+    used[model.used_prototypes().cpu()] = True
+    return (M.present_everywhere(shares, share) & used).nonzero().flatten().tolist(), shares
+
+
+def prune_everywhere_prototypes(model: PIPNet, projection: Projection, labels: torch.Tensor,
+                                share: float = M.EVERYWHERE_SHARE) -> list[int]:
+    """Zero all classifier weights of the used prototypes present on most images of every class (an option).
+
+    Not in the paper (``--optim.prune_everywhere``): run after :func:`prune_unused_prototypes` on the same
+    projection of the training images. Unlike evaluation, this changes the model.
+
+    Returns:
+        The pruned prototype indices (see :func:`everywhere_prototypes`).
+    """
+    pruned, _ = everywhere_prototypes(model, projection, labels, share)
+    with torch.no_grad():
+        model.classifier.weight[:, torch.tensor(pruned, dtype=torch.long, device=model.classifier.weight.device)] = 0.0
+    return pruned

@@ -130,8 +130,12 @@ def _explained(
 
 
 def gallery_notes(prototype: int, projection: Projection | None, metrics: Mapping[str, Any] | None) -> list[str]:
-    """Plain-words warnings shown beside a prototype's gallery row (ties that decided it)."""
+    """Plain-words warnings shown beside a prototype's gallery row (present everywhere; ties that decided it)."""
     notes = []
+    everywhere = (metrics or {}).get("everywhere") or {}
+    if prototype in (everywhere.get("prototypes") or []):
+        notes.append(f"present everywhere: p > {everywhere['presence']:g} on at least {everywhere['share']:.0%} of the "
+                     "training images of every class, so it tells the classes apart little")
     if projection is not None and bool(projection.tied[prototype]):
         notes.append(f"tie: its {projection.k}th and next-best images score the same, so the row's last "
                      "image was picked by image order")

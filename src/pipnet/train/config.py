@@ -49,6 +49,9 @@ class OptimConfig:
         sparsify_threshold: the 1e-3 of both rules.
         prune_threshold: after training, prototypes never present above this on the projection set get
             all their weights set to 0.
+        prune_everywhere: option (not in the paper): after training, also set to 0 all weights of the used
+            prototypes present (> 0.5) on >= 90% of the projection images of every class; such prototypes
+            add the same evidence to every class and carry no class information.
     """
 
     lr: float = 0.05
@@ -58,6 +61,7 @@ class OptimConfig:
     sparsify: Literal["soft_threshold", "hard_threshold"] = "soft_threshold"
     sparsify_threshold: float = 1e-3
     prune_threshold: float = 0.1
+    prune_everywhere: bool = False
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
-from pipnet.projection import project, prune_unused_prototypes
+from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
 from pipnet.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_sum, gather_presence, init_distributed
@@ -401,6 +401,10 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
     projection = project(model, data.projection, k=10, batch_size=batch, device=device, progress=config.runtime.progress and info.is_main)
     pruned = prune_unused_prototypes(model, projection, threshold=config.optim.prune_threshold)
     log.info("pruned %d prototypes never present above %.2f on the projection set", len(pruned), config.optim.prune_threshold)
+    if config.optim.prune_everywhere:
+        everywhere = prune_everywhere_prototypes(model, projection, torch.as_tensor(data.projection.targets))
+        log.info("pruned %d prototypes present on >= 90%% of the images of every class (--optim.prune_everywhere): %s",
+                 len(everywhere), everywhere)
     metrics = None
     if info.is_main:
         model.save_pretrained(run.path)
@@ -409,7 +413,8 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             if data.num_parts > 0:
                 purity = {"train": data.projection, "test": data.test_projection or data.test}
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
-                               progress=config.runtime.progress, mask_sets=data.mask_sets() or None)
+                               progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
+                               everywhere_set=data.projection)
             run.write_metrics(metrics)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
