@@ -44,15 +44,15 @@ def test_evaluate_reports_used_prototypes_present_everywhere():
     model = logit_model(4, num_classes=2)
     set_weights(model, [[1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]])
     data = everywhere_data()
-    m = evaluate(model, data, everywhere_set=data)
+    m = evaluate(model, data, train_set=data)
     # prototype 0: class 0 5 of 5, class 1 4 of 5 = 0.8 < 0.9 -> not everywhere
     assert m.everywhere == {"prototypes": [], "share": 0.9, "presence": 0.5, "num_used": 4}
     x = data.tensors[0].clone()
     x[9, 0, 0, 0], x[9, 3, 0, 0] = 10.0, 0.0  # now prototype 0 is in all 10 images
     full = TensorDataset(x, data.tensors[1])
-    assert evaluate(model, full, everywhere_set=full).everywhere["prototypes"] == [0]
+    assert evaluate(model, full, train_set=full).everywhere["prototypes"] == [0]
     set_weights(model, [[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])  # unused prototypes are not reported
-    assert evaluate(model, full, everywhere_set=full).everywhere["prototypes"] == []
+    assert evaluate(model, full, train_set=full).everywhere["prototypes"] == []
 
 
 def test_prune_everywhere_zeroes_only_those_prototypes():
@@ -98,3 +98,14 @@ def test_report_marks_prototypes_present_everywhere():
     metrics = {"everywhere": {"prototypes": [3], "share": 0.9, "presence": 0.5, "num_used": 5}}
     assert "present everywhere" in gallery_notes(3, None, metrics)[0]
     assert gallery_notes(2, None, metrics) == [] and gallery_notes(3, None, None) == []
+
+
+def test_saturation_counts_used_prototypes_whose_kth_presence_rounds_to_one():
+    model = logit_model(4, num_classes=2)
+    set_weights(model, [[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])  # used: 0, 1, 2
+    x, labels = everywhere_data().tensors
+    # k = 3: prototype 0 has presence ~1 in 9 images; 1 and 2 in 5 images each (their class); 3 is unused.
+    m = evaluate(model, TensorDataset(x, labels), train_set=TensorDataset(x, labels), k=3)
+    assert m.saturation == {"saturated": 3, "num_used": 3, "share": 1.0, "presence": 0.99, "rank": 3}
+    m = evaluate(model, TensorDataset(x, labels), train_set=TensorDataset(x, labels), k=6)
+    assert m.saturation["saturated"] == 1  # only prototype 0 has 6 images at ~1

@@ -141,7 +141,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device, progress=True,
-                       mask_sets=data.mask_sets() or None, everywhere_set=data.projection)
+                       mask_sets=data.mask_sets() or None, train_set=data.projection)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())

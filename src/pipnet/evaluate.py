@@ -40,7 +40,9 @@ class Metrics:
     ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``; ``on_object`` maps
     a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
     :func:`on_object_of_projection`); ``everywhere`` lists the used prototypes present (> 0.5) on >= 90% of
-    the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``).
+    the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``);
+    ``saturation`` counts the used prototypes whose k-th best presence on the training set is >= 0.99
+    (``{"saturated", "num_used", "share", "presence", "rank"}``).
     Undefined values are NaN here and ``null`` in JSON.
     """
 
@@ -59,6 +61,7 @@ class Metrics:
     confusion_matrix: list[list[int]] = field(default_factory=list)
     on_object: dict[str, dict[str, float | int]] = field(default_factory=dict)
     everywhere: dict[str, Any] = field(default_factory=dict)
+    saturation: dict[str, float | int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -191,6 +194,23 @@ def on_object_of_projection(
             "num_prototypes": len(prototypes)}
 
 
+SATURATED_PRESENCE = 0.99
+
+
+def saturation_of_projection(projection: Projection, prototypes: torch.Tensor) -> dict[str, float | int]:
+    """How many of ``prototypes`` have their k-th best presence >= 0.99: their top-k are all (almost) 1.
+
+    For such a prototype presence no longer tells its typical images apart (the gallery is ranked by
+    log-odds, see :mod:`pipnet.projection`); many of them mean the softmax over prototypes has saturated.
+    """
+    prototypes = prototypes.long().cpu()
+    kth = projection.presence[prototypes, -1] if len(prototypes) else torch.zeros(0)
+    saturated = int((kth >= SATURATED_PRESENCE).sum())
+    return {"saturated": saturated, "num_used": len(prototypes),
+            "share": saturated / len(prototypes) if len(prototypes) else math.nan,
+            "presence": SATURATED_PRESENCE, "rank": projection.k}
+
+
 def _labels(dataset: Dataset) -> torch.Tensor:
     """(N,) labels of a data set: its ``targets``, or the second element of every item."""
     targets = getattr(dataset, "targets", None)
@@ -209,7 +229,7 @@ def evaluate(
     ood: dict[str, Dataset | DataLoader] | None = None,
     purity_sets: dict[str, Dataset] | None = None,
     mask_sets: dict[str, Dataset] | None = None,
-    everywhere_set: Dataset | None = None,
+    train_set: Dataset | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     k: int = 10,
@@ -226,8 +246,8 @@ def evaluate(
             computed for the used prototypes on the top-k patches and on every patch with presence > 0.5.
         mask_sets: sets with object masks by name (``mask(i)``, e.g. ``{"train": ..., "test": ...}``): the
             share of the used prototypes' top-k patches centred on the object, and its chance level.
-        everywhere_set: the labelled training (projection) images: find the used prototypes present on
-            most images of every class (``Metrics.everywhere``).
+        train_set: the labelled training (projection) images: find the used prototypes present on
+            most images of every class (``Metrics.everywhere``) and those saturated (``Metrics.saturation``).
         batch_size: images per forward pass.
         device: where to run (default: the model's device).
         k: patches per prototype for purity (10 in the paper).
@@ -275,10 +295,11 @@ def evaluate(
             for variant, summary in purity_of_projection(projection, dataset, used).items():
                 purity_results[f"{name}_{variant}"] = summary
         on_object = {name: on_object_of_projection(projection_of(d), d, used) for name, d in (mask_sets or {}).items()}
-        everywhere = {}
-        if everywhere_set is not None:
-            found, _ = everywhere_prototypes(model, projection_of(everywhere_set), _labels(everywhere_set), M.EVERYWHERE_SHARE)
+        everywhere, saturation = {}, {}
+        if train_set is not None:
+            found, _ = everywhere_prototypes(model, projection_of(train_set), _labels(train_set), M.EVERYWHERE_SHARE)
             everywhere = {"prototypes": found, "share": M.EVERYWHERE_SHARE, "presence": PURITY_PRESENCE, "num_used": len(used)}
+            saturation = saturation_of_projection(projection_of(train_set), used)
         sparsity = M.sparsity_ratio(weight)
         global_size = M.global_explanation_size(weight)
     return Metrics(
@@ -297,6 +318,7 @@ def evaluate(
         confusion_matrix=M.confusion_matrix(pred, test.labels, C).tolist(),
         on_object=on_object,
         everywhere=everywhere,
+        saturation=saturation,
     )
 
 
@@ -323,6 +345,9 @@ def format_metrics_table(metrics: Metrics) -> str:
     for name, o in metrics.on_object.items():
         key = next(k for k in o if k.startswith("top"))
         rows.append((f"on object {name}: {key} / chance", f"{o[key]:.3f} / {o['chance']:.3f} ({o['num_patches']} patches)"))
+    if metrics.saturation:
+        sat = metrics.saturation
+        rows.append((f"saturated (train, {sat['rank']}th presence >= {sat['presence']})", f"{sat['saturated']} of {sat['num_used']} used"))
     if metrics.everywhere:
         found = metrics.everywhere["prototypes"]
         rows.append(("present everywhere (train)", f"{len(found)} of {metrics.everywhere['num_used']} used"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pipnet.data import build_data
+from pipnet.diagnostics import diagnose
 from pipnet.explain import explain
 from pipnet.model import PIPNet
 from pipnet.projection import eval_mode, project
@@ -54,6 +55,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     history = RunDir(run_dir, config).read_history()
+    findings = diagnose(history, config, metrics, num_train_images=len(data.train))
     path = Path(out) if out else run_dir / "report.html"
     write_report(
         path,
@@ -63,6 +65,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
         projection=projection,
         projection_dataset=data.projection,
         explanations=explained,
+        diagnostics=findings,
         title=f"PIP-Net report: {run_dir.name}",
     )
     return path

@@ -18,6 +18,7 @@ import jinja2
 from PIL import Image
 
 from pipnet import metrics as M
+from pipnet.diagnostics import Finding
 from pipnet.explain import ImageExplanation, scoring_sheet
 from pipnet.model import PIPNet
 from pipnet.projection import Projection
@@ -153,6 +154,7 @@ def render_report(
     title: str = "PIP-Net report",
     gallery_k: int = 10,
     patch_px: int = 64,
+    diagnostics: Sequence[Finding] = (),
 ) -> str:
     """The report as one HTML string.
 
@@ -167,6 +169,7 @@ def render_report(
         title: the page title.
         gallery_k: patches per prototype in the gallery.
         patch_px: side of a gallery patch.
+        diagnostics: findings of :func:`pipnet.diagnostics.diagnose`, shown in plain words.
     """
     if metrics is not None and hasattr(metrics, "to_dict"):
         metrics = metrics.to_dict()
@@ -209,6 +212,7 @@ def render_report(
         gallery_k=min(gallery_k, projection.k) if projection is not None else gallery_k,
         sheet=sheet.classes,
         sections=list(sections.values()),
+        diagnostics=list(diagnostics),
     )
 
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from pipnet import losses
 from pipnet.data import DataBundle, build_data
 from pipnet.data.errors import DataError, ImageLoadError
+from pipnet.diagnostics import diagnose
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
@@ -414,8 +415,10 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
                 purity = {"train": data.projection, "test": data.test_projection or data.test}
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
                                progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
-                               everywhere_set=data.projection)
+                               train_set=data.projection)
             run.write_metrics(metrics)
+        for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
+            (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
 
