@@ -119,3 +119,15 @@ def test_a_finished_run_logs_its_diagnostics_and_the_report_shows_them(tmp_path,
     assert {"saturation", "everywhere"} <= set(metrics) and metrics["saturation"]["num_used"] > 0
     html = build_report(result.run_dir).read_text()
     assert "Training diagnostics" in html and "3 classification steps" in html
+
+
+def test_a_chosen_total_decrement_is_spread_over_the_planned_steps():
+    # optim.soft_threshold_total (the integrator's option): 6.0 over 30 planned epochs x 8 steps; 15 done.
+    as_dict = {"schedule": {"batch_size": 16, "epochs": 30},
+               "optim": {"sparsify": "soft_threshold", "sparsify_threshold": 0.001, "soft_threshold_total": 6.0}}
+    steps, total, _ = classification_steps(history([0.5] * 15), as_dict, 132)
+    assert (steps, total) == (120, pytest.approx(3.0))
+    f = by_key(diagnose(history([0.5] * 30), as_dict, None, num_train_images=132))["steps"]
+    assert f.level == "ok" and "6" in f.message
+    low = dict(as_dict, optim=dict(as_dict["optim"], soft_threshold_total=None))
+    assert "--optim.soft_threshold_total" in by_key(diagnose(history([0.5] * 30), low, None, num_train_images=132))["steps"].message

@@ -70,8 +70,9 @@ def classification_steps(history: Sequence[Mapping[str, Any]], config: Any, num_
 
     Read from the history's cumulative ``sparsify_steps`` / ``decrement_total`` columns when present;
     otherwise derived: classification epochs done x (N // batch size) steps (the loader drops the last
-    partial batch), each subtracting ``optim.sparsify_threshold`` under ``soft_threshold`` (``hard_threshold``
-    subtracts nothing). None when neither is possible.
+    partial batch), each subtracting ``optim.sparsify_threshold`` under ``soft_threshold``, or, with
+    ``optim.soft_threshold_total`` set, that total spread over ``schedule.epochs`` x steps per epoch
+    (``hard_threshold`` subtracts nothing). None when neither is possible.
     """
     rows = [r for r in history if r.get("stage") == "classify"]
     last = rows[-1] if rows else (history[-1] if history else {})
@@ -85,6 +86,9 @@ def classification_steps(history: Sequence[Mapping[str, Any]], config: Any, num_
     steps_done = len(rows) * per_epoch
     threshold = float(_get(config, "optim.sparsify_threshold", 1e-3))
     soft = _get(config, "optim.sparsify", "soft_threshold") == "soft_threshold"
+    chosen_total = _get(config, "optim.soft_threshold_total")
+    if soft and chosen_total is not None:
+        threshold = float(chosen_total) / max(1, int(_get(config, "schedule.epochs", len(rows))) * per_epoch)
     return steps_done, steps_done * threshold if soft else 0.0, f"{len(rows)} epochs x {per_epoch} steps"
 
 
@@ -99,10 +103,13 @@ def _steps(history, config, num_train_images) -> Finding | None:
     message = (f"{steps} classification steps ({source}): the soft threshold subtracted {total:.3g} in total from "
                f"every classifier weight; {paper}.")
     if total < LOW_DECREMENT * PAPER_DECREMENT:
+        optim = _get(config, "optim")
+        option = " (--optim.soft_threshold_total sets the total)" if (
+            "soft_threshold_total" in optim if isinstance(optim, Mapping) else hasattr(optim, "soft_threshold_total")) else ""
         return Finding("steps", "warning", message + " Weights it does not push to zero stay in the scoring sheet, so "
                        "expect a denser sheet (lower sparsity, more prototypes per decision) than the paper's: more "
-                       "classification steps (more epochs, smaller batches) or a larger decrement per step close the gap.",
-                       values)
+                       "classification steps (more epochs, smaller batches) or a larger decrement per step"
+                       f"{option} close the gap.", values)
     return Finding("steps", "ok", message, values)
 
 
