@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet, prototype_log_odds
 
-__all__ = ["Projection", "eval_mode", "make_loader", "project", "prune_everywhere_prototypes", "prune_unused_prototypes",
-           "everywhere_prototypes"]
+__all__ = ["Projection", "best_cells", "eval_mode", "everywhere_prototypes", "make_loader", "project",
+           "prune_everywhere_prototypes", "prune_unused_prototypes"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +135,21 @@ def merge_topk(
     return score.gather(1, order), presence.gather(1, order), image.gather(1, order), cell.gather(1, order)
 
 
+def best_cells(logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prototype's best cell in each image and its log-odds there: (B, P, h, w) -> (B, P), (B, P) flat cell.
+
+    The log-odds are computed in float64 and rounded to float32, so that equal logits in a different
+    channel order give equal scores (real ties stay ties); the first maximal cell wins a tie inside a map.
+    ``chunk`` images at a time bound the float64 temporaries.
+    """
+    scores, cells = [], []
+    for part in logits.split(chunk):
+        score, cell = prototype_log_odds(part.double()).float().flatten(2).max(dim=2)
+        scores.append(score)
+        cells.append(cell)
+    return torch.cat(scores), torch.cat(cells)
+
+
 def project(
     model: PIPNet,
     data: Dataset | DataLoader,
@@ -177,9 +192,7 @@ def project(
             logits = model.prototype_logits(model.forward_features(x)).float()  # (B, P, h, w)
             B, _, h, w = logits.shape
             grid, image_size = (h, w), (int(x.shape[-2]), int(x.shape[-1]))
-            # float64, then rounded to float32: equal logits in a different channel order give equal scores.
-            score = prototype_log_odds(logits.double()).float()  # (B, P, h, w)
-            score, cell = score.flatten(2).max(dim=2)  # (B, P): first maximal cell on ties
+            score, cell = best_cells(logits)  # (B, P) each
             presence = torch.softmax(logits, dim=1).flatten(2).gather(2, cell[..., None])[..., 0]  # (B, P)
             image = torch.arange(seen, seen + B, device=dev)  # (B,)
             top_s, top_p, top_img, top_cell = merge_topk(  # k + 1 kept, to see whether the k-th ties with the next
