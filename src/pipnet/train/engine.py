@@ -266,7 +266,7 @@ def run_epoch(
         if plan.stage == "classify":
             if optim.classifier_schedule is not None:
                 optim.classifier_schedule.step(plan.epoch - 1 + (step + 1) / iters)
-            sparsify(core.classifier, config.optim.sparsify_threshold)
+            sparsify(core.classifier, optim.decrement)
         for k, v in parts.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
         correct += (out.scores.detach().argmax(dim=1) == y.repeat(2)).sum()
