@@ -24,6 +24,7 @@ COMMANDS = {
     "demo": "generate planted-parts data, train, evaluate and write a report, offline, in minutes",
     "evaluate": "accuracy, sparsity, explanation sizes, OoD detection and purity of a saved model",
     "explain": "explain the predictions of a saved model for some images (text, PNG and JSON)",
+    "predict": "predict files and folders of images into a CSV or JSON-lines table (with 'unknown')",
     "report": "write the self-contained HTML report of a run folder",
     "convert": "convert an official PIP-Net checkpoint to this project's format",
     "serve": "a local web page to explore a model and switch prototypes off",
@@ -115,7 +116,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--parts", type=bool, default=True, help="compute prototype purity when the data has part keypoints")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
+    parser.add_argument("--tpr", type=float, default=0.95,
+                        help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     raw = parser.parse_args(argv)
+    if not 0.0 < raw.tpr <= 1.0:
+        parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     import torch
 
     from pipnet.data import build_data
@@ -145,6 +150,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())
     _out(str(out))
+    from pipnet.thresholds import describe_data, fit_thresholds
+
+    thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
+                                description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+    _out(str(thresholds.save(raw.model)))
     return 0
 
 
@@ -167,7 +177,12 @@ def cmd_explain(argv: list[str]) -> int:
     from pipnet.model import PIPNet
     from pipnet.render.png import explanation_figure
 
+    from pipnet.thresholds import load_thresholds, warn_without_thresholds
+
     model = PIPNet.from_pretrained(args.model).eval()
+    thresholds = load_thresholds(args.model, model.num_classes)
+    if thresholds is None:
+        warn_without_thresholds(args.model)
     transform = eval_transform(model.config.image_size, "default")
     out = Path(args.out) if args.out else None
     if out:
@@ -176,17 +191,76 @@ def cmd_explain(argv: list[str]) -> int:
         image = load_image(path)
         with torch.inference_mode():
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
-        _out(f"{path}: " + ("abstains (no prototype present: all scores 0)" if e.abstained else ""))
+        threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
+        unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
+        verdict = "abstains (no prototype present: all scores 0)" if e.abstained else ""
+        if unknown and not e.abstained:
+            verdict = f"unknown (score {e.top_classes[0].score:.3f} below the {e.top_classes[0].class_name} threshold {threshold:.3f})"
+        _out(f"{path}: {verdict}")
         for c in e.top_classes:
             _out(f"  {c.class_name}: score {c.score:.3f}")
             for ev in c.evidence[:5]:
                 _out(f"    prototype {ev.prototype}: p={ev.presence:.3f} w={ev.weight:.3f} p*w={ev.evidence:.3f} box={ev.box}")
         if out:
             stem = Path(path).stem
-            (out / f"{stem}.json").write_text(json.dumps(e.to_dict(), indent=2))
+            record = {**e.to_dict(), "unknown": unknown, "threshold": threshold if threshold != float("inf") else None}
+            (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             explanation_figure(e, image).save(out / f"{stem}.png")
     if out:
         _out(str(out))
+    return 0
+
+
+def _run_preset(model_dir: str) -> str:
+    """The augmentation preset of a run folder's data (its eval transform), or ``default``."""
+    run_config = Path(model_dir) / "config.yaml"
+    if not run_config.is_file():
+        return "default"
+    from pipnet.train.config import load_config
+
+    return load_config(str(run_config)).data.preset
+
+
+def cmd_predict(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet predict", description=COMMANDS["predict"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
+    parser.add_argument("--out", help="the table to write (default: print to standard output)")
+    parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
+    parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
+    parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
+        parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
+    from pipnet.predict import predict, to_csv, to_jsonl
+
+    fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
+    predictions = predict(
+        args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+        preset=_run_preset(args.model), progress=not args.no_progress,
+    )  # fmt: skip
+    good = [p for p in predictions if p.error is None]
+    bad = [p for p in predictions if p.error is not None]
+    for p in bad:
+        sys.stderr.write(f"skipped {p.path}: {p.error}\n")
+    if not predictions:
+        raise FileNotFoundError(f"no files found in {' '.join(args.paths)}")
+    if not good:
+        raise FileNotFoundError(f"none of the {len(bad)} files could be read as an image (listed above)")
+    table = (to_jsonl if fmt == "jsonl" else to_csv)(good)
+    if args.out:
+        from pipnet.utils import atomic_write
+
+        with atomic_write(Path(args.out)) as tmp:
+            tmp.write_text(table)
+    else:
+        sys.stdout.write(table)
+    unknown = sum(p.unknown for p in good)
+    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown); skipped {len(bad)} unreadable files\n")
+    if args.out:
+        _out(args.out)
     return 0
 
 
@@ -239,6 +313,7 @@ HANDLERS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
+    "predict": cmd_predict,
     "report": cmd_report,
     "convert": cmd_convert,
     "serve": cmd_serve,
