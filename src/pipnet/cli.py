@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": "accuracy, sparsity, explanation sizes, OoD detection and purity of a saved model",
     "explain": "explain the predictions of a saved model for some images (text, PNG and JSON)",
     "predict": "predict files and folders of images into a CSV or JSON-lines table (with 'unknown')",
+    "refit": "switch prototypes off and re-fit only the scoring sheet (seconds); logs the edit",
     "report": "write the self-contained HTML report of a run folder",
     "convert": "convert an official PIP-Net checkpoint to this project's format",
     "serve": "a local web page to explore a model and switch prototypes off",
@@ -264,6 +265,92 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
+def _prototype_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected prototype numbers separated by commas, e.g. 12,40; got {text!r}") from None
+
+
+def cmd_refit(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet refit", description=COMMANDS["refit"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("--disable", type=_prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
+    parser.add_argument("--out", required=True, help="a new folder for the refit model (never overwritten)")
+    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
+    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the cached training presences")
+    parser.add_argument("--lr", type=float, default=0.05, help="AdamW learning rate of the scoring sheet (paper: 0.05)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass and presences per step")
+    parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
+        parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
+    import shutil
+
+    import torch
+
+    from pipnet.data import build_data
+    from pipnet.data.errors import DataError
+    from pipnet.model import ModelLoadError, PIPNet
+    from pipnet.refit import append_edits, class_edit_mask, edit_record, read_edit_log, refit
+    from pipnet.thresholds import describe_data, fit_thresholds
+    from pipnet.train.config import load_config
+
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists already: give a new folder to --out (nothing is overwritten)")
+    model = PIPNet.from_pretrained(args.model)
+    bad = [p for p in args.disable if not 0 <= p < model.num_prototypes]
+    if bad:
+        raise ModelLoadError(f"{args.model} has prototypes 0..{model.num_prototypes - 1}; no prototype {bad[0]}")
+    data_config = Path(args.data) if args.data else Path(args.model)
+    data_config = data_config / "config.yaml" if data_config.is_dir() else data_config
+    if not data_config.is_file():
+        raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
+    config = load_config(str(data_config)).data
+    config.image_size = model.config.image_size
+    data = build_data(config)
+    if data.test is None:
+        raise DataError(f"the data of {data_config} has no test split for the accuracies")
+    # Prototypes switched off for one class in the web page stay off for it.
+    keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    out.mkdir(parents=True)
+    result.model.save_pretrained(out)
+    shutil.copyfile(data_config, out / "config.yaml")
+    thresholds = fit_thresholds(result.model, data.test, tpr=args.tpr, batch_size=args.batch_size, device=device,
+                                description=describe_data(config.source, config.root, "test", len(data.test)))
+    thresholds.save(out)
+    settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    records = [
+        edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
+        edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
+                    **result.summary(), settings=settings),
+    ]
+    append_edits(out, records, inherited_from=args.model)
+    rows = [
+        ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
+        (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),
+        ("after the refit", f"{result.accuracy_refit:.2%}"),
+        ("train accuracy after the refit", f"{result.train_accuracy_refit:.2%}"),
+        ("global explanation size", str(result.global_size)),
+        ("images (train / test)", f"{result.num_train} / {result.num_test}"),
+        ("seconds", f"{result.seconds:.1f}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        _out(f"{label:<{width}}  {value}")
+    _out("edit log:")
+    for r in read_edit_log(out):
+        _out(f"  {r['time']} {r.get('user') or '?'} {r['action']} {r['prototypes']}" + (f": {r['reason']}" if r.get("reason") else ""))
+    _out(str(out))
+    return 0
+
+
 def cmd_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pipnet report", description=COMMANDS["report"])
     parser.add_argument("run_dir", help="a finished run folder")
@@ -314,6 +401,7 @@ HANDLERS = {
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
     "predict": cmd_predict,
+    "refit": cmd_refit,
     "report": cmd_report,
     "convert": cmd_convert,
     "serve": cmd_serve,
