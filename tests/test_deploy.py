@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from pipnet.cli import main
 from pipnet.data import EvalDataset, PlantedParts, build_data
 from pipnet.data.config import DataConfig, PlantedConfig
 from pipnet.evaluate import evaluate
+from pipnet.export import check_export, export_model
 from pipnet.metrics import ood_thresholds, predictions
 from pipnet.model import PIPNet
 from pipnet.projection import eval_mode
@@ -238,3 +242,39 @@ def test_refit_after_switching_off_a_part_prototype_recovers_accuracy(run, data,
     assert "exists already" in capsys.readouterr().err
     assert main(["refit", str(run), "--disable", "999", "--out", str(tmp_path / "x")]) == 2
     assert "no prototype 999" in capsys.readouterr().err
+
+
+# ---- export -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_equals_pytorch_on_test_images_for_dynamic_and_fixed_batches(run, data, tmp_path, fmt, capsys):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+        pytest.importorskip("onnxruntime", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    model = PIPNet.from_pretrained(run)
+    images = torch.stack([data.test[i][0] for i in range(7)])
+    dynamic = export_model(model, tmp_path / f"any.{fmt}", format=fmt)
+    for batch in (images[:1], images):  # any batch size
+        diff = check_export(model, dynamic, batch, format=fmt)
+        assert max(diff.values()) <= 1e-4, diff
+    fixed = export_model(model, tmp_path / f"four.{fmt}", format=fmt, batch_size=4)
+    assert max(check_export(model, fixed, images[:4], format=fmt).values()) <= 1e-4
+    # The command checks the file on the run's test images and says how close it is.
+    out = tmp_path / f"cli.{fmt}"
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    assert "checked on 8 test images" in capsys.readouterr().out and out.is_file()
+
+
+def test_torchscript_export_runs_without_pipnet(run, tmp_path):
+    path = export_model(PIPNet.from_pretrained(run), tmp_path / "model.pt", format="torchscript")
+    code = (
+        "import sys; sys.modules['pipnet'] = None\n"  # importing pipnet would fail
+        "import torch\n"
+        f"scores, presence = torch.jit.load({str(path)!r})(torch.zeros(3, 3, 64, 64))\n"
+        "print(tuple(scores.shape), tuple(presence.shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "(3, 6) (3, 32)"

@@ -29,6 +29,7 @@ COMMANDS = {
     "report": "write the self-contained HTML report of a run folder",
     "convert": "convert an official PIP-Net checkpoint to this project's format",
     "serve": "a local web page to explore a model and switch prototypes off",
+    "export": "export a model to TorchScript or ONNX (scores and presence), checked against PyTorch",
     "models": "list the registered backbones",
 }
 
@@ -377,6 +378,56 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet export", description=COMMANDS["export"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("--format", choices=["torchscript", "onnx"], required=True,
+                        help="torchscript (built in) or onnx (pip install 'pipnet[export]')")
+    parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx or model.pt")
+    parser.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any batch size)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest difference from PyTorch accepted when the file is checked on test images")
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    import torch
+
+    from pipnet.export import ExportError, check_export, export_model
+    from pipnet.model import ModelLoadError, PIPNet
+
+    model = PIPNet.from_pretrained(args.model)
+    try:
+        path = export_model(model, args.out, format=args.format, batch_size=args.batch_size)
+        images, what = _check_images(args.model, model, args.batch_size or 8)
+        diff = check_export(model, path, images, format=args.format)
+    except ExportError as e:
+        raise ModelLoadError(str(e)) from e
+    _out(f"checked on {len(images)} {what} with {'torch.jit.load' if args.format == 'torchscript' else 'onnxruntime'}: "
+         f"max |difference| scores {diff['scores']:.2e}, presence {diff['presence']:.2e}")
+    if max(diff.values()) > args.tolerance:
+        raise ModelLoadError(f"the exported {path} differs from PyTorch by {max(diff.values()):.2e} (> {args.tolerance:g})")
+    _out(str(path))
+    return 0
+
+
+def _check_images(model_dir: str, model, count: int):
+    """Up to ``count`` test images of the model's run (its config.yaml), else seeded random inputs."""
+    import torch
+
+    run_config = Path(model_dir) / "config.yaml"
+    if run_config.is_file():
+        from pipnet.data import build_data
+        from pipnet.train.config import load_config
+
+        config = load_config(str(run_config)).data
+        config.image_size = model.config.image_size
+        test = build_data(config).test
+        if test is not None and len(test) >= count:
+            return torch.stack([test[i][0] for i in range(count)]), "test images"
+    S = model.config.image_size
+    return torch.randn(count, 3, S, S, generator=torch.Generator().manual_seed(0)), "random inputs"
+
+
 def cmd_models(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"]).parse_args(argv)
     from pipnet.backbones import list_models
@@ -406,6 +457,7 @@ HANDLERS = {
     "convert": cmd_convert,
     "serve": cmd_serve,
     "models": cmd_models,
+    "export": cmd_export,
 }
 
 
