@@ -28,6 +28,7 @@ from pipnet.export import check_export, export_model
 from pipnet.metrics import ood_thresholds, predictions
 from pipnet.model import PIPNet
 from pipnet.projection import eval_mode
+from pipnet.report import build_report
 from pipnet.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
 from pipnet.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
 from pipnet.train import TrainConfig, train
@@ -170,6 +171,18 @@ def test_stored_thresholds_say_unknown_for_planted_ood_and_keep_in_distribution_
     assert unknown_mask(scores_of(model, data.ood["planted_ood"]), None).double().mean().item() < ood_unknown
 
 
+def test_explain_says_unknown_below_the_threshold(run, tmp_path, capsys):
+    planted = PlantedParts(PLANTED, "ood")
+    model, thresholds = PIPNet.from_pretrained(run), load_thresholds(run)
+    scores = scores_of(model, Subset(EvalDataset(planted, 64), range(6)))
+    pick = int(unknown_mask(scores, thresholds).nonzero()[0])  # an OoD image the thresholds reject
+    planted.image(pick).save(tmp_path / "ood.png")
+    assert main(["explain", str(run), str(tmp_path / "ood.png"), "--out", str(tmp_path / "x")]) == 0
+    assert "ood.png: unknown (score" in capsys.readouterr().out
+    record = json.loads((tmp_path / "x" / "ood.json").read_text())
+    assert record["unknown"] is True and record["threshold"] == pytest.approx(thresholds.values[record["predicted"]])
+
+
 def test_a_model_without_thresholds_says_so_once(run, tmp_path, caplog):
     model = PIPNet.from_pretrained(run)
     model.save_pretrained(tmp_path / "bare")
@@ -233,6 +246,9 @@ def test_refit_after_switching_off_a_part_prototype_recovers_accuracy(run, data,
         ("switch_off", [worst], "test: a shortcut"), ("refit", [worst], "test: a shortcut")]
     assert log[1]["accuracy_refit"] == pytest.approx(result.accuracy_refit)
     assert (run / "model.safetensors").read_bytes() == before_bytes  # the source is untouched
+    html = build_report(out, samples=2).read_text()  # the run report shows the edit log
+    assert html.count('<tr class="edit">') == 2 and "test: a shortcut" in html
+    assert f"{result.accuracy_refit:.1%} refit" in html
 
     # A second edit inherits the first's log; a taken --out and a bad prototype are one-line errors.
     assert main(["refit", str(out), "--disable", "0", "--out", str(tmp_path / "again"), "--no-progress"]) == 0
