@@ -28,6 +28,7 @@ from pipnet.data.images import load_image
 from pipnet.explain import explain
 from pipnet.model import PIPNet
 from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
+from pipnet.utils import default_device
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "to_csv", "to_jsonl"]
 
@@ -116,7 +117,8 @@ def predict(
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
         preset: the evaluation transform's preset (``grayscale`` for gray data); files only.
-        device: where to run (default: the model's device).
+        device: where to run a model loaded from a folder (default: CUDA when present); a ``PIPNet`` given
+            runs where it is (it is never moved).
         progress: show a progress bar.
 
     Returns:
@@ -125,13 +127,11 @@ def predict(
     source = None
     if not isinstance(model, PIPNet):
         source = Path(model)
-        model = PIPNet.from_pretrained(source)
+        model = PIPNet.from_pretrained(source).to(device if device is not None else default_device())
     if thresholds == "auto":
         thresholds = load_thresholds(source, model.num_classes) if source is not None else None
         if thresholds is None:
             warn_without_thresholds(str(source) if source is not None else "the model")
-    if device is not None:
-        model = model.to(device)
     if isinstance(inputs, Dataset):
         batches = _dataset_batches(inputs, batch_size)
         total = -(-len(inputs) // batch_size)  # type: ignore[arg-type]
