@@ -288,15 +288,13 @@ def cmd_refit(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
-    import shutil
-
     import torch
 
     from pipnet.data import build_data
     from pipnet.data.errors import DataError
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.refit import append_edits, class_edit_mask, edit_record, read_edit_log, refit
-    from pipnet.thresholds import describe_data, fit_thresholds
+    from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.thresholds import describe_data
     from pipnet.train.config import load_config
 
     out = Path(args.out)
@@ -320,19 +318,15 @@ def cmd_refit(argv: list[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
                    batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    out.mkdir(parents=True)
-    result.model.save_pretrained(out)
-    shutil.copyfile(data_config, out / "config.yaml")
-    thresholds = fit_thresholds(result.model, data.test, tpr=args.tpr, batch_size=args.batch_size, device=device,
-                                description=describe_data(config.source, config.root, "test", len(data.test)))
-    thresholds.save(out)
     settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     records = [
         edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
         edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
                     **result.summary(), settings=settings),
     ]
-    append_edits(out, records, inherited_from=args.model)
+    save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+               data_description=describe_data(config.source, config.root, "test", len(data.test)),
+               batch_size=args.batch_size, device=device)
     rows = [
         ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
         (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),

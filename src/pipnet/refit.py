@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import getpass
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "presence_table",
     "read_edit_log",
     "refit",
+    "save_refit",
     "sheet_accuracy",
 ]
 
@@ -235,6 +237,53 @@ def refit(
         global_size=int(edited.used_prototypes().numel()),
         seconds=time.perf_counter() - started,
     )
+
+
+def save_refit(
+    result: RefitResult,
+    directory: str | Path,
+    *,
+    source: str | Path,
+    test_data: Dataset | DataLoader,
+    data_description: str,
+    records: list[dict[str, Any]],
+    config_path: str | Path | None = None,
+    tpr: float = 0.95,
+    batch_size: int = 64,
+    device=None,
+) -> Path:
+    """Write a refit model to a NEW folder: the model, its data config, re-set thresholds and the edit log.
+
+    The scores change with the sheet, so the OoD thresholds are set again on ``test_data`` (same rule and
+    ``tpr``). The log starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
+
+    Args:
+        result: what :func:`refit` returned.
+        directory: the new folder (must not exist).
+        source: the folder of the model that was refit.
+        test_data: in-distribution images for the thresholds.
+        data_description: what ``test_data`` is, for ``thresholds.json``.
+        records: edit-log records to append (e.g. the switch-offs, then the refit).
+        config_path: a training config YAML to copy as ``config.yaml`` (so the data travels with the model).
+        tpr: TPR of the thresholds.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Raises:
+        FileExistsError: ``directory`` exists.
+    """
+    from pipnet.thresholds import fit_thresholds
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=False)
+    result.model.save_pretrained(directory)
+    if config_path is not None:
+        shutil.copyfile(config_path, directory / "config.yaml")
+    thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description, batch_size=batch_size,
+                                device=device)  # fmt: skip
+    thresholds.save(directory)
+    append_edits(directory, records, inherited_from=source)
+    return directory
 
 
 # ---- the edit log -----------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import shutil
 import tempfile
 import threading
 import warnings
@@ -33,9 +32,9 @@ from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
 from pipnet.projection import Projection, eval_mode, project
 from pipnet.render.png import fit, prototype_row
-from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit
+from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.serve.editing import ModelEditor, safe_folder_name
-from pipnet.thresholds import Thresholds, describe_data, fit_thresholds, load_thresholds, warn_without_thresholds
+from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 from pipnet.utils import default_device
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
@@ -284,17 +283,14 @@ class Explorer:
                 keep_zero[c, p] = True
         result = refit(editor.original, self.data.projection_set, self.data.test, editor.disabled, keep_zero=keep_zero,
                        device=self.device)  # fmt: skip
-        path.mkdir(parents=True)
-        result.model.save_pretrained(path)
-        if self.data.config_path is not None:
-            shutil.copyfile(self.data.config_path, path / "config.yaml")
         config = self.data.config
-        description = describe_data(config.source, config.root, "test", len(self.data.test))
-        tpr = self.thresholds.tpr if self.thresholds is not None else 0.95
-        fit_thresholds(result.model, self.data.test, tpr=tpr, description=description, device=self.device).save(path)
         record = edit_record("refit", prototypes=result.disabled, reason=reason, tool="pipnet serve",
                              source=str(self.model_dir), **result.summary())  # fmt: skip
-        append_edits(path, [*self.session_edits, record], inherited_from=self.model_dir)
+        save_refit(
+            result, path, source=self.model_dir, test_data=self.data.test, records=[*self.session_edits, record],
+            config_path=self.data.config_path, tpr=self.thresholds.tpr if self.thresholds is not None else 0.95,
+            data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
+        )  # fmt: skip
         self.last_refit = (path, result)
         return path, result
 
