@@ -23,6 +23,7 @@ import pipnet
 from pipnet.cli import main
 from pipnet.data import EvalDataset, PlantedParts, build_data
 from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.demo import demo_config
 from pipnet.evaluate import evaluate
 from pipnet.export import check_export, export_model
 from pipnet.metrics import ood_thresholds, predictions
@@ -310,3 +311,22 @@ def test_torchscript_export_runs_without_pipnet(run, tmp_path):
                           env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "(3, 6) (3, 32)"
+
+
+@pytest.mark.parametrize("backbone", ["demo", "resnet18"])
+def test_onnx_export_of_the_demo_architecture_and_a_resnet(backbone, tmp_path):
+    pytest.importorskip("onnxscript", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    pytest.importorskip("onnxruntime", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    torch.manual_seed(0)
+    if backbone == "demo":  # the demo's model as `pipnet demo` builds it (112 px, Lite0 cut after stage 4, 32 prototypes)
+        options = demo_config(str(tmp_path)).model
+        model = pipnet.create_model(options.backbone, 6, pretrained=options.pretrained, num_features=options.num_features,
+                                    image_size=112, **options.backbone_kwargs)  # fmt: skip
+        images = torch.stack([EvalDataset(PlantedParts(PlantedConfig(size=112), "test"), 112)[i][0] for i in range(3)])
+    else:
+        model = pipnet.create_model("resnet18", 3, num_features=8, image_size=64)
+        images = torch.randn(3, 3, 64, 64)
+    model.disable_prototypes([1])  # switched-off prototypes are part of the exported graph
+    path = export_model(model, tmp_path / "m.onnx", format="onnx")
+    diff = check_export(model, path, images, format="onnx")
+    assert max(diff.values()) <= 1e-4, diff
