@@ -411,8 +411,17 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
                                progress=config.runtime.progress)
             run.write_metrics(metrics)
+            _save_thresholds(run.path, model, data, config, device)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
+
+
+def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
+    """Store the per-class OoD thresholds (95% TPR on the test data) beside the model, for ``pipnet predict``."""
+    from pipnet.thresholds import describe_data, fit_thresholds
+
+    description = describe_data(config.data.source, config.data.root, "test", len(data.test))
+    fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)
 
 
 def _tensorboard(path: Path):
