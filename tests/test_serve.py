@@ -33,6 +33,7 @@ from pipnet.model import PIPNet  # noqa: E402
 from pipnet.serve import create_app  # noqa: E402
 from pipnet.serve.editing import ModelEditor  # noqa: E402
 from pipnet.serve.session import Explorer  # noqa: E402
+from pipnet.thresholds import Thresholds  # noqa: E402
 from pipnet.train.config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig, dump_config  # noqa: E402
 
 BROWSER_ARGS = [
@@ -70,6 +71,8 @@ def run_dir(tmp_path_factory) -> Path:
                 model.classifier.weight[c, p] = w
     model.save_pretrained(run)
     (run / "config.yaml").write_text(dump_config(config))
+    # Thresholds no score reaches: every image the model does not abstain on is "unknown".
+    Thresholds([1e9] * 3, 0.95, "hand-set for the test", 12, [4, 4, 4]).save(run)
     return run
 
 
@@ -151,6 +154,7 @@ def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir
     assert before and set(before) <= set(SCORING_SHEET[predicted])
     assert top.locator("tr.evidence").first.locator("img").count() == 3  # boxed image, heat map, typical patches
     score_before = float(top.locator(".score").inner_text())
+    expect(page.locator("#unknown")).to_contain_text("Unknown: the score")  # below the stored threshold
     expect(page.locator("#verdict-before")).to_have_count(0)  # nothing edited yet
 
     # Switch the strongest prototype off for every class: it leaves the explanation, the score drops.
@@ -195,6 +199,25 @@ def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir
     assert Explorer(saved, device="cpu").data.config_path == run_dir / "config.yaml"  # the data it was edited with
     submit(page, page.locator("#save-form button"))  # the suggested name is new each time
     expect(page.locator("#notice")).to_contain_text(f"{run_dir.name}-edited-1")
+
+    # Refit the scoring sheet without the switched-off prototypes, with a reason: a new folder, the three
+    # accuracies, and the edit log (this session's switches, then the refit) in the page and in edits.jsonl.
+    page.fill("#refit-form input[name=reason]", "a shortcut")
+    submit(page, page.locator("#refit-form button"))
+    refit_dir = out_dir / f"{run_dir.name}-refit-1"
+    expect(page.locator("#notice")).to_contain_text(f"saved it to {refit_dir}")
+    expect(page.locator("#notice")).to_contain_text("before the edit")
+    refitted = PIPNet.from_pretrained(refit_dir)
+    assert refitted.config.disabled_prototypes == [off]
+    assert refitted.classifier.weight[:, off].eq(0).all() and refitted.classifier.weight[2, one].item() == 0.0
+    log = [json.loads(line) for line in (refit_dir / "edits.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["prototypes"], r["class_index"]) for r in log] == [
+        ("switch_off", [off], None), ("switch_off", [one], 2), ("refit", [off], None)]
+    assert log[-1]["reason"] == "a shortcut" and log[-1]["tool"] == "pipnet serve"
+    numbers = [f"{log[-1][k]:.1%}" for k in ("accuracy_before", "accuracy_switched_off", "accuracy_refit")]
+    expect(page.locator("#notice")).to_contain_text(f"{numbers[0]} before the edit, {numbers[1]} switched off, {numbers[2]} after")
+    expect(page.locator("#edit-log tr.log-entry")).to_have_count(2)  # the session's two switches (the refit went to the new folder)
+    assert (refit_dir / "thresholds.json").is_file() and (refit_dir / "config.yaml").is_file()
 
     # Undo everything; pick a data-set image by index; filter the sheet by class name.
     submit(page, page.locator("form[action='/reset'] button"))

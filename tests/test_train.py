@@ -260,3 +260,43 @@ def test_thread_prefetch_gives_the_same_weights(tmp_path):
         weights[depth] = load_file(str(tmp_path / f"prefetch{depth}" / "model.safetensors"))
     assert weights[0].keys() == weights[2].keys()
     assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_soft_threshold_total_spreads_over_the_classification_steps():
+    cfg = tiny_config(Path("unused"), epochs=5)
+    from pipnet.train.optim import sparsify_amount
+
+    assert sparsify_amount(cfg, iters=3) == 1e-3  # the paper's: 1e-3 per step whatever the data size
+    cfg.optim = OptimConfig(soft_threshold_total=0.6)
+    assert sparsify_amount(cfg, iters=3) == pytest.approx(0.6 / 15)  # 5 epochs x 3 steps
+    cfg.optim = OptimConfig(soft_threshold_total=0.6, sparsify="hard_threshold")
+    assert sparsify_amount(cfg, iters=3) == 1e-3  # the hard threshold keeps its own threshold
+
+
+def test_soft_threshold_total_is_what_a_run_subtracts(tmp_path):
+    # 5 classification epochs x 3 steps (24 images, batch 8). The classifier's lr is 0, but its warm-restart
+    # schedule has a floor of 0.001, so AdamW moves each weight by at most ~0.001 per step (0.015 in all);
+    # the soft threshold takes 0.3 from every weight (from N(1, 0.1), none reaches 0). Without the option
+    # the run would subtract 15 x 1e-3 = 0.015.
+    cfg = tiny_config(tmp_path / "run", epochs_pretrain=0, epochs=5)
+    cfg.optim = OptimConfig(lr=0.0, soft_threshold_total=0.3, prune_threshold=0.0)
+    torch.manual_seed(0)
+    before = None
+
+    from pipnet.train import engine
+
+    original = engine._build_model
+
+    def remember(*args, **kwargs):
+        nonlocal before
+        model = original(*args, **kwargs)
+        before = model.classifier.weight.detach().clone()
+        return model
+
+    engine._build_model = remember
+    try:
+        result = train(cfg)
+    finally:
+        engine._build_model = original
+    after = result.model.classifier.weight.detach()
+    assert torch.allclose(before - after, torch.full_like(after, 0.3), atol=0.016)

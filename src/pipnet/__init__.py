@@ -7,6 +7,7 @@ from pipnet import losses
 from pipnet.backbones import BackboneError, create_backbone, list_models
 from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, PIPNetOutput, create_model
 from pipnet.official import load_official_checkpoint
+from pipnet.predict import Prediction, predict
 
 __version__ = "0.1.0"
 
@@ -16,9 +17,11 @@ __all__ = [
     "PIPNet",
     "PIPNetConfig",
     "PIPNetOutput",
+    "Prediction",
     "create_backbone",
     "create_model",
     "list_models",
     "load_official_checkpoint",
     "losses",
+    "predict",
 ]

@@ -24,9 +24,12 @@ COMMANDS = {
     "demo": "generate planted-parts data, train, evaluate and write a report, offline, in minutes",
     "evaluate": "accuracy, sparsity, explanation sizes, OoD detection and purity of a saved model",
     "explain": "explain the predictions of a saved model for some images (text, PNG and JSON)",
+    "predict": "predict files and folders of images into a CSV or JSON-lines table (with 'unknown')",
+    "refit": "switch prototypes off and re-fit only the scoring sheet (seconds); logs the edit",
     "report": "write the self-contained HTML report of a run folder",
     "convert": "convert an official PIP-Net checkpoint to this project's format",
     "serve": "a local web page to explore a model and switch prototypes off",
+    "export": "export a model to TorchScript or ONNX (scores and presence), checked against PyTorch",
     "models": "list the registered backbones",
 }
 
@@ -115,7 +118,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--parts", type=bool, default=True, help="compute prototype purity when the data has part keypoints")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
+    parser.add_argument("--tpr", type=float, default=0.95,
+                        help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     raw = parser.parse_args(argv)
+    if not 0.0 < raw.tpr <= 1.0:
+        parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     import torch
 
     from pipnet.data import build_data
@@ -146,6 +153,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())
     _out(str(out))
+    from pipnet.thresholds import describe_data, fit_thresholds
+
+    thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
+                                description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+    _out(str(thresholds.save(raw.model)))
     return 0
 
 
@@ -168,7 +180,12 @@ def cmd_explain(argv: list[str]) -> int:
     from pipnet.model import PIPNet
     from pipnet.render.png import explanation_figure
 
+    from pipnet.thresholds import load_thresholds, warn_without_thresholds
+
     model = PIPNet.from_pretrained(args.model).eval()
+    thresholds = load_thresholds(args.model, model.num_classes)
+    if thresholds is None:
+        warn_without_thresholds(args.model)
     transform = eval_transform(model.config.image_size, "default")
     out = Path(args.out) if args.out else None
     if out:
@@ -177,17 +194,156 @@ def cmd_explain(argv: list[str]) -> int:
         image = load_image(path)
         with torch.inference_mode():
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
-        _out(f"{path}: " + ("abstains (no prototype present: all scores 0)" if e.abstained else ""))
+        threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
+        unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
+        verdict = "abstains (no prototype present: all scores 0)" if e.abstained else ""
+        if unknown and not e.abstained:
+            verdict = f"unknown (score {e.top_classes[0].score:.3f} below the {e.top_classes[0].class_name} threshold {threshold:.3f})"
+        _out(f"{path}: {verdict}")
         for c in e.top_classes:
             _out(f"  {c.class_name}: score {c.score:.3f}")
             for ev in c.evidence[:5]:
                 _out(f"    prototype {ev.prototype}: p={ev.presence:.3f} w={ev.weight:.3f} p*w={ev.evidence:.3f} box={ev.box}")
         if out:
             stem = Path(path).stem
-            (out / f"{stem}.json").write_text(json.dumps(e.to_dict(), indent=2))
+            record = {**e.to_dict(), "unknown": unknown, "threshold": threshold if threshold != float("inf") else None}
+            (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             explanation_figure(e, image).save(out / f"{stem}.png")
     if out:
         _out(str(out))
+    return 0
+
+
+def _run_preset(model_dir: str) -> str:
+    """The augmentation preset of a run folder's data (its eval transform), or ``default``."""
+    run_config = Path(model_dir) / "config.yaml"
+    if not run_config.is_file():
+        return "default"
+    from pipnet.train.config import load_config
+
+    return load_config(str(run_config)).data.preset
+
+
+def cmd_predict(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet predict", description=COMMANDS["predict"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
+    parser.add_argument("--out", help="the table to write (default: print to standard output)")
+    parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
+    parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
+    parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
+        parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
+    from pipnet.predict import predict, to_csv, to_jsonl
+
+    fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
+    predictions = predict(
+        args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+        preset=_run_preset(args.model), progress=not args.no_progress,
+    )  # fmt: skip
+    good = [p for p in predictions if p.error is None]
+    bad = [p for p in predictions if p.error is not None]
+    for p in bad:
+        sys.stderr.write(f"skipped {p.path}: {p.error}\n")
+    if not predictions:
+        raise FileNotFoundError(f"no files found in {' '.join(args.paths)}")
+    if not good:
+        raise FileNotFoundError(f"none of the {len(bad)} files could be read as an image (listed above)")
+    table = (to_jsonl if fmt == "jsonl" else to_csv)(good)
+    if args.out:
+        from pipnet.utils import atomic_write
+
+        with atomic_write(Path(args.out)) as tmp:
+            tmp.write_text(table)
+    else:
+        sys.stdout.write(table)
+    unknown = sum(p.unknown for p in good)
+    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown); skipped {len(bad)} unreadable files\n")
+    if args.out:
+        _out(args.out)
+    return 0
+
+
+def _prototype_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected prototype numbers separated by commas, e.g. 12,40; got {text!r}") from None
+
+
+def cmd_refit(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet refit", description=COMMANDS["refit"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("--disable", type=_prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
+    parser.add_argument("--out", required=True, help="a new folder for the refit model (never overwritten)")
+    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
+    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the cached training presences")
+    parser.add_argument("--lr", type=float, default=0.05, help="AdamW learning rate of the scoring sheet (paper: 0.05)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass and presences per step")
+    parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
+        parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
+    import torch
+
+    from pipnet.data import build_data
+    from pipnet.data.errors import DataError
+    from pipnet.model import ModelLoadError, PIPNet
+    from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.thresholds import describe_data
+    from pipnet.train.config import load_config
+
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists already: give a new folder to --out (nothing is overwritten)")
+    model = PIPNet.from_pretrained(args.model)
+    bad = [p for p in args.disable if not 0 <= p < model.num_prototypes]
+    if bad:
+        raise ModelLoadError(f"{args.model} has prototypes 0..{model.num_prototypes - 1}; no prototype {bad[0]}")
+    data_config = Path(args.data) if args.data else Path(args.model)
+    data_config = data_config / "config.yaml" if data_config.is_dir() else data_config
+    if not data_config.is_file():
+        raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
+    config = load_config(str(data_config)).data
+    config.image_size = model.config.image_size
+    data = build_data(config)
+    if data.test is None:
+        raise DataError(f"the data of {data_config} has no test split for the accuracies")
+    # Prototypes switched off for one class in the web page stay off for it.
+    keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
+    settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    records = [
+        edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
+        edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
+                    **result.summary(), settings=settings),
+    ]
+    save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+               data_description=describe_data(config.source, config.root, "test", len(data.test)),
+               batch_size=args.batch_size, device=device)
+    rows = [
+        ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
+        (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),
+        ("after the refit", f"{result.accuracy_refit:.2%}"),
+        ("train accuracy after the refit", f"{result.train_accuracy_refit:.2%}"),
+        ("global explanation size", str(result.global_size)),
+        ("images (train / test)", f"{result.num_train} / {result.num_test}"),
+        ("seconds", f"{result.seconds:.1f}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        _out(f"{label:<{width}}  {value}")
+    _out("edit log:")
+    for r in read_edit_log(out):
+        _out(f"  {r['time']} {r.get('user') or '?'} {r['action']} {r['prototypes']}" + (f": {r['reason']}" if r.get("reason") else ""))
+    _out(str(out))
     return 0
 
 
@@ -217,6 +373,56 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipnet export", description=COMMANDS["export"])
+    parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
+    parser.add_argument("--format", choices=["torchscript", "onnx"], required=True,
+                        help="torchscript (built in) or onnx (pip install 'pipnet[export]')")
+    parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx or model.pt")
+    parser.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any batch size)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest difference from PyTorch accepted when the file is checked on test images")
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    import torch
+
+    from pipnet.export import ExportError, check_export, export_model
+    from pipnet.model import ModelLoadError, PIPNet
+
+    model = PIPNet.from_pretrained(args.model)
+    try:
+        path = export_model(model, args.out, format=args.format, batch_size=args.batch_size)
+        images, what = _check_images(args.model, model, args.batch_size or 8)
+        diff = check_export(model, path, images, format=args.format)
+    except ExportError as e:
+        raise ModelLoadError(str(e)) from e
+    _out(f"checked on {len(images)} {what} with {'torch.jit.load' if args.format == 'torchscript' else 'onnxruntime'}: "
+         f"max |difference| scores {diff['scores']:.2e}, presence {diff['presence']:.2e}")
+    if max(diff.values()) > args.tolerance:
+        raise ModelLoadError(f"the exported {path} differs from PyTorch by {max(diff.values()):.2e} (> {args.tolerance:g})")
+    _out(str(path))
+    return 0
+
+
+def _check_images(model_dir: str, model, count: int):
+    """Up to ``count`` test images of the model's run (its config.yaml), else seeded random inputs."""
+    import torch
+
+    run_config = Path(model_dir) / "config.yaml"
+    if run_config.is_file():
+        from pipnet.data import build_data
+        from pipnet.train.config import load_config
+
+        config = load_config(str(run_config)).data
+        config.image_size = model.config.image_size
+        test = build_data(config).test
+        if test is not None and len(test) >= count:
+            return torch.stack([test[i][0] for i in range(count)]), "test images"
+    S = model.config.image_size
+    return torch.randn(count, 3, S, S, generator=torch.Generator().manual_seed(0)), "random inputs"
+
+
 def cmd_models(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"]).parse_args(argv)
     from pipnet.backbones import list_models
@@ -240,10 +446,13 @@ HANDLERS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
     "explain": cmd_explain,
+    "predict": cmd_predict,
+    "refit": cmd_refit,
     "report": cmd_report,
     "convert": cmd_convert,
     "serve": cmd_serve,
     "models": cmd_models,
+    "export": cmd_export,
 }
 
 

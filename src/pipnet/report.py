@@ -18,6 +18,7 @@ from pipnet.diagnostics import diagnose
 from pipnet.explain import explain
 from pipnet.model import PIPNet
 from pipnet.projection import eval_mode, project
+from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
 from pipnet.train.config import load_config
 from pipnet.train.run_dir import RunDir
@@ -67,5 +68,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
         explanations=explained,
         diagnostics=findings,
         title=f"PIP-Net report: {run_dir.name}",
+        edits=read_edit_log(run_dir),
     )
     return path

@@ -154,6 +154,7 @@ def render_report(
     title: str = "PIP-Net report",
     gallery_k: int = 10,
     patch_px: int = 64,
+    edits: Sequence[Mapping[str, Any]] = (),
     diagnostics: Sequence[Finding] = (),
 ) -> str:
     """The report as one HTML string.
@@ -169,6 +170,7 @@ def render_report(
         title: the page title.
         gallery_k: patches per prototype in the gallery.
         patch_px: side of a gallery patch.
+        edits: the model's edit log (records of ``edits.jsonl``), shown as a table when not empty.
         diagnostics: findings of :func:`pipnet.diagnostics.diagnose`, shown in plain words.
     """
     if metrics is not None and hasattr(metrics, "to_dict"):
@@ -212,8 +214,20 @@ def render_report(
         gallery_k=min(gallery_k, projection.k) if projection is not None else gallery_k,
         sheet=sheet.classes,
         sections=list(sections.values()),
+        edits=[_edit_row(r) for r in edits],
         diagnostics=list(diagnostics),
     )
+
+
+def _edit_row(r: Mapping[str, Any]) -> dict[str, str]:
+    what = ", ".join(f"#{p}" for p in r.get("prototypes", [])) or "-"
+    if r.get("class_index") is not None:
+        what += f" for class {r['class_index']}"
+    if r.get("action") == "refit" and r.get("accuracy_refit") is not None:
+        what += (f": test accuracy {r['accuracy_before']:.1%} before, {r['accuracy_switched_off']:.1%} switched off, "
+                 f"{r['accuracy_refit']:.1%} refit")  # fmt: skip
+    return {"time": str(r.get("time", "")), "user": str(r.get("user") or ""), "action": str(r.get("action", "")),
+            "what": what, "reason": str(r.get("reason") or "")}  # fmt: skip
 
 
 def write_report(path: str | Path, **report: Any) -> Path:

@@ -140,13 +140,16 @@ def create_app(
             if action is None:
                 raise ValueError("action must be 'off' or 'on'")
             await run_in_threadpool(locked, action, [prototype], class_index)
+            explorer.log_edit(f"switch_{form.get('action')}", [prototype], class_index)
         except (ValueError, IndexError) as e:
             return await run_in_threadpool(page, str(e), 400)
         return back_to(str(form.get("back", "")))
 
     @app.post("/reset")
     def reset() -> Response:
+        off = explorer.editor.disabled + [p for _, p in explorer.editor.class_edits]
         locked(explorer.editor.reset)
+        explorer.log_edit("reset", off)
         notices.append("Every edit was undone: this is the model as loaded.")
         return back_to("edits")
 
@@ -158,6 +161,21 @@ def create_app(
         except (ValueError, FileExistsError) as e:
             return await run_in_threadpool(page, f"Not saved: {e}", 400)
         notices.append(f"Saved the edited model to {path}")
+        return back_to("edits")
+
+    @app.post("/refit")
+    async def refit(request: Request) -> Response:
+        form = await request.form()
+        reason = str(form.get("reason", "")).strip()[:500] or None
+        try:
+            path, result = await run_in_threadpool(locked, explorer.refit, str(form.get("name", "")), reason)
+        except (ValueError, FileExistsError) as e:
+            return await run_in_threadpool(page, f"Not refit: {e}", 400)
+        notices.append(
+            f"Refit the scoring sheet without prototypes {result.disabled or 'none'} and saved it to {path}: test accuracy "
+            f"{result.accuracy_before:.1%} before the edit, {result.accuracy_switched_off:.1%} switched off, "
+            f"{result.accuracy_refit:.1%} after the refit ({result.seconds:.1f} s)."
+        )
         return back_to("edits")
 
     @app.get("/prototypes/{prototype}/patches.png")

@@ -32,7 +32,9 @@ from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
 from pipnet.projection import Projection, eval_mode, project
 from pipnet.render.png import fit, prototype_row
+from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.serve.editing import ModelEditor, safe_folder_name
+from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 from pipnet.utils import default_device
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
@@ -109,6 +111,12 @@ class Explorer:
         self.shown: Shown | None = None
         self._serial = 0
         self._cache: dict[tuple, object] = {}
+        self.thresholds: Thresholds | None = load_thresholds(self.model_dir, self.model.num_classes)
+        if self.thresholds is None:
+            warn_without_thresholds(str(self.model_dir))
+        self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
+        self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
+        self.last_refit: tuple[Path, RefitResult] | None = None
 
     @property
     def model(self) -> PIPNet:
@@ -243,14 +251,57 @@ class Explorer:
 
         return self.cached(("patches", prototype), png)
 
+    # ---- the edit log and the refit ---------------------------------------------------------------------
+
+    def log_edit(self, action: str, prototypes: list[int], class_index: int | None = None, reason: str | None = None) -> None:
+        """Remember an edit of this session for ``edits.jsonl`` (``switch_off``, ``switch_on`` or ``reset``)."""
+        self.session_edits.append(
+            edit_record(action, prototypes=prototypes, class_index=class_index, reason=reason, tool="pipnet serve")
+        )
+
+    def refit(self, name: str = "", reason: str | None = None) -> tuple[Path, RefitResult]:
+        """Re-fit the scoring sheet without the prototypes switched off, and save it to a new folder.
+
+        Prototypes switched off for every class are switched off in the new model (weight 0); those
+        switched off for one class keep weight 0 for it. The refit starts from the unedited model, so its
+        "before" accuracy is the unedited model's. The folder gets the data's config, re-set thresholds and
+        the edit log (the loaded model's, this session's edits, and the refit with its accuracies).
+
+        Raises:
+            ValueError: no data (the refit needs the training images and a test set), or no usable name.
+            FileExistsError: the folder exists.
+        """
+        if self.data is None or self.data.test is None:
+            raise ValueError("the refit needs the run's training and test images: start with --data RUN_OR_CONFIG")
+        path = self.out_dir / safe_folder_name(name or self.suggested_name("refit"))
+        if path.exists():
+            raise FileExistsError(f"{path} exists already: choose another name")
+        editor, keep_zero = self.editor, None
+        if editor.class_edits:
+            keep_zero = torch.zeros(self.model.num_classes, self.model.num_prototypes, dtype=torch.bool)
+            for c, p in editor.class_edits:
+                keep_zero[c, p] = True
+        result = refit(editor.original, self.data.projection_set, self.data.test, editor.disabled, keep_zero=keep_zero,
+                       device=self.device)  # fmt: skip
+        config = self.data.config
+        record = edit_record("refit", prototypes=result.disabled, reason=reason, tool="pipnet serve",
+                             source=str(self.model_dir), **result.summary())  # fmt: skip
+        save_refit(
+            result, path, source=self.model_dir, test_data=self.data.test, records=[*self.session_edits, record],
+            config_path=self.data.config_path, tpr=self.thresholds.tpr if self.thresholds is not None else 0.95,
+            data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
+        )  # fmt: skip
+        self.last_refit = (path, result)
+        return path, result
+
     # ---- saving ------------------------------------------------------------------------------------
 
-    def suggested_name(self) -> str:
-        """``<model>-edited-N`` with the first N that is not taken in the output folder."""
+    def suggested_name(self, kind: str = "edited") -> str:
+        """``<model>-<kind>-N`` with the first N that is not taken in the output folder."""
         n = 1
-        while (self.out_dir / f"{self.model_dir.name}-edited-{n}").exists():
+        while (self.out_dir / f"{self.model_dir.name}-{kind}-{n}").exists():
             n += 1
-        return f"{self.model_dir.name}-edited-{n}"
+        return f"{self.model_dir.name}-{kind}-{n}"
 
     def save(self, name: str) -> Path:
         """Save the edited model to a new folder ``out_dir/<name, sanitised>``.
@@ -263,7 +314,9 @@ class Explorer:
         if path.exists():
             raise FileExistsError(f"{path} exists already: choose another name")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return self.editor.save(path)
+        saved = self.editor.save(path)  # no thresholds.json: edits change the scores (`pipnet evaluate` sets new ones)
+        append_edits(saved, self.session_edits, inherited_from=self.model_dir)
+        return saved
 
 
 def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | None) -> Path | None:

@@ -45,6 +45,10 @@ def page_context(explorer: Explorer) -> dict[str, Any]:
         "sheet": _sheet(explorer, sheet),
         "class_names": [class_name(model, c) for c in range(model.num_classes)],
         "suggested_name": explorer.suggested_name(),
+        "refit_name": explorer.suggested_name("refit"),
+        "can_refit": explorer.data is not None and explorer.data.test is not None,
+        "edit_log": _edit_log(explorer),
+        "thresholds": _thresholds(explorer),
         "out_dir": str(explorer.out_dir),
         "has_patches": explorer.data is not None,
     }
@@ -86,6 +90,27 @@ def _edits(explorer: Explorer) -> list[dict[str, Any]]:
     return rows
 
 
+def _edit_log(explorer: Explorer) -> list[dict[str, Any]]:
+    """The loaded model's ``edits.jsonl`` followed by this session's edits, oldest first."""
+    rows = []
+    for r, session in [(r, False) for r in explorer.history] + [(r, True) for r in explorer.session_edits]:
+        cls = r.get("class_index")
+        what = ", ".join(f"#{p}" for p in r.get("prototypes", [])) or "-"
+        if cls is not None:
+            what += f" for class {class_name(explorer.model, int(cls))}"
+        if r.get("action") == "refit" and r.get("accuracy_refit") is not None:
+            what += (f": test accuracy {r['accuracy_before']:.1%} before, {r['accuracy_switched_off']:.1%} switched off, "
+                     f"{r['accuracy_refit']:.1%} refit")  # fmt: skip
+        rows.append({"time": r.get("time", ""), "user": r.get("user") or "", "action": r.get("action", ""),
+                     "what": what, "reason": r.get("reason") or "", "session": session})  # fmt: skip
+    return rows
+
+
+def _thresholds(explorer: Explorer) -> dict[str, Any] | None:
+    t = explorer.thresholds
+    return None if t is None else {"tpr": f"{t.tpr:.0%}", "data": t.data}
+
+
 # ---- the image on show -----------------------------------------------------------------------------
 
 
@@ -109,6 +134,7 @@ def _shown(explorer: Explorer) -> dict[str, Any] | None:
         "index": shown.index,
         "overview": explorer.cached(("pictures", shown.serial, "overview", explorer.editor.version), overview),
         "verdict": _verdict(now),
+        "unknown": _unknown(explorer, now),
         "verdict_before": _verdict(before),
         "changed": _verdict(now) != _verdict(before) or now_scores != before_scores,
         "classes": [_class(explorer, shown, thumb, now, c, before_scores.get(c.class_index)) for c in now.top_classes],
@@ -120,6 +146,19 @@ def _verdict(e: ImageExplanation) -> str:
         return "no prediction: no prototype is present, every class scores 0"
     top = e.top_classes[0]
     return f"{top.class_name} (score {top.score:.3f})"
+
+
+def _unknown(explorer: Explorer, e: ImageExplanation) -> str | None:
+    """Why the image counts as unknown (below its class's OoD threshold), or None."""
+    t = explorer.thresholds
+    if t is None or e.abstained:
+        return None
+    top = e.top_classes[0]
+    limit = t.values[top.class_index]
+    if top.score >= limit:
+        return None
+    return (f"Unknown: the score {top.score:.3f} is below the threshold of {top.class_name}, {limit:.3f} "
+            f"(thresholds.json: {t.tpr:.0%} of its in-distribution images reach it)")
 
 
 def _box(box: tuple[int, int, int, int], e: ImageExplanation, thumb: Image.Image) -> tuple[int, int, int, int]:

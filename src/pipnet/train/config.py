@@ -46,7 +46,12 @@ class OptimConfig:
         weight_decay: AdamW weight decay (0 in the paper).
         sparsify: ``soft_threshold`` (faithful: W <- max(W - 1e-3, 0) after every classification step)
             or ``hard_threshold`` (option: only weights below 1e-3 become 0).
-        sparsify_threshold: the 1e-3 of both rules.
+        sparsify_threshold: the 1e-3 of both rules (for the soft threshold: the amount subtracted per step).
+        soft_threshold_total: option (not in the paper): choose the soft threshold's per-step amount so that
+            the whole classification phase subtracts this much from every weight (amount = total /
+            (epochs x steps per epoch)). The paper's total is 1e-3 x its steps: about 5.6 on CUB (60 epochs
+            x 94 steps), but only 0.3 for 150 images at batch 16 over 30 epochs, too little to make a
+            small data set's scoring sheet sparse. None (default): ``sparsify_threshold`` per step.
         prune_threshold: after training, prototypes never present above this on the projection set get
             all their weights set to 0.
         prune_everywhere: option (not in the paper): after training, also set to 0 all weights of the used
@@ -60,6 +65,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     sparsify: Literal["soft_threshold", "hard_threshold"] = "soft_threshold"
     sparsify_threshold: float = 1e-3
+    soft_threshold_total: float | None = None
     prune_threshold: float = 0.1
     prune_everywhere: bool = False
 

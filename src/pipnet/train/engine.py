@@ -267,7 +267,7 @@ def run_epoch(
         if plan.stage == "classify":
             if optim.classifier_schedule is not None:
                 optim.classifier_schedule.step(plan.epoch - 1 + (step + 1) / iters)
-            sparsify(core.classifier, config.optim.sparsify_threshold)
+            sparsify(core.classifier, optim.decrement)
         for k, v in parts.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
         correct += (out.scores.detach().argmax(dim=1) == y.repeat(2)).sum()
@@ -417,10 +417,19 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
                                progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
                                train_set=data.projection)
             run.write_metrics(metrics)
+            _save_thresholds(run.path, model, data, config, device)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
             (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
+
+
+def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
+    """Store the per-class OoD thresholds (95% TPR on the test data) beside the model, for ``pipnet predict``."""
+    from pipnet.thresholds import describe_data, fit_thresholds
+
+    description = describe_data(config.data.source, config.data.root, "test", len(data.test))
+    fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)
 
 
 def _tensorboard(path: Path):

