@@ -128,6 +128,11 @@ class TrainConfig:
     Args:
         out: the run folder (default: a new folder under ``./runs``).
         resume: continue the run in this folder from its last completed epoch.
+        protocol: ``default`` (spec sections 4-7) or ``paper``: how the published numbers were made (spec
+            section 10): one extra soft-threshold step per test batch after every classification epoch
+            (and after the final pruning) plus one before classification epochs 30, 60, ... and the last,
+            the published OoD rule and purity conventions in evaluation, nearest-neighbour location
+            augmentation, and the larger PETS resize / crop.
         model: the model.
         data: the data.
         optim: optimisers and sparsification.
@@ -137,6 +142,7 @@ class TrainConfig:
 
     out: str | None = None
     resume: str | None = None
+    protocol: Literal["default", "paper"] = "default"
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -37,6 +37,7 @@ from pipnet.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_su
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
+from pipnet.train.protocol import apply_soft_threshold_steps, steps_after_epoch, steps_before_epoch, count_test_batches
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
@@ -283,6 +284,7 @@ def run_epoch(
     row = {k: float(v) / steps for k, v in zip(sums, totals[: len(sums)])}
     # Both views of every image count.
     row["train_accuracy"] = float(totals[-3]) / max(1.0, 2 * float(totals[-2])) if plan.stage == "classify" else math.nan
+    row["steps"] = seen  # optimizer steps of this process (every process takes the same number)
     return row
 
 
@@ -370,12 +372,16 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         wrapped = _wrap(model, info, rt.compile, device)
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": index + 1, "stage": plan.stage, "stage_epoch": plan.epoch, "phase": plan.name}
+        extra_before, extra_after = _paper_extra_steps(config, plan, data)
+        apply_soft_threshold_steps(model.classifier, extra_before, _decrement_per_step(config))
         row.update(run_epoch(wrapped, model, loader, plan, optim, config, device, info, scaler))
+        apply_soft_threshold_steps(model.classifier, extra_after, _decrement_per_step(config))
+        row.update(_sparsify_counts(history, config, plan, row["steps"], extra_before + extra_after))
         row.update(_lrs(optim))
         row.update(_scoring_sheet_stats(model))
         every = config.schedule.eval_every
         if plan.stage == "classify" and data.test is not None and every and (plan.epoch % every == 0 or index == len(plans) - 1):
-            m = evaluate(model, data.test, batch_size=batch, device=device)
+            m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
             row.update(test_accuracy=m.top1_accuracy, local_size=m.local_size, abstained=m.abstained)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
@@ -401,6 +407,10 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
     projection = project(model, data.projection, k=10, batch_size=batch, device=device, progress=config.runtime.progress and info.is_main)
     pruned = prune_unused_prototypes(model, projection, threshold=config.optim.prune_threshold)
     log.info("pruned %d prototypes never present above %.2f on the projection set", len(pruned), config.optim.prune_threshold)
+    if config.protocol == "paper" and data.test is not None:  # the published final evaluation's steps (spec 10.1)
+        steps = count_test_batches(len(data.test), batch)
+        apply_soft_threshold_steps(model.classifier, steps, _decrement_per_step(config))
+        log.info("paper protocol: %d soft-threshold steps after the final pruning (one per test batch)", steps)
     metrics = None
     if info.is_main:
         model.save_pretrained(run.path)
@@ -409,10 +419,39 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             if data.num_parts > 0:
                 purity = {"train": data.projection, "test": data.test_projection or data.test}
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
-                               progress=config.runtime.progress)
+                               progress=config.runtime.progress, protocol=config.protocol)
             run.write_metrics(metrics)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
+
+
+def _decrement_per_step(config: TrainConfig) -> float:
+    """What one soft-threshold step subtracts from every classifier weight."""
+    return config.optim.sparsify_threshold
+
+
+def _paper_extra_steps(config: TrainConfig, plan: EpochPlan, data: DataBundle) -> tuple[int, int]:
+    """Soft-threshold steps the ``paper`` protocol adds before and after this epoch (spec section 10.1)."""
+    if config.protocol != "paper":
+        return 0, 0
+    num_test = len(data.test) if data.test is not None else 0
+    return steps_before_epoch(plan, config.schedule.epochs), steps_after_epoch(plan, num_test, config.schedule.batch_size)
+
+
+def _sparsify_counts(history: list[dict[str, Any]], config: TrainConfig, plan: EpochPlan, steps: int, extra: int) -> dict[str, Any]:
+    """Cumulative ``sparsify_steps`` and ``decrement_total`` of the run after this epoch.
+
+    Training steps of the classification phase sparsify once each (soft or hard threshold); the
+    ``paper`` protocol's extra steps are soft thresholds. ``decrement_total`` sums what the soft-threshold
+    steps subtracted from every weight (a hard threshold subtracts nothing).
+    """
+    previous = history[-1] if history else {}
+    train_steps = steps if plan.stage == "classify" else 0
+    soft_steps = (train_steps if config.optim.sparsify == "soft_threshold" else 0) + extra
+    return {
+        "sparsify_steps": int(previous.get("sparsify_steps", 0)) + train_steps + extra,
+        "decrement_total": float(previous.get("decrement_total", 0.0)) + soft_steps * _decrement_per_step(config),
+    }
 
 
 def _tensorboard(path: Path):
@@ -449,7 +488,7 @@ def _lrs(optim: StageOptim) -> dict[str, float]:
 
 @torch.no_grad()
 def _scoring_sheet_stats(model: PIPNet) -> dict[str, float]:
-    w = torch.relu(model.classifier.weight) * model.prototype_mask
+    w = model.classifier_weights()
     return {"sparsity_ratio": float(sparsity_ratio(w)), "global_size": int(global_explanation_size(w))}
 
 

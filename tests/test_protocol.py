@@ -1,0 +1,59 @@
+"""The ``paper`` protocol's training trajectory (spec section 10.1): extra soft-threshold steps, counted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import tiny_config  # noqa: E402
+
+from pipnet.model import NonNegativeLinear  # noqa: E402
+from pipnet.train import train  # noqa: E402
+from pipnet.train.config import ScheduleConfig  # noqa: E402
+from pipnet.train.phases import plan_epochs  # noqa: E402
+from pipnet.train.protocol import apply_soft_threshold_steps, steps_after_epoch, steps_before_epoch, count_test_batches  # noqa: E402
+
+
+def test_extra_steps_per_epoch_by_hand():
+    plans = plan_epochs(ScheduleConfig(epochs_pretrain=10, epochs=60))
+    before = [steps_before_epoch(p, 60) for p in plans]
+    assert sum(before) == 2 and before[10 + 29] == 1 and before[10 + 59] == 1  # epochs 30 and 60 (= last): once
+    plans = plan_epochs(ScheduleConfig(epochs_pretrain=10, epochs=65))
+    assert [p.epoch for p in plans if steps_before_epoch(p, 65)] == [30, 60, 65]
+    assert all(steps_before_epoch(p, 65) == 0 for p in plans if p.stage == "pretrain")
+    # One step per test batch: CUB's 5794 test images in batches of 64 -> 91 (90 full + one of 34).
+    assert count_test_batches(5794, 64) == 91 and count_test_batches(64, 64) == 1 and count_test_batches(65, 64) == 2
+    assert count_test_batches(0, 64) == 0
+    assert steps_after_epoch(plans[10], 5794, 64) == 91 and steps_after_epoch(plans[0], 5794, 64) == 0
+
+
+def test_apply_soft_threshold_steps_by_hand():
+    layer = NonNegativeLinear(3, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0105, 0.0025, -0.5]]))
+    apply_soft_threshold_steps(layer, 3, 1e-3)
+    assert layer.weight.tolist()[0] == pytest.approx([0.0075, 0.0, 0.0])
+
+
+def test_paper_protocol_adds_the_evaluation_steps_to_the_trajectory(tmp_path):
+    # 3 classes x 8 training images in batches of 8: 3 steps per classification epoch; 12 test images in
+    # batches of 8: 2 extra steps after each of the 5 classification epochs, and 1 before the last one.
+    # A decrement of 0.05 per step (instead of 1e-3) makes the difference visible in 5 short epochs.
+    runs = {}
+    for protocol in ("default", "paper"):
+        config = tiny_config(tmp_path / protocol)
+        config.protocol, config.optim.sparsify_threshold = protocol, 0.05
+        runs[protocol] = train(config)
+    default, paper = runs["default"], runs["paper"]
+    d, p = default.history, paper.history
+    assert [r["sparsify_steps"] for r in d] == [0, 0, 3, 6, 9, 12, 15]
+    assert [r["sparsify_steps"] for r in p] == [0, 0, 5, 10, 15, 20, 26]
+    assert p[-1]["decrement_total"] == pytest.approx(26 * 0.05) and d[-1]["decrement_total"] == pytest.approx(15 * 0.05)
+    assert p[-1]["sparsity_ratio"] > d[-1]["sparsity_ratio"]
+    assert paper.metrics.protocol == "paper" and default.metrics.protocol == "default"
+    header = (tmp_path / "paper" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "sparsify_steps" in header and "decrement_total" in header
