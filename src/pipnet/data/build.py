@@ -19,7 +19,7 @@ from pipnet.data.folders import image_tree, load_folder_source
 from pipnet.data.planted import PlantedParts
 from pipnet.data.wrappers import EvalDataset, ImageSource, TwoViewDataset
 
-__all__ = ["DataBundle", "build_data"]
+__all__ = ["DataBundle", "build_data", "resolve_source"]
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +128,55 @@ def _cub(config: DataConfig) -> DataBundle:
 _SOURCES = {"planted": _planted, "folder": _folder, "cub": _cub}
 
 
+def resolve_source(config: DataConfig) -> str:
+    """The concrete source of ``config``: ``auto`` becomes ``cub``, ``folder`` or ``planted``.
+
+    ``auto`` with a ``root`` picks ``cub`` when the folder has CUB-200-2011's ``images.txt`` and ``images/``,
+    ``folder`` when it has a ``train/`` folder of class folders, and logs the choice; anything else is an
+    error, so a folder is never ignored for the built-in data. ``auto`` without a root is ``planted``.
+
+    Raises:
+        DataError: a root whose layout is neither, or a root given to the ``planted`` source.
+    """
+    if config.source == "planted" and config.root:
+        raise DataError(f"data source 'planted' is built in and takes no root folder, got {config.root}; "
+                        "use --data.source cub or folder (or leave it out to detect the layout)")
+    if config.source != "auto":
+        return config.source
+    if not config.root:
+        return "planted"
+    root = Path(config.root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    if (root / "images.txt").is_file() and (root / "images").is_dir():
+        source = "cub"
+    elif (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+        source = "folder"
+    else:
+        raise DataError(f"{root} is neither CUB-200-2011 (images.txt and images/) nor an image-folder tree "
+                        "(train/<class>/<images>); set --data.source")
+    log.info("data.root %s: detected %s, using data.source %s", root,
+             "the CUB-200-2011 layout" if source == "cub" else "an image-folder tree", source)
+    return source
+
+
 def build_data(config: DataConfig) -> DataBundle:
     """Build every data set of a run from its data configuration.
 
     Args:
-        config: the source, its folder, the input size S, the augmentation preset and the split settings.
+        config: the source (``auto``: see :func:`resolve_source`), its folder, the input size S, the
+            augmentation preset and the split settings.
 
     Raises:
         DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
     """
-    if config.source not in _SOURCES:
-        raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES)}")
-    if config.source != "planted" and not config.root:
-        raise DataError(f"data source {config.source!r} needs a root folder (DataConfig.root)")
-    bundle = _SOURCES[config.source](config)
+    if config.source not in (*_SOURCES, "auto"):
+        raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES) + ['auto']}")
+    source = resolve_source(config)
+    if source != "planted" and not config.root:
+        raise DataError(f"data source {source!r} needs a root folder (DataConfig.root)")
+    bundle = _SOURCES[source](config)
     log.info("data %s: %d classes, %d training images, %s test images, %d part types, ood sets %s",
-             config.source, len(bundle.classes), len(bundle.train),
+             source, len(bundle.classes), len(bundle.train),
              len(bundle.test) if bundle.test is not None else "no", bundle.num_parts, sorted(bundle.ood))
     return bundle

@@ -42,7 +42,9 @@ class DataConfig:
     """Where the images come from and how they are augmented.
 
     Args:
-        source: ``planted`` (built in, no files), ``folder`` (ImageFolder trees) or ``cub`` (CUB-200-2011).
+        source: ``auto`` (default: with ``root``, CUB-200-2011's layout or an image-folder tree, detected and
+            logged; without, the built-in planted data), ``planted`` (built in, no files; takes no
+            ``root``), ``folder`` (ImageFolder trees) or ``cub`` (CUB-200-2011).
         root: the data folder (``folder``: holds ``train/`` and optionally ``test/``, ``projection/``;
             ``cub``: the extracted ``CUB_200_2011`` folder).
         image_size: S, the square input size.
@@ -55,7 +57,7 @@ class DataConfig:
         planted: settings of the planted-parts data set.
     """
 
-    source: Literal["planted", "folder", "cub"] = "planted"
+    source: Literal["auto", "planted", "folder", "cub"] = "auto"
     root: str | None = None
     image_size: int = 224
     preset: Literal["default", "birds", "cars", "pets", "grayscale"] = "default"

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from pipnet import losses
 from pipnet.data import DataBundle, build_data
+from pipnet.data.build import resolve_source
 from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.metrics import global_explanation_size, sparsity_ratio
@@ -332,6 +333,8 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
         rt = config.runtime
     seed_epoch(rt.seed, 0)
+    if data is None:
+        config.data.source = resolve_source(config.data)  # config.yaml records the detected source
     data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
     if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
