@@ -57,3 +57,31 @@ def test_paper_protocol_adds_the_evaluation_steps_to_the_trajectory(tmp_path):
     assert paper.metrics.protocol == "paper" and default.metrics.protocol == "default"
     header = (tmp_path / "paper" / "history.csv").read_text().splitlines()[0].split(",")
     assert "sparsify_steps" in header and "decrement_total" in header
+
+
+def test_class_balanced_weights_and_sampler_by_hand():
+    from pipnet.train.distributed import GlobalBatchSampler, class_balanced_weights
+
+    targets = [0, 0, 0, 1]  # class 0 has 3 images, class 1 one
+    assert class_balanced_weights(targets).tolist() == [1 / 3, 1 / 3, 1 / 3, 1.0]
+    # Over many draws each class is drawn about half the time (unweighted: a quarter for class 1).
+    big = [0] * 90 + [1] * 10
+    sampler = GlobalBatchSampler(100, 10, torch.Generator().manual_seed(0), weights=class_balanced_weights(big))
+    drawn = torch.tensor([i for _ in range(50) for batch in sampler for i in batch])
+    assert len(drawn) == 5000 and abs((drawn >= 90).double().mean().item() - 0.5) < 0.03
+    # The same seed gives the same batches (resume), and 2 processes' slices make the 1-process batches.
+    weights = class_balanced_weights(big)
+    one = list(GlobalBatchSampler(100, 10, torch.Generator().manual_seed(7), weights=weights))
+    assert one == list(GlobalBatchSampler(100, 10, torch.Generator().manual_seed(7), weights=weights))
+    ranks = [list(GlobalBatchSampler(100, 10, torch.Generator().manual_seed(7), r, 2, weights)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == one
+    assert len({i for batch in one for i in batch}) < 100  # with replacement: some images twice, some never
+
+
+def test_balanced_training_runs_and_draws_other_batches(tmp_path):
+    config = tiny_config(tmp_path / "balanced", epochs_pretrain=1, epochs=1)
+    config.data.balanced = True
+    balanced = train(config)
+    plain = train(tiny_config(tmp_path / "plain", epochs_pretrain=1, epochs=1))
+    assert balanced.history[0]["loss"] != plain.history[0]["loss"]  # other images were drawn
+    assert "balanced: true" in (tmp_path / "balanced" / "config.yaml").read_text()

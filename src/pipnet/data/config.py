@@ -54,6 +54,9 @@ class DataConfig:
         seed: seed of the split.
         bad_images: ``error`` (stop, naming the file) or ``skip`` (warn, count, and leave it out).
         ood: extra image folders used as out-of-distribution sets in evaluation.
+        balanced: class-balanced sampling for pretraining and classification (spec section 10.6, the
+            authors' advice for imbalanced and two-class data): each epoch draws as many images as the
+            training set holds, with replacement, each with weight 1 / (size of its class).
         planted: settings of the planted-parts data set.
     """
 
@@ -65,4 +68,5 @@ class DataConfig:
     seed: int = 0
     bad_images: Literal["error", "skip"] = "error"
     ood: list[str] = field(default_factory=list)
+    balanced: bool = False
     planted: PlantedConfig = field(default_factory=PlantedConfig)

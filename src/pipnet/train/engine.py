@@ -34,7 +34,14 @@ from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
-from pipnet.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_sum, gather_presence, init_distributed
+from pipnet.train.distributed import (
+    DistInfo,
+    GlobalBatchSampler,
+    all_reduce_sum,
+    class_balanced_weights,
+    gather_presence,
+    init_distributed,
+)
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
@@ -292,7 +299,12 @@ def run_epoch(
 def _loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, device):
     """The epoch's loader: the same global batches for any number of processes (each takes its slice)."""
     rt = config.runtime
-    sampler = GlobalBatchSampler(len(dataset), batch_size, generator, info.rank, info.world_size)
+    weights = None
+    if config.data.balanced:  # spec 10.6: draws with replacement, each image weighted 1 / (its class's size)
+        if not hasattr(dataset, "targets"):
+            raise DataError("data.balanced needs a data set that knows its labels (targets)")
+        weights = class_balanced_weights(dataset.targets)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, generator, info.rank, info.world_size, weights)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
