@@ -26,6 +26,11 @@ class ModelOptions:
         num_features: 0 = one prototype per backbone channel (paper); n > 0 = a 1x1 add-on conv to n.
         bias: a non-negative classifier bias (off in the paper).
         backbone_kwargs: extra arguments for the backbone builder (e.g. ``{output_stride: 16}`` for timm).
+        init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
+            final model, else its ``pretrained/`` one) or an official checkpoint file (then ``backbone``
+            names its backbone). Its architecture replaces the options above; a classifier that looks
+            untrained is re-initialised. With ``schedule.epochs_pretrain 0`` pretraining is skipped and
+            the classifier-only epochs still run.
     """
 
     backbone: str = "convnext_tiny_26"
@@ -33,6 +38,7 @@ class ModelOptions:
     num_features: int = 0
     bias: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
 
 
 @dataclass

@@ -43,6 +43,7 @@ from pipnet.train.distributed import (
     init_distributed,
 )
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
+from pipnet.train.init import PRETRAINED_DIR, load_init_model
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
 from pipnet.train.protocol import apply_soft_threshold_steps, steps_after_epoch, steps_before_epoch, count_test_batches
@@ -348,19 +349,27 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     if data is None:
         config.data.source = resolve_source(config.data)  # config.yaml records the detected source
     data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
+    initial = None
+    if config.model.init and not resuming:
+        initial = load_init_model(config.model.init, backbone=config.model.backbone, image_size=config.data.image_size,
+                                  num_classes=len(data.classes), class_names=data.classes)
+        _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
     if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = _resolve_device(rt.device, info)
     checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
-    model = _build_model(config, len(data.classes), data.classes, False if checkpoint else config.model.pretrained)
+    if initial is not None:
+        model = initial
+    else:
+        model = _build_model(config, len(data.classes), data.classes, False if (checkpoint or config.model.init) else config.model.pretrained)
     if checkpoint:
         load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
     if uses_channels_last(config):
         model.to(memory_format=torch.channels_last)
-    plans = plan_epochs(config.schedule)
+    plans = plan_epochs(config.schedule, pretrained_pipnet=bool(config.model.init))
     start = int(checkpoint["epochs_done"]) if checkpoint else 0
     history = run.read_history()[:start]
     scaler = torch.amp.GradScaler(device.type) if rt.precision == "fp16" else None
@@ -413,6 +422,9 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
                  "scaler": scaler.state_dict() if scaler else None},
             )
             log.info("epoch %d/%d %s: %s", index + 1, len(plans), plan.name, _short(row))
+            if plan.stage == "pretrain" and (index + 1 == len(plans) or plans[index + 1].stage != "pretrain"):
+                model.save_pretrained(run.path / PRETRAINED_DIR)  # "pretrain once, classify many times"
+                log.info("end-of-pretraining model saved in %s", run.path / PRETRAINED_DIR)
     return _finish(run, model, data, config, device, info, history)
 
 
@@ -438,6 +450,13 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
             run.write_metrics(metrics)
         run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
+
+
+def _describe_model(config: TrainConfig, model: PIPNet) -> None:
+    """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
+    m = model.config
+    config.model.backbone, config.model.num_features, config.model.bias = m.backbone, m.num_features, m.bias
+    config.model.backbone_kwargs = dict(m.backbone_kwargs)
 
 
 def _decrement_per_step(config: TrainConfig) -> float:
