@@ -85,3 +85,26 @@ def test_balanced_training_runs_and_draws_other_batches(tmp_path):
     plain = train(tiny_config(tmp_path / "plain", epochs_pretrain=1, epochs=1))
     assert balanced.history[0]["loss"] != plain.history[0]["loss"]  # other images were drawn
     assert "balanced: true" in (tmp_path / "balanced" / "config.yaml").read_text()
+
+
+def test_paper_augmentation_nearest_location_ops_and_pets_sizes():
+    from torchvision.transforms import v2
+
+    from pipnet.data import build_data
+    from pipnet.data.config import DataConfig, PlantedConfig
+
+    small = PlantedConfig(num_classes=2, train_per_class=2, test_per_class=1, ood_images=0, multi_images=0, size=40)
+    default = build_data(DataConfig(image_size=32, planted=small)).train.transform
+    paper = build_data(DataConfig(image_size=32, planted=small), protocol="paper").train.transform
+    pets = build_data(DataConfig(image_size=32, preset="pets", planted=small), protocol="paper").train.transform
+    location = [t for t in paper.t1.transforms if isinstance(t, v2.TrivialAugmentWide)][0]
+    assert location.interpolation == v2.InterpolationMode.NEAREST
+    assert (default.delta, default.crop_margin, default.location_interpolation) == (32, 4, "bilinear")
+    assert (paper.delta, paper.crop_margin) == (32, 4)
+    assert (pets.delta, pets.crop_margin) == (48, 8)  # resize to S + 48, random resized crop to S + 8
+    crop = [t for t in pets.t1.transforms if isinstance(t, v2.RandomResizedCrop)][0]
+    assert tuple(crop.size) == (40, 40)
+    from PIL import Image
+
+    v1, v2_ = pets(Image.new("RGB", (50, 60)))
+    assert v1.shape == v2_.shape == (3, 32, 32)

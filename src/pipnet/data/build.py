@@ -57,8 +57,17 @@ def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
     return EvalDataset(base, config.image_size, config.preset)
 
 
-def _two_views(base: ImageSource, config: DataConfig, delta: int = 32) -> TwoViewDataset:
-    return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+# The published augmentation (spec section 10.5): nearest-neighbour location ops; PETS resizes to S + 48
+# and crops S + 8 (PETS_PAPER = (delta, crop margin)).
+PETS_PAPER = (48, 8)
+
+
+def _two_views(base: ImageSource, config: DataConfig, delta: int = 32, protocol: str = "default") -> TwoViewDataset:
+    if protocol != "paper":
+        return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+    delta, margin = PETS_PAPER if config.preset == "pets" else (delta, 4)
+    transform = TwoViewTransform(config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest")
+    return TwoViewDataset(base, transform)
 
 
 def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
@@ -73,12 +82,12 @@ def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
     return sets
 
 
-def _planted(config: DataConfig) -> DataBundle:
+def _planted(config: DataConfig, protocol: str) -> DataBundle:
     planted = config.planted
     train = PlantedParts(planted, "train")
     test = _eval(PlantedParts(planted, "test"), config) if planted.test_per_class > 0 else None
     ood = {"planted_ood": _eval(PlantedParts(planted, "ood"), config)} if planted.ood_images > 0 else {}
-    two_views = _two_views(train, config)
+    two_views = _two_views(train, config, protocol=protocol)
     return DataBundle(
         classes=train.classes,
         train=two_views,
@@ -93,9 +102,9 @@ def _planted(config: DataConfig) -> DataBundle:
     )
 
 
-def _folder(config: DataConfig) -> DataBundle:
+def _folder(config: DataConfig, protocol: str) -> DataBundle:
     source = load_folder_source(config.root, config.val_fraction, config.seed, config.bad_images)
-    two_views = _two_views(source.train, config)
+    two_views = _two_views(source.train, config, protocol=protocol)
     test = _eval(source.test, config) if source.test is not None else None
     return DataBundle(
         classes=source.classes,
@@ -108,14 +117,14 @@ def _folder(config: DataConfig) -> DataBundle:
     )
 
 
-def _cub(config: DataConfig) -> DataBundle:
+def _cub(config: DataConfig, protocol: str) -> DataBundle:
     meta = read_cub(config.root, config.bad_images)
     train_crop, train_full = CUB(meta, "train", crop=True), CUB(meta, "train", crop=False)
     test_crop, test_full = CUB(meta, "test", crop=True), CUB(meta, "test", crop=False)
     return DataBundle(
         classes=meta.classes,
-        train=_two_views(train_crop, config, delta=8),
-        pretrain=_two_views(train_full, config, delta=32),
+        train=_two_views(train_crop, config, delta=8, protocol=protocol),
+        pretrain=_two_views(train_full, config, delta=32, protocol=protocol),
         projection=_eval(train_full, config),
         test=_eval(test_crop, config),
         test_projection=_eval(test_full, config),
@@ -160,12 +169,14 @@ def resolve_source(config: DataConfig) -> str:
     return source
 
 
-def build_data(config: DataConfig) -> DataBundle:
+def build_data(config: DataConfig, protocol: str = "default") -> DataBundle:
     """Build every data set of a run from its data configuration.
 
     Args:
         config: the source (``auto``: see :func:`resolve_source`), its folder, the input size S, the
             augmentation preset and the split settings.
+        protocol: ``paper`` gives the published augmentation (spec section 10.5): nearest-neighbour
+            location ops, and for the ``pets`` preset a resize to S + 48 and a crop to S + 8.
 
     Raises:
         DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
@@ -175,7 +186,7 @@ def build_data(config: DataConfig) -> DataBundle:
     source = resolve_source(config)
     if source != "planted" and not config.root:
         raise DataError(f"data source {source!r} needs a root folder (DataConfig.root)")
-    bundle = _SOURCES[source](config)
+    bundle = _SOURCES[source](config, protocol)
     log.info("data %s: %d classes, %d training images, %s test images, %d part types, ood sets %s",
              source, len(bundle.classes), len(bundle.train),
              len(bundle.test) if bundle.test is not None else "no", bundle.num_parts, sorted(bundle.ood))

@@ -348,7 +348,7 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     seed_epoch(rt.seed, 0)
     if data is None:
         config.data.source = resolve_source(config.data)  # config.yaml records the detected source
-    data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
+    data = data if data is not None else build_data(config.data, config.protocol)  # bad data fails before a folder is made
     initial = None
     if config.model.init and not resuming:
         initial = load_init_model(config.model.init, backbone=config.model.backbone, image_size=config.data.image_size,
