@@ -55,3 +55,16 @@ def test_a_root_of_unknown_layout_stops_with_one_line(tmp_path, capsys):
     rc, err = run_cli(capsys, "train", "--data.root", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), *TINY)
     assert rc == 2 and err.count("\n") == 1 and "neither CUB-200-2011" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_configs_load_with_the_paper_protocol_and_rates(path):
+    from pipnet.train.config import load_config
+
+    config = load_config(str(path))
+    assert config.protocol == "paper" and config.optim.lr == 0.05
+    assert (config.schedule.epochs_pretrain, config.schedule.epochs) == (10, 60)
+    assert (config.schedule.batch_size_pretrain, config.schedule.batch_size) == (128, 64)
+    # Backbone rates of spec section 9: 1e-4 for CUB-ResNet50 and PETS, 5e-4 for CARS and CUB-ConvNeXt.
+    slow = path.stem in ("cub-resnet50", "pets-convnext", "pets-resnet50")
+    assert config.optim.lr_block == config.optim.lr_net == (1e-4 if slow else 5e-4)
