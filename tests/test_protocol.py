@@ -108,3 +108,12 @@ def test_paper_augmentation_nearest_location_ops_and_pets_sizes():
 
     v1, v2_ = pets(Image.new("RGB", (50, 60)))
     assert v1.shape == v2_.shape == (3, 32, 32)
+
+
+def test_classifier_schedule_epoch_by_hand():
+    from pipnet.train.protocol import classifier_schedule_epoch
+
+    assert classifier_schedule_epoch(1, 0, 10) == pytest.approx(0.1)
+    assert classifier_schedule_epoch(1, 0, 10, "paper") == 0.0  # the second step keeps the initial rate
+    assert classifier_schedule_epoch(3, 9, 10) == pytest.approx(3.0)
+    assert classifier_schedule_epoch(3, 9, 10, "paper") == pytest.approx(2.9)

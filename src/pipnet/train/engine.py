@@ -46,7 +46,7 @@ from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_tr
 from pipnet.train.init import PRETRAINED_DIR, load_init_model
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
-from pipnet.train.protocol import apply_soft_threshold_steps, steps_after_epoch, steps_before_epoch, count_test_batches
+from pipnet.train.protocol import apply_soft_threshold_steps, classifier_schedule_epoch, steps_after_epoch, steps_before_epoch, count_test_batches
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
@@ -275,7 +275,7 @@ def run_epoch(
             optim.net_schedule.step()
         if plan.stage == "classify":
             if optim.classifier_schedule is not None:
-                optim.classifier_schedule.step(plan.epoch - 1 + (step + 1) / iters)
+                optim.classifier_schedule.step(classifier_schedule_epoch(plan.epoch, step, iters, config.protocol))
             sparsify(core.classifier, config.optim.sparsify_threshold)
         for k, v in parts.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()

@@ -7,6 +7,9 @@ again in the evaluation after the final pruning, and once more before the classi
 those steps. Here evaluation never changes the model: under ``protocol: paper`` the training loop takes
 the same steps itself, counted from the test set's batch count, and logs them in ``history.csv``
 (``sparsify_steps``, ``decrement_total``).
+
+Also here: the published code stepped the classifier's warm-restart schedule with the fractional epoch
+*before* each step (spec section 10.9), so its second step still used the initial rate.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import nn
 from pipnet.train.optim import soft_threshold_
 from pipnet.train.phases import EpochPlan
 
-__all__ = ["PAPER_EXTRA_EVERY", "apply_soft_threshold_steps", "steps_after_epoch", "steps_before_epoch", "count_test_batches"]
+__all__ = ["PAPER_EXTRA_EVERY", "apply_soft_threshold_steps", "classifier_schedule_epoch", "steps_after_epoch", "steps_before_epoch", "count_test_batches"]
 
 PAPER_EXTRA_EVERY = 30  # one extra step before classification epochs 30, 60, ...
 
@@ -51,3 +54,19 @@ def apply_soft_threshold_steps(classifier: nn.Module, steps: int, threshold: flo
     """``steps`` soft-threshold steps in a row, each W <- max(W - threshold, 0) (as the published evaluation)."""
     for _ in range(steps):
         soft_threshold_(classifier, threshold)
+
+
+def classifier_schedule_epoch(epoch: int, step: int, iters: int, protocol: str = "default") -> float:
+    """The fractional epoch the classifier's warm-restart schedule is set to after step ``step`` (0-based).
+
+    Default: the epoch reached after the step, epoch - 1 + (step + 1) / iters. ``paper``: the one before
+    it, epoch - 1 + step / iters, as the published code (its first two steps share the initial rate).
+
+    Args:
+        epoch: the 1-based classification epoch.
+        step: the 0-based step within the epoch.
+        iters: steps per epoch.
+        protocol: ``default`` or ``paper``.
+    """
+    done = step if protocol == "paper" else step + 1
+    return epoch - 1 + done / iters
