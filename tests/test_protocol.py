@@ -15,7 +15,12 @@ from pipnet.model import NonNegativeLinear  # noqa: E402
 from pipnet.train import train  # noqa: E402
 from pipnet.train.config import ScheduleConfig  # noqa: E402
 from pipnet.train.phases import plan_epochs  # noqa: E402
-from pipnet.train.protocol import apply_soft_threshold_steps, steps_after_epoch, steps_before_epoch, count_test_batches  # noqa: E402
+from pipnet.train.protocol import (  # noqa: E402
+    apply_soft_threshold_steps,
+    count_test_batches,
+    steps_after_epoch,
+    steps_before_epoch,
+)
 
 
 def test_extra_steps_per_epoch_by_hand():

@@ -57,7 +57,10 @@ def test_a_root_of_unknown_layout_stops_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+PAPER_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_configs_load_with_the_paper_protocol_and_rates(path):
     from pipnet.train.config import load_config
 
@@ -68,3 +71,7 @@ def test_paper_configs_load_with_the_paper_protocol_and_rates(path):
     # Backbone rates of spec section 9: 1e-4 for CUB-ResNet50 and PETS, 5e-4 for CARS and CUB-ConvNeXt.
     slow = path.stem in ("cub-resnet50", "pets-convnext", "pets-resnet50")
     assert config.optim.lr_block == config.optim.lr_net == (1e-4 if slow else 5e-4)
+
+
+def test_one_paper_config_per_table_row():
+    assert [p.stem for p in PAPER_CONFIGS] == [f"{d}-{b}" for d in ("cars", "cub", "pets") for b in ("convnext", "resnet50")]

@@ -149,7 +149,8 @@ class TwoViewTransform:
         self.image_size, self.preset, self.delta = image_size, preset, delta
         self.crop_margin, self.location_interpolation = crop_margin, location_interpolation
         side = image_size + delta
-        interpolation = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}[location_interpolation]
+        modes = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}
+        interpolation = modes[location_interpolation]
         self.t1 = v2.Compose(
             [
                 *_to_three_channels(preset),

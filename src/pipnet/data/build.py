@@ -66,7 +66,9 @@ def _two_views(base: ImageSource, config: DataConfig, delta: int = 32, protocol:
     if protocol != "paper":
         return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
     delta, margin = PETS_PAPER if config.preset == "pets" else (delta, 4)
-    transform = TwoViewTransform(config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest")
+    transform = TwoViewTransform(
+        config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest"
+    )
     return TwoViewDataset(base, transform)
 
 

@@ -42,11 +42,17 @@ from pipnet.train.distributed import (
     gather_presence,
     init_distributed,
 )
-from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.init import PRETRAINED_DIR, load_init_model
+from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
-from pipnet.train.protocol import apply_soft_threshold_steps, classifier_schedule_epoch, steps_after_epoch, steps_before_epoch, count_test_batches
+from pipnet.train.protocol import (
+    apply_soft_threshold_steps,
+    classifier_schedule_epoch,
+    count_test_batches,
+    steps_after_epoch,
+    steps_before_epoch,
+)
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
@@ -363,7 +369,8 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     if initial is not None:
         model = initial
     else:
-        model = _build_model(config, len(data.classes), data.classes, False if (checkpoint or config.model.init) else config.model.pretrained)
+        pretrained = False if (checkpoint or config.model.init) else config.model.pretrained
+        model = _build_model(config, len(data.classes), data.classes, pretrained)
     if checkpoint:
         load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
@@ -472,7 +479,9 @@ def _paper_extra_steps(config: TrainConfig, plan: EpochPlan, data: DataBundle) -
     return steps_before_epoch(plan, config.schedule.epochs), steps_after_epoch(plan, num_test, config.schedule.batch_size)
 
 
-def _sparsify_counts(history: list[dict[str, Any]], config: TrainConfig, plan: EpochPlan, steps: int, extra: int) -> dict[str, Any]:
+def _sparsify_counts(
+    history: list[dict[str, Any]], config: TrainConfig, plan: EpochPlan, steps: int, extra: int
+) -> dict[str, Any]:
     """Cumulative ``sparsify_steps`` and ``decrement_total`` of the run after this epoch.
 
     Training steps of the classification phase sparsify once each (soft or hard threshold); the

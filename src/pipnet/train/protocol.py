@@ -21,7 +21,14 @@ from torch import nn
 from pipnet.train.optim import soft_threshold_
 from pipnet.train.phases import EpochPlan
 
-__all__ = ["PAPER_EXTRA_EVERY", "apply_soft_threshold_steps", "classifier_schedule_epoch", "steps_after_epoch", "steps_before_epoch", "count_test_batches"]
+__all__ = [
+    "PAPER_EXTRA_EVERY",
+    "apply_soft_threshold_steps",
+    "classifier_schedule_epoch",
+    "count_test_batches",
+    "steps_after_epoch",
+    "steps_before_epoch",
+]
 
 PAPER_EXTRA_EVERY = 30  # one extra step before classification epochs 30, 60, ...
 
