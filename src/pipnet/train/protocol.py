@@ -6,7 +6,9 @@ again in the evaluation after the final pruning, and once more before the classi
 30, 60, ... (every multiple of 30) and the last one. The published numbers (spec section 9) include
 those steps. Here evaluation never changes the model: under ``protocol: paper`` the training loop takes
 the same steps itself, counted from the test set's batch count, and logs them in ``history.csv``
-(``sparsify_steps``, ``decrement_total``).
+(``sparsify_steps``, ``decrement_total``). The epoch's test accuracy is then measured once, after all of
+its steps (the published evaluation scored test batch b after b + 1 of them), and the saved model and
+``metrics.json`` include the steps after the final pruning.
 
 Also here: the published code stepped the classifier's warm-restart schedule with the fractional epoch
 *before* each step (spec section 10.9), so its second step still used the initial rate.
