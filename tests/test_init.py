@@ -39,7 +39,7 @@ def test_untrained_classifier_test_by_hand():
 
 
 def test_pretrain_once_then_classify_from_the_saved_pretrained_model(tmp_path):
-    first = train(tiny_config(tmp_path / "pre", epochs_pretrain=2, epochs=1))
+    first = train(tiny_config(tmp_path / "pre", epochs_pretrain=2, epochs=0))  # pretraining only
     pretrained = PIPNet.from_pretrained(tmp_path / "pre" / "pretrained")  # the end-of-pretraining model
     assert pretrained.num_classes == 3 and first.history[1]["stage"] == "pretrain"
     config = tiny_config(tmp_path / "cls", epochs_pretrain=0, epochs=4)
