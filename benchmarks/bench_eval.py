@@ -5,6 +5,7 @@ so the ratios show the cost of the bookkeeping (top-k merging, explanation sizes
 of the forward pass. Each number is the median of several timed repetitions after one warm-up.
 
     python benchmarks/bench_eval.py --model resnet18 --sizes 112 224 --images 128
+    python benchmarks/bench_eval.py --protocols      # also evaluate + OoD under the default and paper protocols
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--protocols", action="store_true",
+                        help="also time evaluate with an OoD set (the same images) under protocol default and paper")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
 
     print(f"{args.model}, {args.images} random images, batch {args.batch_size}, {device}, median of {args.repeats}")
-    print(f"{'size':>5}  {'grid':>7}  {'P':>5}  {'method':<16}{'images/s':>10}{'ratio':>8}")
+    print(f"{'size':>5}  {'grid':>7}  {'P':>5}  {'method':<18}{'images/s':>10}{'ratio':>8}")
     for size in args.sizes:
         model = pipnet.create_model(args.model, num_classes=args.classes, image_size=size).to(device)
         data = TensorDataset(torch.randn(args.images, 3, size, size), torch.randint(0, args.classes, (args.images,)))
@@ -79,11 +82,15 @@ def main() -> None:
             "evaluate": lambda: evaluate(model, data, batch_size=args.batch_size),
             "project (k=10)": lambda: project(model, data, k=10, batch_size=args.batch_size),
         }
+        if args.protocols:
+            ood = {"ood": data}
+            runs["eval+OoD default"] = lambda: evaluate(model, data, ood=ood, batch_size=args.batch_size)
+            runs["eval+OoD paper"] = lambda: evaluate(model, data, ood=ood, batch_size=args.batch_size, protocol="paper")
         rates = {name: args.images / t for name, t in timed_round_robin(runs, device, args.repeats).items()}
         base = rates["plain predict"]
         for name, rate in rates.items():
             shape = f"{grid[0]}x{grid[1]}"
-            print(f"{size:>5}  {shape:>7}  {model.num_prototypes:>5}  {name:<16}{rate:>10.1f}{rate / base:>8.2f}")
+            print(f"{size:>5}  {shape:>7}  {model.num_prototypes:>5}  {name:<18}{rate:>10.1f}{rate / base:>8.2f}")
 
 
 if __name__ == "__main__":

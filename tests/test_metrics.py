@@ -151,14 +151,22 @@ def test_purity_by_hand():
     proto = torch.tensor([p[0] for p in patches])
     image = torch.tensor([p[1] for p in patches])
     boxes = torch.tensor([p[2] for p in patches])
-    values = M.purity(proto, image, boxes, keypoints, num_prototypes=5, num_parts=6)
+    values = M.purity_all_patches(proto, image, boxes, keypoints, num_prototypes=5, num_parts=6)
     assert values[0].item() == 1.0
     assert values[1].item() == 0.5
     assert math.isnan(values[2].item())
     assert values[3].item() == pytest.approx(2 / 3)
     assert values[4].item() == 0.5
-    merged = M.purity(proto, image, boxes, keypoints, 5, 6, part_groups=[0, 1, 2, 3, 4, 4])
+    merged = M.purity_all_patches(proto, image, boxes, keypoints, 5, 6, part_groups=[0, 1, 2, 3, 4, 4])
     assert merged[4].item() == 1.0 and merged[1].item() == 0.5
+    # The paper's denominator: per part, only the patches in images that show it. Prototype 1: part 2 is
+    # visible in images 2 and 3 only, and both of those patches hold it -> 2 / 2 (part 1: 2 of its 3
+    # patches in images 1 and 2). Prototype 3: part 3 is visible in all three images -> 2 / 3 again.
+    paper = M.purity(proto, image, boxes, keypoints, num_prototypes=5, num_parts=6)
+    assert paper[0].item() == 1.0 and paper[1].item() == 1.0 and math.isnan(paper[2].item())
+    assert paper[3].item() == pytest.approx(2 / 3) and paper[4].item() == 0.5
+    merged = M.purity(proto, image, boxes, keypoints, 5, 6, part_groups=[0, 1, 2, 3, 4, 4])
+    assert merged[4].item() == 1.0
 
     summary = M.purity_summary(values)
     expected = torch.tensor([1.0, 0.5, 2 / 3, 0.5], dtype=torch.float64)
@@ -188,3 +196,58 @@ def test_purity_of_no_patches_is_nan_and_summary_is_empty():
     assert values.shape == (3,) and torch.isnan(values).all()
     summary = M.purity_summary(values)
     assert summary["num_prototypes"] == 0 and summary["count_above_0.5"] == 0 and math.isnan(summary["mean"])
+
+
+def test_purity_divides_by_the_patches_in_images_that_show_the_part():
+    # One prototype, five patches in five images. Part 0 is visible in images 0 and 1 and inside both
+    # boxes; images 2-4 show only part 1, outside the boxes. Paper: part 0 -> 2 / 2 = 1.0 (part 1 -> 0 / 3);
+    # all patches: 2 / 5 = 0.4.
+    keypoints = torch.tensor([[0, 0, 5.0, 5.0], [1, 0, 10.0, 10.0], [2, 1, 90.0, 90.0], [3, 1, 90.0, 90.0], [4, 1, 90.0, 90.0]])
+    boxes = torch.tensor([_box(0, 0)] * 5)
+    args = (torch.zeros(5), torch.arange(5), boxes, keypoints, 1, 2)
+    assert M.purity(*args).tolist() == [1.0]
+    assert M.purity_all_patches(*args).tolist() == [0.4]
+    # Images that show no part at all give no fraction; a prototype only there scores 0.
+    only_bare = (torch.zeros(2), torch.tensor([5, 6]), boxes[:2], keypoints, 1, 2)
+    assert M.purity(*only_bare).tolist() == [0.0] and M.purity_all_patches(*only_bare).tolist() == [0.0]
+
+
+def test_purity_closed_keypoint_test_counts_the_far_edges():
+    # Box rows 0..32, columns 0..32; keypoints on the bottom edge (y = 32), right edge (x = 32), just outside.
+    keypoints = torch.tensor([[0, 0, 10.0, 32.0], [1, 0, 32.0, 10.0], [2, 0, 32.5, 10.0]])
+    args = (torch.zeros(3), torch.arange(3), torch.tensor([_box(0, 0)] * 3), keypoints, 1, 1)
+    assert M.purity(*args).tolist() == [0.0]  # half-open: none inside
+    assert M.purity(*args, closed=True).tolist() == [pytest.approx(2 / 3)]
+
+
+def test_paper_ood_thresholds_by_hand():
+    # Class 0: scores 1..5 -> 5th percentile, linear: 1 + 0.05 * 4 * (2 - 1) = 1.2. Class 1: scores 10, 20
+    # -> 10 + 0.05 * 10 = 10.5. Class 2 never predicted -> mean (1.2 + 10.5) / 2 = 5.85.
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0])
+    preds = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    # Reached at first: 2, 3, 4, 5 and 20 -> 5 of 7 < 0.95. Multiplying by 0.999 until 1 >= 1.2 * 0.999^n
+    # and 10 >= 10.5 * 0.999^n: n = ceil(log(1 / 1.2) / log(0.999)) = 183 (10.5 needs only 49).
+    t = M.ood_thresholds_paper(scores, preds, num_classes=3)
+    n = math.ceil(math.log(1 / 1.2) / math.log(0.999))
+    assert n == 183
+    expected = torch.tensor([1.2, 10.5, 5.85], dtype=torch.float64)
+    for _ in range(n):
+        expected = expected * 0.999
+    assert torch.allclose(t, expected, rtol=1e-12)
+    assert (scores.double() >= t[preds]).all()
+    # One multiplication fewer would leave image 0 (score 1) below its class's threshold.
+    assert 1.0 < (t[0] / 0.999).item()
+    # OoD: an image reaching its class's threshold counts; no abstention under this rule.
+    ood_scores, ood_preds = torch.tensor([0.5, 1.0, 6.0, 9.0]), torch.tensor([0, 0, 2, 1])
+    # 0.5 < t0 ~ 0.999; 1.0 >= t0; 6.0 >= t2 ~ 4.87; 9.0 >= t1 ~ 8.74 -> 3 of 4
+    assert M.fpr_at_tpr(ood_scores, ood_preds, t) == pytest.approx(0.75)
+
+
+def test_paper_ood_thresholds_with_ties_and_zero_scores():
+    # Ties: class 0 has five equal scores: the percentile is that score, and all of them reach it.
+    t = M.ood_thresholds_paper(torch.tensor([2.0] * 5), torch.zeros(5, dtype=torch.long), 2)
+    assert t.tolist() == [2.0, 2.0]  # class 1 never predicted: the mean of the others
+    # More than 5% of the images score 0: the loop could only end by underflow; thresholds are 0.
+    t = M.ood_thresholds_paper(torch.tensor([0.0, 0.0, 1.0, 2.0]), torch.tensor([0, 0, 0, 1]), 2)
+    assert t.tolist() == [0.0, 0.0]
+    assert torch.isnan(M.ood_thresholds_paper(torch.zeros(0), torch.zeros(0, dtype=torch.long), 2)).all()

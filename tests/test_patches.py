@@ -106,3 +106,22 @@ def test_scale_box_rounds_outwards():
     assert scale_box((0, 32, 96, 128), 224, 448) == (0, 64, 192, 256)
     # 224 -> (500, 300): 189 * 500 / 224 = 421.9 -> 421 (down); 224 -> 500; 32 * 300 / 224 = 42.9 -> 43 (up)
     assert scale_box((189, 224, 0, 32), 224, (500, 300)) == (421, 500, 0, 43)
+
+
+def test_paper_border_boxes_are_the_last_32_pixels():
+    # Spec 10.4: a box reaching the border is [S - 32, S). 28x28: the last cell 189..224 -> 192..224;
+    # 26x26: 196..224 -> 192..224; 13x13: 192..224 already. Other cells are unchanged.
+    from pipnet.patches import patch_boxes_paper
+
+    cases = [(28, 27, (192, 224)), (28, 26, (182, 214)), (26, 25, (192, 224)), (26, 24, (188, 220)),
+             (26, 0, (0, 32)), (13, 12, (192, 224)), (28, 0, (0, 32))]  # fmt: skip
+    for grid, index, span in cases:
+        box = patch_boxes_paper(torch.tensor([index, 0]), (grid, grid), 224)
+        assert tuple(box.tolist()) == (*span, 0, 32)
+        box = patch_boxes_paper(torch.tensor([0, index]), (grid, grid), 224)
+        assert tuple(box.tolist()) == (0, 32, *span)
+    # Non-square: columns of a 14-wide grid at W = 112: the last (78..112) becomes 80..112.
+    assert tuple(patch_boxes_paper(torch.tensor([27, 13]), (28, 14), (224, 112)).tolist()) == (192, 224, 80, 112)
+    every = torch.stack(torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij"), dim=-1)
+    boxes = patch_boxes_paper(every, (28, 28), 224)
+    assert ((boxes[..., 1] - boxes[..., 0]) == 32).all() and ((boxes[..., 3] - boxes[..., 2]) == 32).all()

@@ -114,7 +114,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser = ArgumentParser(prog="pipnet evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_class_arguments(DataConfig, "data", help="the data to evaluate on (default: the run's own data)")
-    parser.add_argument("--ood", type=list[str], default=[], help="image folders to use as out-of-distribution sets")
+    parser.add_argument("--ood", action="append", default=[], metavar="DIR",
+                        help="an image folder to use as an out-of-distribution set (repeat for several)")
+    parser.add_argument("--protocol", choices=["default", "paper"], default=None,
+                        help="default (spec section 6) or paper (the published OoD rule and purity conventions, "
+                             "spec section 10); default: the run's own protocol, else default")
     parser.add_argument("--parts", type=bool, default=True, help="compute prototype purity when the data has part keypoints")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
@@ -132,10 +136,14 @@ def cmd_evaluate(argv: list[str]) -> int:
     model = PIPNet.from_pretrained(raw.model)
     data_given = any(a.startswith("--data") for a in argv)
     run_config = Path(raw.model) / "config.yaml"
-    if not data_given and run_config.is_file():
+    protocol = raw.protocol or "default"
+    if run_config.is_file():
         from pipnet.train.config import load_config
 
-        data_config = load_config(str(run_config)).data
+        saved = load_config(str(run_config))
+        protocol = raw.protocol or saved.protocol
+    if not data_given and run_config.is_file():
+        data_config = saved.data
     else:
         data_config = parser.instantiate(raw).data
     data_config.ood = list(data_config.ood) + list(raw.ood)
@@ -147,8 +155,8 @@ def cmd_evaluate(argv: list[str]) -> int:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device, progress=True,
-                       mask_sets=data.mask_sets() or None, train_set=data.projection)
+    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device,
+                       progress=True, protocol=protocol, mask_sets=data.mask_sets() or None, train_set=data.projection)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())

@@ -4,6 +4,21 @@
 model's training flags, never changes a weight (unlike the published code, which sparsified the model on
 every test batch), and returns a frozen :class:`Metrics` that serialises to ``metrics.json``.
 
+Two protocols (``protocol=``), recorded in the metrics:
+
+- ``default`` (spec section 6): OoD thresholds on the scores of ``model.predict`` (presence < 0.1 set to
+  0) by the per-class ceil rule of :func:`pipnet.metrics.ood_thresholds`; purity of the prototypes with a
+  weight > 1e-3, with the faithful boxes of :func:`pipnet.patches.patch_boxes` and a half-open keypoint test.
+- ``paper`` (spec section 10, how the published numbers were made): OoD thresholds and FPR on the
+  unclamped training-time scores by :func:`pipnet.metrics.ood_thresholds_paper` (5th percentile, then the
+  x0.999 loop), AUROC on the same scores; purity of the prototypes with a weight > 1e-5, with
+  :func:`pipnet.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
+
+Both report purity with the paper's denominator (per part, over the images that show it) under
+``purity`` and the stricter all-patches variant under ``purity_all_patches``. The published
+evaluation's weight decrements (spec section 10.1) are not done here: evaluation never changes the model;
+training under the ``paper`` protocol applies them as an explicit step of its loop.
+
 Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
 projection pass per purity set.
 """
@@ -13,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,7 +37,7 @@ from tqdm.auto import tqdm
 
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.patches import patch_boxes
+from pipnet.patches import patch_boxes, patch_boxes_paper
 from pipnet.projection import Projection, eval_mode, everywhere_prototypes, inputs_of, make_loader, project
 
 __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
@@ -29,6 +45,9 @@ __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_
 
 OOD_TPR = 0.95
 PURITY_PRESENCE = 0.5
+PROTOCOLS = ("default", "paper")
+# A prototype enters purity when some class weight exceeds this (spec sections 1 and 10.3).
+PURITY_WEIGHT = {"default": 1e-3, "paper": 1e-5}
 
 
 @dataclass(frozen=True)
@@ -37,8 +56,10 @@ class Metrics:
 
     Accuracies are fractions in [0, 1]. Sizes are means over the test images. ``ood`` maps a set's name to
     ``{"fpr95", "auroc", "num_images"}``; ``purity`` maps a variant (``"<set>_top10"``,
-    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}``; ``on_object`` maps
-    a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
+    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}`` (denominator: the
+    patches in images that show the part); ``purity_all_patches`` holds the same variants divided by all
+    patches. ``protocol`` is the protocol that produced the numbers (``default`` or ``paper``). ``on_object``
+    maps a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
     :func:`on_object_of_projection`); ``everywhere`` lists the used prototypes present (> 0.5) on >= 90% of
     the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``);
     ``saturation`` counts the used prototypes whose k-th best presence on the training set is >= 0.99
@@ -62,6 +83,8 @@ class Metrics:
     on_object: dict[str, dict[str, float | int]] = field(default_factory=dict)
     everywhere: dict[str, Any] = field(default_factory=dict)
     saturation: dict[str, float | int] = field(default_factory=dict)
+    purity_all_patches: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    protocol: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -75,7 +98,8 @@ class Metrics:
         """Read back :meth:`to_dict` (None becomes NaN again)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         binary = known.pop("binary", None)  # None here means "not a binary task"
-        return cls(**_none_to_nan(known), binary=_none_to_nan(binary) if binary is not None else None)
+        protocol = known.pop("protocol", "default")
+        return cls(**_none_to_nan(known), binary=_none_to_nan(binary) if binary is not None else None, protocol=protocol)
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -105,28 +129,32 @@ def _none_to_nan(value: Any) -> Any:
 class _Pass:
     """What one pass over a data set keeps per image (all on the CPU)."""
 
-    scores: torch.Tensor  # (N, C)
+    scores: torch.Tensor  # (N, C) of model.predict
+    raw_scores: torch.Tensor | None  # (N, C) of the training-time forward (no clamp), when asked for
     labels: torch.Tensor  # (N,)
     size_pred: torch.Tensor  # (N,)
     size_any: torch.Tensor  # (N,)
     present: torch.Tensor  # (N,)
 
 
-def _run(model: PIPNet, loader: DataLoader, weight: torch.Tensor, dev: torch.device, desc: str, progress: bool) -> _Pass:
-    scores, labels, size_pred, size_any, present = [], [], [], [], []
+def _run(
+    model: PIPNet, loader: DataLoader, weight: torch.Tensor, dev: torch.device, desc: str, progress: bool, raw: bool = False
+) -> _Pass:
+    scores, raw_scores, labels, size_pred, size_any, present = [], [], [], [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x = inputs_of(batch).to(dev, non_blocking=True)
-        out = model.predict(x)
-        used = torch.where(out.presence < PRESENCE_THRESHOLD, 0.0, out.presence)  # what the classifier saw
-        sizes = M.local_explanation_sizes(used.float(), weight, M.predictions(out.scores))
+        out = model.predict(x)  # out.presence: what the classifier saw
+        sizes = M.local_explanation_sizes(out.presence.float(), weight, M.predictions(out.scores))
         scores.append(out.scores.float())
+        if raw:  # the training-time scores of the same pass: the classifier on the unclamped presence
+            raw_scores.append(model.classifier(model.classifier_input(out.maps)).float())
         labels.append(torch.as_tensor(batch[1]).reshape(-1))
         for acc, s in zip((size_pred, size_any, present), sizes):
             acc.append(s)
     if not scores:
         raise ValueError("evaluate() got an empty data set")
     cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
-    return _Pass(cat(scores), cat(labels).long(), cat(size_pred), cat(size_any), cat(present))
+    return _Pass(cat(scores), cat(raw_scores) if raw else None, cat(labels).long(), cat(size_pred), cat(size_any), cat(present))
 
 
 def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
@@ -139,13 +167,28 @@ def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
 
 
 def purity_of_projection(
-    projection: Projection, dataset: Dataset, prototypes: torch.Tensor
+    projection: Projection,
+    dataset: Dataset,
+    prototypes: torch.Tensor,
+    *,
+    metric: Callable[..., torch.Tensor] = M.purity,
+    protocol: str = "default",
 ) -> dict[str, dict[str, float | int]]:
     """Purity summaries of ``prototypes`` for the top-k patches and for every patch above the threshold.
 
     Keys: ``top{k}`` and ``presence{threshold}`` (e.g. ``top10``, ``presence0.5``). The data set gives
     ``keypoints(i)``, ``num_parts`` and optionally ``part_groups`` (part id -> merged part, e.g. left/right).
+
+    Args:
+        projection: the projection of ``dataset``.
+        dataset: the projected data set, with part keypoints in the model's input frame.
+        prototypes: the prototypes to summarise.
+        metric: :func:`pipnet.metrics.purity` (the paper's denominator) or
+            :func:`pipnet.metrics.purity_all_patches`.
+        protocol: ``default`` (boxes of :func:`patch_boxes`, half-open keypoint test) or ``paper``
+            (:func:`patch_boxes_paper`, closed test).
     """
+    boxes_of = patch_boxes_paper if protocol == "paper" else patch_boxes
     prototypes = prototypes.long().cpu()
     P = projection.presence.shape[0]
     num_parts = int(dataset.num_parts)
@@ -165,8 +208,8 @@ def purity_of_projection(
     )
     out = {}
     for name, (proto, image, cell) in variants.items():
-        boxes = patch_boxes(cell, projection.grid, projection.image_size)  # (M, 4)
-        values = M.purity(proto, image, boxes, keypoint_table(dataset, image), P, num_parts, groups)
+        boxes = boxes_of(cell, projection.grid, projection.image_size)  # (M, 4)
+        values = metric(proto, image, boxes, keypoint_table(dataset, image), P, num_parts, groups, closed=protocol == "paper")
         out[name] = M.purity_summary(values[prototypes])
     return out
 
@@ -235,6 +278,7 @@ def evaluate(
     k: int = 10,
     num_workers: int = 0,
     progress: bool = False,
+    protocol: str = "default",
 ) -> Metrics:
     """Measure a trained PIP-Net (spec section 6) without changing it.
 
@@ -253,7 +297,12 @@ def evaluate(
         k: patches per prototype for purity (10 in the paper).
         num_workers: data loader workers.
         progress: show progress bars.
+        protocol: ``default`` or ``paper`` (the published OoD rule and purity conventions; see the module
+            docstring). Neither changes the model.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    paper = protocol == "paper"
     C = model.num_classes
     for name, dataset in (purity_sets or {}).items():
         if not (hasattr(dataset, "keypoints") and hasattr(dataset, "num_parts")):
@@ -263,23 +312,33 @@ def evaluate(
             raise ValueError(f"mask set {name!r} has no object masks (needs mask(i))")
     with eval_mode(model, device) as dev:
         pin = dev.type == "cuda"
-        weight = (model.classifier.weight.clamp(min=0) * model.prototype_mask).float()  # (C, P) as used
-        test = _run(model, make_loader(data, batch_size, num_workers, pin), weight, dev, "evaluate", progress)
+        weight = model.classifier_weights().float()  # (C, P) as used
+        raw = paper and bool(ood)
+        test = _run(model, make_loader(data, batch_size, num_workers, pin), weight, dev, "evaluate", progress, raw)
         pred = M.predictions(test.scores)
-        max_scores = test.scores.amax(dim=1)
         accuracy = M.topk_accuracy(test.scores, test.labels, ks=(1, 5))
-        thresholds = M.ood_thresholds(max_scores, pred, C, tpr=OOD_TPR)
+        ood_scores = test.raw_scores if raw else test.scores  # the scores OoD detection looks at
+        max_scores = ood_scores.amax(dim=1)
+        if not ood:
+            thresholds = None
+        elif paper:  # the published rule: plain argmax on the unclamped scores
+            thresholds = M.ood_thresholds_paper(max_scores, ood_scores.argmax(dim=1), C, tpr=OOD_TPR)
+        else:
+            thresholds = M.ood_thresholds(max_scores, pred, C, tpr=OOD_TPR)
         ood_results = {}
         for name, ood_data in (ood or {}).items():
-            o = _run(model, make_loader(ood_data, batch_size, num_workers, pin), weight, dev, f"ood {name}", progress)
-            o_max = o.scores.amax(dim=1)
+            o = _run(model, make_loader(ood_data, batch_size, num_workers, pin), weight, dev, f"ood {name}", progress, raw)
+            o_scores = o.raw_scores if raw else o.scores
+            o_max = o_scores.amax(dim=1)
+            o_pred = o_scores.argmax(dim=1) if paper else M.predictions(o_scores)
             ood_results[name] = {
-                "fpr95": M.fpr_at_tpr(o_max, M.predictions(o.scores), thresholds),
+                "fpr95": M.fpr_at_tpr(o_max, o_pred, thresholds),
                 "auroc": M.auroc(max_scores, o_max),
                 "num_images": len(o_max),
             }
-        purity_results = {}
+        purity_results, purity_all = {}, {}
         used = model.used_prototypes().cpu()
+        purity_used = (model.classifier_weights() > PURITY_WEIGHT[protocol]).any(dim=0).nonzero().flatten().cpu()
         projections: dict[int, Projection] = {}  # one projection pass per data set, shared by the metrics
 
         def projection_of(dataset: Dataset) -> Projection:
@@ -292,8 +351,9 @@ def evaluate(
 
         for name, dataset in (purity_sets or {}).items():
             projection = projection_of(dataset)
-            for variant, summary in purity_of_projection(projection, dataset, used).items():
-                purity_results[f"{name}_{variant}"] = summary
+            for metric, results in ((M.purity, purity_results), (M.purity_all_patches, purity_all)):
+                for variant, summary in purity_of_projection(projection, dataset, purity_used, metric=metric, protocol=protocol).items():
+                    results[f"{name}_{variant}"] = summary
         on_object = {name: on_object_of_projection(projection_of(d), d, used) for name, d in (mask_sets or {}).items()}
         everywhere, saturation = {}, {}
         if train_set is not None:
@@ -319,12 +379,15 @@ def evaluate(
         on_object=on_object,
         everywhere=everywhere,
         saturation=saturation,
+        purity_all_patches=purity_all,
+        protocol=protocol,
     )
 
 
 def format_metrics_table(metrics: Metrics) -> str:
     """A plain-text table of the metrics for the command line."""
     rows: list[tuple[str, str]] = [
+        ("protocol", metrics.protocol),
         ("top-1 accuracy", f"{metrics.top1_accuracy:.2%}"),
         ("top-5 accuracy", f"{metrics.top5_accuracy:.2%}"),
         ("images / abstained", f"{metrics.num_images} / {metrics.abstained}"),
@@ -338,10 +401,7 @@ def format_metrics_table(metrics: Metrics) -> str:
         rows.append((f"binary {name}", f"{value:.4f}"))
     for name, o in metrics.ood.items():
         rows.append((f"OoD {name}: FPR@95 / AUROC", f"{o['fpr95']:.4f} / {o['auroc']:.4f} ({o['num_images']} images)"))
-    for name, p in metrics.purity.items():
-        rows.append(
-            (f"purity {name}", f"{p['mean']:.3f} ± {p['std']:.3f}, {p['count_above_0.5']} > 0.5 of {p['num_prototypes']}")
-        )
+    rows += _purity_rows("purity", metrics.purity)
     for name, o in metrics.on_object.items():
         key = next(k for k in o if k.startswith("top"))
         rows.append((f"on object {name}: {key} / chance", f"{o[key]:.3f} / {o['chance']:.3f} ({o['num_patches']} patches)"))
@@ -353,4 +413,17 @@ def format_metrics_table(metrics: Metrics) -> str:
         rows.append(("present everywhere (train)", f"{len(found)} of {metrics.everywhere['num_used']} used"
                      + (f": {', '.join(f'#{p}' for p in found)}" if found else "")))
     width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    text = "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    strict = _purity_rows("purity", metrics.purity_all_patches)
+    if strict:  # another denominator: a table of its own, never beside the paper's
+        width = max(len(label) for label, _ in strict)
+        text += "\n\nall-patches purity (stricter: divides by every patch, visible part or not)\n"
+        text += "\n".join(f"{label:<{width}}  {value}" for label, value in strict)
+    return text
+
+
+def _purity_rows(label: str, table: dict[str, dict[str, float | int]]) -> list[tuple[str, str]]:
+    return [
+        (f"{label} {name}", f"{p['mean']:.3f} ± {p['std']:.3f}, {p['count_above_0.5']} > 0.5 of {p['num_prototypes']}")
+        for name, p in table.items()
+    ]

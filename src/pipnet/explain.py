@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from pipnet.model import PRESENCE_THRESHOLD, RELEVANCE_THRESHOLD, PIPNet
 from pipnet.patches import boxes_from_heatmaps, patch_boxes
@@ -143,9 +142,8 @@ def explain(
         images = images.to(device)
         out = model.predict(images) if inference else model(images)
     threshold = PRESENCE_THRESHOLD if inference else 0.0
-    # Exactly the presence the classifier saw (see PIPNet.forward_head).
-    used = torch.where(out.presence < threshold, torch.zeros_like(out.presence), out.presence)  # (B, P)
-    weight = F.relu(model.classifier.weight)  # (C, P)
+    used = out.presence  # (B, P) exactly the presence the classifier saw (PIPNet.classifier_input)
+    weight = model.classifier_weights()  # (C, P)
     bias = model.classifier.bias  # (C,) or None
 
     k = min(top_classes, model.num_classes)
@@ -255,7 +253,7 @@ class ScoringSheet:
 @torch.inference_mode()
 def scoring_sheet(model: PIPNet) -> ScoringSheet:
     """The model's scoring sheet: per class, its relevant prototypes and weights, largest first."""
-    weight = F.relu(model.classifier.weight) * model.prototype_mask  # (C, P)
+    weight = model.classifier_weights()  # (C, P)
     relevant = model.relevant_weights()  # (C, P)
     sorted_w, order = torch.sort(weight, dim=1, descending=True, stable=True)  # (C, P)
     counts = relevant.sum(dim=1).tolist()

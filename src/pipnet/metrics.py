@@ -31,7 +31,9 @@ __all__ = [
     "predictions",
     "presence_share_per_class",
     "present_everywhere",
+    "ood_thresholds_paper",
     "purity",
+    "purity_all_patches",
     "purity_summary",
     "sparsity_ratio",
     "topk_accuracy",
@@ -209,6 +211,48 @@ def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: i
     return torch.where(counts > 0, picked, torch.full_like(picked, math.inf))
 
 
+def ood_thresholds_paper(
+    max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95
+) -> torch.Tensor:
+    """Per-class thresholds by the published rule (spec section 10.2), for the unclamped training-time scores.
+
+    1. Class c's threshold is the (1 - tpr) percentile, with linear interpolation (``torch.quantile``'s
+       default, as numpy's), of the max scores of the in-distribution images predicted as c.
+    2. A class no image was predicted as gets the mean of the other classes' thresholds.
+    3. While fewer than ``tpr`` of all images reach the threshold of their predicted class (score >=
+       threshold), every threshold is multiplied by 0.999.
+
+    Predictions here are a plain argmax (ties to the lower class, and an all-zero row is class 0), as the
+    published code takes them. Step 3 cannot end while more than 1 - ``tpr`` of the images score exactly
+    0 before the thresholds underflow to 0; that is answered at once with zero thresholds.
+
+    Args:
+        max_scores: (N,) max class score of each in-distribution image (no 0.1 presence clamp).
+        preds: (N,) argmax class of each image.
+        num_classes: C.
+        tpr: the fraction of in-distribution images to keep, in (0, 1].
+
+    Returns:
+        (C,) float64 thresholds (NaN when there are no images).
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    scores, classes = max_scores.double().cpu(), preds.long().cpu()
+    if scores.numel() == 0:
+        return torch.full((num_classes,), math.nan, dtype=torch.float64)
+    thresholds = torch.zeros(num_classes, dtype=torch.float64)
+    predicted = torch.zeros(num_classes, dtype=torch.bool)
+    for c in torch.unique(classes).tolist():
+        thresholds[c] = torch.quantile(scores[classes == c], 1.0 - tpr)
+        predicted[c] = True
+    thresholds[~predicted] = thresholds[predicted].mean()
+    if ((scores > 0).double().mean() < tpr).item():
+        return torch.zeros(num_classes, dtype=torch.float64)  # what the loop reaches once 0.999^n underflows
+    while ((scores >= thresholds[classes]).double().mean() < tpr).item():
+        thresholds = thresholds * 0.999
+    return thresholds
+
+
 def fpr_at_tpr(ood_max_scores: torch.Tensor, ood_preds: torch.Tensor, thresholds: torch.Tensor) -> float:
     """Fraction of OoD images whose max score reaches the threshold of their predicted class.
 
@@ -224,35 +268,22 @@ def fpr_at_tpr(ood_max_scores: torch.Tensor, ood_preds: torch.Tensor, thresholds
 # ---- purity ---------------------------------------------------------------------------------------------
 
 
-def purity(
+def _part_counts(
     prototype: torch.Tensor,
     image: torch.Tensor,
     boxes: torch.Tensor,
     keypoints: torch.Tensor,
     num_prototypes: int,
     num_parts: int,
-    part_groups: Sequence[int] | torch.Tensor | None = None,
-    patch_size: int = PATCH_SIZE,
-) -> torch.Tensor:
-    """Purity of every prototype: the largest fraction of its patches that contain one same part.
-
-    A part is in a patch when one of its keypoints lies in the patch box (top <= y < bottom,
-    left <= x < right); boxes larger than ``patch_size`` are first shrunk to their central
-    ``patch_size`` pixels. Parts mapped to the same group (left/right variants) count as one part, which
-    is present when either keypoint is inside. Patches with no part count in the denominator.
-
-    Args:
-        prototype: (M,) prototype of each patch.
-        image: (M,) image index of each patch.
-        boxes: (M, 4) (top, bottom, left, right) of each patch, in the keypoints' coordinates.
-        keypoints: (K, 4) rows (image index, part id, x, y) of every annotated keypoint (visible ones).
-        num_prototypes: P.
-        num_parts: number of part ids.
-        part_groups: optional (num_parts,) group of each part id (e.g. CUB's 15 parts -> 12).
-        patch_size: the patch size boxes are shrunk to.
+    part_groups: Sequence[int] | torch.Tensor | None,
+    patch_size: int,
+    closed: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prototype and merged part: patches containing the part, patches in images where it is visible.
 
     Returns:
-        (P,) float64 purity, NaN for prototypes without patches.
+        (P, G) float64 patches that contain each part, (P, G) float64 patches whose image shows each part,
+        and (P,) float64 patches of each prototype.
     """
     device = boxes.device
     prototype, image = prototype.long().to(device), image.long().to(device)
@@ -274,14 +305,93 @@ def purity(
     within = torch.arange(len(patch_of_pair), device=device) - pair_start
     kp = keypoints[kp_order[offset[image[patch_of_pair]] + within]]  # (R, 4)
     box = boxes[patch_of_pair].double()  # (R, 4)
-    inside = (box[:, 0] <= kp[:, 3]) & (kp[:, 3] < box[:, 1]) & (box[:, 2] <= kp[:, 2]) & (kp[:, 2] < box[:, 3])
+    x, y = kp[:, 2], kp[:, 3]
+    if closed:  # the published rule: a keypoint on the box edge counts
+        inside = (box[:, 0] <= y) & (y <= box[:, 1]) & (box[:, 2] <= x) & (x <= box[:, 3])
+    else:
+        inside = (box[:, 0] <= y) & (y < box[:, 1]) & (box[:, 2] <= x) & (x < box[:, 3])
+    part_of_pair = groups[kp[:, 1].long()]  # (R,)
 
     contains = torch.zeros(len(image), num_groups, dtype=torch.bool, device=device)  # (M, G)
-    contains[patch_of_pair[inside], groups[kp[inside, 1].long()]] = True
+    contains[patch_of_pair[inside], part_of_pair[inside]] = True
+    visible = torch.zeros(len(image), num_groups, dtype=torch.bool, device=device)  # (M, G) part shown in the image
+    visible[patch_of_pair, part_of_pair] = True
     per_part = torch.zeros(num_prototypes, num_groups, dtype=torch.float64, device=device)
     per_part.index_add_(0, prototype, contains.double())  # (P, G) patches containing each part
+    shown = torch.zeros(num_prototypes, num_groups, dtype=torch.float64, device=device)
+    shown.index_add_(0, prototype, visible.double())  # (P, G) patches in images that show each part
     patches = torch.bincount(prototype, minlength=num_prototypes).double()  # (P,)
-    best = per_part.amax(dim=1) if num_groups else torch.zeros(num_prototypes, dtype=torch.float64, device=device)
+    return per_part, shown, patches
+
+
+def purity(
+    prototype: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    keypoints: torch.Tensor,
+    num_prototypes: int,
+    num_parts: int,
+    part_groups: Sequence[int] | torch.Tensor | None = None,
+    patch_size: int = PATCH_SIZE,
+    closed: bool = False,
+) -> torch.Tensor:
+    """Purity as the paper computed it (spec sections 6 and 10.3): per part, over images showing the part.
+
+    For each part, the fraction of the prototype's patches *in images where that part is visible* (has a
+    keypoint) that contain it; the prototype's purity is the largest fraction over parts. A part visible
+    in none of the prototype's images gives no fraction; a prototype whose images show no part at all
+    scores 0. A part is in a patch when one of its keypoints lies in the patch box (half-open:
+    top <= y < bottom, left <= x < right; ``closed=True``, the published rule, also counts the far
+    edges); boxes larger than ``patch_size`` are first shrunk to their central ``patch_size`` pixels.
+    Parts mapped to the same group (left/right variants) count as one part, visible when either is, and
+    present when either keypoint is inside. :func:`purity_all_patches` is the stricter variant.
+
+    Args:
+        prototype: (M,) prototype of each patch.
+        image: (M,) image index of each patch.
+        boxes: (M, 4) (top, bottom, left, right) of each patch, in the keypoints' coordinates.
+        keypoints: (K, 4) rows (image index, part id, x, y) of every annotated keypoint (visible ones).
+        num_prototypes: P.
+        num_parts: number of part ids.
+        part_groups: optional (num_parts,) group of each part id (e.g. CUB's 15 parts -> 12).
+        patch_size: the patch size boxes are shrunk to.
+        closed: count keypoints on the bottom and right edges too (the published test).
+
+    Returns:
+        (P,) float64 purity, NaN for prototypes without patches.
+    """
+    per_part, shown, patches = _part_counts(
+        prototype, image, boxes, keypoints, num_prototypes, num_parts, part_groups, patch_size, closed
+    )
+    fraction = torch.where(shown > 0, per_part / shown.clamp(min=1), torch.zeros_like(per_part))  # (P, G)
+    best = fraction.amax(dim=1) if fraction.shape[1] else torch.zeros_like(patches)
+    return torch.where(patches > 0, best, torch.full_like(best, math.nan))
+
+
+def purity_all_patches(
+    prototype: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    keypoints: torch.Tensor,
+    num_prototypes: int,
+    num_parts: int,
+    part_groups: Sequence[int] | torch.Tensor | None = None,
+    patch_size: int = PATCH_SIZE,
+    closed: bool = False,
+) -> torch.Tensor:
+    """Stricter purity: the largest fraction of *all* of a prototype's patches that contain one same part.
+
+    As :func:`purity` (same arguments and inside test), but every patch counts in the denominator,
+    including those in images where the part is not visible; so it is never above :func:`purity`.
+    Never mix the two in one table.
+
+    Returns:
+        (P,) float64 purity, NaN for prototypes without patches.
+    """
+    per_part, _, patches = _part_counts(
+        prototype, image, boxes, keypoints, num_prototypes, num_parts, part_groups, patch_size, closed
+    )
+    best = per_part.amax(dim=1) if per_part.shape[1] else torch.zeros_like(patches)
     return torch.where(patches > 0, best / patches.clamp(min=1), torch.full_like(best, math.nan))
 
 

@@ -60,8 +60,8 @@ class PIPNetConfig:
 
 
 class PIPNetOutput(NamedTuple):
-    maps: torch.Tensor  # (B, P, h, w) prototype maps, softmax over P
-    presence: torch.Tensor  # (B, P) max of each map, in [0, 1]
+    maps: torch.Tensor  # (B, P, h, w) prototype maps, softmax over P (raw: no mask, no clamp)
+    presence: torch.Tensor  # (B, P) what the classifier saw: max of each map, in [0, 1] (see classifier_input)
     scores: torch.Tensor  # (B, C) class scores, >= 0
 
 
@@ -112,19 +112,38 @@ class PIPNet(nn.Module):
         """Softmax over prototypes at every latent cell: (B, D, h, w) -> (B, P, h, w)."""
         return torch.softmax(self.prototype_logits(z), dim=1)
 
-    def forward_head(self, maps: torch.Tensor, inference: bool = False) -> PIPNetOutput:
-        presence = maps.amax(dim=(2, 3)) * self.prototype_mask  # (B, P)
-        scored = presence
+    def raw_presence(self, maps: torch.Tensor) -> torch.Tensor:
+        """Max of each prototype map, switched-off prototypes 0: (B, P, h, w) -> (B, P), before any clamp."""
+        return maps.amax(dim=(2, 3)) * self.prototype_mask
+
+    def classifier_input(self, maps: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        """The presence the classifier sees: (B, P, h, w) -> (B, P).
+
+        Training: :meth:`raw_presence`. Inference: the same with presence < 0.1 set to 0 (spec section 1).
+        """
+        presence = self.raw_presence(maps)  # (B, P)
         if inference:
-            scored = torch.where(presence < PRESENCE_THRESHOLD, torch.zeros_like(presence), presence)
-        return PIPNetOutput(maps, presence, self.classifier(scored))  # scores (B, C)
+            presence = torch.where(presence < PRESENCE_THRESHOLD, torch.zeros_like(presence), presence)
+        return presence
+
+    def classifier_weights(self) -> torch.Tensor:
+        """The weights the classifier uses, relu(W), with switched-off prototypes' columns 0: (C, P)."""
+        return F.relu(self.classifier.weight) * self.prototype_mask
+
+    def forward_head(self, maps: torch.Tensor, inference: bool = False) -> PIPNetOutput:
+        presence = self.classifier_input(maps, inference)  # (B, P)
+        return PIPNetOutput(maps, presence, self.classifier(presence))  # scores (B, C)
 
     def forward(self, x: torch.Tensor) -> PIPNetOutput:
         """Training-time forward: every presence goes into the classifier."""
         return self.forward_head(self.prototype_maps(self.forward_features(x)))
 
     def predict(self, x: torch.Tensor) -> PIPNetOutput:
-        """Inference forward: presence < 0.1 is set to 0 before the classifier (``presence`` is unmasked)."""
+        """Inference forward: presence < 0.1 is set to 0 before the classifier.
+
+        ``presence`` is that clamped presence (as the published model returns it); the raw presence is
+        ``raw_presence(out.maps)``.
+        """
         return self.forward_head(self.prototype_maps(self.forward_features(x)), inference=True)
 
     # ---- properties of the scoring sheet -------------------------------------------------------
@@ -135,7 +154,7 @@ class PIPNet(nn.Module):
 
     def relevant_weights(self) -> torch.Tensor:
         """Boolean (C, P): weights above 1e-3 (of switched-on prototypes)."""
-        return (F.relu(self.classifier.weight) * self.prototype_mask) > RELEVANCE_THRESHOLD
+        return self.classifier_weights() > RELEVANCE_THRESHOLD
 
     def used_prototypes(self) -> torch.Tensor:
         """Indices of prototypes with a relevant weight to any class."""

@@ -26,6 +26,7 @@ __all__ = [
     "central_boxes",
     "patch_box",
     "patch_boxes",
+    "patch_boxes_paper",
     "scale_box",
     "upsample_map",
 ]
@@ -75,6 +76,34 @@ def patch_boxes(
     top, bottom = _spans(cells[..., 0], grid_h, height, patch_size, shifted)
     left, right = _spans(cells[..., 1], grid_w, width, patch_size, shifted)
     return torch.stack([top, bottom, left, right], dim=-1)
+
+
+def patch_boxes_paper(
+    cells: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int], patch_size: int = PATCH_SIZE
+) -> torch.Tensor:
+    """The image boxes of the published code (spec section 10.4): never longer than ``patch_size``.
+
+    As :func:`patch_boxes`, except that a box reaching the image border (the last row / column always
+    does) is the last ``patch_size`` pixels, [S - 32, S): 192..224 for the last cell at 224 on both the
+    28x28 and the 26x26 grid, where :func:`patch_boxes` gives 189..224 and 196..224.
+
+    Args:
+        cells: (..., 2) integer tensor of (i, j) = (row, column) grid cells.
+        grid: (h, w), the latent grid size.
+        image_size: S or (H, W), the model's input size.
+        patch_size: the nominal patch size (32).
+
+    Returns:
+        (..., 4) long tensor of (top, bottom, left, right).
+    """
+    boxes = patch_boxes(cells, grid, image_size, patch_size)
+    height, width = _pair(image_size)
+    out = boxes.clone()
+    for lo, hi, size in ((0, 1, height), (2, 3, width)):
+        border = boxes[..., hi] >= size
+        out[..., lo] = torch.where(border, torch.full_like(boxes[..., lo], max(size - patch_size, 0)), boxes[..., lo])
+        out[..., hi] = torch.where(border, torch.full_like(boxes[..., hi], size), boxes[..., hi])
+    return out
 
 
 def patch_box(

@@ -41,6 +41,16 @@ def _sample(dataset, count: int, section: str, model: PIPNet, device) -> list:
     return [(e, dataset.raw_image(i), section) for e, i in zip(explanations, indices)]
 
 
+def _latest_evaluation(run_dir: Path, metrics_path: Path) -> dict | None:
+    """Protocol and OoD results of ``RUN/evaluation.json`` (the latest ``pipnet evaluate``), if newer than metrics.json."""
+    path = run_dir / "evaluation.json"
+    if not path.is_file() or (metrics_path.is_file() and path.stat().st_mtime < metrics_path.stat().st_mtime):
+        return None
+    evaluation = json.loads(path.read_text())
+    return {"protocol": evaluation.get("protocol", "default"), "top1_accuracy": evaluation.get("top1_accuracy"),
+            "ood": evaluation.get("ood", {})}
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path."""
     run_dir = Path(run_dir)
@@ -55,6 +65,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     explained += _sample(data.multi, max(2, samples // 2), "multi", model, device)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    latest = _latest_evaluation(run_dir, metrics_path)
+    if latest is not None:
+        metrics = {**(metrics or {}), "latest pipnet evaluate": latest}
     history = RunDir(run_dir, config).read_history()
     findings = diagnose(history, config, metrics, num_train_images=len(data.train))
     path = Path(out) if out else run_dir / "report.html"

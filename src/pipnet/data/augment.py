@@ -128,21 +128,36 @@ class TwoViewTransform:
         image_size: S, the side of each view.
         preset: augmentation preset; ``cars`` widens the colour ops, ``grayscale`` makes images gray.
         delta: T1 first resizes to (S + delta) x (S + delta); 8 for CUB classification, else 32.
+        crop_margin: T1's random resized crop is (S + crop_margin) square, so the views shift by up to
+            that many pixels: 4 (spec section 5), 8 for PETS under the paper protocol.
+        location_interpolation: ``bilinear`` (default) or ``nearest`` (the published code, spec 10.5)
+            for the location TrivialAugment.
     """
 
-    def __init__(self, image_size: int, preset: Preset | str = "default", delta: int = 32) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        preset: Preset | str = "default",
+        delta: int = 32,
+        *,
+        crop_margin: int = 4,
+        location_interpolation: Literal["bilinear", "nearest"] = "bilinear",
+    ) -> None:
         _check(image_size, preset)
-        if delta < 0:
-            raise ValueError(f"delta must be >= 0, got {delta}")
+        if delta < 0 or crop_margin < 0:
+            raise ValueError(f"delta and crop_margin must be >= 0, got {delta} and {crop_margin}")
         self.image_size, self.preset, self.delta = image_size, preset, delta
+        self.crop_margin, self.location_interpolation = crop_margin, location_interpolation
         side = image_size + delta
+        modes = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}
+        interpolation = modes[location_interpolation]
         self.t1 = v2.Compose(
             [
                 *_to_three_channels(preset),
                 v2.Resize((side, side)),
-                LocationTrivialAugment(interpolation=v2.InterpolationMode.BILINEAR),
+                LocationTrivialAugment(interpolation=interpolation),
                 v2.RandomHorizontalFlip(),
-                v2.RandomResizedCrop(image_size + 4, scale=(0.95, 1.0)),
+                v2.RandomResizedCrop(image_size + crop_margin, scale=(0.95, 1.0)),
             ]
         )
         colour = StrongColourTrivialAugment() if preset == "cars" else ColourTrivialAugment()
@@ -153,7 +168,8 @@ class TwoViewTransform:
         return self.t2(located), self.t2(located)
 
     def __repr__(self) -> str:
-        return f"TwoViewTransform(image_size={self.image_size}, preset={self.preset!r}, delta={self.delta})"
+        return (f"TwoViewTransform(image_size={self.image_size}, preset={self.preset!r}, delta={self.delta}, "
+                f"crop_margin={self.crop_margin}, location_interpolation={self.location_interpolation!r})")
 
 
 def eval_transform(image_size: int, preset: Preset | str = "default") -> Callable[[Image.Image], torch.Tensor]:

@@ -20,7 +20,7 @@ from pipnet.data.masks import with_masks
 from pipnet.data.planted import PlantedParts
 from pipnet.data.wrappers import EvalDataset, ImageSource, TwoViewDataset
 
-__all__ = ["DataBundle", "build_data"]
+__all__ = ["DataBundle", "build_data", "resolve_source"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,19 @@ def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
     return EvalDataset(base, config.image_size, config.preset)
 
 
-def _two_views(base: ImageSource, config: DataConfig, delta: int = 32) -> TwoViewDataset:
-    return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+# The published augmentation (spec section 10.5): nearest-neighbour location ops; PETS resizes to S + 48
+# and crops S + 8 (PETS_PAPER = (delta, crop margin)).
+PETS_PAPER = (48, 8)
+
+
+def _two_views(base: ImageSource, config: DataConfig, delta: int = 32, protocol: str = "default") -> TwoViewDataset:
+    if protocol != "paper":
+        return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+    delta, margin = PETS_PAPER if config.preset == "pets" else (delta, 4)
+    transform = TwoViewTransform(
+        config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest"
+    )
+    return TwoViewDataset(base, transform)
 
 
 def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
@@ -79,12 +90,12 @@ def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
     return sets
 
 
-def _planted(config: DataConfig) -> DataBundle:
+def _planted(config: DataConfig, protocol: str) -> DataBundle:
     planted = config.planted
     train = PlantedParts(planted, "train")
     test = _eval(PlantedParts(planted, "test"), config) if planted.test_per_class > 0 else None
     ood = {"planted_ood": _eval(PlantedParts(planted, "ood"), config)} if planted.ood_images > 0 else {}
-    two_views = _two_views(train, config)
+    two_views = _two_views(train, config, protocol=protocol)
     return DataBundle(
         classes=train.classes,
         train=two_views,
@@ -99,11 +110,11 @@ def _planted(config: DataConfig) -> DataBundle:
     )
 
 
-def _folder(config: DataConfig) -> DataBundle:
+def _folder(config: DataConfig, protocol: str) -> DataBundle:
     source = load_folder_source(config.root, config.val_fraction, config.seed, config.bad_images)
     if config.masks:
         source = _masked(source, config.root, config.masks)
-    two_views = _two_views(source.train, config)
+    two_views = _two_views(source.train, config, protocol=protocol)
     test = _eval(source.test, config) if source.test is not None else None
     return DataBundle(
         classes=source.classes,
@@ -124,14 +135,14 @@ def _masked(source: FolderSource, root: str, masks: str) -> FolderSource:
     return FolderSource(classes=source.classes, train=train, test=test, projection=projection)
 
 
-def _cub(config: DataConfig) -> DataBundle:
+def _cub(config: DataConfig, protocol: str) -> DataBundle:
     meta = read_cub(config.root, config.bad_images)
     train_crop, train_full = CUB(meta, "train", crop=True), CUB(meta, "train", crop=False)
     test_crop, test_full = CUB(meta, "test", crop=True), CUB(meta, "test", crop=False)
     return DataBundle(
         classes=meta.classes,
-        train=_two_views(train_crop, config, delta=8),
-        pretrain=_two_views(train_full, config, delta=32),
+        train=_two_views(train_crop, config, delta=8, protocol=protocol),
+        pretrain=_two_views(train_full, config, delta=32, protocol=protocol),
         projection=_eval(train_full, config),
         test=_eval(test_crop, config),
         test_projection=_eval(test_full, config),
@@ -144,23 +155,59 @@ def _cub(config: DataConfig) -> DataBundle:
 _SOURCES = {"planted": _planted, "folder": _folder, "cub": _cub}
 
 
-def build_data(config: DataConfig) -> DataBundle:
+def resolve_source(config: DataConfig) -> str:
+    """The concrete source of ``config``: ``auto`` becomes ``cub``, ``folder`` or ``planted``.
+
+    ``auto`` with a ``root`` picks ``cub`` when the folder has CUB-200-2011's ``images.txt`` and ``images/``,
+    ``folder`` when it has a ``train/`` folder of class folders, and logs the choice; anything else is an
+    error, so a folder is never ignored for the built-in data. ``auto`` without a root is ``planted``.
+
+    Raises:
+        DataError: a root whose layout is neither, or a root given to the ``planted`` source.
+    """
+    if config.source == "planted" and config.root:
+        raise DataError(f"data source 'planted' is built in and takes no root folder, got {config.root}; "
+                        "use --data.source cub or folder (or leave it out to detect the layout)")
+    if config.source != "auto":
+        return config.source
+    if not config.root:
+        return "planted"
+    root = Path(config.root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    if (root / "images.txt").is_file() and (root / "images").is_dir():
+        source = "cub"
+    elif (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+        source = "folder"
+    else:
+        raise DataError(f"{root} is neither CUB-200-2011 (images.txt and images/) nor an image-folder tree "
+                        "(train/<class>/<images>); set --data.source")
+    log.info("data.root %s: detected %s, using data.source %s", root,
+             "the CUB-200-2011 layout" if source == "cub" else "an image-folder tree", source)
+    return source
+
+
+def build_data(config: DataConfig, protocol: str = "default") -> DataBundle:
     """Build every data set of a run from its data configuration.
 
     Args:
-        config: the source, its folder, the input size S, the augmentation preset and the split settings.
+        config: the source (``auto``: see :func:`resolve_source`), its folder, the input size S, the
+            augmentation preset and the split settings.
+        protocol: ``paper`` gives the published augmentation (spec section 10.5): nearest-neighbour
+            location ops, and for the ``pets`` preset a resize to S + 48 and a crop to S + 8.
 
     Raises:
         DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
     """
-    if config.source not in _SOURCES:
-        raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES)}")
-    if config.masks and config.source != "folder":
-        raise DataError(f"--data.masks is read for the folder source only, not {config.source!r}")
-    if config.source != "planted" and not config.root:
-        raise DataError(f"data source {config.source!r} needs a root folder (DataConfig.root)")
-    bundle = _SOURCES[config.source](config)
+    if config.source not in (*_SOURCES, "auto"):
+        raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES) + ['auto']}")
+    source = resolve_source(config)
+    if config.masks and source != "folder":
+        raise DataError(f"--data.masks is read for the folder source only, not {source!r}")
+    if source != "planted" and not config.root:
+        raise DataError(f"data source {source!r} needs a root folder (DataConfig.root)")
+    bundle = _SOURCES[source](config, protocol)
     log.info("data %s: %d classes, %d training images, %s test images, %d part types, ood sets %s",
-             config.source, len(bundle.classes), len(bundle.train),
+             source, len(bundle.classes), len(bundle.train),
              len(bundle.test) if bundle.test is not None else "no", bundle.num_parts, sorted(bundle.ood))
     return bundle

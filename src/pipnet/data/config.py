@@ -42,7 +42,9 @@ class DataConfig:
     """Where the images come from and how they are augmented.
 
     Args:
-        source: ``planted`` (built in, no files), ``folder`` (ImageFolder trees) or ``cub`` (CUB-200-2011).
+        source: ``auto`` (default: with ``root``, CUB-200-2011's layout or an image-folder tree, detected and
+            logged; without, the built-in planted data), ``planted`` (built in, no files; takes no
+            ``root``), ``folder`` (ImageFolder trees) or ``cub`` (CUB-200-2011).
         root: the data folder (``folder``: holds ``train/`` and optionally ``test/``, ``projection/``;
             ``cub``: the extracted ``CUB_200_2011`` folder).
         image_size: S, the square input size.
@@ -54,10 +56,13 @@ class DataConfig:
         ood: extra image folders used as out-of-distribution sets in evaluation.
         masks: ``folder`` source only: a folder of object masks laid out like ``root``
             (``masks/<split>/<class>/<stem>.png``, 255 = object) for the ``on_object`` metric.
+        balanced: class-balanced sampling for pretraining and classification (spec section 10.6, the
+            authors' advice for imbalanced and two-class data): each epoch draws as many images as the
+            training set holds, with replacement, each with weight 1 / (size of its class).
         planted: settings of the planted-parts data set.
     """
 
-    source: Literal["planted", "folder", "cub"] = "planted"
+    source: Literal["auto", "planted", "folder", "cub"] = "auto"
     root: str | None = None
     image_size: int = 224
     preset: Literal["default", "birds", "cars", "pets", "grayscale"] = "default"
@@ -66,4 +71,5 @@ class DataConfig:
     bad_images: Literal["error", "skip"] = "error"
     ood: list[str] = field(default_factory=list)
     masks: str | None = None
+    balanced: bool = False
     planted: PlantedConfig = field(default_factory=PlantedConfig)

@@ -102,7 +102,7 @@ def _summary(model: PIPNet, used: list[int]) -> list[tuple[str, str]]:
         ("prototypes", str(model.num_prototypes)),
         ("prototypes used (relevant weight to some class)", str(len(used))),
         ("disabled prototypes", str(len(model.config.disabled_prototypes))),
-        ("sparsity ratio (weights <= 1e-3)", f"{M.sparsity_ratio(model.classifier.weight.detach()):.4f}"),
+        ("sparsity ratio (weights <= 1e-3)", f"{M.sparsity_ratio(model.classifier_weights().detach()):.4f}"),
     ]
 
 

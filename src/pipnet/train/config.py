@@ -26,6 +26,11 @@ class ModelOptions:
         num_features: 0 = one prototype per backbone channel (paper); n > 0 = a 1x1 add-on conv to n.
         bias: a non-negative classifier bias (off in the paper).
         backbone_kwargs: extra arguments for the backbone builder (e.g. ``{output_stride: 16}`` for timm).
+        init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
+            final model, else its ``pretrained/`` one) or an official checkpoint file (then ``backbone``
+            names its backbone). Its architecture replaces the options above; a classifier that looks
+            untrained is re-initialised. With ``schedule.epochs_pretrain 0`` pretraining is skipped and
+            the classifier-only epochs still run.
     """
 
     backbone: str = "convnext_tiny_26"
@@ -33,6 +38,7 @@ class ModelOptions:
     num_features: int = 0
     bias: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
 
 
 @dataclass
@@ -138,6 +144,11 @@ class TrainConfig:
     Args:
         out: the run folder (default: a new folder under ``./runs``).
         resume: continue the run in this folder from its last completed epoch.
+        protocol: ``default`` (spec sections 4-7) or ``paper``: how the published numbers were made (spec
+            section 10): one extra soft-threshold step per test batch after every classification epoch
+            (and after the final pruning) plus one before classification epochs 30, 60, ... and the last,
+            the published OoD rule and purity conventions in evaluation, nearest-neighbour location
+            augmentation, and the larger PETS resize / crop.
         model: the model.
         data: the data.
         optim: optimisers and sparsification.
@@ -147,6 +158,7 @@ class TrainConfig:
 
     out: str | None = None
     resume: str | None = None
+    protocol: Literal["default", "paper"] = "default"
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "GlobalBatchSampler", "init_distributed", "gather_presence", "all_reduce_sum"]
+__all__ = ["DistInfo", "GlobalBatchSampler", "class_balanced_weights", "init_distributed", "gather_presence", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,20 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def class_balanced_weights(targets: list[int] | torch.Tensor) -> torch.Tensor:
+    """Sampling weight 1 / (size of its class) for every image: each class is drawn equally often.
+
+    Args:
+        targets: (n,) class of every image.
+
+    Returns:
+        (n,) float64 weights.
+    """
+    labels = torch.as_tensor(targets, dtype=torch.long)
+    counts = torch.bincount(labels)  # (C,)
+    return 1.0 / counts[labels].double()
 
 
 def init_distributed(device_type: str) -> DistInfo:
@@ -68,17 +82,23 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     The shuffle is ``torch.randperm(n, generator)``, drawn when iteration starts, with the generator every
     process seeds alike, so the global batches are those of a single process with the same seed (as
-    ``shuffle=True, drop_last=True`` draws them) whatever the number of processes.
+    ``shuffle=True, drop_last=True`` draws them) whatever the number of processes. With ``weights``
+    (class-balanced sampling, spec section 10.6) the order is instead ``n`` draws with replacement,
+    ``torch.multinomial(weights, n, replacement=True, generator)``, from the same shared generator.
 
     Args:
         n: dataset length.
         batch_size: the global batch (rounded down to a multiple of ``world_size``, at least one per process).
         generator: the shared shuffle generator (the DataLoader's).
         rank, world_size: this process and the number of processes.
+        weights: optional (n,) sampling weight of every image (see :func:`class_balanced_weights`).
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
-        self.n, self.generator, self.rank, self.world_size = n, generator, rank, world_size
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None):
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} sampling weights for {n} images")
+        self.n, self.generator, self.rank, self.world_size, self.weights = n, generator, rank, world_size, weights
         self.local = max(1, min(batch_size, n) // world_size)
         self.global_batch = self.local * world_size
 
@@ -86,7 +106,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.n // self.global_batch
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator).tolist()
         start = self.rank * self.local
         for b in range(len(self)):
             first = b * self.global_batch + start

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from pipnet import losses
 from pipnet.data import DataBundle, build_data
+from pipnet.data.build import resolve_source
 from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.diagnostics import diagnose
 from pipnet.evaluate import Metrics, evaluate
@@ -34,10 +35,25 @@ from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import TrainConfig
-from pipnet.train.distributed import DistInfo, GlobalBatchSampler, all_reduce_sum, gather_presence, init_distributed
+from pipnet.train.distributed import (
+    DistInfo,
+    GlobalBatchSampler,
+    all_reduce_sum,
+    class_balanced_weights,
+    gather_presence,
+    init_distributed,
+)
+from pipnet.train.init import PRETRAINED_DIR, load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
+from pipnet.train.protocol import (
+    apply_soft_threshold_steps,
+    classifier_schedule_epoch,
+    count_test_batches,
+    steps_after_epoch,
+    steps_before_epoch,
+)
 from pipnet.train.run_dir import RunDir
 from pipnet.utils import default_device
 
@@ -266,7 +282,7 @@ def run_epoch(
             optim.net_schedule.step()
         if plan.stage == "classify":
             if optim.classifier_schedule is not None:
-                optim.classifier_schedule.step(plan.epoch - 1 + (step + 1) / iters)
+                optim.classifier_schedule.step(classifier_schedule_epoch(plan.epoch, step, iters, config.protocol))
             sparsify(core.classifier, optim.decrement)
         for k, v in parts.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
@@ -284,13 +300,19 @@ def run_epoch(
     row = {k: float(v) / steps for k, v in zip(sums, totals[: len(sums)])}
     # Both views of every image count.
     row["train_accuracy"] = float(totals[-3]) / max(1.0, 2 * float(totals[-2])) if plan.stage == "classify" else math.nan
+    row["steps"] = seen  # optimizer steps of this process (every process takes the same number)
     return row
 
 
 def _loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, device):
     """The epoch's loader: the same global batches for any number of processes (each takes its slice)."""
     rt = config.runtime
-    sampler = GlobalBatchSampler(len(dataset), batch_size, generator, info.rank, info.world_size)
+    weights = None
+    if config.data.balanced:  # spec 10.6: draws with replacement, each image weighted 1 / (its class's size)
+        if not hasattr(dataset, "targets"):
+            raise DataError("data.balanced needs a data set that knows its labels (targets)")
+        weights = class_balanced_weights(dataset.targets)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, generator, info.rank, info.world_size, weights)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -331,20 +353,31 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
         rt = config.runtime
     seed_epoch(rt.seed, 0)
-    data = data if data is not None else build_data(config.data)  # bad data fails before a folder is made
+    if data is None:
+        config.data.source = resolve_source(config.data)  # config.yaml records the detected source
+    data = data if data is not None else build_data(config.data, config.protocol)  # bad data fails before a folder is made
+    initial = None
+    if config.model.init and not resuming:
+        initial = load_init_model(config.model.init, backbone=config.model.backbone, image_size=config.data.image_size,
+                                  num_classes=len(data.classes), class_names=data.classes)
+        _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
     if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = _resolve_device(rt.device, info)
     checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
-    model = _build_model(config, len(data.classes), data.classes, False if checkpoint else config.model.pretrained)
+    if initial is not None:
+        model = initial
+    else:
+        pretrained = False if (checkpoint or config.model.init) else config.model.pretrained
+        model = _build_model(config, len(data.classes), data.classes, pretrained)
     if checkpoint:
         load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
     if uses_channels_last(config):
         model.to(memory_format=torch.channels_last)
-    plans = plan_epochs(config.schedule)
+    plans = plan_epochs(config.schedule, pretrained_pipnet=bool(config.model.init))
     start = int(checkpoint["epochs_done"]) if checkpoint else 0
     history = run.read_history()[:start]
     scaler = torch.amp.GradScaler(device.type) if rt.precision == "fp16" else None
@@ -371,12 +404,16 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
         wrapped = _wrap(model, info, rt.compile, device)
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": index + 1, "stage": plan.stage, "stage_epoch": plan.epoch, "phase": plan.name}
+        extra_before, extra_after = _paper_extra_steps(config, plan, data)
+        apply_soft_threshold_steps(model.classifier, extra_before, _decrement_per_step(config, optim))
         row.update(run_epoch(wrapped, model, loader, plan, optim, config, device, info, scaler))
+        apply_soft_threshold_steps(model.classifier, extra_after, _decrement_per_step(config, optim))
+        row.update(_sparsify_counts(history, config, plan, row["steps"], extra_before + extra_after, optim))
         row.update(_lrs(optim))
         row.update(_scoring_sheet_stats(model))
         every = config.schedule.eval_every
         if plan.stage == "classify" and data.test is not None and every and (plan.epoch % every == 0 or index == len(plans) - 1):
-            m = evaluate(model, data.test, batch_size=batch, device=device)
+            m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
             row.update(test_accuracy=m.top1_accuracy, local_size=m.local_size, abstained=m.abstained)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
@@ -393,10 +430,15 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
                  "scaler": scaler.state_dict() if scaler else None},
             )
             log.info("epoch %d/%d %s: %s", index + 1, len(plans), plan.name, _short(row))
-    return _finish(run, model, data, config, device, info, history)
+            if plan.stage == "pretrain" and (index + 1 == len(plans) or plans[index + 1].stage != "pretrain"):
+                model.save_pretrained(run.path / PRETRAINED_DIR)  # "pretrain once, classify many times"
+                log.info("end-of-pretraining model saved in %s", run.path / PRETRAINED_DIR)
+    return _finish(run, model, data, config, device, info, history, optim)
 
 
-def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, device, info: DistInfo, history) -> TrainResult:
+def _finish(
+    run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, device, info: DistInfo, history, optim: StageOptim | None
+) -> TrainResult:
     """Prune never-present prototypes, save the model, evaluate on held-out data, write metrics.json."""
     batch = config.schedule.batch_size
     projection = project(model, data.projection, k=10, batch_size=batch, device=device, progress=config.runtime.progress and info.is_main)
@@ -406,6 +448,10 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
         everywhere = prune_everywhere_prototypes(model, projection, torch.as_tensor(data.projection.targets))
         log.info("pruned %d prototypes present on >= 90%% of the images of every class (--optim.prune_everywhere): %s",
                  len(everywhere), everywhere)
+    if config.protocol == "paper" and data.test is not None:  # the published final evaluation's steps (spec 10.1)
+        steps = count_test_batches(len(data.test), batch)
+        apply_soft_threshold_steps(model.classifier, steps, _decrement_per_step(config, optim))
+        log.info("paper protocol: %d soft-threshold steps after the final pruning (one per test batch)", steps)
     metrics = None
     if info.is_main:
         model.save_pretrained(run.path)
@@ -415,7 +461,7 @@ def _finish(run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, d
                 purity = {"train": data.projection, "test": data.test_projection or data.test}
             metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
                                progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
-                               train_set=data.projection)
+                               train_set=data.projection, protocol=config.protocol)
             run.write_metrics(metrics)
             _save_thresholds(run.path, model, data, config, device)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
@@ -430,6 +476,43 @@ def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: T
 
     description = describe_data(config.data.source, config.data.root, "test", len(data.test))
     fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)
+def _describe_model(config: TrainConfig, model: PIPNet) -> None:
+    """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
+    m = model.config
+    config.model.backbone, config.model.num_features, config.model.bias = m.backbone, m.num_features, m.bias
+    config.model.backbone_kwargs = dict(m.backbone_kwargs)
+
+
+def _decrement_per_step(config: TrainConfig, optim: StageOptim | None) -> float:
+    """What one soft-threshold step of the classification phase subtracts from every classifier weight
+    (``optim.sparsify_threshold``, or its share of ``optim.soft_threshold_total``)."""
+    return optim.decrement if optim is not None and optim.classifier_schedule is not None else config.optim.sparsify_threshold
+
+
+def _paper_extra_steps(config: TrainConfig, plan: EpochPlan, data: DataBundle) -> tuple[int, int]:
+    """Soft-threshold steps the ``paper`` protocol adds before and after this epoch (spec section 10.1)."""
+    if config.protocol != "paper":
+        return 0, 0
+    num_test = len(data.test) if data.test is not None else 0
+    return steps_before_epoch(plan, config.schedule.epochs), steps_after_epoch(plan, num_test, config.schedule.batch_size)
+
+
+def _sparsify_counts(
+    history: list[dict[str, Any]], config: TrainConfig, plan: EpochPlan, steps: int, extra: int, optim: StageOptim
+) -> dict[str, Any]:
+    """Cumulative ``sparsify_steps`` and ``decrement_total`` of the run after this epoch.
+
+    Training steps of the classification phase sparsify once each (soft or hard threshold); the
+    ``paper`` protocol's extra steps are soft thresholds. ``decrement_total`` sums what the soft-threshold
+    steps subtracted from every weight (a hard threshold subtracts nothing).
+    """
+    previous = history[-1] if history else {}
+    train_steps = steps if plan.stage == "classify" else 0
+    soft_steps = (train_steps if config.optim.sparsify == "soft_threshold" else 0) + extra
+    return {
+        "sparsify_steps": int(previous.get("sparsify_steps", 0)) + train_steps + extra,
+        "decrement_total": float(previous.get("decrement_total", 0.0)) + soft_steps * _decrement_per_step(config, optim),
+    }
 
 
 def _tensorboard(path: Path):
@@ -466,7 +549,7 @@ def _lrs(optim: StageOptim) -> dict[str, float]:
 
 @torch.no_grad()
 def _scoring_sheet_stats(model: PIPNet) -> dict[str, float]:
-    w = torch.relu(model.classifier.weight) * model.prototype_mask
+    w = model.classifier_weights()
     return {"sparsity_ratio": float(sparsity_ratio(w)), "global_size": int(global_explanation_size(w))}
 
 

@@ -3,6 +3,7 @@
     RUN/config.yaml          the resolved configuration
     RUN/history.csv          one row per epoch (losses and parts, accuracies, sparsity, learning rates, time)
     RUN/checkpoints/last.pt  the resumable checkpoint (atomic)
+    RUN/pretrained/          the model at the end of pretraining (``PIPNet.from_pretrained``; ``--model.init``)
     RUN/model.safetensors    the final model, with RUN/config.json (``PIPNet.from_pretrained(RUN)``)
     RUN/metrics.json         held-out metrics of the final model
     RUN/sparsity.png         sparsity ratio and test accuracy per epoch (paper Figure 2)
