@@ -22,6 +22,7 @@ from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
 from pipnet.train.config import load_config
 from pipnet.train.run_dir import RunDir
+from pipnet.train.phases import classification_rows
 
 __all__ = ["build_report"]
 
@@ -75,7 +76,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
         path,
         model=model,
         metrics=metrics,
-        history=[r for r in history if r.get("stage") == "classify"],
+        history=classification_rows(history),
         projection=projection,
         projection_dataset=data.projection,
         explanations=explained,

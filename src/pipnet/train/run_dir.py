@@ -21,6 +21,7 @@ from typing import Any
 from pipnet.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 from pipnet.train.config import TrainConfig, dump_config, load_config
 from pipnet.utils import atomic_write
+from pipnet.train.phases import classification_rows
 
 __all__ = ["RunDir"]
 
@@ -86,7 +87,7 @@ class RunDir:
             tmp.write_text(metrics.to_json())
 
     def write_plot(self, history: list[dict[str, Any]]) -> None:
-        rows = [r for r in history if r.get("stage") == "classify"]
+        rows = classification_rows(history)
         if not rows:
             return
         from pipnet.render.png import sparsity_curve
