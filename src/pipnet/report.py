@@ -17,7 +17,8 @@ from pipnet.data import build_data
 from pipnet.diagnostics import diagnose
 from pipnet.explain import explain
 from pipnet.model import PIPNet
-from pipnet.projection import eval_mode, project
+from pipnet.inference import eval_mode
+from pipnet.projection import project
 from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
 from pipnet.train.config import load_config

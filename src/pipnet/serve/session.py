@@ -30,7 +30,8 @@ from pipnet.data.errors import ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.projection import Projection, eval_mode, project
+from pipnet.inference import eval_mode
+from pipnet.projection import Projection, project
 from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.serve.editing import ModelEditor, safe_folder_name
