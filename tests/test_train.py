@@ -131,8 +131,13 @@ def test_short_run_trains_the_right_groups_per_phase(tmp_path):
     assert (result.model.classifier.weight >= 0).all()
     # The run folder has everything a user expects.
     run = tmp_path / "run"
-    for name in ("config.yaml", "history.csv", "checkpoints/last.pt", "model.safetensors", "config.json", "metrics.json", "sparsity.png"):
+    for name in ("config.yaml", "history.csv", "checkpoints/last.pt", "model.safetensors", "config.json", "metrics.json"):
         assert (run / name).is_file(), name
+    # Training writes data only; the curve is drawn from history.csv by the command line and the report.
+    assert not (run / "sparsity.png").exists()
+    from pipnet.report import write_sparsity_plot
+
+    assert write_sparsity_plot(run) == run / "sparsity.png" and (run / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
     for column in ("loss", "align", "tanh", "classification", "train_accuracy", "test_accuracy", "sparsity_ratio", "seconds"):
         assert column in header

@@ -25,6 +25,7 @@ def test_train_on_an_image_folder_then_evaluate_and_explain(tmp_path, capsys):
     assert rc == 0, err
     model = PIPNet.from_pretrained(run)
     assert model.config.class_names == ["daisy", "rose", "tulip"]
+    assert (run / "sparsity.png").is_file()  # drawn by the command from history.csv
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_images"] == 3  # one held-out image per class (val_fraction 0.2, at least one)
     rc, err = run_cli(capsys, "evaluate", str(run))

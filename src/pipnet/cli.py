@@ -66,12 +66,20 @@ def cmd_train(argv: list[str]) -> int:
         _out(dump_config(config).rstrip())
         return 0
     result = train(config)
+    _draw_curve(result.run_dir)
     if result.metrics is not None:
         from pipnet.evaluate import format_metrics_table
 
         _out(format_metrics_table(result.metrics))
     _out(str(result.run_dir))
     return 0
+
+
+def _draw_curve(run_dir: Path) -> None:
+    """RUN/sparsity.png from the history training wrote (training itself draws nothing)."""
+    from pipnet.report import write_sparsity_plot
+
+    write_sparsity_plot(run_dir)
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -89,6 +97,7 @@ def cmd_demo(argv: list[str]) -> int:
     started = time.perf_counter()
     config = demo_config(args.out, progress=not args.no_progress)
     result = train(config)
+    _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
         from pipnet.report import build_report

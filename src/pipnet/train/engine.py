@@ -282,7 +282,6 @@ def _finish(
             _save_thresholds(run.path, model, data, config, device)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
             (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
-        run.write_plot(history)
     return TrainResult(run.path, model, metrics, data, history)
 
 
