@@ -137,6 +137,7 @@ def test_short_run_trains_the_right_groups_per_phase(tmp_path):
     assert not (run / "sparsity.png").exists()
     from pipnet.report import write_sparsity_plot
 
+    assert PIPNet.from_pretrained(run).config.preset == "default"  # the input contract is recorded in config.json
     assert write_sparsity_plot(run) == run / "sparsity.png" and (run / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
     for column in ("loss", "align", "tanh", "classification", "train_accuracy", "test_accuracy", "sparsity_ratio", "seconds"):

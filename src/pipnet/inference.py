@@ -1,17 +1,29 @@
 """Inference plumbing shared by every pass over a data set (evaluation, projection, thresholds, refit,
 explanations, the web app): the model in eval mode under ``torch.inference_mode()``, an in-order loader,
-and the images of a batch.
+the images of a batch, and the model's input contract.
+
+The input contract (one owner): a model takes S x S images (``model.config.image_size``, the size it was
+trained at) prepared with its data preset's evaluation transform (``model.config.preset``: ``grayscale``
+turns images gray). ``pipnet explain``, ``predict``, ``evaluate``, ``serve`` and ``refit`` build their inputs
+with :func:`input_transform` or :func:`fit_data_to_model`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-__all__ = ["eval_mode", "inputs_of", "make_loader"]
+from pipnet.data.augment import eval_transform
+from pipnet.data.config import DataConfig
+
+__all__ = ["eval_mode", "fit_data_to_model", "input_transform", "inputs_of", "make_loader"]
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -56,3 +68,28 @@ def make_loader(
 def inputs_of(batch: object) -> torch.Tensor:
     """The image tensor of a batch: ``x`` of ``(x, label, ...)`` or the batch itself."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch  # type: ignore[return-value]
+
+
+def input_transform(model: torch.nn.Module, fallback_preset: str = "default") -> Callable:
+    """The transform that turns a PIL image into the model's input: its size and its preset's colour handling.
+
+    Args:
+        model: a PIP-Net (reads ``config.image_size`` and ``config.preset``).
+        fallback_preset: the preset for a model that did not record one (saved before presets were
+            recorded), e.g. its run folder's ``data.preset``.
+    """
+    return eval_transform(model.config.image_size, model.config.preset or fallback_preset)
+
+
+def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:
+    """``config`` with the model's input contract (image size, and preset when recorded); a data setting
+    that differs is replaced with a warning, never silently (a model evaluated at another size than it was
+    trained at gives other numbers)."""
+    size, preset = model.config.image_size, model.config.preset
+    if config.image_size != size:
+        log.warning("the data's image size is %d, the model's %d: using %d", config.image_size, size, size)
+        config = dataclasses.replace(config, image_size=size)
+    if preset is not None and config.preset != preset:
+        log.warning("the data's preset is %s, the model was trained with %s: using %s", config.preset, preset, preset)
+        config = dataclasses.replace(config, preset=preset)
+    return config

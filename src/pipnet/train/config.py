@@ -173,7 +173,8 @@ def config_parser(prog: str = "pipnet train"):
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description="Train a PIP-Net (pretraining, then sparse classification).")
+    # print_config=None: our own --print-config (the resolved TrainConfig) replaces jsonargparse's --print_config.
+    parser = ArgumentParser(prog=prog, description="Train a PIP-Net (pretraining, then sparse classification).", print_config=None)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML preset (e.g. configs/cub.yaml)")
     parser.add_class_arguments(TrainConfig)
     return parser

@@ -151,6 +151,7 @@ def _build_model(config: TrainConfig, num_classes: int, classes: list[str], pret
         bias=m.bias,
         image_size=config.data.image_size,
         class_names=list(classes),
+        preset=config.data.preset,
         **m.backbone_kwargs,
     )
 
@@ -186,6 +187,7 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
     if initial is not None:
         model = initial
+        model.config.preset = config.data.preset  # the input contract of the data it is trained on now
     else:
         pretrained = False if (checkpoint or config.model.init) else config.model.pretrained
         model = _build_model(config, len(data.classes), data.classes, pretrained)
