@@ -40,9 +40,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.model import ModelLoadError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
+    from pipnet.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
-    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError)
+    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
+            MissingExtraError)
 
 
 def _out(line: str = "") -> None:
@@ -109,10 +111,6 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 # ---- evaluate ------------------------------------------------------------------------------------
-
-
-def _model_dir(path: str) -> Path:
-    return Path(path)
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -459,7 +457,9 @@ def cmd_serve(argv: list[str]) -> int:
     try:
         from pipnet.serve import main as serve_main
     except ImportError as e:
-        raise FileNotFoundError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
+        from pipnet.utils import MissingExtraError
+
+        raise MissingExtraError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
     return serve_main(argv)
 
 

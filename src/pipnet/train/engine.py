@@ -45,7 +45,7 @@ from pipnet.train.protocol import (
 )
 from pipnet.train.run_dir import RunDir
 from pipnet.train.step import STOPPED, NonFiniteGuard, NonFiniteLossError, train_step, training_step_losses
-from pipnet.utils import default_device
+from pipnet.utils import MissingExtraError, default_device
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "run_epoch", "training_step_losses", "uses_channels_last"]
 
@@ -305,7 +305,7 @@ def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise FileNotFoundError("--runtime.tensorboard needs TensorBoard: pip install 'pipnet[tensorboard]'") from e
+        raise MissingExtraError("--runtime.tensorboard needs TensorBoard: pip install 'pipnet[tensorboard]'") from e
     return SummaryWriter(log_dir=str(path / "tensorboard"))
 
 
