@@ -56,7 +56,7 @@ def _out(line: str = "") -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.train.config import config_from_namespace, config_parser, dump_config
+    from pipnet.train.config import config_from_namespace, config_parser, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
@@ -64,10 +64,17 @@ def cmd_train(argv: list[str]) -> int:
     parser = config_parser()
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     config = config_from_namespace(parser, parser.parse_args(argv))
+    resume_runtime = None
+    if config.resume:
+        refusal = resume_flag_error(argv)
+        if refusal:
+            parser.error(refusal)
+        given = {a.split("=", 1)[0].removeprefix("--runtime.") for a in argv if a.startswith("--runtime.")}
+        resume_runtime = {name: getattr(config.runtime, name) for name in given}
     if print_config:
         _out(dump_config(config).rstrip())
         return 0
-    result = train(config)
+    result = train(config, resume_runtime=resume_runtime)
     _draw_curve(result.run_dir)
     if result.metrics is not None:
         from pipnet.evaluate import format_metrics_table

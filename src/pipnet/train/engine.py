@@ -29,7 +29,7 @@ from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
-from pipnet.train.config import TrainConfig
+from pipnet.train.config import RESUME_RUNTIME, TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from pipnet.train.init import PRETRAINED_DIR, load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
@@ -156,12 +156,15 @@ def _build_model(config: TrainConfig, num_classes: int, classes: list[str], pret
     )
 
 
-def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
+def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime: dict[str, Any] | None = None) -> TrainResult:
     """Train a PIP-Net as the config says, writing everything to a run folder.
 
     Args:
-        config: the run's configuration (``config.resume`` continues an earlier run from its folder).
+        config: the run's configuration (``config.resume`` continues an earlier run from its folder, with
+            the settings of its config.yaml).
         data: optional pre-built data (otherwise built from ``config.data``).
+        resume_runtime: with ``config.resume``: runtime options to change for the rest of the run, only
+            those of ``RESUME_RUNTIME`` (device, workers, progress...: they do not change results).
     """
     rt = config.runtime
     info = init_distributed("cuda" if rt.device.startswith("cuda") or (rt.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -169,6 +172,10 @@ def train(config: TrainConfig, data: DataBundle | None = None) -> TrainResult:
     if resuming:
         run = RunDir.resume(config.resume)
         config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
+        for name, value in (resume_runtime or {}).items():
+            if name not in RESUME_RUNTIME:
+                raise ValueError(f"runtime.{name} cannot change on resume (only {', '.join(RESUME_RUNTIME)})")
+            setattr(config.runtime, name, value)
         rt = config.runtime
     seed_epoch(rt.seed, 0)
     if data is None:
