@@ -51,7 +51,7 @@ def measure(name: str, size: int, batch: int, precision: str, device: str) -> di
     if uses_channels_last(config):  # as ``pipnet train`` does by default (ResNets)
         model.to(memory_format=torch.channels_last)
     plan = plan_epochs(config.schedule)[-1]
-    optim = make_stage_optim(model, plan.stage, config, len(data))
+    optim = make_stage_optim(model, plan, config, len(data))
     set_trainable(model, plan)
     before = peak_rss()
     if dev.type == "cuda":

@@ -100,10 +100,10 @@ def time_variant(name: str, size: int, batch: int, steps: int, repeats: int, var
     row: list[object] = [name, size, batch, str(variant), floor / steps]
     plans = plan_epochs(config.schedule)
     for plan in (plans[0], plans[-1]):  # pretraining; classification with everything trained
-        optim = make_stage_optim(model, plan.stage, config, len(data))
+        optim = make_stage_optim(model, plan, config, len(data))
         set_trainable(model, plan)
         t = median_seconds(lambda: run_epoch(wrapped, model, data, plan, optim, config, CPU, DistInfo(), None), repeats)
-        row += [t / floor] if plan.stage == "pretrain" else [t / steps, t / floor]
+        row += [t / steps, t / floor] if plan.classification else [t / floor]
     return row
 
 
@@ -113,7 +113,7 @@ def loss_curve(name: str, size: int, batch: int, steps: int, variant: Variant) -
     config = variant.config()
     plan = plan_epochs(config.schedule)[-1]
     data = loader(batch, size, steps)
-    optim = make_stage_optim(model, plan.stage, config, len(data))
+    optim = make_stage_optim(model, plan, config, len(data))
     set_trainable(model, plan)
     losses = []
     for x1, x2, y in data:  # one-step epochs, so that every step's loss comes back

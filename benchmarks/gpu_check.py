@@ -1,7 +1,7 @@
 """A few-minute check of the CUDA path, for a machine with a GPU.
 
-1. Training steps in fp32, bf16 and fp16 (with a gradient scaler) on the same batch: losses finite and
-   close to the CPU's fp32 losses (the first step from the same weights).
+1. The training loop's own step (``pipnet.train.step.train_step``) in fp32, bf16 and fp16 (with a gradient
+   scaler) on the same batch: losses finite and close to the CPU's fp32 losses (the first step from the same weights).
 2. Training-step throughput per precision, with and without channels_last (table of ratios to fp32).
 3. Evaluation and projection throughput against plain inference.
 
@@ -22,26 +22,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table  # noqa: E402
 
 import pipnet  # noqa: E402
-from pipnet.train.config import ScheduleConfig  # noqa: E402
-from pipnet.train.engine import training_step_losses  # noqa: E402
+from pipnet.train.config import ScheduleConfig, TrainConfig  # noqa: E402
+from pipnet.train.optim import make_stage_optim, set_trainable  # noqa: E402
 from pipnet.train.phases import plan_epochs  # noqa: E402
+from pipnet.train.step import train_step  # noqa: E402
 
 
-def step(model, x, y, plan, precision, device, scaler=None, opt=None):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        out = model(x)
-    parts = training_step_losses(out, y, plan, model.classifier.multiplier)
-    loss = parts["loss"]
-    if opt is not None:
-        opt.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+def step(model, x, y, plan, precision, optim, scaler=None):
+    """The training loop's own step (losses, backward, optimisers, schedules, soft threshold); its losses."""
+    parts = train_step(model, model, x, y, plan, optim, precision=precision, scaler=scaler, classifier_epoch=0.0).parts
     return {k: float(v) for k, v in parts.items()}
+
+
+def fresh(model, plan, config):
+    """The model's trainable groups set as the plan says, and a fresh optimiser for its stage."""
+    set_trainable(model, plan)
+    return make_stage_optim(model, plan, config, iters=100)
 
 
 def main() -> None:
@@ -56,29 +52,29 @@ def main() -> None:
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     base = pipnet.create_model(args.backbone, 10)
-    plan = plan_epochs(ScheduleConfig(epochs_pretrain=1, epochs=20, freeze_epochs=4))[-1]
+    config = TrainConfig(schedule=ScheduleConfig(epochs_pretrain=1, epochs=20, freeze_epochs=4))
+    plan = plan_epochs(config.schedule)[-1]
     x = torch.randn(2 * args.batch, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
-    with torch.no_grad():
-        cpu_parts = step(copy.deepcopy(base).train(), x[:8], y[:4], plan, "fp32", torch.device("cpu"))
+    cpu_model = copy.deepcopy(base).train()
+    cpu_parts = step(cpu_model, x[:8], y[:4], plan, "fp32", fresh(cpu_model, plan, config))  # losses before its update
     rows, speed = [], {}
     for precision in ("fp32", "bf16", "fp16"):
         for channels_last in (False, True):
             model = copy.deepcopy(base).to(cuda).train()
             if channels_last:
                 model.to(memory_format=torch.channels_last)
-            with torch.no_grad():
-                first = step(model, x[:8].to(cuda), y[:4].to(cuda), plan, precision, cuda)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            optim = fresh(model, plan, config)
             scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+            first = step(model, x[:8].to(cuda), y[:4].to(cuda), plan, precision, optim, scaler)  # from the CPU's weights
             xb, yb = x.to(cuda), y.to(cuda)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            step(model, xb, yb, plan, precision, cuda, scaler, opt)
+            step(model, xb, yb, plan, precision, optim, scaler)
             torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(args.steps):
-                last = step(model, xb, yb, plan, precision, cuda, scaler, opt)
+                last = step(model, xb, yb, plan, precision, optim, scaler)
             torch.cuda.synchronize()
             rate = args.steps * args.batch / (time.perf_counter() - start)
             speed[(precision, channels_last)] = rate

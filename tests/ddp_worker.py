@@ -6,7 +6,7 @@ import torch
 
 import pipnet
 from pipnet.train.distributed import init_distributed
-from pipnet.train.engine import training_step_losses
+from pipnet.train.step import training_step_losses
 from pipnet.train.phases import plan_epochs
 from pipnet.train.config import ScheduleConfig
 

@@ -3,10 +3,13 @@
 import json
 import re
 
+import pytest
+
 from pipnet import PIPNet
 from pipnet.cli import main
 
 
+@pytest.mark.slow
 def test_demo_learns_and_writes_its_run_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0

@@ -29,7 +29,8 @@ from pipnet.export import check_export, export_model
 from pipnet.metrics import ood_thresholds, predictions
 from pipnet.model import PIPNet
 from pipnet.patches import patch_boxes
-from pipnet.projection import eval_mode, project
+from pipnet.inference import eval_mode
+from pipnet.projection import project
 from pipnet.report import build_report
 from pipnet.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
 from pipnet.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask

@@ -22,6 +22,7 @@ def _torchrun(args, cwd, timeout=240):
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_process_losses_and_gradients_equal_one_process(tmp_path):
     done = _torchrun([str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,6 +45,7 @@ def test_two_process_losses_and_gradients_equal_one_process(tmp_path):
         assert torch.equal(ranks[0]["grads"][k], ranks[1]["grads"][k])
 
 
+@pytest.mark.slow
 def test_torchrun_training_completes(tmp_path):
     from test_train import tiny_config
 
@@ -100,6 +102,7 @@ def _assert_same_training(one: Path, two: Path) -> None:
         assert m1[key] == pytest.approx(m2[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process(tmp_path):
     """Same global batches, same per-image augmentation, the global-batch tanh loss and averaged
     gradients: a 2-process torchrun run ends with the single-process run's losses, weights and metrics
@@ -113,6 +116,7 @@ def test_two_processes_train_like_one_process(tmp_path):
     _assert_same_training(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_with_torchrun(tmp_path):
     import os
     import signal

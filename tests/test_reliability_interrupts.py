@@ -43,6 +43,7 @@ def _kill_when(args: list[str], ready, delay: float) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_three_sigkills_at_random_moments_then_resume_gives_identical_weights(tmp_path):
     rng = random.Random(int(os.environ.get("PIPNET_KILL_SEED", "0")))
     train(tiny_config(tmp_path / "straight", **EPOCHS))

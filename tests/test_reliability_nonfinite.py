@@ -90,7 +90,7 @@ def test_skip_mode_stops_when_a_whole_epoch_is_non_finite(tmp_path):
 
 def test_the_guard_names_the_first_bad_step_and_its_parts():
     """The stop mode records bad steps on the device and looks only every log_every steps."""
-    from pipnet.train.engine import _NonFiniteGuard
+    from pipnet.train.step import NonFiniteGuard as _NonFiniteGuard
     from pipnet.train.phases import plan_epochs
 
     plan = plan_epochs(tiny_config("unused").schedule)[0]

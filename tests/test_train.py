@@ -50,6 +50,13 @@ def test_schedule_table_matches_the_spec():
     assert cls[3].trains == {"to_train", "to_freeze", "add_on", "classifier"}
     assert cls[3].loss_weights == {"align": 5, "tanh": 2, "classification": 2}
     assert all(p.name == "full" and "backbone" in p.trains for p in cls[10:])
+    # What else each stage declares: its data, batch size, schedule length, sparsification, warm restarts, evaluation.
+    assert {(p.data, p.batch_size, p.stage_epochs, p.sparsify, p.classifier_schedule, p.evaluate) for p in pre} == {
+        ("pretrain", 128, 10, False, False, False)}
+    assert {(p.data, p.batch_size, p.stage_epochs, p.sparsify, p.classifier_schedule, p.evaluate) for p in cls} == {
+        ("train", 64, 60, True, True, True)}
+    assert [p.saves_model_at_end for p in (pre[0], cls[0])] == [True, False]
+    assert [p.trains_net for p in (pre[0], cls[0], cls[3])] == [True, False, True]
     # Without pretraining (and no loaded PIP-Net) there are no classifier-only epochs.
     assert plan_epochs(ScheduleConfig(epochs_pretrain=0, epochs=4))[0].name == "frozen_backbone"
     assert plan_epochs(ScheduleConfig(epochs_pretrain=0, epochs=4), pretrained_pipnet=True)[0].name == "classifier_only"
@@ -83,7 +90,7 @@ def test_learning_rates_and_groups(tmp_path):
     ids = {name: {id(p) for p in params} for name, params in groups.items()}
     assert {id(p) for p in model.backbone.layer4[2].parameters()} == ids["to_train"]
     assert {id(p) for p in model.backbone.layer1.parameters()} <= ids["never"]
-    optim = make_stage_optim(model, "classify", cfg, iters=10)
+    optim = make_stage_optim(model, plan_epochs(cfg.schedule)[-1], cfg, iters=10)
     lrs = {g["name"]: g["lr"] for g in optim.net.param_groups}
     assert lrs == {"to_train": 5e-4, "to_freeze": 5e-4, "backbone": 5e-4, "add_on": 5e-3}
     assert optim.classifier.param_groups[0]["lr"] == 0.05
@@ -124,8 +131,14 @@ def test_short_run_trains_the_right_groups_per_phase(tmp_path):
     assert (result.model.classifier.weight >= 0).all()
     # The run folder has everything a user expects.
     run = tmp_path / "run"
-    for name in ("config.yaml", "history.csv", "checkpoints/last.pt", "model.safetensors", "config.json", "metrics.json", "sparsity.png"):
+    for name in ("config.yaml", "history.csv", "checkpoints/last.pt", "model.safetensors", "config.json", "metrics.json"):
         assert (run / name).is_file(), name
+    # Training writes data only; the curve is drawn from history.csv by the command line and the report.
+    assert not (run / "sparsity.png").exists()
+    from pipnet.report import write_sparsity_plot
+
+    assert PIPNet.from_pretrained(run).config.preset == "default"  # the input contract is recorded in config.json
+    assert write_sparsity_plot(run) == run / "sparsity.png" and (run / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
     for column in ("loss", "align", "tanh", "classification", "train_accuracy", "test_accuracy", "sparsity_ratio", "seconds"):
         assert column in header
@@ -169,7 +182,8 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
-    resumed = train(TrainConfig(resume=str(tmp_path / "killed")))
+    # Result-neutral runtime options may change on resume (pipnet train --resume RUN --runtime.log_every 3).
+    resumed = train(TrainConfig(resume=str(tmp_path / "killed")), resume_runtime={"log_every": 3, "progress": False})
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -185,6 +199,8 @@ def test_resume_errors(tmp_path):
     train(tiny_config(tmp_path / "done", epochs_pretrain=1, epochs=1))
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_config(tmp_path / "done", epochs_pretrain=1, epochs=1))
+    with pytest.raises(ValueError, match="runtime.seed cannot change on resume"):
+        train(TrainConfig(resume=str(tmp_path / "done")), resume_runtime={"seed": 1})
     (tmp_path / "done" / "checkpoints" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         train(TrainConfig(resume=str(tmp_path / "done")))
@@ -225,7 +241,7 @@ def test_bf16_training_follows_the_fp32_loss_curve():
         config = TrainConfig(schedule=ScheduleConfig(epochs_pretrain=1, epochs=4, freeze_epochs=1),
                              runtime=RuntimeConfig(precision=precision, progress=False, channels_last=False))
         plan = plan_epochs(config.schedule)[-1]
-        optim = make_stage_optim(model, plan.stage, config, len(steps))
+        optim = make_stage_optim(model, plan, config, len(steps))
         set_trainable(model, plan)
         curves[precision] = [
             run_epoch(model, model, DataLoader(TensorDataset(*batch), batch_size=8), plan, optim, config,

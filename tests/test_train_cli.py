@@ -25,6 +25,7 @@ def test_train_on_an_image_folder_then_evaluate_and_explain(tmp_path, capsys):
     assert rc == 0, err
     model = PIPNet.from_pretrained(run)
     assert model.config.class_names == ["daisy", "rose", "tulip"]
+    assert (run / "sparsity.png").is_file()  # drawn by the command from history.csv
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_images"] == 3  # one held-out image per class (val_fraction 0.2, at least one)
     rc, err = run_cli(capsys, "evaluate", str(run))
@@ -44,3 +45,15 @@ def test_train_on_a_cub_layout(tmp_path, capsys, cub_root):  # noqa: F811
     assert metrics["num_images"] == 3  # CUB's own split: the even image ids
     assert any(k.startswith("test_top") for k in metrics["purity"])  # CUB parts give purity (top-k, k <= images)
     assert PIPNet.from_pretrained(run).num_classes == 3
+
+
+def test_resume_accepts_only_runtime_options_that_do_not_change_results(tmp_path, capsys):
+    from pipnet.train.config import RESUME_RUNTIME, resume_flag_error
+
+    assert resume_flag_error(["--resume", "RUN", "--runtime.device", "cpu", "--runtime.progress=false"]) is None
+    assert set(RESUME_RUNTIME) == {"device", "num_workers", "prefetch", "progress", "log_every", "tensorboard"}
+    for flag in ("--schedule.epochs", "--runtime.seed", "--runtime.precision", "--config", "--data.root"):
+        assert flag in resume_flag_error(["--resume", "RUN", flag, "3"])
+    rc, err = run_cli(capsys, "train", "--resume", str(tmp_path), "--schedule.epochs", "3")
+    assert rc == 2
+    assert "--schedule.epochs cannot be given with --resume" in err and "Traceback" not in err

@@ -40,9 +40,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.model import ModelLoadError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
+    from pipnet.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
-    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError)
+    return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
+            MissingExtraError)
 
 
 def _out(line: str = "") -> None:
@@ -54,7 +56,7 @@ def _out(line: str = "") -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.train.config import config_from_namespace, config_parser, dump_config
+    from pipnet.train.config import config_from_namespace, config_parser, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
@@ -62,16 +64,31 @@ def cmd_train(argv: list[str]) -> int:
     parser = config_parser()
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     config = config_from_namespace(parser, parser.parse_args(argv))
+    resume_runtime = None
+    if config.resume:
+        refusal = resume_flag_error(argv)
+        if refusal:
+            parser.error(refusal)
+        given = {a.split("=", 1)[0].removeprefix("--runtime.") for a in argv if a.startswith("--runtime.")}
+        resume_runtime = {name: getattr(config.runtime, name) for name in given}
     if print_config:
         _out(dump_config(config).rstrip())
         return 0
-    result = train(config)
+    result = train(config, resume_runtime=resume_runtime)
+    _draw_curve(result.run_dir)
     if result.metrics is not None:
         from pipnet.evaluate import format_metrics_table
 
         _out(format_metrics_table(result.metrics))
     _out(str(result.run_dir))
     return 0
+
+
+def _draw_curve(run_dir: Path) -> None:
+    """RUN/sparsity.png from the history training wrote (training itself draws nothing)."""
+    from pipnet.report import write_sparsity_plot
+
+    write_sparsity_plot(run_dir)
 
 
 def cmd_demo(argv: list[str]) -> int:
@@ -89,6 +106,7 @@ def cmd_demo(argv: list[str]) -> int:
     started = time.perf_counter()
     config = demo_config(args.out, progress=not args.no_progress)
     result = train(config)
+    _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
         from pipnet.report import build_report
@@ -100,10 +118,6 @@ def cmd_demo(argv: list[str]) -> int:
 
 
 # ---- evaluate ------------------------------------------------------------------------------------
-
-
-def _model_dir(path: str) -> Path:
-    return Path(path)
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -124,6 +138,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
     parser.add_argument("--tpr", type=float, default=0.95,
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -131,6 +146,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 
     from pipnet.data import build_data
     from pipnet.evaluate import evaluate, format_metrics_table
+    from pipnet.inference import fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
 
     model = PIPNet.from_pretrained(raw.model)
@@ -147,7 +163,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     else:
         data_config = parser.instantiate(raw).data
     data_config.ood = list(data_config.ood) + list(raw.ood)
-    data = build_data(data_config)
+    data = build_data(fit_data_to_model(data_config, model))
     if len(data.classes) != model.num_classes:
         raise ModelLoadError(f"{raw.model} has {model.num_classes} classes but the data has {len(data.classes)}; "
                              "give the model's own data with --data.source / --data.root")
@@ -156,7 +172,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device,
-                       progress=True, protocol=protocol, mask_sets=data.mask_sets() or None, train_set=data.projection)
+                       progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
+                       train_set=data.projection)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())
@@ -182,9 +199,9 @@ def cmd_explain(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from pipnet.data.augment import eval_transform
     from pipnet.data.images import load_image
     from pipnet.explain import explain
+    from pipnet.inference import input_transform
     from pipnet.model import PIPNet
     from pipnet.render.png import explanation_figure
 
@@ -194,7 +211,7 @@ def cmd_explain(argv: list[str]) -> int:
     thresholds = load_thresholds(args.model, model.num_classes)
     if thresholds is None:
         warn_without_thresholds(args.model)
-    transform = eval_transform(model.config.image_size, "default")
+    transform = input_transform(model, fallback_preset=_run_preset(args.model))
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +240,8 @@ def cmd_explain(argv: list[str]) -> int:
 
 
 def _run_preset(model_dir: str) -> str:
-    """The augmentation preset of a run folder's data (its eval transform), or ``default``."""
+    """The augmentation preset of a run folder's data, or ``default``: the fallback for a model saved before
+    config.json recorded its preset (see :func:`pipnet.inference.input_transform`)."""
     run_config = Path(model_dir) / "config.yaml"
     if not run_config.is_file():
         return "default"
@@ -301,6 +319,7 @@ def cmd_refit(argv: list[str]) -> int:
 
     from pipnet.data import build_data
     from pipnet.data.errors import DataError
+    from pipnet.inference import fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
     from pipnet.thresholds import describe_data
@@ -317,8 +336,7 @@ def cmd_refit(argv: list[str]) -> int:
     data_config = data_config / "config.yaml" if data_config.is_dir() else data_config
     if not data_config.is_file():
         raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
-    config = load_config(str(data_config)).data
-    config.image_size = model.config.image_size
+    config = fit_data_to_model(load_config(str(data_config)).data, model)
     data = build_data(config)
     if data.test is None:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
@@ -360,10 +378,11 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("run_dir", help="a finished run folder")
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from pipnet.report import build_report
 
-    _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=True)))
+    _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
 
 
@@ -445,7 +464,9 @@ def cmd_serve(argv: list[str]) -> int:
     try:
         from pipnet.serve import main as serve_main
     except ImportError as e:
-        raise FileNotFoundError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
+        from pipnet.utils import MissingExtraError
+
+        raise MissingExtraError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
     return serve_main(argv)
 
 

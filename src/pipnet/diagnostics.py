@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from pipnet.train.phases import classification_rows
 
 __all__ = ["Finding", "PAPER_DECREMENT", "classification_steps", "diagnose"]
 
@@ -74,7 +75,7 @@ def classification_steps(history: Sequence[Mapping[str, Any]], config: Any, num_
     ``optim.soft_threshold_total`` set, that total spread over ``schedule.epochs`` x steps per epoch
     (``hard_threshold`` subtracts nothing). None when neither is possible.
     """
-    rows = [r for r in history if r.get("stage") == "classify"]
+    rows = classification_rows(history)
     last = rows[-1] if rows else (history[-1] if history else {})
     steps, total = _number(last.get("sparsify_steps")), _number(last.get("decrement_total"))
     if not math.isnan(steps) and not math.isnan(total):
@@ -148,7 +149,7 @@ def _everywhere(metrics: Mapping[str, Any], config: Any) -> Finding | None:
 
 
 def _train_accuracy(history: Sequence[Mapping[str, Any]]) -> Finding | None:
-    acc = [_number(r.get("train_accuracy")) for r in history if r.get("stage") == "classify"]
+    acc = [_number(r.get("train_accuracy")) for r in classification_rows(history)]
     acc = [a for a in acc if not math.isnan(a)]
     if not acc:
         return None

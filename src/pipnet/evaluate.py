@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.patches import patch_boxes, patch_boxes_paper
-from pipnet.projection import Projection, eval_mode, everywhere_prototypes, inputs_of, make_loader, project
+from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.projection import Projection, everywhere_prototypes, project
 
 __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
            "purity_of_projection"]

@@ -17,7 +17,7 @@ import torch
 
 from pipnet.model import PRESENCE_THRESHOLD, RELEVANCE_THRESHOLD, PIPNet
 from pipnet.patches import boxes_from_heatmaps, patch_boxes
-from pipnet.projection import eval_mode
+from pipnet.inference import eval_mode
 
 __all__ = [
     "ClassExplanation",

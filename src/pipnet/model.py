@@ -42,6 +42,9 @@ class PIPNetConfig:
         backbone_kwargs: extra arguments of the backbone builder (e.g. ``output_stride`` for timm).
         class_names: optional names of the C classes.
         disabled_prototypes: prototypes switched off (their presence is zeroed before the classifier).
+        preset: the input contract's colour handling: the data preset the model was trained with
+            (``grayscale`` turns inputs gray; every other preset feeds RGB). None: not recorded (models
+            saved before it was); see :func:`pipnet.inference.input_transform`.
     """
 
     backbone: str = "convnext_tiny_26"
@@ -52,6 +55,7 @@ class PIPNetConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] | None = None
     disabled_prototypes: list[int] = field(default_factory=list)
+    preset: str | None = None
 
     def describe_backbone(self) -> str:
         """The backbone's name with its builder arguments, e.g. ``efficientnet_lite0 (stages=4)``."""
@@ -274,6 +278,7 @@ def create_model(
     bias: bool = False,
     image_size: int = 224,
     class_names: list[str] | None = None,
+    preset: str | None = None,
     **backbone_kwargs: Any,
 ) -> PIPNet:
     """Build a PIP-Net.
@@ -286,6 +291,7 @@ def create_model(
         bias: give the classifier a non-negative bias (off in the paper).
         image_size: the input size the model is meant for (recorded in the config).
         class_names: optional class names, saved with the model.
+        preset: the data preset the model is trained with (recorded; decides its inputs' colour handling).
         **backbone_kwargs: passed to the backbone builder (e.g. ``output_stride=16`` for timm models).
     """
     config = PIPNetConfig(
@@ -296,6 +302,7 @@ def create_model(
         image_size=image_size,
         backbone_kwargs=dict(backbone_kwargs),
         class_names=class_names,
+        preset=preset,
     )
     return PIPNet(config, create_backbone(backbone, pretrained=pretrained, **backbone_kwargs))
 

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from pipnet.data.augment import eval_transform
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
 from pipnet.explain import explain
+from pipnet.inference import input_transform
 from pipnet.model import PIPNet
 from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 from pipnet.utils import default_device
@@ -116,7 +116,8 @@ def predict(
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
-        preset: the evaluation transform's preset (``grayscale`` for gray data); files only.
+        preset: files only: the evaluation preset for a model whose config.json does not record its own
+            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.inference.input_transform`).
         device: where to run a model loaded from a folder (default: CUDA when present); a ``PIPNet`` given
             runs where it is (it is never moved).
         progress: show a progress bar.
@@ -137,7 +138,7 @@ def predict(
         total = -(-len(inputs) // batch_size)  # type: ignore[arg-type]
     else:
         files = find_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
-        batches = _file_batches(files, eval_transform(model.config.image_size, preset), batch_size)
+        batches = _file_batches(files, input_transform(model, fallback_preset=preset), batch_size)
         total = -(-len(files) // batch_size)
     limits = thresholds.tensor() if isinstance(thresholds, Thresholds) else None
     results: list[Prediction] = []

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.projection import eval_mode, inputs_of, make_loader
+from pipnet.inference import eval_mode, inputs_of, make_loader
 
 __all__ = [
     "EDIT_LOG",

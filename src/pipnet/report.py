@@ -17,13 +17,15 @@ from pipnet.data import build_data
 from pipnet.diagnostics import diagnose
 from pipnet.explain import explain
 from pipnet.model import PIPNet
-from pipnet.projection import eval_mode, project
+from pipnet.inference import eval_mode
+from pipnet.projection import project
 from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
 from pipnet.train.config import load_config
 from pipnet.train.run_dir import RunDir
+from pipnet.train.phases import classification_rows
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "write_sparsity_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,25 @@ def _latest_evaluation(run_dir: Path, metrics_path: Path) -> dict | None:
             "ood": evaluation.get("ood", {})}
 
 
+def write_sparsity_plot(run_dir: str | Path) -> Path | None:
+    """Draw ``RUN/sparsity.png`` (paper Figure 2) from ``RUN/history.csv``; None when no classification epoch ran.
+
+    Training writes only the data (``history.csv``); ``pipnet train``, ``pipnet demo`` and ``pipnet report``
+    draw the picture with this.
+    """
+    from pipnet.render.png import sparsity_curve
+    from pipnet.train.run_dir import read_history
+    from pipnet.utils import atomic_write
+
+    rows = classification_rows(read_history(Path(run_dir)))
+    if not rows:
+        return None
+    path = Path(run_dir) / "sparsity.png"
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(sparsity_curve(rows))
+    return path
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path."""
     run_dir = Path(run_dir)
@@ -69,13 +90,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     if latest is not None:
         metrics = {**(metrics or {}), "latest pipnet evaluate": latest}
     history = RunDir(run_dir, config).read_history()
+    write_sparsity_plot(run_dir)
     findings = diagnose(history, config, metrics, num_train_images=len(data.train))
     path = Path(out) if out else run_dir / "report.html"
     write_report(
         path,
         model=model,
         metrics=metrics,
-        history=[r for r in history if r.get("stage") == "classify"],
+        history=classification_rows(history),
         projection=projection,
         projection_dataset=data.projection,
         explanations=explained,

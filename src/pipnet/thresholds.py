@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from pipnet import metrics as M
 from pipnet.model import ModelLoadError, PIPNet
-from pipnet.projection import eval_mode, inputs_of, make_loader
+from pipnet.inference import eval_mode, inputs_of, make_loader
 from pipnet.utils import atomic_write
 
 __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds", "unknown_mask", "warn_without_thresholds",

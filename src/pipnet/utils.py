@@ -13,7 +13,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "default_device", "load_tensors"]
+__all__ = ["MissingExtraError", "atomic_write", "default_device", "load_tensors"]
+
+
+class MissingExtraError(ImportError):
+    """An optional feature's packages are not installed; the message names the ``pip install`` that adds them."""
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Pictures of PIP-Net's explanations (paper Figures 2, 3 and 4), drawn with PIL; matplotlib only for the plot.
+"""Pictures of PIP-Net's explanations (paper Figures 2, 3 and 4), drawn with PIL.
 
 Every function takes data (an :class:`~pipnet.explain.ImageExplanation`, a
 :class:`~pipnet.projection.Projection`, a training history) and returns a new image; nothing is computed
@@ -344,34 +344,65 @@ def _column(history: History, keys: Sequence[str]) -> tuple[str, list[float]] | 
 
 
 def sparsity_curve(history: History) -> bytes:
-    """Paper Figure 2: sparsity ratio and test accuracy per epoch, as PNG bytes.
+    """Paper Figure 2: sparsity ratio and test accuracy per epoch, as PNG bytes (600 x 320, drawn with PIL).
 
     Args:
         history: per-epoch rows (dicts, e.g. from ``csv.DictReader``) or a dict of columns. Read columns:
             ``epoch`` (else 1, 2, ...), sparsity from the first of ``sparsity`` / ``sparsity_ratio``, accuracy
             from the first of ``test_top1`` / ``test_accuracy`` / ``test_acc`` / ``val_top1`` / ``top1`` /
-            ``accuracy``. Values in [0, 1] or percent, as given.
+            ``accuracy``. Values in [0, 1] or percent, as given; a blank cell leaves a gap in its line.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas draws the PNG
-
     sparsity, accuracy = _column(history, SPARSITY_KEYS), _column(history, ACCURACY_KEYS)
     length = max(len(c[1]) for c in (sparsity, accuracy) if c) if (sparsity or accuracy) else 0
     epochs_col = _column(history, EPOCH_KEYS)
-    epochs = epochs_col[1] if epochs_col else list(range(1, length + 1))
+    epochs = epochs_col[1] if epochs_col else [float(e) for e in range(1, length + 1)]
+    lines = [(c, colour, label) for c, colour, label in ((sparsity, (31, 119, 180), "sparsity ratio"),
+                                                         (accuracy, (255, 127, 14), "test accuracy")) if c is not None]
 
-    fig = Figure(figsize=(6, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    for column, colour, label in ((sparsity, "tab:blue", "sparsity ratio"), (accuracy, "tab:orange", "test accuracy")):
-        if column is not None:
-            ax.plot(epochs[: len(column[1])], column[1], marker=".", color=colour, label=f"{label} ({column[0]})")
-    ax.set_xlabel("epoch")
-    ax.set_title("Sparsity of the scoring sheet and test accuracy per epoch")
-    ax.grid(alpha=0.3)
-    if sparsity or accuracy:
-        ax.legend(loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "no sparsity or accuracy column in the history", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
+    image = Image.new("RGB", (600, 320), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = 50, 32, 585, 280  # the plot area
+    draw.text((300, 8), "Sparsity of the scoring sheet and test accuracy per epoch", fill=INK, font=font(13), anchor="mt")
+    draw.text(((left + right) // 2, 312), "epoch", fill=INK, font=font(12), anchor="mb")
+    draw.rectangle((left, top, right, bottom), outline=MUTED)
+    values = [v for c, _, _ in lines for v in c[1] if not np.isnan(v)]
+    xs = [e for e in epochs[:length] if not np.isnan(e)]
+    if not values or not xs:
+        draw.text(((left + right) // 2, (top + bottom) // 2), "no sparsity or accuracy column in the history", fill=MUTED,
+                  font=font(12), anchor="mm")
+        return _png(image)
+    y_max = 100.0 if max(values) > 1.0 else 1.0
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x_lo) / (x_hi - x_lo) * (right - left), bottom - y / y_max * (bottom - top)
+
+    for i in range(6):  # horizontal grid and y labels
+        y = y_max * i / 5
+        _, py = at(x_lo, y)
+        draw.line((left, py, right, py), fill=(225, 225, 225))
+        draw.text((left - 5, py), f"{y:g}", fill=INK, font=font(11), anchor="rm")
+    step = max(1, int(np.ceil((x_hi - x_lo) / 10)))
+    for x in np.arange(x_lo, x_hi + 1e-9, step):  # x ticks
+        px, _ = at(float(x), 0.0)
+        draw.line((px, bottom, px, bottom + 4), fill=MUTED)
+        draw.text((px, bottom + 6), f"{x:g}", fill=INK, font=font(11), anchor="mt")
+    for (name, column), colour, _ in lines:
+        points = [at(x, y) if not (np.isnan(x) or np.isnan(y)) else None for x, y in zip(epochs, column)]
+        for a, b in zip(points, points[1:]):
+            if a is not None and b is not None:  # a blank cell breaks the line
+                draw.line((a, b), fill=colour, width=2)
+        for point in points:
+            if point is not None:
+                draw.ellipse((point[0] - 2.5, point[1] - 2.5, point[0] + 2.5, point[1] + 2.5), fill=colour)
+    for row, ((name, _), colour, label) in enumerate(reversed(lines)):  # legend, lower right
+        y = bottom - 14 - 18 * row
+        draw.line((right - 200, y, right - 180, y), fill=colour, width=2)
+        draw.text((right - 175, y), f"{label} ({name})", fill=INK, font=font(11), anchor="lm")
+    return _png(image)
+
+
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()

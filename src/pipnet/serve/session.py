@@ -9,7 +9,6 @@ here knows about HTTP; the web app serialises calls with :attr:`Explorer.lock`.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import tempfile
@@ -24,13 +23,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from pipnet.data import build_data, eval_transform, load_image
+from pipnet.data import build_data, load_image
 from pipnet.data.config import DataConfig
 from pipnet.data.errors import ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.projection import Projection, eval_mode, project
+from pipnet.inference import eval_mode, fit_data_to_model, input_transform
+from pipnet.projection import Projection, project
 from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.serve.editing import ModelEditor, safe_folder_name
@@ -106,8 +106,7 @@ class Explorer:
         self.lock = threading.RLock()
         self.data = self._load_data(data)
         self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
-        preset = self.data.config.preset if self.data else "default"
-        self.transform = eval_transform(self.model.config.image_size, preset)
+        self.transform = input_transform(self.model, fallback_preset=self.data.config.preset if self.data else "default")
         self.shown: Shown | None = None
         self._serial = 0
         self._cache: dict[tuple, object] = {}
@@ -146,10 +145,7 @@ class Explorer:
             from pipnet.train.config import load_config
 
             config = load_config(str(config_path)).data
-        size = self.model.config.image_size
-        if config.image_size != size:
-            log.warning("the data's image size is %d, the model's %d: using %d", config.image_size, size, size)
-            config = dataclasses.replace(config, image_size=size)
+        config = fit_data_to_model(config, self.model)
         bundle = build_data(config)
         log.info("projecting %d training images for the prototype gallery", len(bundle.projection))
         projection = project(self.editor.original, bundle.projection, k=self.gallery_k, device=self.device)

@@ -1,6 +1,17 @@
-"""Training: the schedule as data (phases), the loop (engine), run folders and resumable checkpoints."""
+"""Training: the schedule as data (phases), the loop (engine), run folders and resumable checkpoints.
+
+``train`` and ``TrainResult`` load the loop on first use, so that the schedule's vocabulary
+(:mod:`pipnet.train.phases`) can be read by lower layers (diagnostics) without importing the loop.
+"""
 
 from pipnet.train.config import TrainConfig
-from pipnet.train.engine import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def __getattr__(name: str):
+    if name in ("train", "TrainResult"):
+        from pipnet.train import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'pipnet.train' has no attribute {name!r}")

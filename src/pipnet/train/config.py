@@ -137,13 +137,34 @@ class RuntimeConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
+# Runtime options that do not change a run's results: the only settings ``--resume`` accepts (a resumed run
+# otherwise keeps every setting of its config.yaml).
+RESUME_RUNTIME = ("device", "num_workers", "prefetch", "progress", "log_every", "tensorboard")
+
+
+def resume_flag_error(argv: list[str]) -> str | None:
+    """The one-line refusal for a flag given with ``--resume`` that could change the resumed run, or None.
+
+    Args:
+        argv: the command line of ``pipnet train`` (``--name value`` or ``--name=value``).
+    """
+    allowed = {"--resume", "--print-config", *(f"--runtime.{name}" for name in RESUME_RUNTIME)}
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag not in allowed:
+            return (f"{flag} cannot be given with --resume: a resumed run keeps the settings of its config.yaml; "
+                    f"only {', '.join(f'--runtime.{n}' for n in RESUME_RUNTIME)} may change")
+    return None
+
+
 @dataclass
 class TrainConfig:
     """A whole training run.
 
     Args:
         out: the run folder (default: a new folder under ``./runs``).
-        resume: continue the run in this folder from its last completed epoch.
+        resume: continue the run in this folder from its last completed epoch, with its own settings
+            (only the runtime options in ``RESUME_RUNTIME``, which do not change results, may be changed).
         protocol: ``default`` (spec sections 4-7) or ``paper``: how the published numbers were made (spec
             section 10): one extra soft-threshold step per test batch after every classification epoch
             (and after the final pruning) plus one before classification epochs 30, 60, ... and the last,
@@ -173,7 +194,8 @@ def config_parser(prog: str = "pipnet train"):
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description="Train a PIP-Net (pretraining, then sparse classification).")
+    # print_config=None: our own --print-config (the resolved TrainConfig) replaces jsonargparse's --print_config.
+    parser = ArgumentParser(prog=prog, description="Train a PIP-Net (pretraining, then sparse classification).", print_config=None)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML preset (e.g. configs/cub.yaml)")
     parser.add_class_arguments(TrainConfig)
     return parser

@@ -14,7 +14,7 @@ from torch import nn
 
 from pipnet.model import PIPNet
 from pipnet.train.config import TrainConfig
-from pipnet.train.phases import EpochPlan
+from pipnet.train.phases import GROUPS, EpochPlan
 
 __all__ = ["SPARSIFIERS", "StageOptim", "hard_threshold_", "make_stage_optim", "parameter_groups", "sparsify_amount", "set_trainable", "soft_threshold_"]
 
@@ -72,7 +72,7 @@ class StageOptim:
 
 def parameter_groups(model: PIPNet) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by group: to_train, to_freeze, backbone, add_on, classifier, never."""
-    groups: dict[str, list[nn.Parameter]] = {g: [] for g in ("to_train", "to_freeze", "backbone", "add_on", "classifier", "never")}
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in (*GROUPS, "never")}
     for name, p in model.backbone.named_parameters():
         groups[model.backbone.group_of(name) or "never"].append(p)
     groups["add_on"] = list(model.add_on.parameters())
@@ -89,9 +89,14 @@ def sparsify_amount(config: TrainConfig, iters: int) -> float:
     return o.soft_threshold_total / max(1, s.epochs * iters)
 
 
-def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int) -> StageOptim:
-    """Fresh AdamW optimisers and cosine schedules for a stage (spec section 4)."""
-    o, s = config.optim, config.schedule
+def make_stage_optim(model: PIPNet, plan: EpochPlan, config: TrainConfig, iters: int) -> StageOptim:
+    """Fresh AdamW optimisers and cosine schedules for the stage that ``plan`` starts (spec section 4).
+
+    The net's cosine schedule spans the stage's ``plan.stage_epochs x iters`` steps and ends at 1/100 of
+    ``plan.net_lr_floor``; the classifier gets warm restarts (period 5, or 10 beyond 30 epochs) when
+    ``plan.classifier_schedule``.
+    """
+    o = config.optim
     g = parameter_groups(model)
     net_groups = [
         {"params": g["to_train"], "lr": o.lr_block, "name": "to_train"},
@@ -105,17 +110,13 @@ def make_stage_optim(model: PIPNet, stage: str, config: TrainConfig, iters: int)
     classifier = torch.optim.AdamW(
         [{"params": g["classifier"], "lr": o.lr, "name": "classifier"}], weight_decay=o.weight_decay, fused=True
     )
-    if stage == "pretrain":
-        net_schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs_pretrain * iters), eta_min=o.lr_block / 100)
-            if net
-            else None
-        )
-        return StageOptim(net, classifier, net_schedule, None)
+    floor = getattr(o, plan.net_lr_floor) / 100
     net_schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, s.epochs * iters), eta_min=o.lr_net / 100) if net else None
+        torch.optim.lr_scheduler.CosineAnnealingLR(net, T_max=max(1, plan.stage_epochs * iters), eta_min=floor) if net else None
     )
-    period = 5 if s.epochs <= 30 else 10
+    if not plan.classifier_schedule:
+        return StageOptim(net, classifier, net_schedule, None)
+    period = 5 if plan.stage_epochs <= 30 else 10
     classifier_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(classifier, T_0=period, eta_min=0.001)
     return StageOptim(net, classifier, net_schedule, classifier_schedule, sparsify_amount(config, iters))
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 from torch import nn
 
-from pipnet.train.optim import soft_threshold_
+from pipnet.train.config import TrainConfig
+from pipnet.train.optim import StageOptim, soft_threshold_
 from pipnet.train.phases import EpochPlan
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "apply_soft_threshold_steps",
     "classifier_schedule_epoch",
     "count_test_batches",
+    "decrement_per_step",
+    "paper_extra_steps",
+    "sparsify_counts",
     "steps_after_epoch",
     "steps_before_epoch",
 ]
@@ -49,14 +55,14 @@ def steps_before_epoch(plan: EpochPlan, epochs: int) -> int:
         plan: the epoch.
         epochs: the number of classification epochs.
     """
-    if plan.stage != "classify":
+    if not plan.sparsify:  # only the classification stage sparsifies
         return 0
     return int(plan.epoch % PAPER_EXTRA_EVERY == 0 or plan.epoch == epochs)
 
 
 def steps_after_epoch(plan: EpochPlan, num_test_images: int, batch_size: int) -> int:
-    """Extra steps after an epoch: one per test batch after every classification epoch, else 0."""
-    return count_test_batches(num_test_images, batch_size) if plan.stage == "classify" else 0
+    """Extra steps after an epoch: one per test batch after every epoch of an evaluating (classification) stage, else 0."""
+    return count_test_batches(num_test_images, batch_size) if plan.evaluate else 0
 
 
 def apply_soft_threshold_steps(classifier: nn.Module, steps: int, threshold: float = 1e-3) -> None:
@@ -79,3 +85,37 @@ def classifier_schedule_epoch(epoch: int, step: int, iters: int, protocol: str =
     """
     done = step if protocol == "paper" else step + 1
     return epoch - 1 + done / iters
+
+
+# ---- the soft-threshold bookkeeping of a run (history.csv's sparsify_steps, decrement_total) ---------
+
+
+def decrement_per_step(config: TrainConfig, optim: StageOptim | None) -> float:
+    """What one soft-threshold step of the classification phase subtracts from every classifier weight
+    (``optim.sparsify_threshold``, or its share of ``optim.soft_threshold_total``)."""
+    return optim.decrement if optim is not None and optim.classifier_schedule is not None else config.optim.sparsify_threshold
+
+
+def paper_extra_steps(config: TrainConfig, plan: EpochPlan, num_test: int) -> tuple[int, int]:
+    """Soft-threshold steps the ``paper`` protocol adds before and after this epoch (spec section 10.1)."""
+    if config.protocol != "paper":
+        return 0, 0
+    return steps_before_epoch(plan, config.schedule.epochs), steps_after_epoch(plan, num_test, config.schedule.batch_size)
+
+
+def sparsify_counts(
+    history: list[dict[str, Any]], config: TrainConfig, plan: EpochPlan, steps: int, extra: int, optim: StageOptim
+) -> dict[str, Any]:
+    """Cumulative ``sparsify_steps`` and ``decrement_total`` of the run after this epoch.
+
+    Training steps of the classification phase sparsify once each (soft or hard threshold); the
+    ``paper`` protocol's extra steps are soft thresholds. ``decrement_total`` sums what the soft-threshold
+    steps subtracted from every weight (a hard threshold subtracts nothing).
+    """
+    previous = history[-1] if history else {}
+    train_steps = steps if plan.sparsify else 0
+    soft_steps = (train_steps if config.optim.sparsify == "soft_threshold" else 0) + extra
+    return {
+        "sparsify_steps": int(previous.get("sparsify_steps", 0)) + train_steps + extra,
+        "decrement_total": float(previous.get("decrement_total", 0.0)) + soft_steps * decrement_per_step(config, optim),
+    }

@@ -6,7 +6,8 @@
     RUN/pretrained/          the model at the end of pretraining (``PIPNet.from_pretrained``; ``--model.init``)
     RUN/model.safetensors    the final model, with RUN/config.json (``PIPNet.from_pretrained(RUN)``)
     RUN/metrics.json         held-out metrics of the final model
-    RUN/sparsity.png         sparsity ratio and test accuracy per epoch (paper Figure 2)
+    RUN/sparsity.png         sparsity ratio and test accuracy per epoch (paper Figure 2), drawn from history.csv
+                             by ``pipnet train`` / ``pipnet report`` (:func:`pipnet.report.write_sparsity_plot`)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipnet.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 from pipnet.train.config import TrainConfig, dump_config, load_config
 from pipnet.utils import atomic_write
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "read_history"]
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,7 @@ class RunDir:
         return cls(path, config)
 
     def read_history(self) -> list[dict[str, Any]]:
-        f = self.path / "history.csv"
-        if not f.is_file():
-            return []
-        rows = []
-        for row in csv.DictReader(io.StringIO(f.read_text())):
-            rows.append({k: _number(v) for k, v in row.items()})
-        return rows
+        return read_history(self.path)
 
     def append_history(self, history: list[dict[str, Any]]) -> None:
         """Rewrite history.csv with every row (atomic; columns are the union over rows)."""
@@ -85,14 +80,13 @@ class RunDir:
         with atomic_write(self.path / "metrics.json") as tmp:
             tmp.write_text(metrics.to_json())
 
-    def write_plot(self, history: list[dict[str, Any]]) -> None:
-        rows = [r for r in history if r.get("stage") == "classify"]
-        if not rows:
-            return
-        from pipnet.render.png import sparsity_curve
 
-        with atomic_write(self.path / "sparsity.png") as tmp:
-            tmp.write_bytes(sparsity_curve(rows))
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``RUN/history.csv`` (numbers parsed; [] when there is none)."""
+    f = run_dir / "history.csv"
+    if not f.is_file():
+        return []
+    return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(f.read_text()))]
 
 
 def _number(value: str) -> Any:
