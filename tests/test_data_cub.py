@@ -122,6 +122,9 @@ def test_build_data_uses_crops_for_classification_and_full_images_elsewhere(cub_
     assert not bundle.pretrain.base.crop and bundle.pretrain.transform.delta == 32
     assert not bundle.projection.base.crop and bundle.projection.base.split == "train"
     assert bundle.test.base.crop and not bundle.test_projection.base.crop
+    purity = bundle.purity_sets()  # purity is measured on full images, train and test
+    assert purity.keys() == {"train", "test"}
+    assert purity["train"] is bundle.projection and purity["test"] is bundle.test_projection
     view1, view2, label = bundle.train[2]
     assert view1.shape == view2.shape == (3, 32, 32) and label == 2
     x, label = bundle.test[0]

@@ -207,6 +207,7 @@ def test_build_data_from_folders(tmp_path):
     assert x.shape == (3, 32, 32) and len(bundle.test) == 2
     assert len(bundle.projection) == len(bundle.train) == 8
     assert bundle.num_parts == 0 and bundle.multi is None
+    assert bundle.purity_sets() == {}  # no part keypoints: no purity
     assert bundle.projection.keypoints(0).shape == (0, 3)
     assert bundle.projection.raw_image(0).size == (12, 10)
     ood = bundle.ood["ood"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipnet.data import DataConfig, EvalDataset, PlantedConfig, PlantedParts, build_data, eval_transform
+from pipnet.data import DataConfig, EvalDataset, PlantedConfig, PlantedParts, build_data
 from pipnet.data.planted import COLOURS, class_part_types, generate_image, part_type_style
 from pipnet.data.wrappers import scale_keypoints
 
@@ -113,10 +113,21 @@ def test_parts_do_not_overlap_and_stay_inside_even_when_crowded():
         assert ((xy > 0) & (xy < config.size)).all()
 
 
-def test_transform_and_caching():
-    ds = PlantedParts(PlantedConfig(), "test", transform=eval_transform(32))
-    x, label = ds[5]
+def test_purity_sets_are_the_projection_images_and_the_test_images():
+    planted = PlantedConfig(num_classes=2, train_per_class=2, test_per_class=1, ood_images=0, multi_images=0, size=32)
+    data = build_data(DataConfig(image_size=32, planted=planted))
+    assert data.purity_sets() == {"train": data.projection, "test": data.test}
+    assert data.purity_sets()["test"] is data.test_projection is data.test
+    no_test = build_data(DataConfig(image_size=32, planted=PlantedConfig(**{**planted.__dict__, "test_per_class": 0})))
+    assert no_test.purity_sets() == {"train": no_test.projection}
+
+
+def test_evaluation_view_and_caching():
+    ds = PlantedParts(PlantedConfig(), "test")
+    x, label = EvalDataset(ds, 32)[5]
     assert x.shape == (3, 32, 32) and label == 5 % 6
+    image, label = ds[5]  # a source's items are untransformed images
+    assert image.size == (PlantedConfig().size, PlantedConfig().size) and label == 5 % 6
     assert ds.sample(5) is ds.sample(5)
     with pytest.raises(IndexError):
         ds.sample(len(ds))

@@ -53,10 +53,20 @@ class DataBundle:
     num_parts: int = 0
     part_names: list[str] = field(default_factory=list)
 
+    def purity_sets(self) -> dict[str, Dataset]:
+        """The sets prototype purity is measured on (spec section 6, "train and test projection sets"):
+        ``{"train": projection, "test": test_projection, else test}`` when the images have part keypoints,
+        else {}. Training and ``pipnet evaluate`` both take them from here."""
+        return self._projection_sets() if self.num_parts > 0 else {}
+
     def mask_sets(self) -> dict[str, Dataset]:
-        """``{"train": projection, "test": test}`` when their images have object masks (``--data.masks``), else {}."""
+        """The same two sets as :meth:`purity_sets` when their images have object masks (``--data.masks``), else {}."""
+        return {name: d for name, d in self._projection_sets().items() if getattr(d, "has_masks", False)}
+
+    def _projection_sets(self) -> dict[str, Dataset]:
+        """The training and test images a prototype's patches are found in (CUB: uncropped)."""
         sets = {"train": self.projection, "test": self.test_projection or self.test}
-        return {name: d for name, d in sets.items() if d is not None and getattr(d, "has_masks", False)}
+        return {name: d for name, d in sets.items() if d is not None}
 
 
 def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:

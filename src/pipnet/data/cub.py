@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -215,21 +214,20 @@ def read_cub(root: str | os.PathLike[str], bad_images: Literal["error", "skip"] 
 class CUB(Dataset):
     """One split of CUB-200-2011, full images or cropped to the bounding box.
 
-    Items are ``(transform(image) if transform else image, label)``.
+    Items are ``(image, label)`` (RGB PIL images).
 
     Args:
         root: the ``CUB_200_2011`` folder, or metadata already read by ``read_cub`` (to share it).
         split: ``train`` or ``test``.
         crop: crop each image to its bounding box (keypoints follow the crop; those outside are dropped).
-        transform: applied to the RGB PIL image of each item.
     """
 
     def __init__(self, root: str | os.PathLike[str] | CUBMetadata, split: Literal["train", "test"],
-                 crop: bool, transform: Callable[[Image.Image], Any] | None = None) -> None:
+                 crop: bool) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.meta = root if isinstance(root, CUBMetadata) else read_cub(root)
-        self.split, self.crop, self.transform = split, crop, transform
+        self.split, self.crop = split, crop
         self.indices = [k for k, t in enumerate(self.meta.is_train) if t == (split == "train")]
         if not self.indices:
             raise DataError(f"{self.meta.root / 'train_test_split.txt'} lists no {split} images")
@@ -246,9 +244,8 @@ class CUB(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img), self.targets[i]
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return self.image(i), self.targets[i]
 
     def path(self, i: int) -> Path:
         """The image file of item ``i``."""

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,21 +30,19 @@ BadImages = Literal["error", "skip"]
 
 
 class ImageList(Dataset):
-    """A data set over a list of ``(path, label)``; items are ``(transform(image) if transform else image, label)``.
+    """A data set over a list of ``(path, label)``; items are ``(image, label)`` (RGB PIL images).
 
     Args:
         samples: image files and their labels (-1 for out-of-distribution images).
         classes: the class names that labels index.
-        transform: applied to the RGB PIL image of each item.
         bad_images: ``error`` (an unreadable file raises ``ImageLoadError`` when read) or ``skip`` (decode every
             file now, leave out those that fail, warn, and count them in ``skipped``).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str],
-                 transform: Callable[[Image.Image], Any] | None = None, bad_images: BadImages = "error") -> None:
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], bad_images: BadImages = "error") -> None:
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
-        self.classes, self.transform = classes, transform
+        self.classes = classes
         self.skipped = 0
         if bad_images == "skip":
             samples = self._readable(samples)
@@ -75,9 +72,8 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img), self.targets[i]
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return self.image(i), self.targets[i]
 
     def image(self, i: int) -> Image.Image:
         """The untransformed RGB image ``i``."""

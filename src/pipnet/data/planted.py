@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -274,19 +273,17 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
 class PlantedParts(Dataset):
     """One split of the planted-parts data set, generated on first access and kept in memory.
 
-    Items are ``(transform(image) if transform else image, label)``; the label is -1 for ``ood``.
+    Items are ``(image, label)`` (PIL images); the label is -1 for ``ood``.
 
     Args:
         config: the data set's settings.
         split: ``train``, ``test``, ``ood`` or ``multi``.
-        transform: applied to the PIL image of each item.
     """
 
-    def __init__(self, config: PlantedConfig, split: Split,
-                 transform: Callable[[Image.Image], Any] | None = None) -> None:
+    def __init__(self, config: PlantedConfig, split: Split) -> None:
         if split not in _SPLIT_CODES:
             raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
-        self.config, self.split, self.transform = config, split, transform
+        self.config, self.split = config, split
         self.combos = class_part_types(config)
         self.part_names = part_type_names(config.num_part_types)
         self.classes = [f"class_{c}: " + "+".join(self.part_names[t] for t in combo)
@@ -317,9 +314,9 @@ class PlantedParts(Dataset):
             self._cache[i] = generate_image(self.config, self.split, i, self.combos)
         return self._cache[i]
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         s = self.sample(i)
-        return (self.transform(s.image) if self.transform else s.image), s.label
+        return s.image, s.label
 
     def image(self, i: int) -> Image.Image:
         """The untransformed image (a copy)."""

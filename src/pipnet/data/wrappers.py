@@ -7,7 +7,7 @@ part keypoints in the image's own pixels. ``TwoViewDataset`` gives training item
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -129,15 +129,12 @@ class EvalDataset(_SourceView):
         base: the image source.
         image_size: S.
         preset: augmentation preset (only ``grayscale`` changes the evaluation transform).
-        transform: replaces the default ``eval_transform(image_size, preset)``; keypoints still assume a
-            plain resize to S x S.
     """
 
-    def __init__(self, base: ImageSource, image_size: int, preset: Preset | str = "default",
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+    def __init__(self, base: ImageSource, image_size: int, preset: Preset | str = "default") -> None:
         super().__init__(base)
         self.input_size = image_size
-        self.transform = transform if transform is not None else eval_transform(image_size, preset)
+        self.transform = eval_transform(image_size, preset)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.base.image(i)), self.base.targets[i]
