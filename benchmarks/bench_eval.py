@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pipnet
 from pipnet.evaluate import evaluate
+from pipnet.inference import choose_device
 from pipnet.projection import project
 
 
@@ -63,11 +64,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--protocols", action="store_true",
                         help="also time evaluate with an OoD set (the same images) under protocol default and paper")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = choose_device(args.device)
     torch.manual_seed(0)
 
     print(f"{args.model}, {args.images} random images, batch {args.batch_size}, {device}, median of {args.repeats}")

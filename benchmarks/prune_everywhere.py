@@ -23,7 +23,7 @@ from pipnet.data import build_data  # noqa: E402
 from pipnet.evaluate import Metrics, evaluate  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
 from pipnet.projection import project, prune_everywhere_prototypes  # noqa: E402
-from pipnet.train.config import load_config  # noqa: E402
+from pipnet.run_folder import RunFolder  # noqa: E402
 
 
 def row(run: str, variant: str, m: Metrics) -> list[object]:
@@ -40,7 +40,10 @@ def main() -> None:
     rows = []
     for run in args.runs:
         model = PIPNet.from_pretrained(run)
-        data = build_data(load_config(str(Path(run) / "config.yaml")).data)
+        config = RunFolder(run).training_config()
+        if config is None:
+            parser.error(f"{run}: not a run folder (no config.yaml)")
+        data = build_data(config.data)
         if data.test is None:
             parser.error(f"{run}: the data has no test split")
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -153,3 +154,23 @@ def test_bad_arguments(model):
         explain(model, x, image_ids=["only one"])
     with pytest.raises(ValueError, match="box"):
         explain(model, x, box="circle")
+
+
+def test_explain_says_in_words_what_it_predicts_and_when_the_model_abstains(tmp_path, capsys):
+    from reliability_helpers import TINY_BACKBONE, write_image
+
+    from pipnet.cli import main
+
+    image = write_image(tmp_path / "a.png", size=(32, 32))
+    model = pipnet.create_model(TINY_BACKBONE, 2, num_features=8, image_size=32, class_names=["cat", "dog"])
+    model.save_pretrained(tmp_path / "model")  # N(1, 0.1) weights: some prototype is present, a class is predicted
+    with torch.no_grad():
+        model.classifier.weight.zero_()  # every score 0: the model abstains
+    model.save_pretrained(tmp_path / "silent")
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path / "model"), str(image)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(rf"{re.escape(str(image))}: predicted (cat|dog) \(score \d+\.\d{{3}}\)", first), first
+    assert main(["explain", str(tmp_path / "silent"), str(image)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{image}: no prototype is present: the model abstains (every class scores 0)"]

@@ -37,6 +37,7 @@ COMMANDS = {
 def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.backbones import BackboneError
     from pipnet.data.errors import DataError, ImageLoadError
+    from pipnet.inference import DeviceError
     from pipnet.model import ModelLoadError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
@@ -44,7 +45,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
     return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
-            MissingExtraError)
+            MissingExtraError, DeviceError)
+
+
+DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
 
 
 def _out(line: str = "") -> None:
@@ -139,29 +143,23 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--tpr", type=float, default=0.95,
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
-    import torch
-
     from pipnet.data import build_data
     from pipnet.evaluate import evaluate, format_metrics_table
-    from pipnet.inference import fit_data_to_model
+    from pipnet.inference import choose_device, fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
+    from pipnet.run_folder import RunFolder
 
+    device = choose_device(raw.device)
     model = PIPNet.from_pretrained(raw.model)
+    folder = RunFolder(raw.model)
+    saved = folder.training_config()
+    protocol = raw.protocol or (saved.protocol if saved is not None else "default")
     data_given = any(a.startswith("--data") for a in argv)
-    run_config = Path(raw.model) / "config.yaml"
-    protocol = raw.protocol or "default"
-    if run_config.is_file():
-        from pipnet.train.config import load_config
-
-        saved = load_config(str(run_config))
-        protocol = raw.protocol or saved.protocol
-    if not data_given and run_config.is_file():
-        data_config = saved.data
-    else:
-        data_config = parser.instantiate(raw).data
+    data_config = saved.data if saved is not None and not data_given else parser.instantiate(raw).data
     data_config.ood = list(data_config.ood) + list(raw.ood)
     data = build_data(fit_data_to_model(data_config, model))
     if len(data.classes) != model.num_classes:
@@ -169,13 +167,12 @@ def cmd_evaluate(argv: list[str]) -> int:
                              "give the model's own data with --data.source / --data.root")
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
-    purity = {"train": data.projection, "test": data.test_projection or data.test} if raw.parts and data.num_parts else None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device,
+    purity = data.purity_sets() if raw.parts else {}
+    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
                        progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
                        train_set=data.projection)
     _out(format_metrics_table(metrics))
-    out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
+    out = Path(raw.out) if raw.out else folder.evaluation
     out.write_text(metrics.to_json())
     _out(str(out))
     from pipnet.thresholds import describe_data, fit_thresholds
@@ -221,10 +218,7 @@ def cmd_explain(argv: list[str]) -> int:
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
         threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
         unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
-        verdict = "abstains (no prototype present: all scores 0)" if e.abstained else ""
-        if unknown and not e.abstained:
-            verdict = f"unknown (score {e.top_classes[0].score:.3f} below the {e.top_classes[0].class_name} threshold {threshold:.3f})"
-        _out(f"{path}: {verdict}")
+        _out(f"{path}: {_verdict(e, threshold)}")
         for c in e.top_classes:
             _out(f"  {c.class_name}: score {c.score:.3f}")
             for ev in c.evidence[:5]:
@@ -239,15 +233,23 @@ def cmd_explain(argv: list[str]) -> int:
     return 0
 
 
+def _verdict(e, threshold: float | None) -> str:
+    """What ``pipnet explain`` says after an image's path: the predicted class, unknown, or that it abstains."""
+    if e.abstained:
+        return "no prototype is present: the model abstains (every class scores 0)"
+    top = e.top_classes[0]
+    if threshold is not None and top.score < threshold:
+        return f"unknown (score {top.score:.3f} below the {top.class_name} threshold {threshold:.3f})"
+    return f"predicted {top.class_name} (score {top.score:.3f})"
+
+
 def _run_preset(model_dir: str) -> str:
     """The augmentation preset of a run folder's data, or ``default``: the fallback for a model saved before
     config.json recorded its preset (see :func:`pipnet.inference.input_transform`)."""
-    run_config = Path(model_dir) / "config.yaml"
-    if not run_config.is_file():
-        return "default"
-    from pipnet.train.config import load_config
+    from pipnet.run_folder import RunFolder
 
-    return load_config(str(run_config)).data.preset
+    config = RunFolder(model_dir).training_config()
+    return config.data.preset if config is not None else "default"
 
 
 def cmd_predict(argv: list[str]) -> int:
@@ -260,6 +262,7 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
@@ -268,7 +271,7 @@ def cmd_predict(argv: list[str]) -> int:
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     predictions = predict(
         args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-        preset=_run_preset(args.model), progress=not args.no_progress,
+        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
     )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
@@ -312,16 +315,16 @@ def cmd_refit(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass and presences per step")
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
-    import torch
-
     from pipnet.data import build_data
     from pipnet.data.errors import DataError
-    from pipnet.inference import fit_data_to_model
+    from pipnet.inference import choose_device, fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.run_folder import config_file
     from pipnet.thresholds import describe_data
     from pipnet.train.config import load_config
 
@@ -332,8 +335,8 @@ def cmd_refit(argv: list[str]) -> int:
     bad = [p for p in args.disable if not 0 <= p < model.num_prototypes]
     if bad:
         raise ModelLoadError(f"{args.model} has prototypes 0..{model.num_prototypes - 1}; no prototype {bad[0]}")
-    data_config = Path(args.data) if args.data else Path(args.model)
-    data_config = data_config / "config.yaml" if data_config.is_dir() else data_config
+    device = choose_device(args.device)
+    data_config = config_file(args.data or args.model)
     if not data_config.is_file():
         raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
     config = fit_data_to_model(load_config(str(data_config)).data, model)
@@ -342,7 +345,6 @@ def cmd_refit(argv: list[str]) -> int:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
                    batch_size=args.batch_size, device=device, progress=not args.no_progress)
     settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
@@ -436,12 +438,13 @@ def _check_images(model_dir: str, model, count: int):
     """Up to ``count`` test images of the model's run (its config.yaml), else seeded random inputs."""
     import torch
 
-    run_config = Path(model_dir) / "config.yaml"
-    if run_config.is_file():
-        from pipnet.data import build_data
-        from pipnet.train.config import load_config
+    from pipnet.run_folder import RunFolder
 
-        config = load_config(str(run_config)).data
+    run_config = RunFolder(model_dir).training_config()
+    if run_config is not None:
+        from pipnet.data import build_data
+
+        config = run_config.data
         config.image_size = model.config.image_size
         test = build_data(config).test
         if test is not None and len(test) >= count:

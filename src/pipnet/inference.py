@@ -1,6 +1,10 @@
 """Inference plumbing shared by every pass over a data set (evaluation, projection, thresholds, refit,
-explanations, the web app): the model in eval mode under ``torch.inference_mode()``, an in-order loader,
-the images of a batch, and the model's input contract.
+explanations, the web app): the device, the model in eval mode under ``torch.inference_mode()``, an in-order
+loader, the images of a batch, and the model's input contract.
+
+The device (one owner): :func:`choose_device` turns ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a
+``torch.device`` for ``pipnet train`` (``--runtime.device``), ``evaluate``, ``predict``, ``refit`` and ``serve``
+(their ``--device``), and refuses a device the machine lacks with one line.
 
 The input contract (one owner): a model takes S x S images (``model.config.image_size``, the size it was
 trained at) prepared with its data preset's evaluation transform (``model.config.preset``: ``grayscale``
@@ -21,9 +25,40 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from pipnet.data.augment import eval_transform
 from pipnet.data.config import DataConfig
 
-__all__ = ["eval_mode", "fit_data_to_model", "input_transform", "inputs_of", "make_loader"]
+__all__ = ["DeviceError", "choose_device", "eval_mode", "fit_data_to_model", "input_transform", "inputs_of",
+           "make_loader"]
 
 log = logging.getLogger(__name__)
+
+
+class DeviceError(ValueError):
+    """A device name that torch does not know, or a device this machine does not have."""
+
+
+def choose_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device to run on.
+
+    Args:
+        name: ``auto`` or None (CUDA when present, else the CPU), a torch device name (``cpu``, ``cuda``,
+            ``cuda:1``, ``mps``) or a ``torch.device``.
+
+    Raises:
+        DeviceError: an unknown name, or a CUDA device this machine does not have (asked for by name, it is
+            refused at once rather than failing later inside the first forward pass).
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {name!r}: give auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {device} asked for, but this machine has no CUDA GPU (give auto or cpu)")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {device} asked for, but this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+    return device
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "creat
 
 PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
 RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"  # a saved model (save_pretrained)
 
 
 class ModelLoadError(ValueError):
@@ -198,11 +199,11 @@ class PIPNet(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         try:
-            with atomic_write(directory / "model.safetensors") as tmp:
+            with atomic_write(directory / WEIGHTS_FILE) as tmp:
                 save_file(state, str(tmp), metadata={"format": "pt", "library": "pipnet"})
         except SafetensorError as e:  # a full disk, say; the previous file, if any, is intact
-            raise OSError(f"could not write {directory / 'model.safetensors'}: {e}") from e
-        with atomic_write(directory / "config.json") as tmp:
+            raise OSError(f"could not write {directory / WEIGHTS_FILE}: {e}") from e
+        with atomic_write(directory / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(asdict(self.config), indent=2))
         return directory
 
@@ -213,7 +214,7 @@ class PIPNet(nn.Module):
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for p in (config_path, weights_path):
             if not p.is_file():
                 raise ModelLoadError(f"{directory} is not a saved PIP-Net: {p.name} is missing")

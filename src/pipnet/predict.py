@@ -25,10 +25,9 @@ from tqdm.auto import tqdm
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
 from pipnet.explain import explain
-from pipnet.inference import input_transform
+from pipnet.inference import choose_device, input_transform
 from pipnet.model import PIPNet
 from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
-from pipnet.utils import default_device
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "to_csv", "to_jsonl"]
 
@@ -118,8 +117,8 @@ def predict(
         batch_size: images per forward pass.
         preset: files only: the evaluation preset for a model whose config.json does not record its own
             (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.inference.input_transform`).
-        device: where to run a model loaded from a folder (default: CUDA when present); a ``PIPNet`` given
-            runs where it is (it is never moved).
+        device: where to run a model loaded from a folder (:func:`pipnet.inference.choose_device`; default
+            ``auto``: CUDA when present); a ``PIPNet`` given runs where it is (it is never moved).
         progress: show a progress bar.
 
     Returns:
@@ -128,7 +127,7 @@ def predict(
     source = None
     if not isinstance(model, PIPNet):
         source = Path(model)
-        model = PIPNet.from_pretrained(source).to(device if device is not None else default_device())
+        model = PIPNet.from_pretrained(source).to(choose_device(device))
     if thresholds == "auto":
         thresholds = load_thresholds(source, model.num_classes) if source is not None else None
         if thresholds is None:

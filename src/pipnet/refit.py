@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.run_folder import RunFolder
 
 __all__ = [
-    "EDIT_LOG",
     "RefitResult",
     "append_edits",
     "class_edit_mask",
@@ -45,7 +45,6 @@ __all__ = [
     "sheet_accuracy",
 ]
 
-EDIT_LOG = "edits.jsonl"
 SOFT_THRESHOLD = 1e-3  # the faithful per-step subtraction (spec section 4)
 
 
@@ -278,7 +277,7 @@ def save_refit(
     directory.mkdir(parents=True, exist_ok=False)
     result.model.save_pretrained(directory)
     if config_path is not None:
-        shutil.copyfile(config_path, directory / "config.yaml")
+        shutil.copyfile(config_path, RunFolder(directory).config)
     thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description, batch_size=batch_size,
                                 device=device)  # fmt: skip
     thresholds.save(directory)
@@ -319,7 +318,7 @@ def edit_record(action: str, *, prototypes: list[int], class_index: int | None =
 
 def read_edit_log(directory: str | Path) -> list[dict[str, Any]]:
     """Every record of ``directory/edits.jsonl`` in order ([] when there is none)."""
-    path = Path(directory) / EDIT_LOG
+    path = RunFolder(directory).edit_log
     if not path.is_file():
         return []
     from pipnet.model import ModelLoadError
@@ -336,24 +335,21 @@ def read_edit_log(directory: str | Path) -> list[dict[str, Any]]:
 
 def class_edit_mask(directory: str | Path, num_classes: int, num_prototypes: int) -> torch.Tensor | None:
     """(C, P) bool of the weights the web page switched off for one class (its ``edits.json``), or None."""
-    path = Path(directory) / "edits.json"  # pipnet.serve.editing.EDITS_FILE, read here without the serve extra
-    if not path.is_file():
-        return None
     from pipnet.model import ModelLoadError
 
+    folder = RunFolder(directory)
     try:
-        edits = json.loads(path.read_text()).get("class_edits", [])
         mask = torch.zeros(num_classes, num_prototypes, dtype=torch.bool)
-        for e in edits:
+        for e in folder.read_edits().get("class_edits", []):
             mask[int(e["class_index"]), int(e["prototype"])] = True
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError, ValueError) as e:
-        raise ModelLoadError(f"{path} is not a valid record of edits: {e}") from e
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError) as e:
+        raise ModelLoadError(f"{folder.edits} is not a valid record of edits: {e}") from e
     return mask if mask.any() else None
 
 
 def append_edits(directory: str | Path, records: list[dict[str, Any]], *, inherited_from: str | Path | None = None) -> Path:
     """Append records to ``directory/edits.jsonl``, first copying the log of ``inherited_from`` if it is new."""
-    path = Path(directory) / EDIT_LOG
+    path = RunFolder(directory).edit_log
     lines = []
     if inherited_from is not None and not path.exists():
         lines += [json.dumps(r) for r in read_edit_log(inherited_from)]

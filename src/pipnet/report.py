@@ -7,7 +7,6 @@ and hands everything to :func:`pipnet.render.html.write_report`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from pipnet.inference import eval_mode
 from pipnet.projection import project
 from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
-from pipnet.train.config import load_config
-from pipnet.train.run_dir import RunDir
+from pipnet.run_folder import RunFolder
 from pipnet.train.phases import classification_rows
 
 __all__ = ["build_report", "write_sparsity_plot"]
@@ -43,12 +41,12 @@ def _sample(dataset, count: int, section: str, model: PIPNet, device) -> list:
     return [(e, dataset.raw_image(i), section) for e, i in zip(explanations, indices)]
 
 
-def _latest_evaluation(run_dir: Path, metrics_path: Path) -> dict | None:
+def _latest_evaluation(folder: RunFolder) -> dict | None:
     """Protocol and OoD results of ``RUN/evaluation.json`` (the latest ``pipnet evaluate``), if newer than metrics.json."""
-    path = run_dir / "evaluation.json"
+    path, metrics_path = folder.evaluation, folder.metrics
     if not path.is_file() or (metrics_path.is_file() and path.stat().st_mtime < metrics_path.stat().st_mtime):
         return None
-    evaluation = json.loads(path.read_text())
+    evaluation = folder.read_evaluation()
     return {"protocol": evaluation.get("protocol", "default"), "top1_accuracy": evaluation.get("top1_accuracy"),
             "ood": evaluation.get("ood", {})}
 
@@ -60,13 +58,13 @@ def write_sparsity_plot(run_dir: str | Path) -> Path | None:
     draw the picture with this.
     """
     from pipnet.render.png import sparsity_curve
-    from pipnet.train.run_dir import read_history
     from pipnet.utils import atomic_write
 
-    rows = classification_rows(read_history(Path(run_dir)))
+    folder = RunFolder(run_dir)
+    rows = classification_rows(folder.read_history())
     if not rows:
         return None
-    path = Path(run_dir) / "sparsity.png"
+    path = folder.sparsity_plot
     with atomic_write(path) as tmp:
         tmp.write_bytes(sparsity_curve(rows))
     return path
@@ -74,9 +72,11 @@ def write_sparsity_plot(run_dir: str | Path) -> Path | None:
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path."""
-    run_dir = Path(run_dir)
-    model = PIPNet.from_pretrained(run_dir).eval()
-    config = load_config(str(run_dir / "config.yaml"))
+    folder = RunFolder(run_dir)
+    model = PIPNet.from_pretrained(folder.path).eval()
+    config = folder.training_config()
+    if config is None:
+        raise FileNotFoundError(f"{folder.path} is not a run folder: {folder.config.name} is missing")
     data = build_data(config.data)
     device = torch.device("cpu")
     projection = project(model, data.projection, k=10, batch_size=config.schedule.batch_size, progress=progress)
@@ -84,15 +84,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     for name, ood in data.ood.items():
         explained += _sample(ood, max(2, samples // 2), "ood", model, device)
     explained += _sample(data.multi, max(2, samples // 2), "multi", model, device)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    latest = _latest_evaluation(run_dir, metrics_path)
+    metrics = folder.read_metrics()
+    latest = _latest_evaluation(folder)
     if latest is not None:
         metrics = {**(metrics or {}), "latest pipnet evaluate": latest}
-    history = RunDir(run_dir, config).read_history()
-    write_sparsity_plot(run_dir)
+    history = folder.read_history()
+    write_sparsity_plot(folder.path)
     findings = diagnose(history, config, metrics, num_train_images=len(data.train))
-    path = Path(out) if out else run_dir / "report.html"
+    path = Path(out) if out else folder.report
     write_report(
         path,
         model=model,
@@ -102,7 +101,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
         projection_dataset=data.projection,
         explanations=explained,
         diagnostics=findings,
-        title=f"PIP-Net report: {run_dir.name}",
-        edits=read_edit_log(run_dir),
+        title=f"PIP-Net report: {folder.path.name}",
+        edits=read_edit_log(folder.path),
     )
     return path

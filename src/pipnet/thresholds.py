@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.run_folder import THRESHOLDS_FILE, RunFolder
 from pipnet.utils import atomic_write
 
 __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds", "unknown_mask", "warn_without_thresholds",
@@ -32,7 +33,6 @@ __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds",
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS_FILE = "thresholds.json"
 RULE = "metrics.ood_thresholds: per class, the ceil(tpr * n)-th highest max score of the n images predicted as it"
 
 
@@ -75,7 +75,7 @@ class Thresholds:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/thresholds.json`` (atomically) and return its path."""
-        path = Path(directory) / THRESHOLDS_FILE
+        path = RunFolder(directory).thresholds
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
         return path
@@ -87,7 +87,7 @@ def load_thresholds(directory: str | Path, num_classes: int | None = None) -> Th
     Raises:
         ModelLoadError: the file is not valid, or it holds a different number of classes than ``num_classes``.
     """
-    path = Path(directory) / THRESHOLDS_FILE
+    path = RunFolder(directory).thresholds
     if not path.is_file():
         return None
     try:

@@ -1,4 +1,4 @@
-"""Small helpers shared across layers: atomic file writes, safe tensor loading and device choice."""
+"""Small helpers shared across layers: atomic file writes and safe tensor loading."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MissingExtraError", "atomic_write", "default_device", "load_tensors"]
+__all__ = ["MissingExtraError", "atomic_write", "load_tensors"]
 
 
 class MissingExtraError(ImportError):
@@ -60,8 +60,3 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(e), re.S)
         what = " ".join(found.group(1).split()) if found else "an unsupported object"
         raise pickle.UnpicklingError(f"it holds Python objects other than tensors ({what}); refusing to unpickle it") from None
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

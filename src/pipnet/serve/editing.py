@@ -19,11 +19,10 @@ import torch
 
 from pipnet.explain import class_name
 from pipnet.model import ModelLoadError, PIPNet
+from pipnet.run_folder import RunFolder
 from pipnet.utils import atomic_write
 
-__all__ = ["EDITS_FILE", "ClassEdit", "ModelEditor", "safe_folder_name"]
-
-EDITS_FILE = "edits.json"
+__all__ = ["ClassEdit", "ModelEditor", "safe_folder_name"]
 
 
 @dataclass(frozen=True)
@@ -140,14 +139,13 @@ class ModelEditor:
     # ---- saving -------------------------------------------------------------------------------------
 
     def record(self) -> dict:
-        """What ``edits.json`` holds: where the model came from and every edit."""
+        """What ``edits.json`` holds: where the model came from and the per-class edits.
+
+        The prototypes switched off for every class are not repeated here: the saved model's ``config.json``
+        (``disabled_prototypes``) is their one record. Files written before this held a copy; it is ignored.
+        """
         edits = sorted(self.class_edits.values(), key=lambda e: (e.class_index, e.prototype))
-        return {
-            "source": self.source,
-            "data_config": self.data_config,
-            "disabled_prototypes": self.disabled,
-            "class_edits": [asdict(e) for e in edits],
-        }
+        return {"source": self.source, "data_config": self.data_config, "class_edits": [asdict(e) for e in edits]}
 
     def save(self, directory: str | Path) -> Path:
         """Write the edited model (``model.safetensors``, ``config.json``, ``edits.json``) to a NEW folder.
@@ -158,25 +156,27 @@ class ModelEditor:
         directory = Path(directory)
         directory.mkdir(parents=False, exist_ok=False)
         self.model.save_pretrained(directory)
-        with atomic_write(directory / EDITS_FILE) as tmp:
+        with atomic_write(RunFolder(directory).edits) as tmp:
             tmp.write_text(json.dumps(self.record(), indent=2))
         return directory
 
 
 def read_edits(directory: str | Path) -> dict:
-    """``edits.json`` of a saved model: ``source``, ``data_config`` (str or None) and ``class_edits`` (ClassEdit)."""
-    path = Path(directory) / EDITS_FILE
-    if not path.is_file():
-        return {"source": None, "data_config": None, "class_edits": []}
+    """``edits.json`` of a saved model: ``source``, ``data_config`` (str or None) and ``class_edits`` (ClassEdit).
+
+    A ``disabled_prototypes`` list in files written by earlier versions is ignored: the model's ``config.json``
+    holds the same list and is the one that is applied.
+    """
+    folder = RunFolder(directory)
+    raw = folder.read_edits()
     try:
-        raw = json.loads(path.read_text())
         return {
             "source": raw.get("source"),
             "data_config": raw.get("data_config"),
             "class_edits": [ClassEdit(**e) for e in raw.get("class_edits", [])],
         }
-    except (json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise ModelLoadError(f"{path} is not a valid record of edits: {e}") from e
+    except (TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{folder.edits} is not a valid record of edits: {e}") from e
 
 
 def safe_folder_name(name: str, max_length: int = 80) -> str:

@@ -29,13 +29,13 @@ from pipnet.data.errors import ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.inference import eval_mode, fit_data_to_model, input_transform
+from pipnet.inference import choose_device, eval_mode, fit_data_to_model, input_transform
 from pipnet.projection import Projection, project
 from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
+from pipnet.run_folder import RunFolder, config_file
 from pipnet.serve.editing import ModelEditor, safe_folder_name
 from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
-from pipnet.utils import default_device
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
 
@@ -85,7 +85,7 @@ class Explorer:
         data: a training config YAML or a run folder whose ``config.yaml`` gives the data, or a ``DataConfig``;
             default: ``model_dir/config.yaml`` when present (or the data an edited model was explored with).
         out_dir: where edited models are saved (default: beside ``model_dir``).
-        device: where to run the model (default: CUDA when present).
+        device: where to run the model (:func:`pipnet.inference.choose_device`; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
     """
 
@@ -99,7 +99,7 @@ class Explorer:
         gallery_k: int = 8,
     ):
         self.model_dir = Path(model_dir).resolve()
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = choose_device(device)
         self.editor = ModelEditor.from_folder(self.model_dir, self.device)
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
         self.gallery_k = gallery_k
@@ -318,12 +318,11 @@ class Explorer:
 def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | None) -> Path | None:
     """The config YAML whose data to use: ``data`` (a file, or a run folder), else the model's own."""
     if data is not None:
-        path = Path(data)
-        path = path / "config.yaml" if path.is_dir() else path
+        path = config_file(data)
         if not path.is_file():
             raise FileNotFoundError(f"no data config at {path} (give a run folder or a training config YAML)")
         return path
-    for candidate in (model_dir / "config.yaml", Path(recorded) if recorded else None):
+    for candidate in (RunFolder(model_dir).config, Path(recorded) if recorded else None):
         if candidate is not None and candidate.is_file():
             return candidate
     return None

@@ -15,10 +15,9 @@ import torch
 
 from pipnet.utils import atomic_write, load_tensors
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1
 _REQUIRED = ("epochs_done", "stage", "model", "optim")
 

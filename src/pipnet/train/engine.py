@@ -24,6 +24,7 @@ from pipnet.data import DataBundle, build_data
 from pipnet.data.build import resolve_source
 from pipnet.diagnostics import diagnose
 from pipnet.evaluate import Metrics, evaluate
+from pipnet.inference import choose_device
 from pipnet.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
 from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
@@ -31,7 +32,7 @@ from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.train.config import RESUME_RUNTIME, TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, init_distributed
-from pipnet.train.init import PRETRAINED_DIR, load_init_model
+from pipnet.train.init import load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
 from pipnet.train.prefetch import prefetch
@@ -45,7 +46,7 @@ from pipnet.train.protocol import (
 )
 from pipnet.train.run_dir import RunDir
 from pipnet.train.step import STOPPED, NonFiniteGuard, NonFiniteLossError, train_step, training_step_losses
-from pipnet.utils import MissingExtraError, default_device
+from pipnet.utils import MissingExtraError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "run_epoch", "training_step_losses", "uses_channels_last"]
 
@@ -70,10 +71,8 @@ def uses_channels_last(config: TrainConfig) -> bool:
 
 
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        device = default_device()
-    else:
-        device = torch.device(name)
+    """``--runtime.device`` (:func:`pipnet.inference.choose_device`), on this process's own GPU under DDP."""
+    device = choose_device(name)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     return device
@@ -167,7 +166,7 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
             those of ``RESUME_RUNTIME`` (device, workers, progress...: they do not change results).
     """
     rt = config.runtime
-    info = init_distributed("cuda" if rt.device.startswith("cuda") or (rt.device == "auto" and torch.cuda.is_available()) else "cpu")
+    info = init_distributed(choose_device(rt.device).type)
     resuming = bool(config.resume)
     if resuming:
         run = RunDir.resume(config.resume)
@@ -256,8 +255,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
             )
             log.info("epoch %d/%d %s: %s", index + 1, len(plans), plan.name, _short(row))
             if plan.saves_model_at_end and (index + 1 == len(plans) or plans[index + 1].stage != plan.stage):
-                model.save_pretrained(run.path / PRETRAINED_DIR)  # "pretrain once, classify many times"
-                log.info("end-of-pretraining model saved in %s", run.path / PRETRAINED_DIR)
+                model.save_pretrained(run.folder.pretrained)  # "pretrain once, classify many times"
+                log.info("end-of-pretraining model saved in %s", run.folder.pretrained)
     return _finish(run, model, data, config, device, info, history, optim)
 
 
@@ -281,10 +280,7 @@ def _finish(
     if info.is_main:
         model.save_pretrained(run.path)
         if data.test is not None:
-            purity = {}
-            if data.num_parts > 0:
-                purity = {"train": data.projection, "test": data.test_projection or data.test}
-            metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=batch, device=device,
+            metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=data.purity_sets() or None, batch_size=batch, device=device,
                                progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
                                train_set=data.projection, protocol=config.protocol)
             run.write_metrics(metrics)

@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 
 from pipnet.model import ModelLoadError, NonNegativeLinear, PIPNet
+from pipnet.run_folder import RunFolder
 
-__all__ = ["PRETRAINED_DIR", "classifier_looks_untrained", "load_init_model", "reinitialise_classifier_"]
+__all__ = ["classifier_looks_untrained", "load_init_model", "reinitialise_classifier_"]
 
 log = logging.getLogger(__name__)
-
-PRETRAINED_DIR = "pretrained"  # RUN/pretrained/: the model at the end of pretraining
 
 
 def classifier_looks_untrained(classifier: NonNegativeLinear) -> bool:
@@ -39,11 +38,12 @@ def reinitialise_classifier_(classifier: NonNegativeLinear) -> None:
 
 
 def _model_folder(path: Path) -> Path:
-    if (path / "model.safetensors").is_file():
-        return path
-    if (path / PRETRAINED_DIR / "model.safetensors").is_file():
-        return path / PRETRAINED_DIR
-    raise ModelLoadError(f"{path} holds no saved PIP-Net (model.safetensors, or {PRETRAINED_DIR}/model.safetensors)")
+    """``path`` when it holds a saved model, else its ``pretrained/`` (a run folder that has not finished)."""
+    run = RunFolder(path)
+    for folder in (run.path, run.pretrained):
+        if RunFolder(folder).weights.is_file():
+            return folder
+    raise ModelLoadError(f"{path} holds no saved PIP-Net ({run.weights.name}, or {run.pretrained.name}/{run.weights.name})")
 
 
 def load_init_model(path: str | Path, *, backbone: str, image_size: int, num_classes: int, class_names: list[str]) -> PIPNet:
