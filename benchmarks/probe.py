@@ -13,6 +13,15 @@ L-BFGS in float64 (no scikit-learn needed).
 
     python benchmarks/probe.py /data/photos --backbone efficientnet_lite0 --backbone-kwargs '{"stages": 4}' --image-size 128
     python benchmarks/probe.py /data/photos                 # the full EfficientNet-Lite0 at 224 px
+    python benchmarks/probe.py /data/photos --ood /data/unrelated-photos   # + how well a black box rejects them
+
+With ``--ood FOLDER`` (repeatable) it also says how well the black box rejects images of no class, by the
+rule ``pipnet evaluate`` uses (FPR at 95% TPR: per predicted class, the threshold that keeps 95% of the
+test images predicted as that class; ``pipnet.metrics.ood_thresholds``), for three scores: the probe's
+maximum softmax probability, its maximum logit, and the cosine similarity of the image's pooled
+feature vector to its nearest training image (a class-agnostic feature-space score). This is the
+reference for PIP-Net's FPR95 on the same data: the backbone's features bound what any head on them can
+reject.
 
 The folder is read as ``pipnet train --data.source folder`` reads it: ``train/<class>/*`` and
 ``test/<class>/*``, or a held-out ``--val-fraction`` of ``train/`` when there is no ``test/`` (same seed,
@@ -38,7 +47,8 @@ from common import print_table  # noqa: E402
 
 from pipnet.backbones import BackboneError, create_backbone  # noqa: E402
 from pipnet.data.errors import DataError  # noqa: E402
-from pipnet.data.folders import load_folder_source  # noqa: E402
+from pipnet.data.folders import image_tree, load_folder_source  # noqa: E402
+from pipnet import metrics as M  # noqa: E402
 from pipnet.data.wrappers import EvalDataset  # noqa: E402
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -116,6 +126,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="test split when the folder has no test/ (as pipnet train)")
     parser.add_argument("--holdout", type=float, default=0.25, help="part of the training split that chooses the L2 penalty")
     parser.add_argument("--l2", type=float, nargs="+", default=list(L2_GRID), help="candidate L2 penalties")
+    parser.add_argument("--ood", action="append", default=[], metavar="FOLDER",
+                        help="a folder of images of no class (repeatable): report FPR95 and AUROC of three scores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -175,6 +187,45 @@ def main() -> None:
                 [[args.backbone, json.dumps(kwargs), args.image_size, int(x_train.shape[1]), f"{best[0]:g}",
                   accuracy(xtr, y_train, w, b), accuracy(xte, y_test, w, b), f"{seconds:.1f}"]])
     print(f"(features {seconds_features:.1f} s of {seconds:.1f} s)")
+    if args.ood:
+        print()
+        rows = []
+        for folder in args.ood:
+            try:
+                ood = EvalDataset(image_tree(folder), args.image_size, args.preset)
+            except DataError as e:
+                parser.error(str(e))
+            x_ood = pooled_features(backbone, ood, args.batch_size, args.precision)
+            for name, test_scores, ood_scores in ood_scores_table(x_train, x_test, x_ood, w, b):
+                rows.append([Path(folder).name, len(ood), name, *ood_rates(test_scores, ood_scores, num_classes)])
+        print("Rejecting images of no class (thresholds keep 95% of the test images of each predicted class):")
+        print_table(["ood set", "images", "score", "FPR95", "AUROC"], rows)
+
+
+def ood_scores_table(x_train: torch.Tensor, x_test: torch.Tensor, x_ood: torch.Tensor, w: torch.Tensor,
+                     b: torch.Tensor) -> list[tuple[str, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """(score name, (test scores, test predictions), (ood scores, ood predictions)) for the three scores.
+
+    The features are standardised with the training split's statistics (as the probe was fitted); the
+    nearest-neighbour score is the cosine similarity to the closest training image.
+    """
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
+    tr, te, oo = ((t - mean) / std for t in (x_train, x_test, x_ood))
+    out = []
+    logits = {split: x.double() @ w + b for split, x in (("test", te), ("ood", oo))}
+    preds = {k: v.argmax(dim=1) for k, v in logits.items()}
+    for name, fn in (("max softmax", lambda z: z.softmax(dim=1).amax(dim=1)), ("max logit", lambda z: z.amax(dim=1))):
+        out.append((name, (fn(logits["test"]), preds["test"]), (fn(logits["ood"]), preds["ood"])))
+    bank = F.normalize(tr.double(), dim=1)
+    nearest = {k: (F.normalize(x.double(), dim=1) @ bank.T).amax(dim=1) for k, x in (("test", te), ("ood", oo))}
+    out.append(("nearest training image", (nearest["test"], preds["test"]), (nearest["ood"], preds["ood"])))
+    return out
+
+
+def ood_rates(test: tuple[torch.Tensor, torch.Tensor], ood: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> tuple[float, float]:
+    """(FPR at 95% TPR with per-class thresholds, AUROC) of in-distribution test scores against OoD scores."""
+    thresholds = M.ood_thresholds(test[0], test[1], num_classes, 0.95)
+    return M.fpr_at_tpr(ood[0], ood[1], thresholds), M.auroc(test[0], ood[0])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,30 @@ def test_holdout_split_is_stratified_disjoint_and_seeded():
     assert torch.equal(held, probe.holdout_split(y, 0.25, seed=0)[1])
 
 
+def test_ood_scores_by_hand():
+    # Two classes along x; the probe is w = [[1, -1]] on one feature, b = 0 (logits x, -x).
+    x_train = torch.tensor([[2.0], [-2.0]])  # standardised: mean 0, std 2.828 -> +-0.707
+    x_test = torch.tensor([[2.0], [4.0], [-2.0], [-4.0]])
+    x_ood = torch.tensor([[0.5], [-6.0]])
+    w, b = torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    table = {name: (test, ood) for name, test, ood in probe.ood_scores_table(x_train, x_test, x_ood, w, b)}
+    std = 8 ** 0.5
+    test_logit, test_pred = table["max logit"][0]
+    assert torch.allclose(test_logit, torch.tensor([2, 4, 2, 4], dtype=torch.float64) / std)
+    assert test_pred.tolist() == [0, 0, 1, 1]
+    ood_logit, ood_pred = table["max logit"][1]
+    assert torch.allclose(ood_logit, torch.tensor([0.5, 6.0], dtype=torch.float64) / std) and ood_pred.tolist() == [0, 1]
+    # 95% of 2 test images per class keeps both: thresholds 2/std for each class. The first OoD image
+    # (0.5/std) falls below class 0's; the second (6/std) reaches class 1's: FPR 1/2.
+    fpr, auroc = probe.ood_rates(table["max logit"][0], table["max logit"][1], 2)
+    assert fpr == 0.5
+    assert auroc == 4 / 8  # of the 8 (test, OoD) pairs, the 4 with the OoD image at 0.5 are ordered right
+    # One-dimensional features all have cosine +-1 with a training image: the nearest one is always 1.
+    near_test, near_ood = table["nearest training image"]
+    assert torch.equal(near_test[0], torch.ones(4, dtype=torch.float64))
+    assert torch.equal(near_ood[0], torch.ones(2, dtype=torch.float64))
+
+
 def test_probe_runs_on_a_folder_and_prints_train_and_test_accuracy(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("test", 2)):
@@ -47,7 +71,8 @@ def test_probe_runs_on_a_folder_and_prints_train_and_test_accuracy(tmp_path):
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "probe.py"), str(tmp_path), "--pretrained", "false",
-         "--backbone-kwargs", '{"stages": 3}', "--image-size", "32", "--l2", "0.01", "1", "--threads", "1"],
+         "--backbone-kwargs", '{"stages": 3}', "--image-size", "32", "--l2", "0.01", "1", "--threads", "1",
+         "--ood", str(tmp_path / "test" / "red")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -57,6 +82,8 @@ def test_probe_runs_on_a_folder_and_prints_train_and_test_accuracy(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     train_acc, test_acc = float(cells[5]), float(cells[6])
     assert 0.0 <= test_acc <= 1.0 and train_acc == 1.0  # colour alone separates the classes
+    ood_rows = [line for line in table if line.startswith("| red | 2 |")]
+    assert [c.strip() for c in ood_rows[0].strip("|").split("|")][2] == "max softmax" and len(ood_rows) == 3
 
 
 def test_probe_reports_a_bad_folder_in_one_line(tmp_path):
