@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from pipnet.quality.verdict import verdicts
 
 ZERO = {"hue": 0.0, "contrast": 0.0, "saturation": 0.0, "texture": 0.0, "shape": 0.0}
@@ -64,3 +66,32 @@ def test_missing_and_null_blocks_add_nothing():
     # without num_classes or per-class shares the everywhere line still gives the number
     assert verdicts({"everywhere": {"prototypes": {"2": {"share_min": 0.95}}}})[2][0].startswith(
         "fires on at least 95% of the images of every class: ")
+
+
+def test_report_shows_a_card_beside_each_carded_gallery_row():
+    from eval_helpers import logit_model, set_weights
+
+    from pipnet.render.html import render_report
+
+    model = logit_model(13, num_classes=3)
+    weights = torch.zeros(3, 13)
+    weights[0, 3], weights[1, 7], weights[2, 9], weights[2, 12], weights[0, 5] = 1.0, 1.0, 1.0, 1.0, 1.0
+    set_weights(model, weights.tolist())
+    metrics = {"top1_accuracy": 0.5, "quality": block(),
+               "everywhere": {"prototypes": [12], "share": 0.9, "presence": 0.5, "num_used": 5}}
+    html = render_report(model=model, metrics=metrics)
+    row = html[html.index('<tr id="prototype-3">'):]
+    row = row[: row.index("</tr>")]
+    assert "<th>report card</th>" in html
+    assert "<li>consistent: on part &#39;beak&#39; in 92% of its images (threshold 80%)</li>" in row
+    assert "mostly about colour: presence drops 80% when the hue is turned 180 degrees" in row
+    assert "not carded" in html[html.index('<tr id="prototype-5">'):]  # used, but in no block
+    # the card says "fires on ..." for 12, so the older present-everywhere note is not repeated
+    assert "fires on at least 98%" in html and "present everywhere: p &gt;" not in html
+    # the metrics table summarises the block; the per-prototype numbers are on the cards only
+    assert "quality / consistency" in html and "1 of 2 prototypes consistent" in html
+    assert "quality / duplicates</td><td class=\"num\">1 pairs of duplicate prototypes" in html
+    assert "quality / sensitivity (prototypes mostly about)</td><td class=\"num\">hue: 1, none stands out: 3" in html
+    assert "per_prototype" not in html and "sensitivity / prototypes" not in html
+    plain = render_report(model=model, metrics={"top1_accuracy": 0.5})  # an older metrics.json: no card column
+    assert "report card" not in plain and "present everywhere" not in plain
