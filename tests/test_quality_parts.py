@@ -147,3 +147,31 @@ def test_no_keypoints_no_parts_blocks():
     assert quality_card(model, data, parts=False)["consistency"] is None
     with pytest.raises(ValueError, match="presence threshold 0.5"):
         quality_card(model, data, projection=project(model, data, presence_threshold=0.3))
+
+
+def test_evaluate_writes_the_quality_block_and_reads_it_back():
+    import json
+
+    from pipnet.evaluate import Metrics, evaluate, format_metrics_table
+
+    model, data = planted_model_and_data()
+    m = evaluate(model, data, train_set=data, purity_sets={"train": data}, batch_size=16)
+    assert m.quality is not None and m.quality == quality_card(model, data)
+    saved = json.loads(m.to_json())
+    assert set(saved["quality"]) == {"consistency", "stability", "duplicates", "everywhere"}
+    assert saved["quality"]["consistency"]["per_prototype"]["1"]["part"] == "beak"
+    back = Metrics.from_dict(saved)
+    assert back.quality == saved["quality"] and back.to_dict() == saved
+    table = format_metrics_table(m)
+    assert any(line.startswith("consistency (train) ") and line.endswith("  0.667, 2 of 3 consistent (mu 0.8)")
+               for line in table.splitlines())
+    assert "duplicate pairs (train)" in table and "stability (train)" in table
+    assert evaluate(model, data, train_set=data, quality=False).quality is None
+    assert evaluate(model, data).quality is None  # no training set, no card
+    plain = torch.utils.data.TensorDataset(*data.tensors)
+    no_parts = evaluate(model, plain, train_set=plain)
+    assert no_parts.quality["consistency"] is None and json.loads(no_parts.to_json())["quality"]["stability"] is None
+    assert Metrics.from_dict(json.loads(no_parts.to_json())).quality["consistency"] is None  # null stays null
+    assert "n/a (no part keypoints)" in format_metrics_table(no_parts)
+    old = {k: v for k, v in saved.items() if k != "quality"}  # a metrics.json from before the card
+    assert Metrics.from_dict(old).quality is None
