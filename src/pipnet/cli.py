@@ -139,6 +139,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--tpr", type=float, default=0.95,
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the prototype report card (consistency, stability, duplicates, everywhere)")
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -173,7 +175,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, batch_size=raw.batch_size, device=device,
                        progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
-                       train_set=data.projection)
+                       train_set=data.projection, quality=not raw.no_quality)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else Path(raw.model) / "evaluation.json"
     out.write_text(metrics.to_json())
