@@ -4,9 +4,10 @@ The data is the built-in planted set (test, OoD, and the training images for pro
 "present everywhere", as training's final evaluation uses them); the model a randomly initialised
 PIP-Net with a hand-set sparse scoring sheet (``--used`` prototypes per class), so that a realistic number
 of prototypes is carded. The evaluate pass is ``evaluate(model, test, ood=..., purity_sets=..., train_set=...)``
-exactly as the training engine calls it. Timed: the sensitivity block alone (a projection for the top
-images, then :func:`pipnet.quality.sensitivity.prototype_sensitivity`) and, when ``pipnet.quality`` has it,
-the whole card (``quality_card``). Runs alternate inside each round; medians of ``--repeats`` rounds.
+exactly as the training engine calls it, with ``quality=False``. Timed against it: the sensitivity block
+alone on the first k top images (:func:`pipnet.quality.sensitivity.prototype_sensitivity`), and the whole
+card (``quality_card``) with the projection given (as ``evaluate`` gives its own) and computing its own.
+Runs alternate inside each round; medians of ``--repeats`` rounds.
 
     python benchmarks/bench_quality.py --size 64 --prototypes 32 --used 4 --repeats 3
 """
@@ -21,11 +22,11 @@ from collections.abc import Callable
 import torch
 
 import pipnet
-import pipnet.quality
 from pipnet.data import build_data
 from pipnet.data.config import DataConfig
 from pipnet.evaluate import evaluate
 from pipnet.projection import project
+from pipnet.quality import QUALITY_PRESENCE, SENSITIVITY_K, quality_card
 from pipnet.quality.sensitivity import prototype_sensitivity
 
 from common import print_table
@@ -49,7 +50,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--prototypes", type=int, default=32)
     parser.add_argument("--used", type=int, default=4, help="prototypes with a weight, per class")
-    parser.add_argument("--k", type=int, nargs="+", default=[10], help="top images per prototype for sensitivity")
+    parser.add_argument("--k", type=int, nargs="+", default=[SENSITIVITY_K, 10],
+                        help="top images per prototype for the sensitivity-only rows")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -66,22 +68,23 @@ def main() -> None:
     purity = {"train": data.projection, "test": data.test_projection or data.test} if data.num_parts else None
     b = args.batch_size
 
-    def evaluate_pass() -> None:
-        evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, train_set=data.projection, batch_size=b)
+    def evaluate_pass() -> None:  # without the card (quality=False): the pass the card is compared with
+        evaluate(model, data.test, ood=data.ood or None, purity_sets=purity, train_set=data.projection, batch_size=b,
+                 quality=False)
 
+    projection = project(model, data.projection, k=10, batch_size=b, presence_threshold=QUALITY_PRESENCE)
     runs: dict[str, Callable[[], object]] = {"evaluate": evaluate_pass}
     unions = {}
     for k in args.k:
-        def sensitivity(k: int = k) -> dict:
-            projection = project(model, data.projection, k=k, batch_size=b)
-            top = {p: projection.image_index[p].tolist() for p in used}
+        def sensitivity(k: int = k) -> dict:  # reusing the projection, as evaluate's card does
+            top = {p: projection.image_index[p, :k].tolist() for p in used}
             return prototype_sensitivity(model, data.projection, top, batch_size=b)
 
-        runs[f"sensitivity k={k}"] = sensitivity
-        unions[f"sensitivity k={k}"] = sensitivity()["params"]["num_images"]
-    card = getattr(pipnet.quality, "quality_card", None)
-    if card is not None:
-        runs["whole card"] = lambda: card(model, data.projection, batch_size=b)
+        runs[f"sensitivity only, k={k}"] = sensitivity
+        unions[f"sensitivity only, k={k}"] = sensitivity()["params"]["num_images"]
+    runs["card, projection given (as in evaluate)"] = lambda: quality_card(model, data.projection, projection=projection,
+                                                                           batch_size=b)
+    runs["card, own projection"] = lambda: quality_card(model, data.projection, batch_size=b)
     seconds = timed_round_robin(runs, args.repeats)
     images = len(data.test) + sum(len(d) for d in (data.ood or {}).values()) + len(data.projection)
     print(f"{args.model}, planted data at {args.size} px ({len(data.test)} test, {len(data.projection)} train images), "

@@ -161,6 +161,9 @@ def test_bad_parameters_and_top_images_are_refused():
         prototype_sensitivity(model, data, {5: [0]})
     with pytest.raises(ValueError, match=r"outside the data set's 0\.\.0: \[3\]"):
         prototype_sensitivity(model, data, {1: [0, 3]})
+    logits = TensorDataset(torch.zeros(2, 4, 1, 2), torch.zeros(2, dtype=torch.long))  # not RGB images
+    with pytest.raises(ValueError, match=r"needs RGB images \(3, S, S\) with S >= 8, got inputs of shape \(4, 1, 2\)"):
+        prototype_sensitivity(model, logits, {1: [0]})
 
 
 # ---- hand-built detectors: the dominant aspect is known ----------------------------------------------------

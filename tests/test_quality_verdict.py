@@ -17,7 +17,7 @@ def block() -> dict:
                         "per_prototype": {"3": {"score": 0.92, "part": "beak"}, "7": {"score": 0.4, "part": "wing"}},
                         "params": {}},
         "stability": {"score": 0.7, "per_prototype": {"3": 0.85, "7": 0.55}, "params": {}},
-        "duplicates": {"rule": "words", "count": 1, "pairs": [{"a": 7, "b": 9, "overlap": 0.95}]},
+        "duplicates": {"rule": "words", "count": 1, "pairs": [{"a": 7, "b": 9, "overlap": 0.95, "both": 38, "either": 40}]},
         "everywhere": {"rule": "words", "count": 1,
                        "prototypes": {"12": {"share_min": 0.98, "per_class": [0.98, 1.0, 0.99]}}},
         "sensitivity": {
@@ -43,10 +43,11 @@ def test_every_line_with_its_numbers():
         "mostly about colour: presence drops 80% when the hue is turned 180 degrees "
         "(drops: hue 80%, saturation 70%, contrast 20%, texture 0%, shape 0%)",
     ]
-    assert v[7][0] == "duplicate of prototype 9 (overlap 0.95)"
+    assert v[7][0] == ("duplicate of prototype 9: both fire at the same place in 95% of the images where either is "
+                       "present (38 of 40)")
     assert v[7][1] == "not consistent: its most frequent part, 'wing', in only 40% of its images (threshold 80%)"
     assert v[7][3].startswith("robust to every perturbation tried: no drop reaches 30% (drops: hue 0%")
-    assert v[9][0] == "duplicate of prototype 7 (overlap 0.95)"
+    assert v[9][0].startswith("duplicate of prototype 7: both fire at the same place in 95%")
     assert v[9][1].startswith("depends on several aspects at once (hue, texture)")
     assert v[12] == [
         "fires on at least 98% of the images of each of the 3 classes (per class 98% to 100%): carries no class "
@@ -60,6 +61,8 @@ def test_missing_and_null_blocks_add_nothing():
     assert verdicts({}) == {}
     older = {"consistency": None, "stability": None, "duplicates": {"pairs": []}, "everywhere": {"prototypes": {}}}
     assert verdicts(older) == {}
+    odd = verdicts({"duplicates": {"pairs": [{"a": 1, "b": 2, "distance": 0.5}]}})  # unknown numbers, as they come
+    assert odd == {1: ["duplicate of prototype 2 (distance 0.50)"], 2: ["duplicate of prototype 1 (distance 0.50)"]}
     only = {"sensitivity": {"prototypes": {"4": {**ZERO, "saturation": 0.9}}, "dominant": {"4": "saturation"}}}
     assert verdicts(only) == {4: ["mostly about colour: presence drops 90% when the image is made gray "
                                   "(drops: hue 0%, saturation 90%, contrast 0%, texture 0%, shape 0%)"]}

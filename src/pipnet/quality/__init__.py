@@ -6,12 +6,16 @@
   ``null`` when the data has no part keypoints;
 - ``duplicates``: pairs of used prototypes firing on the same images at the same places;
 - ``everywhere``: used prototypes present on >= 90% of the images of every class
-  (:mod:`pipnet.quality.overlap`).
+  (:mod:`pipnet.quality.overlap`);
+- ``sensitivity``: how much each one's presence drops on its top images when the hue, contrast,
+  saturation, texture or shape of the image is changed (after Nauta et al. 2021:
+  :mod:`pipnet.quality.sensitivity`); :func:`pipnet.quality.verdict.verdicts` turns the block into words.
 
 Like :func:`pipnet.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
 ``str(int)`` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
-over the evaluation images for stability.
+over the evaluation images for stability, plus six forward passes (the original and five perturbations) over
+the union of the used prototypes' first ``sensitivity_k`` top images.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch.utils.data import Dataset
 from pipnet.model import PIPNet
 from pipnet.projection import Projection, project
 from pipnet.quality.overlap import duplicates_block, everywhere_block
+from pipnet.quality.sensitivity import can_perturb, prototype_sensitivity
 from pipnet.quality.parts import (
     CONSISTENCY_THRESHOLD,
     NOISE_SEED,
@@ -39,9 +44,10 @@ from pipnet.quality.parts import (
     unchanged_shares,
 )
 
-__all__ = ["QUALITY_PRESENCE", "has_parts", "quality_card", "top_images"]
+__all__ = ["QUALITY_PRESENCE", "SENSITIVITY_K", "has_parts", "quality_card", "top_images"]
 
 QUALITY_PRESENCE = 0.5  # "present": the projection threshold every block reads
+SENSITIVITY_K = 5  # top images per prototype that sensitivity perturbs (the cost: 6 passes over their union)
 
 
 def has_parts(dataset: Dataset) -> bool:
@@ -71,6 +77,8 @@ def quality_card(
     progress: bool = False,
     parts: bool = True,
     k: int = 10,
+    sensitivity: bool = True,
+    sensitivity_k: int = SENSITIVITY_K,
 ) -> dict[str, Any]:
     """The ``quality`` block of ``metrics.json`` for the used prototypes of ``model`` on ``dataset``.
 
@@ -85,9 +93,12 @@ def quality_card(
         progress: show progress bars.
         parts: compute consistency and stability when the data has part keypoints (else they are None).
         k: top images per prototype, when the projection is computed here.
+        sensitivity: measure the ``sensitivity`` block.
+        sensitivity_k: the first this many top images of each prototype are perturbed.
 
     Returns:
-        ``{"consistency", "stability", "duplicates", "everywhere"}`` (see the module docstring); NaN marks
+        ``{"consistency", "stability", "duplicates", "everywhere", "sensitivity"}`` (see the module docstring;
+        no ``sensitivity`` with ``sensitivity=False``, None when the inputs are not RGB images); NaN marks
         undefined numbers (``null`` in JSON).
     """
     if projection is None:
@@ -104,6 +115,14 @@ def quality_card(
         card.update(_parts(model, dataset, projection, labels, used, device=device, batch_size=batch_size, progress=progress))
     card["duplicates"] = duplicates_block(projection, used)
     card["everywhere"] = everywhere_block(model, projection, labels)
+    if sensitivity:
+        if sensitivity_k < 1:
+            raise ValueError(f"sensitivity_k must be >= 1, got {sensitivity_k}")
+        card["sensitivity"] = None  # inputs that are not RGB images (hand-built test data) cannot be perturbed
+        if len(dataset) and can_perturb(tuple(dataset[0][0].shape)):  # type: ignore[arg-type]
+            top = {p: images[:sensitivity_k] for p, images in top_images(projection, used).items()}
+            card["sensitivity"] = prototype_sensitivity(model, dataset, top, device=device, batch_size=batch_size,
+                                                        progress=progress)
     return card
 
 

@@ -46,7 +46,7 @@ from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from pipnet.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 
-__all__ = ["ASPECTS", "DOMINANT_DROP", "DOMINANT_MARGIN", "Perturbations", "dominant_aspect",
+__all__ = ["ASPECTS", "DOMINANT_DROP", "DOMINANT_MARGIN", "Perturbations", "can_perturb", "dominant_aspect",
            "prototype_sensitivity", "shuffle_tiles"]
 
 ASPECTS = ("hue", "contrast", "saturation", "texture", "shape")
@@ -173,6 +173,11 @@ def dominant_aspect(drops: Mapping[str, float | None]) -> str | None:
     return best
 
 
+def can_perturb(shape: Sequence[int], perturbations: Perturbations = Perturbations()) -> bool:
+    """Whether inputs of ``shape`` (C, H, W) are images the perturbations apply to: RGB, at least one pixel per tile."""
+    return len(shape) == 3 and shape[0] == 3 and min(shape[1:]) >= perturbations.shuffle_grid
+
+
 def _normalize(rgb: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
@@ -223,6 +228,9 @@ def prototype_sensitivity(
         A drop is None when the prototype is present (p >= 0.1) on none of its top images.
     """
     top = _checked_top(top, model.num_prototypes, len(dataset))
+    if len(dataset) and not can_perturb(tuple(dataset[0][0].shape), perturbations):
+        raise ValueError(f"sensitivity needs RGB images (3, S, S) with S >= {perturbations.shuffle_grid}, "
+                         f"got inputs of shape {tuple(dataset[0][0].shape)}")
     union = sorted({i for images in top.values() for i in images})
     row_of = {image: r for r, image in enumerate(union)}
     prototypes = sorted(top)

@@ -76,8 +76,13 @@ def verdicts(quality: Mapping[str, Any] | None, *, num_classes: int | None = Non
         a, b = pair.get("a"), pair.get("b")
         if a is None or b is None:
             continue
-        numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in pair.items() if k not in ("a", "b") and _number(v) is not None)
-        suffix = f" ({numbers})" if numbers else ""
+        overlap, both, either = (_number(pair.get(k)) for k in ("overlap", "both", "either"))
+        if overlap is not None and both is not None and either is not None:
+            suffix = (f": both fire at the same place in {_pct(overlap)} of the images where either is present "
+                      f"({int(both)} of {int(either)})")
+        else:  # other numbers, as they come
+            numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in pair.items() if k not in ("a", "b") and _number(v) is not None)
+            suffix = f" ({numbers})" if numbers else ""
         add(a, f"duplicate of prototype {int(b)}{suffix}")
         add(b, f"duplicate of prototype {int(a)}{suffix}")
 
