@@ -15,28 +15,32 @@ from pipnet.quality.overlap import duplicate_pairs
 
 
 def test_duplicate_rule_by_hand():
-    # prototype 0 in images 0-4; 1 in 0-4 at the same or a neighbouring cell but image 4 two cells away;
-    # 2 in images 0-1 only; 3 in 0-4 at other places; 4 like 0 but unused.
-    rows = [(0, n, (3, 3)) for n in range(5)]
-    rows += [(1, n, (3, 4) if n < 4 else (5, 3)) for n in range(5)]
-    rows += [(2, n, (3, 3)) for n in range(2)]
-    rows += [(3, n, (9, 9)) for n in range(5)]
-    rows += [(4, n, (3, 3)) for n in range(5)]
-    proto = torch.tensor([r[0] for r in rows])
-    image = torch.tensor([r[1] for r in rows])
-    cell = torch.tensor([r[2] for r in rows])
+    # k = 4. Prototype 1 shares images 0-3 with 0, at the same or a neighbouring cell except image 3 (2 rows off);
+    # 2 shares images 0-1 with 0 at the same cell; 3 the same images as 0 at other places; 4 is a copy of 0.
+    image = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 7, 8], [0, 1, 2, 3], [0, 1, 2, 3]])
+    cell = torch.tensor([
+        [(3, 3)] * 4,
+        [(3, 4), (2, 2), (5, 3), (3, 3)],  # rows of images 1, 0, 3, 2: image 3 is at (5, 3), 2 rows off
+        [(3, 3)] * 4,
+        [(9, 9)] * 4,
+        [(3, 3)] * 4,
+    ])
+    presence = torch.full((5, 4), 0.9)
     used = torch.tensor([0, 1, 2, 3])
-    pairs = duplicate_pairs(proto, image, cell, used, num_images=6, min_overlap=0.8)
-    assert pairs == [{"a": 0, "b": 1, "overlap": 0.8, "both": 4, "either": 5}]  # 4 of 5 at the same place
-    assert duplicate_pairs(proto, image, cell, used, num_images=6, min_overlap=0.81) == []
-    loose = duplicate_pairs(proto, image, cell, used, num_images=6, min_overlap=0.4)
-    # 2 fires on a subset of the images of 0 and 1, next to both: 2 of the 5 images where either is present
-    assert [(p["a"], p["b"], p["overlap"]) for p in loose] == [(0, 1, 0.8), (0, 2, 0.4), (1, 2, 0.4)]
-    far = duplicate_pairs(proto, image, cell, used, num_images=6, min_overlap=0.8, max_cells=2)
-    assert far[0]["overlap"] == 1.0  # image 4's cells are 2 rows apart
-    every = duplicate_pairs(proto, image, cell, torch.arange(5), num_images=6)
-    assert {(p["a"], p["b"]) for p in every} == {(0, 1), (0, 4), (1, 4)}  # 4 duplicates 0 once it is used
-    assert duplicate_pairs(proto, image, cell, torch.tensor([0]), num_images=6) == []
+    pairs = duplicate_pairs(image, cell, presence, used)  # at least half of the k = 4 images
+    assert pairs[0] == {"a": 0, "b": 1, "share": 0.75, "shared": 3, "k": 4}
+    assert [(p["a"], p["b"], p["share"]) for p in pairs] == [(0, 1, 0.75), (0, 2, 0.5), (1, 2, 0.5)]
+    assert [(p["a"], p["b"]) for p in duplicate_pairs(image, cell, presence, used, min_share=0.6)] == [(0, 1)]
+    assert duplicate_pairs(image, cell, presence, used, min_share=0.8) == []
+    assert duplicate_pairs(image, cell, presence, used, max_cells=2)[0]["share"] == 1.0  # image 3 now counts
+    exact = duplicate_pairs(image, cell, presence, used, max_cells=0)  # same cell only: 0 and 1 share image 2 alone
+    assert [(p["a"], p["b"], p["shared"]) for p in exact] == [(0, 2, 2)]
+    every = duplicate_pairs(image, cell, presence, torch.arange(5))
+    assert {(p["a"], p["b"]) for p in every} >= {(0, 1), (0, 4), (1, 4)}  # 4 duplicates 0 once it is used
+    assert (3, 4) not in {(p["a"], p["b"]) for p in every}
+    assert duplicate_pairs(image, cell, presence, torch.tensor([0])) == []
+    presence[2, 1] = 0.05  # prototype 2 hardly present on image 1: that image no longer counts for it
+    assert [(p["a"], p["b"]) for p in duplicate_pairs(image, cell, presence, used)] == [(0, 1)]
 
 
 def twin_channels(n: int = 12):
@@ -62,8 +66,8 @@ def test_a_prototype_twin_is_found_and_distinct_ones_are_not():
     model, data = twin_channels()
     card = quality_card(model, data)
     dup = card["duplicates"]
-    assert dup["count"] == 1 and dup["pairs"] == [{"a": 0, "b": 1, "overlap": 1.0, "both": 12, "either": 12}]
-    assert "80%" in dup["rule"] and dup["params"]["max_cells"] == 1
+    assert dup["count"] == 1 and dup["pairs"] == [{"a": 0, "b": 1, "share": 1.0, "shared": 10, "k": 10}]
+    assert "50%" in dup["rule"] and dup["params"]["max_cells"] == 1
     # Prototype 0 and 2 are present on every image (each class), so both are "everywhere"; 3 on half of one class.
     every = card["everywhere"]
     assert every["count"] == 3 and set(every["prototypes"]) == {"0", "1", "2"}
@@ -84,7 +88,7 @@ def test_everywhere_block_reuses_the_shares():
     entry = card["everywhere"]["prototypes"]["0"]
     assert card["everywhere"]["count"] == 1 and entry["share_min"] == 1.0
     assert entry["per_class"][:2] == [1.0, 1.0] and math.isnan(entry["per_class"][2])
-    assert card["consistency"] is None and card["duplicates"]["count"] == 0
+    assert card["consistency"] is None
 
 
 def test_top_images_for_the_sensitivity_block():

@@ -1,14 +1,15 @@
 """Prototypes that overlap: duplicates (two prototypes, one detector) and prototypes present everywhere.
 
-Both read a :class:`~pipnet.projection.Projection` (its ``above_*`` rows: every (prototype, image) with
-presence > 0.5 and the argmax cell there); neither runs the model.
+Both read a :class:`~pipnet.projection.Projection`; neither runs the model.
 
-- *Duplicates*: two used prototypes are duplicates when, over the images where either is present
-  (> 0.5), at least ``DUPLICATE_OVERLAP`` = 0.8 have both present with argmax cells at most
-  ``DUPLICATE_CELLS`` = 1 grid cell apart (Chebyshev distance: the same cell or one of its 8
-  neighbours). That share is a Jaccard index of "present here" events, so a prototype that fires on a
-  subset of another's images, or at other places on the same images, is no duplicate. Not in the paper;
-  the rule is ours.
+- *Duplicates*: two used prototypes are duplicates when at least ``DUPLICATE_SHARE`` = half of their
+  top-k images (k = 10: the projection's galleries) are the same images, where both have presence
+  > 0.1 (the inference threshold: below it the classifier ignores a prototype) and argmax cells at most
+  ``DUPLICATE_CELLS`` = 1 grid cell apart (Chebyshev distance: the same cell or one of its 8 neighbours).
+  Why the galleries and not "both present (> 0.5) at the same place": presence is a softmax over
+  prototypes at each cell, so two copies of one detector split it (about 0.5 each) and are never both
+  present at one cell; their rankings of images and cells, though, coincide. Not in the paper; the
+  rule is ours.
 - *Everywhere*: used prototypes present (> 0.5) on at least 90% of the images of every class
   (:func:`pipnet.projection.everywhere_prototypes`): they carry no class information and usually encode
   background or colour.
@@ -21,83 +22,70 @@ from typing import Any
 import torch
 
 from pipnet import metrics as M
-from pipnet.model import PIPNet
+from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.projection import Projection, everywhere_prototypes
 
-__all__ = ["DUPLICATE_CELLS", "DUPLICATE_OVERLAP", "duplicate_pairs", "duplicates_block", "everywhere_block"]
+__all__ = ["DUPLICATE_CELLS", "DUPLICATE_SHARE", "duplicate_pairs", "duplicates_block", "everywhere_block"]
 
-DUPLICATE_OVERLAP = 0.8
+DUPLICATE_SHARE = 0.5
 DUPLICATE_CELLS = 1
 
 
 def duplicate_pairs(
-    prototype: torch.Tensor,
-    image: torch.Tensor,
+    image_index: torch.Tensor,
     cell: torch.Tensor,
+    presence: torch.Tensor,
     prototypes: torch.Tensor,
-    num_images: int,
     *,
-    min_overlap: float = DUPLICATE_OVERLAP,
+    min_share: float = DUPLICATE_SHARE,
     max_cells: int = DUPLICATE_CELLS,
+    min_presence: float = PRESENCE_THRESHOLD,
 ) -> list[dict[str, Any]]:
-    """Pairs of ``prototypes`` that fire on the same images at the same places (module docstring).
+    """Pairs of ``prototypes`` whose top-k images and argmax cells coincide (module docstring).
 
-    For prototypes a < b: ``either`` = images where a or b is present, ``both`` = images where both are
-    present with argmax cells at most ``max_cells`` apart in row and in column, ``overlap`` =
-    both / either. A pair is kept when overlap >= ``min_overlap`` (and either > 0).
+    For prototypes a < b: ``shared`` = images in both top-k rows where both presences exceed
+    ``min_presence`` and the two argmax cells are at most ``max_cells`` apart in row and in column;
+    ``share`` = shared / k. A pair is kept when share >= ``min_share``. Each image is at most once in a
+    row, so ``shared`` is symmetric.
 
     Args:
-        prototype: (M,) prototype of each present (prototype, image) row, each pair at most once.
-        image: (M,) its image.
-        cell: (M, 2) its argmax (row, column).
+        image_index: (P, k) the top-k images of every prototype (``Projection.image_index``).
+        cell: (P, k, 2) their argmax (row, column) (``Projection.cell``).
+        presence: (P, k) the presence there (``Projection.presence``).
         prototypes: the candidate prototypes (the used ones).
-        num_images: N, images in the data set.
-        min_overlap: the share that makes a duplicate.
+        min_share: the share of the k images that makes a duplicate.
         max_cells: the largest row or column distance that counts as the same place.
+        min_presence: the presence both need on a shared image.
 
     Returns:
-        ``{"a", "b", "overlap", "both", "either"}`` per pair, highest overlap first (ties: by a, then b).
+        ``{"a", "b", "share", "shared", "k"}`` per pair, highest share first (ties: by a, then b).
     """
     candidates = prototypes.long().cpu().unique()
-    U = len(candidates)
-    if U < 2:
+    k = image_index.shape[1]
+    if len(candidates) < 2 or k == 0:
         return []
-    slot = torch.full((int(max(int(candidates.max()), int(prototype.max()) if len(prototype) else 0)) + 1,), -1)
-    slot[candidates] = torch.arange(U)
-    keep = slot[prototype.long().cpu()] >= 0 if len(prototype) else torch.zeros(0, dtype=torch.bool)
-    rows, cols = slot[prototype.long().cpu()[keep]], image.long().cpu()[keep]
-    present = torch.zeros(U, num_images, dtype=torch.bool)
-    present[rows, cols] = True
-    where = torch.zeros(U, num_images, 2, dtype=torch.long)
-    where[rows, cols] = cell.long().cpu()[keep]
-    # Co-presence bounds the overlap from above: only pairs that pass it are checked cell by cell.
-    count = present.sum(dim=1).double()  # (U,)
-    co = present.double() @ present.double().T  # (U, U)
-    either = count[:, None] + count[None, :] - co
-    bound = torch.where(either > 0, co / either.clamp(min=1), torch.zeros_like(co))
-    a_idx, b_idx = torch.triu(bound >= min_overlap, diagonal=1).nonzero(as_tuple=True)
+    img, pos = image_index[candidates].cpu(), cell[candidates].cpu()  # (U, k), (U, k, 2)
+    img = torch.where(presence[candidates].cpu() > min_presence, img, torch.full_like(img, -1))  # -1: not counted
     pairs = []
-    for a, b in zip(a_idx.tolist(), b_idx.tolist()):
-        both_present = present[a] & present[b]
-        near = (where[a] - where[b]).abs().amax(dim=1) <= max_cells  # (N,)
-        both = int((both_present & near).sum())
-        total = int(either[a, b])
-        if both / total >= min_overlap:
-            pairs.append({"a": int(candidates[a]), "b": int(candidates[b]), "overlap": both / total,
-                          "both": both, "either": total})
-    return sorted(pairs, key=lambda p: (-p["overlap"], p["a"], p["b"]))
+    for u in range(len(candidates) - 1):  # one vectorised comparison of u's row against every later row
+        same_image = (img[u][None, :, None] == img[u + 1:][:, None, :]) & (img[u] >= 0)[None, :, None]  # (V, k, k)
+        near = (pos[u][None, :, None, :] - pos[u + 1:][:, None, :, :]).abs().amax(dim=-1) <= max_cells  # (V, k, k)
+        shared = (same_image & near).any(dim=2).sum(dim=1)  # (V,)
+        for v in (shared >= min_share * k).nonzero().flatten().tolist():
+            n = int(shared[v])
+            pairs.append({"a": int(candidates[u]), "b": int(candidates[u + 1 + v]), "share": n / k, "shared": n, "k": k})
+    return sorted(pairs, key=lambda p: (-p["share"], p["a"], p["b"]))
 
 
-def duplicates_block(projection: Projection, prototypes: torch.Tensor, *, min_overlap: float = DUPLICATE_OVERLAP,
+def duplicates_block(projection: Projection, prototypes: torch.Tensor, *, min_share: float = DUPLICATE_SHARE,
                      max_cells: int = DUPLICATE_CELLS) -> dict[str, Any]:
     """The ``duplicates`` entry of the quality block: the rule in words, the number of pairs and the pairs."""
-    pairs = duplicate_pairs(projection.above_prototype, projection.above_image, projection.above_cell, prototypes,
-                            projection.num_images, min_overlap=min_overlap, max_cells=max_cells)
-    rule = (f"two used prototypes whose presence > {projection.threshold:g} falls, on at least {min_overlap:.0%} of the "
-            f"images where either is present, on the same image with argmax cells at most {max_cells} cell apart")
+    pairs = duplicate_pairs(projection.image_index, projection.cell, projection.presence, prototypes,
+                            min_share=min_share, max_cells=max_cells)
+    rule = (f"two used prototypes sharing at least {min_share:.0%} of their top-{projection.k} images, both present "
+            f"(> {PRESENCE_THRESHOLD:g}) there with argmax cells at most {max_cells} cell apart")
     return {"rule": rule, "count": len(pairs), "pairs": pairs,
-            "params": {"min_overlap": min_overlap, "max_cells": max_cells, "presence": projection.threshold,
-                       "num_images": projection.num_images}}
+            "params": {"min_share": min_share, "max_cells": max_cells, "k": projection.k, "presence": PRESENCE_THRESHOLD}}
 
 
 def everywhere_block(model: PIPNet, projection: Projection, labels: torch.Tensor,
