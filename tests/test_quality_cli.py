@@ -21,6 +21,7 @@ def test_train_writes_the_card_and_evaluate_can_skip_it(tmp_path, capsys):
     assert rc == 0, err
     quality = json.loads((run / "metrics.json").read_text())["quality"]
     assert set(quality) >= {"consistency", "stability", "duplicates", "everywhere"}
+    assert set(quality["sensitivity"]["prototypes"]) == set(quality["sensitivity"]["dominant"])  # every used one carded
     assert quality["consistency"]["params"]["mu"] == 0.8 and quality["stability"]["params"]["sigma"] == 0.2
     assert quality["consistency"]["num_prototypes"] + quality["consistency"]["unscored"] > 0
     table = format_metrics_table(Metrics.from_dict(json.loads((run / "metrics.json").read_text())))
