@@ -8,7 +8,15 @@ import torch
 import torch.nn as nn
 
 from pipnet.data import DataConfig, EvalDataset, PlantedConfig, PlantedParts, build_data
-from pipnet.data.planted import COLOURS, class_part_types, generate_image, part_type_style
+from pipnet.data.planted import (
+    COLOURS,
+    class_background,
+    class_part_types,
+    generate_image,
+    part_styles,
+    part_type_style,
+    twin_part_types,
+)
 from pipnet.data.wrappers import scale_keypoints
 
 SATURATED = {name: c for name, c in COLOURS.items() if name != "white"}
@@ -186,3 +194,85 @@ def test_a_tiny_cnn_learns_the_classes():
     finally:
         torch.set_num_threads(threads)
     assert accuracy > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Variants: one more planted fact each, for the prototype-quality metrics (pipnet.quality)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _mean_colours(ds: PlantedParts) -> np.ndarray:
+    return np.stack([np.asarray(ds.image(i), dtype=np.float64).reshape(-1, 3).mean(0) for i in range(len(ds))])
+
+
+def test_every_variant_keeps_the_layout_of_standard():
+    """Variants draw the same random numbers: the same parts at the same places, so only appearance changes."""
+    base = PlantedParts(PlantedConfig(), "train")
+    for variant in ("standard", "colour", "shortcut", "twins"):
+        ds = PlantedParts(PlantedConfig(variant=variant), "train")
+        assert ds.combos == base.combos
+        for i in range(0, len(ds), 9):
+            assert torch.equal(ds.keypoints(i), base.keypoints(i)), (variant, i)
+        same = [ds.image(i).tobytes() == base.image(i).tobytes() for i in range(12)]
+        assert all(same) if variant == "standard" else not all(same), variant
+    with pytest.raises(ValueError, match="unknown planted variant"):
+        PlantedParts(PlantedConfig(variant="stripes"), "train")
+
+
+def test_colour_variant_classes_0_and_1_differ_only_in_colour():
+    config = PlantedConfig(variant="colour")
+    styles, combos = part_styles(config), class_part_types(config)
+    first, second = [sorted(styles[t] for t in combos[c]) for c in (0, 1)]
+    assert [(s, x) for s, _, x in first] == [(s, x) for s, _, x in second]  # same shapes and textures ...
+    assert [c for _, c, _ in first] != [c for _, c, _ in second]  # ... other colours
+    assert len(set(styles)) == config.num_part_types  # no two part types look alike
+    looks = {tuple(sorted(styles[t] for t in combo)) for combo in combos}
+    assert len(looks) == config.num_classes
+    standard = [part_type_style(t) for t in range(config.num_part_types)]
+    changed = [t for t in range(config.num_part_types) if styles[t] != standard[t]]
+    assert changed and set(changed) <= set(combos[1]) - set(combos[0])
+    ds = PlantedParts(config, "train")
+    for i in range(1, len(ds), config.num_classes):  # class 1: the pixel at each part has the new colour
+        for part, x, y in ds.keypoints(i).tolist():
+            pixel = np.asarray(ds.image(i))[int(y), int(x)].astype(int)
+            distances = {name: np.abs(pixel - c).max() for name, c in COLOURS.items()}
+            assert min(distances, key=distances.get) == styles[int(part)][1]
+
+
+def test_shortcut_variant_background_alone_predicts_the_class():
+    """A nearest-centroid rule on the mean colour of the whole image: near chance on standard, perfect here."""
+    accuracy = {}
+    for variant in ("standard", "shortcut"):
+        config = PlantedConfig(variant=variant)
+        train, test = PlantedParts(config, "train"), PlantedParts(config, "test")
+        x, y = _mean_colours(train), np.array(train.targets)
+        centroids = np.stack([x[y == c].mean(0) for c in range(config.num_classes)])
+        xt, yt = _mean_colours(test), np.array(test.targets)
+        guess = np.linalg.norm(xt[:, None] - centroids[None], axis=-1).argmin(1)
+        accuracy[variant] = float((guess == yt).mean())
+    assert accuracy["shortcut"] == 1.0 and accuracy["standard"] < 0.6, accuracy
+    config = PlantedConfig(variant="shortcut")
+    assert len({class_background(config, c) for c in range(config.num_classes)}) == config.num_classes
+    ood, plain = PlantedParts(config, "ood"), PlantedParts(PlantedConfig(), "ood")
+    assert all(ood.image(i).tobytes() == plain.image(i).tobytes() for i in range(5))  # no class, no tint
+
+
+def test_twins_variant_draws_two_part_types_alike_and_keeps_classes_apart():
+    config = PlantedConfig(variant="twins")
+    a, b = twin_part_types(config)
+    styles = part_styles(config)
+    assert styles[a] == styles[b] and len(set(styles)) == config.num_part_types - 1
+    ds = PlantedParts(config, "train")
+    assert ds.part_names[b] == ds.part_names[a] + " (twin)" and len(set(ds.part_names)) == config.num_part_types
+    looks = {tuple(sorted(styles[t] for t in combo)) for combo in ds.combos}
+    assert len(looks) == config.num_classes
+    seen = 0
+    for i in range(len(ds)):  # both twins are drawn in the colour of type a
+        for part, x, y in ds.keypoints(i).tolist():
+            if int(part) in (a, b):
+                pixel = np.asarray(ds.image(i))[int(y), int(x)].astype(int)
+                assert np.abs(pixel - COLOURS[styles[a][1]]).max() <= 50
+                seen += int(part) == b
+    assert seen > 10  # the twin really occurs
+    with pytest.raises(ValueError, match="twins"):
+        part_styles(PlantedConfig(variant="twins", num_part_types=1, parts_per_class=1, num_classes=1))

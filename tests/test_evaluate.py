@@ -13,7 +13,7 @@ from pipnet.evaluate import Metrics, evaluate, format_metrics_table
 METRIC_KEYS = [
     "top1_accuracy", "top5_accuracy", "sparsity_ratio", "global_size", "local_size", "local_size_all_classes",
     "num_present", "abstained", "num_images", "ood", "purity", "binary", "confusion_matrix", "on_object", "everywhere", "saturation",
-    "purity_all_patches", "protocol",
+    "purity_all_patches", "protocol", "quality",
 ]  # fmt: skip
 
 

@@ -32,6 +32,8 @@ from pipnet import create_model  # noqa: E402
 from pipnet.data import build_data  # noqa: E402
 from pipnet.data.config import DataConfig, PlantedConfig  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
+from pipnet.projection import project  # noqa: E402
+from pipnet.quality.sensitivity import ASPECTS, prototype_sensitivity  # noqa: E402
 from pipnet.serve import create_app  # noqa: E402
 from pipnet.serve.editing import ModelEditor  # noqa: E402
 from pipnet.serve.session import Explorer  # noqa: E402
@@ -75,6 +77,11 @@ def run_dir(tmp_path_factory) -> Path:
     (run / "config.yaml").write_text(dump_config(config))
     # Thresholds no score reaches: every image the model does not abstain on is "unknown".
     Thresholds([1e9] * 3, 0.95, "hand-set for the test", 12, [4, 4, 4]).save(run)
+    # A report card measured on this model and its training images, as metrics.json holds it.
+    train = build_data(config.data).projection
+    top = project(model, train, k=4).image_index
+    sensitivity = prototype_sensitivity(model, train, {p: top[p].tolist() for p in range(8)}, batch_size=8)
+    (run / "metrics.json").write_text(json.dumps({"top1_accuracy": 0.5, "quality": {"sensitivity": sensitivity}}))
     return run
 
 
@@ -230,6 +237,29 @@ def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir
     expect(page.locator("#explanation h2")).to_contain_text(f"test image 3 (class {data.classes[data.test.targets[3]]})")
     page.fill("#filter", data.classes[1].lower())
     expect(page.locator("#sheet tr.sheet-class:visible")).to_have_count(1)
+
+
+def test_gallery_shows_each_prototypes_report_card(page, run_dir):
+    """Every gallery row has its card from metrics.json: the sensitivity line with the measured drops."""
+    expect = sync_api.expect
+    quality = json.loads((run_dir / "metrics.json").read_text())["quality"]
+    expect(page.locator("#gallery th", has_text="report card")).to_have_count(1)
+    measured = 0
+    for p in range(8):
+        card = page.locator(f"#prototype-{p} td.card li")
+        drops = quality["sensitivity"]["prototypes"][str(p)]
+        if all(v is None for v in drops.values()):
+            expect(card).to_have_text(["what it looks at is unknown: not present (p >= 0.1) on its top images"])
+            continue
+        numbers = ", ".join(f"{k} {drops[k]:.0%}" for k in ("hue", "saturation", "contrast", "texture", "shape"))
+        expect(card).to_have_count(1)
+        expect(card).to_contain_text(f"(drops: {numbers})")
+        measured += 1
+        aspect = quality["sensitivity"]["dominant"][str(p)]
+        if aspect is not None:
+            expect(card).to_contain_text("mostly about")
+    assert measured > 0, "no prototype was present on its top images: the check above was vacuous"
+    assert set(ASPECTS) == set(quality["sensitivity"]["perturbations"])
 
 
 def test_bad_uploads_are_refused_and_the_page_keeps_working(page, server, run_dir, monkeypatch):

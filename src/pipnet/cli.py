@@ -144,6 +144,8 @@ def cmd_evaluate(argv: list[str]) -> int:
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -170,7 +172,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     purity = data.purity_sets() if raw.parts else {}
     metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
                        progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
-                       train_set=data.projection)
+                       train_set=data.projection, quality=not raw.no_quality)
     _out(format_metrics_table(metrics))
     out = Path(raw.out) if raw.out else folder.evaluation
     out.write_text(metrics.to_json())

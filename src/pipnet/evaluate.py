@@ -20,7 +20,8 @@ evaluation's weight decrements (spec section 10.1) are not done here: evaluation
 training under the ``paper`` protocol applies them as an explicit step of its loop.
 
 Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
-projection pass per purity set.
+projection pass per purity set. With a training set, the prototype report card (``quality``, issue #16:
+:func:`pipnet.quality.quality_card`) reuses that set's projection and adds one noisy pass for stability.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class Metrics:
     :func:`on_object_of_projection`); ``everywhere`` lists the used prototypes present (> 0.5) on >= 90% of
     the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``);
     ``saturation`` counts the used prototypes whose k-th best presence on the training set is >= 0.99
-    (``{"saturated", "num_used", "share", "presence", "rank"}``).
+    (``{"saturated", "num_used", "share", "presence", "rank"}``). ``quality`` is the prototype report card
+    of the training set (:func:`pipnet.quality.quality_card`: consistency, stability, duplicates,
+    everywhere), None when not computed.
     Undefined values are NaN here and ``null`` in JSON.
     """
 
@@ -86,6 +89,7 @@ class Metrics:
     saturation: dict[str, float | int] = field(default_factory=dict)
     purity_all_patches: dict[str, dict[str, float | int]] = field(default_factory=dict)
     protocol: str = "default"
+    quality: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -100,7 +104,9 @@ class Metrics:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         binary = known.pop("binary", None)  # None here means "not a binary task"
         protocol = known.pop("protocol", "default")
-        return cls(**_none_to_nan(known), binary=_none_to_nan(binary) if binary is not None else None, protocol=protocol)
+        quality = known.pop("quality", None)  # kept as read: its nulls mean "not measured" (no part keypoints)
+        return cls(**_none_to_nan(known), binary=_none_to_nan(binary) if binary is not None else None, protocol=protocol,
+                   quality=quality)
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -280,6 +286,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = False,
     protocol: str = "default",
+    quality: bool = True,
 ) -> Metrics:
     """Measure a trained PIP-Net (spec section 6) without changing it.
 
@@ -300,6 +307,7 @@ def evaluate(
         progress: show progress bars.
         protocol: ``default`` or ``paper`` (the published OoD rule and purity conventions; see the module
             docstring). Neither changes the model.
+        quality: with ``train_set``, also measure the prototype report card on it (``Metrics.quality``).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -361,6 +369,12 @@ def evaluate(
             found, _ = everywhere_prototypes(model, projection_of(train_set), _labels(train_set), M.EVERYWHERE_SHARE)
             everywhere = {"prototypes": found, "share": M.EVERYWHERE_SHARE, "presence": PURITY_PRESENCE, "num_used": len(used)}
             saturation = saturation_of_projection(projection_of(train_set), used)
+        card = None
+        if quality and train_set is not None:
+            from pipnet.quality import quality_card  # the card reads evaluate's keypoint table: imported here
+
+            card = quality_card(model, train_set, projection=projection_of(train_set), device=dev, batch_size=batch_size,
+                                progress=progress)
         sparsity = M.sparsity_ratio(weight)
         global_size = M.global_explanation_size(weight)
     return Metrics(
@@ -382,6 +396,7 @@ def evaluate(
         saturation=saturation,
         purity_all_patches=purity_all,
         protocol=protocol,
+        quality=card,
     )
 
 
@@ -413,6 +428,7 @@ def format_metrics_table(metrics: Metrics) -> str:
         found = metrics.everywhere["prototypes"]
         rows.append(("present everywhere (train)", f"{len(found)} of {metrics.everywhere['num_used']} used"
                      + (f": {', '.join(f'#{p}' for p in found)}" if found else "")))
+    rows += quality_rows(metrics.quality)
     width = max(len(label) for label, _ in rows)
     text = "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
     strict = _purity_rows("purity", metrics.purity_all_patches)
@@ -421,6 +437,27 @@ def format_metrics_table(metrics: Metrics) -> str:
         text += "\n\nall-patches purity (stricter: divides by every patch, visible part or not)\n"
         text += "\n".join(f"{label:<{width}}  {value}" for label, value in strict)
     return text
+
+
+def quality_rows(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The report card's rows of the terminal table: scores and counts (the everywhere row is already above)."""
+    if not quality:
+        return []
+    rows = []
+    for name in ("consistency", "stability"):
+        block = quality.get(name)
+        if block is None:
+            rows.append((f"{name} (train)", "n/a (no part keypoints)"))
+            continue
+        score = "n/a" if block["score"] is None or math.isnan(block["score"]) else f"{block['score']:.3f}"
+        detail = (f"{block['consistent']} of {block['num_prototypes']} consistent (mu {block['threshold']:g})"
+                  if name == "consistency" else f"mean of {block['num_prototypes']} prototypes (sigma {block['params']['sigma']:g})")
+        rows.append((f"{name} (train)", f"{score}, {detail}"))
+    dup = quality.get("duplicates")
+    if dup is not None:
+        shown = ", ".join(f"#{p['a']}=#{p['b']}" for p in dup["pairs"][:5]) + (", ..." if dup["count"] > 5 else "")
+        rows.append(("duplicate pairs (train)", f"{dup['count']}" + (f": {shown}" if dup["count"] else "")))
+    return rows
 
 
 def _purity_rows(label: str, table: dict[str, dict[str, float | int]]) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ __all__ = [
     "global_explanation_size",
     "local_explanation_sizes",
     "on_object",
+    "part_membership",
     "patch_centres",
     "ood_thresholds",
     "predictions",
@@ -268,33 +269,40 @@ def fpr_at_tpr(ood_max_scores: torch.Tensor, ood_preds: torch.Tensor, thresholds
 # ---- purity ---------------------------------------------------------------------------------------------
 
 
-def _part_counts(
-    prototype: torch.Tensor,
+def part_membership(
     image: torch.Tensor,
     boxes: torch.Tensor,
     keypoints: torch.Tensor,
-    num_prototypes: int,
     num_parts: int,
-    part_groups: Sequence[int] | torch.Tensor | None,
-    patch_size: int,
-    closed: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per prototype and merged part: patches containing the part, patches in images where it is visible.
+    part_groups: Sequence[int] | torch.Tensor | None = None,
+    closed: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which merged parts lie in each box, and which its image shows: the part vectors of purity and consistency.
+
+    A part is in a box when one of its keypoints lies inside (half-open: top <= y < bottom,
+    left <= x < right; ``closed=True`` also counts the far edges). Parts mapped to the same group count as
+    one part, in the box when either keypoint is.
+
+    Args:
+        image: (M,) image index of each box.
+        boxes: (M, 4) (top, bottom, left, right), in the keypoints' coordinates.
+        keypoints: (K, 4) rows (image index, part id, x, y) of every annotated keypoint (visible ones).
+        num_parts: number of part ids.
+        part_groups: optional (num_parts,) group of each part id.
+        closed: count keypoints on the bottom and right edges too.
 
     Returns:
-        (P, G) float64 patches that contain each part, (P, G) float64 patches whose image shows each part,
-        and (P,) float64 patches of each prototype.
+        (M, G) bool: the box contains the part; (M, G) bool: the box's image shows the part.
     """
     device = boxes.device
-    prototype, image = prototype.long().to(device), image.long().to(device)
-    boxes = central_boxes(boxes, patch_size)
+    image = image.long().to(device)
     groups = torch.arange(num_parts) if part_groups is None else torch.as_tensor(part_groups).long()
     groups = groups.to(device)
     num_groups = int(groups.max()) + 1 if groups.numel() else 0
     keypoints = keypoints.to(device=device, dtype=torch.float64)
     kp_image = keypoints[:, 0].long()
 
-    # Pair every patch with every keypoint of its image (a ragged join, no Python loop).
+    # Pair every box with every keypoint of its image (a ragged join, no Python loop).
     kp_order = torch.sort(kp_image, stable=True).indices
     num_images = int(max(int(image.max()) if image.numel() else -1, int(kp_image.max()) if kp_image.numel() else -1)) + 1
     per_image = torch.bincount(kp_image, minlength=num_images)  # (I,)
@@ -316,6 +324,30 @@ def _part_counts(
     contains[patch_of_pair[inside], part_of_pair[inside]] = True
     visible = torch.zeros(len(image), num_groups, dtype=torch.bool, device=device)  # (M, G) part shown in the image
     visible[patch_of_pair, part_of_pair] = True
+    return contains, visible
+
+
+def _part_counts(
+    prototype: torch.Tensor,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    keypoints: torch.Tensor,
+    num_prototypes: int,
+    num_parts: int,
+    part_groups: Sequence[int] | torch.Tensor | None,
+    patch_size: int,
+    closed: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prototype and merged part: patches containing the part, patches in images where it is visible.
+
+    Returns:
+        (P, G) float64 patches that contain each part, (P, G) float64 patches whose image shows each part,
+        and (P,) float64 patches of each prototype.
+    """
+    device = boxes.device
+    prototype = prototype.long().to(device)
+    contains, visible = part_membership(image, central_boxes(boxes, patch_size), keypoints, num_parts, part_groups, closed)
+    num_groups = contains.shape[1]
     per_part = torch.zeros(num_prototypes, num_groups, dtype=torch.float64, device=device)
     per_part.index_add_(0, prototype, contains.double())  # (P, G) patches containing each part
     shown = torch.zeros(num_prototypes, num_groups, dtype=torch.float64, device=device)

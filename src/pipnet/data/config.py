@@ -22,6 +22,10 @@ class PlantedConfig:
         seed: the generator's seed; the same seed gives the same images, byte for byte.
         size: side in pixels of the generated (square) images, before any transform.
         multi_images: images of the multi-object variant (the parts of two classes in one image).
+        variant: what is planted besides the parts, to give prototype-quality metrics known answers:
+            ``standard`` (the parts only), ``colour`` (classes 0 and 1 differ only in the colour of their
+            parts), ``shortcut`` (the background is tinted with a colour set by the class: a deliberate
+            shortcut) or ``twins`` (two part types are drawn identically). See ``pipnet.data.planted``.
     """
 
     num_classes: int = 6
@@ -35,6 +39,7 @@ class PlantedConfig:
     seed: int = 0
     size: int = 96
     multi_images: int = 24
+    variant: Literal["standard", "colour", "shortcut", "twins"] = "standard"
 
 
 @dataclass

@@ -9,10 +9,22 @@ prototype purity and part localisation have known answers.
 Image ``i`` of a split is a pure function of ``(seed, split, i)``: nothing is stored on disk, and the same
 seed gives the same images byte for byte. Splits: ``train``, ``test``, ``ood`` (background and distractors
 only) and ``multi`` (the parts of two classes in one image, for multi-object explanations).
+
+Variants (``PlantedConfig.variant``) plant one more known fact, so that metrics of prototype quality have
+certain answers; every variant draws the same random numbers as ``standard``, so image ``i`` keeps its layout:
+
+- ``standard``: the parts only (the images above, byte for byte).
+- ``colour``: classes 0 and 1 differ only in colour: each part type of class 1 that class 0 lacks is redrawn
+  with the shape and texture of a part of class 0 and a new saturated colour (``part_styles``).
+- ``shortcut``: the background of each image is mixed 30:70 with a muted colour set by its class
+  (``class_background``), so the background alone predicts the class; ``ood`` images keep plain backgrounds.
+- ``twins``: two part types are drawn identically (``twin_part_types``), chosen so that every class still
+  looks different from every other.
 """
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 import math
 from dataclasses import dataclass
@@ -33,6 +45,9 @@ __all__ = [
     "PlantedSample",
     "PlantedParts",
     "part_type_names",
+    "part_styles",
+    "twin_part_types",
+    "class_background",
     "part_type_style",
     "class_part_types",
     "generate_image",
@@ -55,6 +70,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 TEXTURES = ("solid", "striped")
 _DISTRACTOR_SHAPES = ("disc", "square", "triangle", "diamond", "hexagon", "star")
 _MAX_PART_TYPES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
+_VARIANTS = ("standard", "colour", "shortcut", "twins")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,12 +93,19 @@ def part_type_style(part_type: int) -> tuple[str, str, str]:
     return SHAPES[shape], list(COLOURS)[colour], TEXTURES[texture]
 
 
-def part_type_names(num_part_types: int) -> list[str]:
-    """Readable names of the first ``num_part_types`` part types, e.g. ``red disc`` or ``striped blue star``."""
-    names = []
-    for t in range(num_part_types):
-        shape, colour, texture = part_type_style(t)
-        names.append(f"{colour} {shape}" if texture == "solid" else f"{texture} {colour} {shape}")
+def part_type_names(num_part_types: int, styles: list[tuple[str, str, str]] | None = None) -> list[str]:
+    """Readable names of the first ``num_part_types`` part types, e.g. ``red disc`` or ``striped blue star``.
+
+    Args:
+        num_part_types: how many part types.
+        styles: ``part_styles(config)`` for a variant (default: the standard pool). A style met a second time
+            (the ``twins`` variant) is named with `` (twin)`` appended, so names stay unique.
+    """
+    styles = [part_type_style(t) for t in range(num_part_types)] if styles is None else styles
+    names: list[str] = []
+    for shape, colour, texture in styles[:num_part_types]:
+        name = f"{colour} {shape}" if texture == "solid" else f"{texture} {colour} {shape}"
+        names.append(f"{name} (twin)" if name in names else name)
     return names
 
 
@@ -100,6 +123,12 @@ def _validate(config: PlantedConfig) -> None:
         raise ValueError(f"size must be at least 32 pixels, got {config.size}")
     if config.seed < 0:
         raise ValueError(f"seed must be non-negative, got {config.seed}")
+    if config.variant not in _VARIANTS:
+        raise ValueError(f"unknown planted variant {config.variant!r}; expected one of {_VARIANTS}")
+    if config.variant == "colour" and m < 2:
+        raise ValueError("the colour variant needs at least two classes")
+    if config.variant == "twins" and n < 2:
+        raise ValueError("the twins variant needs at least two part types")
 
 
 def class_part_types(config: PlantedConfig) -> list[tuple[int, ...]]:
@@ -129,15 +158,72 @@ def class_part_types(config: PlantedConfig) -> list[tuple[int, ...]]:
     return chosen
 
 
+def twin_part_types(config: PlantedConfig) -> tuple[int, int]:
+    """The twins variant's pair ``(a, b)``: part type ``b`` is drawn exactly like part type ``a``.
+
+    The first pair in lexicographic order (``a < b``) that leaves every class a different multiset of
+    appearances, so the classes stay separable; ``ValueError`` if no pair does.
+    """
+    combos = class_part_types(config)
+    for a, b in itertools.combinations(range(config.num_part_types), 2):
+        looks = {tuple(sorted(a if t == b else t for t in combo)) for combo in combos}
+        if len(looks) == len(combos):
+            return a, b
+    raise ValueError("the twins variant found no pair of part types whose merging keeps the classes distinct")
+
+
+def _hue_distance(a: str, b: str) -> float:
+    """Distance on the colour wheel (0..0.5 of a turn) between the hues of two named colours."""
+    ha = colorsys.rgb_to_hsv(*(v / 255 for v in COLOURS[a]))[0]
+    hb = colorsys.rgb_to_hsv(*(v / 255 for v in COLOURS[b]))[0]
+    return min(abs(ha - hb), 1 - abs(ha - hb))
+
+
+def part_styles(config: PlantedConfig) -> list[tuple[str, str, str]]:
+    """(shape, colour, texture) of every part type under ``config.variant``.
+
+    ``standard`` and ``shortcut``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
+    style of type ``a``. ``colour``: the types of class 1 that class 0 lacks are paired, in sorted order, with
+    the types of class 0 that class 1 lacks; each takes its partner's shape and texture and, of the saturated
+    colours (not white) that no other type has with that shape and texture, the one whose hue is farthest
+    from the partner's (ties: ``COLOURS`` order), so the two classes differ by a large hue shift. Every style
+    stays unique, so no other pair of classes is merged.
+    """
+    combos = class_part_types(config)
+    styles = [part_type_style(t) for t in range(config.num_part_types)]
+    if config.variant == "twins":
+        a, b = twin_part_types(config)
+        styles[b] = styles[a]
+    elif config.variant == "colour":
+        first, second = combos[0], combos[1]
+        only_first = sorted(set(first) - set(second))
+        only_second = sorted(set(second) - set(first))
+        for partner, t in zip(only_first, only_second):
+            shape, colour, texture = styles[partner]
+            taken = set(styles[:t] + styles[t + 1:])
+            free = [c for c in COLOURS if c != "white" and (shape, c, texture) not in taken]
+            if not free:
+                raise ValueError(f"the colour variant found no free colour for a {texture} {shape}")
+            styles[t] = (shape, max(free, key=lambda c: _hue_distance(c, colour)), texture)
+    return styles
+
+
+def class_background(config: PlantedConfig, label: int) -> tuple[int, int, int]:
+    """The shortcut variant's background colour of class ``label``: hue ``label / num_classes`` of the
+    colour wheel at HSV saturation 0.5 and value 0.6 (muted: less saturated than any part colour)."""
+    r, g, b = colorsys.hsv_to_rgb(label / config.num_classes, 0.5, 0.6)
+    return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Drawing
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _draw_part(img: Image.Image, part_type: int, cx: float, cy: float, r: float, angle: float,
+def _draw_part(img: Image.Image, style: tuple[str, str, str], cx: float, cy: float, r: float, angle: float,
                colour: tuple[int, int, int]) -> None:
     """Draw one part: filled with its colour and a thin black outline, or filled with stripes."""
-    shape, _, texture = part_type_style(part_type)
+    shape, _, texture = style
     if texture == "solid":
         draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, angle, fill=colour, outline=(0, 0, 0))
         return
@@ -210,7 +296,8 @@ def _sample_classes(rng: np.random.Generator, config: PlantedConfig, split: str,
 
 
 def generate_image(config: PlantedConfig, split: Split, index: int,
-                   combos: list[tuple[int, ...]] | None = None) -> PlantedSample:
+                   combos: list[tuple[int, ...]] | None = None,
+                   styles: list[tuple[str, str, str]] | None = None) -> PlantedSample:
     """Generate image ``index`` of ``split``: a pure function of ``(config, split, index)``.
 
     Args:
@@ -218,16 +305,21 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
         split: ``train``, ``test``, ``ood`` or ``multi``.
         index: the image's index in its split.
         combos: ``class_part_types(config)``, passed in to avoid recomputing it per image.
+        styles: ``part_styles(config)``, likewise.
     """
     if split not in _SPLIT_CODES:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
     combos = class_part_types(config) if combos is None else combos
+    styles = part_styles(config) if styles is None else styles
     rng = np.random.default_rng([config.seed, _SPLIT_CODES[split], index])
     size, d = config.size, config.difficulty
     classes = _sample_classes(rng, config, split, index)
     parts = [t for c in classes for t in combos[c]]
     parts = [parts[j] for j in rng.permutation(len(parts))]
     img = _background(rng, size, d)
+    if config.variant == "shortcut" and classes:  # tinted, not redrawn: the same random numbers as standard
+        tint = Image.new("RGB", img.size, class_background(config, classes[0]))
+        img = Image.blend(img, tint, 0.7)
 
     placed: list[tuple[float, float, float]] = []
     keypoints: list[tuple[float, float, float]] = []
@@ -239,10 +331,10 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
             centre = _place(rng, placed, r, size)
             if centre is None:  # crowded: make the remaining parts smaller
                 shrink *= 0.85
-        colour = tuple(int(v) for v in np.clip(np.array(COLOURS[part_type_style(part_type)[1]])
+        colour = tuple(int(v) for v in np.clip(np.array(COLOURS[styles[part_type][1]])
                                                + rng.uniform(-30, 30, size=3) * d, 0, 255))
         angle = float(rng.uniform(-45, 45) * d)
-        _draw_part(img, part_type, centre[0], centre[1], r, angle, colour)
+        _draw_part(img, styles[part_type], centre[0], centre[1], r, angle, colour)
         placed.append((centre[0], centre[1], r))
         keypoints.append((float(part_type), centre[0], centre[1]))
 
@@ -285,7 +377,8 @@ class PlantedParts(Dataset):
             raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
         self.config, self.split = config, split
         self.combos = class_part_types(config)
-        self.part_names = part_type_names(config.num_part_types)
+        self.styles = part_styles(config)
+        self.part_names = part_type_names(config.num_part_types, self.styles)
         self.classes = [f"class_{c}: " + "+".join(self.part_names[t] for t in combo)
                         for c, combo in enumerate(self.combos)]
         self._length = {
@@ -311,7 +404,7 @@ class PlantedParts(Dataset):
         if not 0 <= i < self._length:
             raise IndexError(f"index {i} out of range for the {self.split} split of {self._length} images")
         if i not in self._cache:
-            self._cache[i] = generate_image(self.config, self.split, i, self.combos)
+            self._cache[i] = generate_image(self.config, self.split, i, self.combos, self.styles)
         return self._cache[i]
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:

@@ -22,10 +22,11 @@ from pipnet.diagnostics import Finding
 from pipnet.explain import ImageExplanation, scoring_sheet
 from pipnet.model import PIPNet
 from pipnet.projection import Projection
+from pipnet.quality.verdict import verdicts
 from pipnet.render.png import OriginalImages, RawImageDataset, explanation_figure, prototype_row, sparsity_curve
 from pipnet.utils import atomic_write
 
-__all__ = ["SECTIONS", "gallery_notes", "render_report", "write_report"]
+__all__ = ["SECTIONS", "gallery_notes", "quality_rows", "render_report", "write_report"]
 
 # Known sections of explained images: (title, what a newcomer should look for).
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -90,6 +91,32 @@ def metric_rows(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str,
     return rows
 
 
+def quality_rows(quality: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The ``quality`` block's summary for the metrics table (the per-prototype numbers go on the cards)."""
+    if not quality:
+        return []
+    rows = []
+    consistency = quality.get("consistency")
+    if "consistency" in quality:
+        rows.append(("quality / consistency", "n/a (no part keypoints)" if not consistency else
+                     f"{_format(consistency.get('score'))} ({consistency.get('consistent')} of "
+                     f"{consistency.get('num_prototypes')} prototypes consistent)"))
+    if "stability" in quality:
+        stability = quality.get("stability")
+        rows.append(("quality / stability", "n/a (no part keypoints)" if not stability else _format(stability.get("score"))))
+    for key, what in (("duplicates", "pairs of duplicate prototypes"), ("everywhere", "prototypes present everywhere")):
+        if quality.get(key):
+            rows.append((f"quality / {key}", f"{quality[key].get('count')} {what}"))
+    dominant = (quality.get("sensitivity") or {}).get("dominant")
+    if dominant is not None:
+        counts: dict[str, int] = {}
+        for aspect in dominant.values():
+            counts[aspect or "none stands out"] = counts.get(aspect or "none stands out", 0) + 1
+        rows.append(("quality / sensitivity (prototypes mostly about)",
+                     ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no prototype"))
+    return rows
+
+
 def _summary(model: PIPNet, used: list[int]) -> list[tuple[str, str]]:
     names = model.config.class_names
     classes = str(model.num_classes)
@@ -134,7 +161,8 @@ def gallery_notes(prototype: int, projection: Projection | None, metrics: Mappin
     """Plain-words warnings shown beside a prototype's gallery row (present everywhere; ties that decided it)."""
     notes = []
     everywhere = (metrics or {}).get("everywhere") or {}
-    if prototype in (everywhere.get("prototypes") or []):
+    carded = str(prototype) in (((metrics or {}).get("quality") or {}).get("everywhere") or {}).get("prototypes", {})
+    if prototype in (everywhere.get("prototypes") or []) and not carded:  # else the card says it, with its shares
         notes.append(f"present everywhere: p > {everywhere['presence']:g} on at least {everywhere['share']:.0%} of the "
                      "training images of every class, so it tells the classes apart little")
     if projection is not None and bool(projection.tied[prototype]):
@@ -183,6 +211,8 @@ def render_report(
     for c in sheet.classes:
         for e in c.prototypes:
             classes_of.setdefault(e.prototype, []).append(c.class_name)
+    cards = verdicts((metrics or {}).get("quality"), num_classes=model.num_classes)
+
     def row(p: int) -> str | None:
         if not can_draw:
             return None
@@ -196,6 +226,7 @@ def render_report(
             "max_presence": f"{float(projection.max_presence[p]):.3f}" if projection is not None else "n/a",
             "classes": ", ".join(classes_of.get(p, [])),
             "notes": gallery_notes(p, projection, metrics),
+            "card": cards.get(p, []),
         }
         for p in used
     ]
@@ -208,7 +239,9 @@ def render_report(
     return _ENV.get_template("report.html.j2").render(
         title=title,
         summary=_summary(model, used),
-        metrics=metric_rows(metrics) if metrics else [],
+        metrics=(metric_rows({k: v for k, v in metrics.items() if k != "quality"}) + quality_rows(metrics.get("quality"))
+                 if metrics else []),
+        has_cards=bool(cards),
         curve=data_uri(sparsity_curve(history)) if history else None,
         gallery=gallery,
         gallery_k=min(gallery_k, projection.k) if projection is not None else gallery_k,

@@ -10,6 +10,7 @@ here knows about HTTP; the web app serialises calls with :attr:`Explorer.lock`.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tempfile
 import threading
@@ -114,6 +115,7 @@ class Explorer:
         if self.thresholds is None:
             warn_without_thresholds(str(self.model_dir))
         self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
+        self.quality = _read_quality(self.model_dir)  # metrics.json's report card, for the gallery
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
         self.last_refit: tuple[Path, RefitResult] | None = None
 
@@ -326,6 +328,17 @@ def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | 
         if candidate is not None and candidate.is_file():
             return candidate
     return None
+
+
+def _read_quality(model_dir: Path) -> dict | None:
+    """The ``quality`` block of ``model_dir/metrics.json`` (the prototype report card), or None."""
+    path = model_dir / "metrics.json"
+    try:
+        quality = json.loads(path.read_text(encoding="utf-8")).get("quality") if path.is_file() else None
+    except (OSError, ValueError, AttributeError) as e:
+        log.warning("cannot read the report card of %s: %s", path, e)
+        return None
+    return quality if isinstance(quality, dict) else None
 
 
 def _in_memory(dataset: Dataset, batch_size: int = 64) -> Dataset:

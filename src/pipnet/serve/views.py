@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipnet.explain import ClassExplanation, ImageExplanation, class_name, scoring_sheet
 from pipnet.patches import scale_box
+from pipnet.quality.verdict import verdicts
 from pipnet.render.html import data_uri
 from pipnet.render.png import PALETTE, draw_boxes, fit, heatmap_overlay
 from pipnet.serve.session import Explorer, Shown
@@ -51,6 +52,7 @@ def page_context(explorer: Explorer) -> dict[str, Any]:
         "thresholds": _thresholds(explorer),
         "out_dir": str(explorer.out_dir),
         "has_patches": explorer.data is not None,
+        "has_cards": explorer.quality is not None,
     }
 
 
@@ -222,6 +224,7 @@ def _gallery(explorer: Explorer, sheet) -> list[dict[str, Any]]:
                 {"name": cls.class_name, "weight": f"{entry.weight:.2f}", "status": status}
             )
     projection = explorer.data.projection if explorer.data else None
+    cards = verdicts(explorer.quality, num_classes=explorer.model.num_classes)  # metrics.json of the unedited model
     return [
         {
             "id": p,
@@ -229,6 +232,7 @@ def _gallery(explorer: Explorer, sheet) -> list[dict[str, Any]]:
             "max_presence": f"{float(projection.max_presence[p]):.3f}" if projection is not None else None,
             "classes": uses.get(p, []),
             "filter": " ".join([f"#{p}"] + [u["name"].lower() for u in uses.get(p, [])]),
+            "card": cards.get(p, []),
         }
         for p in sheet.used_prototypes
     ]
