@@ -113,7 +113,7 @@ def test_evaluation_pairs_are_the_present_images_of_the_weighted_classes():
 def test_consistency_and_stability_find_the_planted_answers():
     model, data = planted_model_and_data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    card = quality_card(model, data, batch_size=7)
+    card = quality_card(model, data, batch_size=7, k=30)  # stability on the top-30: all 28 images of prototype 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     cons, stab = card["consistency"], card["stability"]
     assert cons["per_prototype"] == {"0": {"score": 1.0, "part": "beak"}, "1": {"score": pytest.approx(0.7), "part": "beak"},
@@ -124,7 +124,7 @@ def test_consistency_and_stability_find_the_planted_answers():
     assert 0.2 < stab["per_prototype"]["2"] < 0.8  # a coin flip on each of 28 images (seeded)
     assert stab["params"]["sigma"] == 0.2 and cons["params"]["mu"] == 0.8
     # The seeded noise does not depend on the batch size.
-    assert quality_card(model, data, batch_size=3)["stability"] == stab
+    assert quality_card(model, data, batch_size=3, k=30)["stability"] == stab
 
 
 def test_noise_off_leaves_every_argmax_and_noise_moves_only_the_tie():

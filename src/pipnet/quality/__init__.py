@@ -11,7 +11,7 @@
 Like :func:`pipnet.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
 ``str(int)`` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
-over the evaluation images for stability.
+over the union of the used prototypes' top-k images for stability.
 """
 
 from __future__ import annotations
@@ -112,14 +112,16 @@ def _parts(model: PIPNet, dataset: Dataset, projection: Projection, labels: torc
     """Consistency and stability from the projection's clean cells and one noisy pass."""
     proto, image, cell = evaluation_pairs(model, projection, labels, used)
     clean = part_vectors(image, region_boxes(cell, projection.grid, projection.image_size), dataset)
-    union = torch.unique(image)  # sorted
+    # Stability: the evaluation images among each prototype's top-k, so the noisy pass covers the gallery images only.
+    top = (projection.image_index[proto] == image[:, None]).any(dim=1) if len(proto) else torch.zeros(0, dtype=torch.bool)
+    s_proto, s_image, s_clean = proto[top], image[top], clean[top]
+    union = torch.unique(s_image)  # sorted
     flat = noisy_cells(model, dataset, union.tolist(), std=NOISE_STD, seed=NOISE_SEED, batch_size=batch_size,
                        device=device, progress=progress)  # (U, P)
-    row = torch.searchsorted(union, image)
-    noisy_flat = flat[row, proto] if len(proto) else torch.zeros(0, dtype=torch.long)
+    noisy_flat = flat[torch.searchsorted(union, s_image), s_proto] if len(s_proto) else torch.zeros(0, dtype=torch.long)
     w = projection.grid[1]
     noisy_cell = torch.stack([noisy_flat // w, noisy_flat % w], dim=-1)
-    noisy = part_vectors(image, region_boxes(noisy_cell, projection.grid, projection.image_size), dataset)
+    noisy = part_vectors(s_image, region_boxes(noisy_cell, projection.grid, projection.image_size), dataset)
     P = model.num_prototypes
     side = [round(REGION_FRACTION * s) for s in projection.image_size]
     common = {"region": f"{side[0]}x{side[1]} px box centred on the argmax cell's patch (72/224 of the image side)",
@@ -129,7 +131,8 @@ def _parts(model: PIPNet, dataset: Dataset, projection: Projection, labels: torc
     return {
         "consistency": consistency_block(part_shares(clean, proto, P), used, names, CONSISTENCY_THRESHOLD,
                                          {**common, "mu": CONSISTENCY_THRESHOLD}),
-        "stability": stability_block(unchanged_shares(clean, noisy, proto, P), used,
-                                     {**common, "sigma": NOISE_STD, "noise": "Gaussian, added to the normalised input",
-                                      "seed": NOISE_SEED}),
+        "stability": stability_block(unchanged_shares(s_clean, noisy, s_proto, P), used,
+                                     {**common, "images": f"the evaluation images among the prototype's top-{projection.k}",
+                                      "num_pairs": len(s_proto), "num_images": len(union), "sigma": NOISE_STD,
+                                      "noise": "Gaussian, added to the normalised input", "seed": NOISE_SEED}),
     }
