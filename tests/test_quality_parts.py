@@ -175,3 +175,12 @@ def test_evaluate_writes_the_quality_block_and_reads_it_back():
     assert "n/a (no part keypoints)" in format_metrics_table(no_parts)
     old = {k: v for k, v in saved.items() if k != "quality"}  # a metrics.json from before the card
     assert Metrics.from_dict(old).quality is None
+
+
+def test_prototypes_never_present_are_unscored():
+    model, data = planted_model_and_data()
+    blank = KeypointDataset(torch.zeros_like(data.tensors[0]), data.tensors[1], data._keypoints, num_parts=2)
+    card = quality_card(model, blank)  # every cell ties at presence 1/4: no evaluation image at all
+    assert card["consistency"]["num_prototypes"] == 0 and card["consistency"]["unscored"] == 3
+    assert math.isnan(card["consistency"]["score"]) and math.isnan(card["stability"]["score"])
+    assert card["stability"]["params"]["num_images"] == 0  # no noisy pass
