@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from pipnet.projection import project
 from pipnet.quality import quality_card, top_images
-from pipnet.quality.overlap import duplicate_pairs
+from pipnet.quality.overlap import chance_share, duplicate_pairs
 
 
 def test_duplicate_rule_by_hand():
@@ -43,6 +43,13 @@ def test_duplicate_rule_by_hand():
     assert [(p["a"], p["b"]) for p in duplicate_pairs(image, cell, presence, used)] == [(0, 1)]
 
 
+def test_chance_share_by_hand():
+    assert chance_share(10, 10, (1, 2)) == 1.0  # every image, every cell a neighbour
+    assert chance_share(10, 100, (3, 3)) == pytest.approx(0.1 * (7 / 9) ** 2)  # 7 of 9 row pairs within 1
+    assert chance_share(10, 100, (3, 3), max_cells=0) == pytest.approx(0.1 / 9)
+    assert chance_share(10, 5, (2, 2)) == 1.0  # k is capped by the number of images
+
+
 def twin_channels(n: int = 12):
     """P = 4 on a 28 x 28 grid (S = 224, avg-pooled by 8) in n images. Prototype 1 is a twin of 0: it peaks
     one cell below 0's peak in every image (0's presence there is 0.73, 1's ~1). Prototype 2 fires 10 rows
@@ -68,6 +75,8 @@ def test_a_prototype_twin_is_found_and_distinct_ones_are_not():
     dup = card["duplicates"]
     assert dup["count"] == 1 and dup["pairs"] == [{"a": 0, "b": 1, "share": 1.0, "shared": 10, "k": 10}]
     assert "50%" in dup["rule"] and dup["params"]["max_cells"] == 1
+    # 10 of 12 images; on 28 rows, 28 + 2 * 27 of the 784 row pairs are at most 1 apart: (82 / 784) ** 2
+    assert dup["params"]["chance"] == pytest.approx(10 / 12 * (82 / 784) ** 2)
     # Prototype 0 and 2 are present on every image (each class), so both are "everywhere"; 3 on half of one class.
     every = card["everywhere"]
     assert every["count"] == 3 and set(every["prototypes"]) == {"0", "1", "2"}

@@ -113,7 +113,7 @@ def test_evaluation_pairs_are_the_present_images_of_the_weighted_classes():
 def test_consistency_and_stability_find_the_planted_answers():
     model, data = planted_model_and_data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    card = quality_card(model, data, batch_size=7)
+    card = quality_card(model, data, batch_size=7, k=30)  # stability on the top-30: all 28 images of prototype 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     cons, stab = card["consistency"], card["stability"]
     assert cons["per_prototype"] == {"0": {"score": 1.0, "part": "beak"}, "1": {"score": pytest.approx(0.7), "part": "beak"},
@@ -124,7 +124,7 @@ def test_consistency_and_stability_find_the_planted_answers():
     assert 0.2 < stab["per_prototype"]["2"] < 0.8  # a coin flip on each of 28 images (seeded)
     assert stab["params"]["sigma"] == 0.2 and cons["params"]["mu"] == 0.8
     # The seeded noise does not depend on the batch size.
-    assert quality_card(model, data, batch_size=3)["stability"] == stab
+    assert quality_card(model, data, batch_size=3, k=30)["stability"] == stab
 
 
 def test_noise_off_leaves_every_argmax_and_noise_moves_only_the_tie():
@@ -175,3 +175,12 @@ def test_evaluate_writes_the_quality_block_and_reads_it_back():
     assert "n/a (no part keypoints)" in format_metrics_table(no_parts)
     old = {k: v for k, v in saved.items() if k != "quality"}  # a metrics.json from before the card
     assert Metrics.from_dict(old).quality is None
+
+
+def test_prototypes_never_present_are_unscored():
+    model, data = planted_model_and_data()
+    blank = KeypointDataset(torch.zeros_like(data.tensors[0]), data.tensors[1], data._keypoints, num_parts=2)
+    card = quality_card(model, blank)  # every cell ties at presence 1/4: no evaluation image at all
+    assert card["consistency"]["num_prototypes"] == 0 and card["consistency"]["unscored"] == 3
+    assert math.isnan(card["consistency"]["score"]) and math.isnan(card["stability"]["score"])
+    assert card["stability"]["params"]["num_images"] == 0  # no noisy pass

@@ -15,7 +15,6 @@ grey-background detector. The data decide the answers:
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -91,7 +90,6 @@ def card_of(variant: str, extra=(), merge=None):
     return quality_card(model, EvalDataset(source, S), batch_size=20), source
 
 
-@pytest.mark.slow
 def test_standard_every_part_prototype_is_consistent_stable_and_unique():
     card, source = card_of("standard", extra=[(GREY, list(range(6)))])
     parts = [str(t) for t in range(source.num_parts)]
@@ -105,7 +103,6 @@ def test_standard_every_part_prototype_is_consistent_stable_and_unique():
     assert card["everywhere"]["prototypes"]["8"]["share_min"] >= 0.9
 
 
-@pytest.mark.slow
 def test_twins_their_prototypes_are_duplicates():
     card, source = card_of("twins")
     a, b = twin_part_types(source.config)
@@ -118,7 +115,6 @@ def test_twins_their_prototypes_are_duplicates():
     assert all(per[str(t)]["score"] >= 0.8 for t in range(source.num_parts) if t not in (a, b))
 
 
-@pytest.mark.slow
 def test_twins_one_prototype_for_both_is_inconsistent():
     """One prototype for the shared look, weighted for the classes of both twins: it lands on part a in
     a's classes and on part b in b's, so no single annotated part reaches 0.8 (at most 20 of 30 images)."""
@@ -132,7 +128,6 @@ def test_twins_one_prototype_for_both_is_inconsistent():
     assert standard["consistency"]["per_prototype"][str(a)]["score"] >= 0.8
 
 
-@pytest.mark.slow
 def test_shortcut_background_prototypes_are_inconsistent_and_part_prototypes_are_not():
     config = PlantedConfig(variant="shortcut")
     tints = [(tuple(round(0.3 * 120 + 0.7 * v) for v in class_background(config, k)), [k]) for k in range(6)]

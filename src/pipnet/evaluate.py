@@ -456,7 +456,9 @@ def quality_rows(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
     dup = quality.get("duplicates")
     if dup is not None:
         shown = ", ".join(f"#{p['a']}=#{p['b']}" for p in dup["pairs"][:5]) + (", ..." if dup["count"] > 5 else "")
-        rows.append(("duplicate pairs (train)", f"{dup['count']}" + (f": {shown}" if dup["count"] else "")))
+        chance = dup.get("params", {}).get("chance")
+        chance = f" (chance share {chance:.2f})" if isinstance(chance, float) and not math.isnan(chance) else ""
+        rows.append(("duplicate pairs (train)", f"{dup['count']}{chance}" + (f": {shown}" if dup["count"] else "")))
     return rows
 
 

@@ -14,8 +14,8 @@
 Like :func:`pipnet.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
 ``str(int)`` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
-over the evaluation images for stability, plus six forward passes (the original and five perturbations) over
-the union of the used prototypes' first ``sensitivity_k`` top images.
+over the union of the used prototypes' top-k images for stability, plus six forward passes (the original and
+five perturbations) over the union of their first ``sensitivity_k`` top images.
 """
 
 from __future__ import annotations
@@ -104,15 +104,18 @@ def quality_card(
     if projection is None:
         projection = project(model, dataset, k=k, batch_size=batch_size, device=device,
                              presence_threshold=QUALITY_PRESENCE, progress=progress)
-    if projection.num_images != len(dataset):  # type: ignore[arg-type]
-        raise ValueError(f"the projection covers {projection.num_images} images, the data set has {len(dataset)}")  # type: ignore[arg-type]
+    n = len(dataset)  # type: ignore[arg-type]
+    if projection.num_images != n:
+        raise ValueError(f"the projection covers {projection.num_images} images, the data set has {n}")
     if projection.threshold != QUALITY_PRESENCE:
-        raise ValueError(f"the quality card needs a projection with presence threshold {QUALITY_PRESENCE}, got {projection.threshold}")
+        raise ValueError(f"the quality card needs a projection with presence threshold {QUALITY_PRESENCE}, "
+                         f"got {projection.threshold}")
     labels = _labels(dataset)
     used = model.used_prototypes().cpu()
     card: dict[str, Any] = {"consistency": None, "stability": None}
     if parts and has_parts(dataset):
-        card.update(_parts(model, dataset, projection, labels, used, device=device, batch_size=batch_size, progress=progress))
+        card.update(_parts(model, dataset, projection, labels, used, device=device, batch_size=batch_size,
+                           progress=progress))
     card["duplicates"] = duplicates_block(projection, used)
     card["everywhere"] = everywhere_block(model, projection, labels)
     if sensitivity:
@@ -131,14 +134,16 @@ def _parts(model: PIPNet, dataset: Dataset, projection: Projection, labels: torc
     """Consistency and stability from the projection's clean cells and one noisy pass."""
     proto, image, cell = evaluation_pairs(model, projection, labels, used)
     clean = part_vectors(image, region_boxes(cell, projection.grid, projection.image_size), dataset)
-    union = torch.unique(image)  # sorted
+    # Stability: the evaluation images among each prototype's top-k, so the noisy pass covers gallery images only.
+    top = (projection.image_index[proto] == image[:, None]).any(dim=1)  # (M,)
+    s_proto, s_image, s_clean = proto[top], image[top], clean[top]
+    union = torch.unique(s_image)  # sorted
     flat = noisy_cells(model, dataset, union.tolist(), std=NOISE_STD, seed=NOISE_SEED, batch_size=batch_size,
                        device=device, progress=progress)  # (U, P)
-    row = torch.searchsorted(union, image)
-    noisy_flat = flat[row, proto] if len(proto) else torch.zeros(0, dtype=torch.long)
+    noisy_flat = flat[torch.searchsorted(union, s_image), s_proto]  # (M',) each pair's cell on its noisy image
     w = projection.grid[1]
     noisy_cell = torch.stack([noisy_flat // w, noisy_flat % w], dim=-1)
-    noisy = part_vectors(image, region_boxes(noisy_cell, projection.grid, projection.image_size), dataset)
+    noisy = part_vectors(s_image, region_boxes(noisy_cell, projection.grid, projection.image_size), dataset)
     P = model.num_prototypes
     side = [round(REGION_FRACTION * s) for s in projection.image_size]
     common = {"region": f"{side[0]}x{side[1]} px box centred on the argmax cell's patch (72/224 of the image side)",
@@ -148,7 +153,9 @@ def _parts(model: PIPNet, dataset: Dataset, projection: Projection, labels: torc
     return {
         "consistency": consistency_block(part_shares(clean, proto, P), used, names, CONSISTENCY_THRESHOLD,
                                          {**common, "mu": CONSISTENCY_THRESHOLD}),
-        "stability": stability_block(unchanged_shares(clean, noisy, proto, P), used,
-                                     {**common, "sigma": NOISE_STD, "noise": "Gaussian, added to the normalised input",
-                                      "seed": NOISE_SEED}),
+        "stability": stability_block(
+            unchanged_shares(s_clean, noisy, s_proto, P), used,
+            {**common, "images": f"the evaluation images among the prototype's top-{projection.k}",
+             "num_pairs": len(s_proto), "num_images": len(union), "sigma": NOISE_STD,
+             "noise": "Gaussian, added to the normalised input", "seed": NOISE_SEED}),
     }

@@ -9,7 +9,9 @@ Both read a :class:`~pipnet.projection.Projection`; neither runs the model.
   Why the galleries and not "both present (> 0.5) at the same place": presence is a softmax over
   prototypes at each cell, so two copies of one detector split it (about 0.5 each) and are never both
   present at one cell; their rankings of images and cells, though, coincide. Not in the paper; the
-  rule is ours.
+  rule is ours. ``chance`` in the block is the share two unrelated prototypes would reach (random top-k
+  images, random cells): near 1 when k is close to the number of images and the grid is tiny, where the
+  rule cannot tell prototypes apart.
 - *Everywhere*: used prototypes present (> 0.5) on at least 90% of the images of every class
   (:func:`pipnet.projection.everywhere_prototypes`): they carry no class information and usually encode
   background or colour.
@@ -25,7 +27,7 @@ from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.projection import Projection, everywhere_prototypes
 
-__all__ = ["DUPLICATE_CELLS", "DUPLICATE_SHARE", "duplicate_pairs", "duplicates_block", "everywhere_block"]
+__all__ = ["DUPLICATE_CELLS", "DUPLICATE_SHARE", "chance_share", "duplicate_pairs", "duplicates_block", "everywhere_block"]
 
 DUPLICATE_SHARE = 0.5
 DUPLICATE_CELLS = 1
@@ -77,6 +79,22 @@ def duplicate_pairs(
     return sorted(pairs, key=lambda p: (-p["share"], p["a"], p["b"]))
 
 
+def chance_share(k: int, num_images: int, grid: tuple[int, int], max_cells: int = DUPLICATE_CELLS) -> float:
+    """The expected share of :func:`duplicate_pairs` for two unrelated prototypes.
+
+    Each top-k image of one is in the other's top-k with probability k / N, and two cells drawn uniformly
+    from the h x w grid are at most ``max_cells`` apart in row and column with probability
+    P(|r1 - r2| <= m) * P(|c1 - c2| <= m); the share's expectation is their product (presence ignored).
+    """
+    if num_images == 0:
+        return float("nan")
+    near = 1.0
+    for size in grid:
+        index = torch.arange(size)
+        near *= float(((index[:, None] - index[None, :]).abs() <= max_cells).double().mean())
+    return min(k, num_images) / num_images * near
+
+
 def duplicates_block(projection: Projection, prototypes: torch.Tensor, *, min_share: float = DUPLICATE_SHARE,
                      max_cells: int = DUPLICATE_CELLS) -> dict[str, Any]:
     """The ``duplicates`` entry of the quality block: the rule in words, the number of pairs and the pairs."""
@@ -85,7 +103,8 @@ def duplicates_block(projection: Projection, prototypes: torch.Tensor, *, min_sh
     rule = (f"two used prototypes sharing at least {min_share:.0%} of their top-{projection.k} images, both present "
             f"(> {PRESENCE_THRESHOLD:g}) there with argmax cells at most {max_cells} cell apart")
     return {"rule": rule, "count": len(pairs), "pairs": pairs,
-            "params": {"min_share": min_share, "max_cells": max_cells, "k": projection.k, "presence": PRESENCE_THRESHOLD}}
+            "params": {"min_share": min_share, "max_cells": max_cells, "k": projection.k, "presence": PRESENCE_THRESHOLD,
+                       "chance": chance_share(projection.k, projection.num_images, projection.grid, max_cells)}}
 
 
 def everywhere_block(model: PIPNet, projection: Projection, labels: torch.Tensor,

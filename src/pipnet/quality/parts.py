@@ -13,9 +13,9 @@ parameter is stated and can be changed.
 - *Consistency*: a prototype is consistent when one part is in its region on at least ``mu`` = 0.8 of its
   evaluation images; the score is the share of consistent prototypes.
 - *Stability*: Gaussian noise (``sigma`` = 0.2 in the model's normalised input, about 0.045 of the [0, 1]
-  pixel range under the ImageNet std) is added to every evaluation image; a prototype's stability is the
-  share of its evaluation images whose part vector is unchanged (the argmax is taken again on the noisy
-  image); the score is the mean over prototypes.
+  pixel range under the ImageNet std) is added to the evaluation images; a prototype's stability is the
+  share of them whose part vector is unchanged (the argmax is taken again on the noisy image); the score
+  is the mean over prototypes.
 
 Adaptation to PIP-Net. Huang et al. evaluate ProtoPNet's class-specific prototypes on the images of their
 class. PIP-Net's prototypes are shared between classes and absent from most images (presence near 0,
@@ -23,12 +23,15 @@ where the argmax cell means nothing), so a prototype's *evaluation images* here 
 classes it has a relevant weight for (relu(W) > 1e-3) on which it is present (presence > 0.5: the
 ``above_*`` rows of a :class:`~pipnet.projection.Projection`, which therefore also give the clean cells).
 A prototype with no evaluation image gets no score and is counted in neither number (``unscored``).
+Stability uses only the evaluation images among the prototype's top-k (its gallery, k = 10), so that its
+noisy pass covers the same union of gallery images as the other perturbations of the card
+(``pipnet.quality.sensitivity``); consistency uses them all.
 Only used prototypes are scored. Note that consistency is purity's all-patches variant
 (:func:`pipnet.metrics.purity_all_patches`) with a larger box and these evaluation images, so the two agree
 in spirit but not in value.
 
 Cost: the clean part vectors come from the projection (no pass); stability costs one batched forward pass
-over the union of the evaluation images with noise added.
+over the union of the gallery images with noise added.
 """
 
 from __future__ import annotations
