@@ -138,3 +138,17 @@ def test_shortcut_background_prototypes_are_inconsistent_and_part_prototypes_are
     assert all(per[str(t)]["score"] >= 0.8 for t in range(source.num_parts))
     assert card["consistency"]["consistent"] == source.num_parts
     assert card["everywhere"]["count"] == 0  # each tint prototype fires on its own class only
+
+
+def test_colour_variant_the_prototypes_that_tell_class_1_from_class_0_are_about_colour():
+    """On ``colour`` the parts of class 1 that class 0 lacks have class 0's shapes and textures and a far hue:
+    whatever tells the two classes apart is colour, and the card must say so for those prototypes."""
+    card, source = card_of("colour")
+    combos = [set(c) for c in source.combos]
+    recoloured = sorted(combos[1] - combos[0])
+    sens = card["sensitivity"]
+    assert recoloured and sens is not None
+    for t in recoloured:
+        drops = sens["prototypes"][str(t)]
+        assert sens["dominant"][str(t)] in ("hue", "saturation"), (t, drops)
+        assert drops["hue"] >= 0.5 and drops["texture"] < 0.3, (t, drops)
