@@ -39,10 +39,12 @@ def test_train_on_a_root_alone_then_evaluate_with_two_ood_folders_and_report(tmp
     assert rc == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["source"] == "folder"
     assert json.loads((run / "metrics.json").read_text())["num_images"] == 3  # the flowers, not planted data
-    rc, err = run_cli(capsys, "evaluate", str(run), "--ood", str(ood1), "--ood", str(ood2), "--protocol", "paper")
+    rc, err = run_cli(capsys, "evaluate", str(run), "--ood", str(ood1), "--ood", str(ood2), "--ood", f"{ood1}/",
+                      "--protocol", "paper")
     assert rc == 0, err
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["protocol"] == "paper"
+    # the same folder named twice (here with a trailing slash) is one set
     assert {k: v["num_images"] for k, v in evaluation["ood"].items()} == {"train": 3, "train_2": 2}
     rc, err = run_cli(capsys, "report", str(run), "--samples", "1")
     assert rc == 0, err

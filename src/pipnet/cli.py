@@ -162,7 +162,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     protocol = raw.protocol or (saved.protocol if saved is not None else "default")
     data_given = any(a.startswith("--data") for a in argv)
     data_config = saved.data if saved is not None and not data_given else parser.instantiate(raw).data
-    data_config.ood = list(data_config.ood) + list(raw.ood)
+    # --ood adds to the run's own OoD folders; a folder named twice (same real path) is evaluated once.
+    ood_dirs: dict[str, str] = {}
+    for ood_dir in [*data_config.ood, *raw.ood]:
+        ood_dirs.setdefault(os.path.realpath(ood_dir), ood_dir)
+    data_config.ood = list(ood_dirs.values())
     data = build_data(fit_data_to_model(data_config, model))
     if len(data.classes) != model.num_classes:
         raise ModelLoadError(f"{raw.model} has {model.num_classes} classes but the data has {len(data.classes)}; "
