@@ -11,9 +11,8 @@ of the forward pass. Each number is the median of several timed repetitions afte
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,6 +21,9 @@ import pipnet
 from pipnet.evaluate import evaluate
 from pipnet.inference import choose_device
 from pipnet.projection import project
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import timed_round_robin  # noqa: E402
 
 
 def plain_inference(model: pipnet.PIPNet, data: TensorDataset, batch_size: int, device: torch.device) -> None:
@@ -34,26 +36,6 @@ def plain_inference(model: pipnet.PIPNet, data: TensorDataset, batch_size: int, 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def timed_round_robin(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds of each run over ``repeats`` rounds (after a warm-up round).
-
-    The runs alternate inside every round, and each round starts with a different one, so a change in
-    machine load (or a cache warmed by the previous run) affects all of them alike.
-    """
-    names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats + 1):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            fn = runs[name]
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -87,7 +69,7 @@ def main() -> None:
             ood = {"ood": data}
             runs["eval+OoD default"] = lambda: evaluate(model, data, ood=ood, batch_size=args.batch_size)
             runs["eval+OoD paper"] = lambda: evaluate(model, data, ood=ood, batch_size=args.batch_size, protocol="paper")
-        rates = {name: args.images / t for name, t in timed_round_robin(runs, device, args.repeats).items()}
+        rates = {name: args.images / t for name, t in timed_round_robin(runs, args.repeats, lambda: sync(device)).items()}
         base = rates["plain predict"]
         for name, rate in rates.items():
             shape = f"{grid[0]}x{grid[1]}"

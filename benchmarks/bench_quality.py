@@ -15,8 +15,6 @@ Runs alternate inside each round; medians of ``--repeats`` rounds.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -29,19 +27,8 @@ from pipnet.projection import project
 from pipnet.quality import QUALITY_PRESENCE, SENSITIVITY_K, quality_card
 from pipnet.quality.sensitivity import prototype_sensitivity
 
-from common import print_table
+from common import print_table, timed_round_robin
 
-
-def timed_round_robin(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each run over ``repeats`` rounds after a warm-up round, the order rotating per round."""
-    names, times = list(runs), {name: [] for name in runs}
-    for round_ in range(repeats + 1):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            start = time.perf_counter()
-            runs[name]()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

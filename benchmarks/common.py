@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: timing medians and table printing."""
+"""Shared helpers of the benchmarks: timing medians (one run, or several alternating) and table printing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,27 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_round_robin(runs: dict[str, Callable[[], object]], repeats: int,
+                      sync: Callable[[], object] = lambda: None) -> dict[str, float]:
+    """Median seconds of each run over ``repeats`` rounds (after a warm-up round).
+
+    The runs alternate inside every round, and each round starts with a different one, so a change in
+    machine load (or a cache warmed by the previous run) affects all of them alike. ``sync`` is called
+    before and after each timed run (e.g. ``torch.cuda.synchronize`` on a GPU).
+    """
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats + 1):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            sync()
+            start = time.perf_counter()
+            runs[name]()
+            sync()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.patches import patch_boxes, patch_boxes_paper
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.inference import eval_mode, inputs_of, labels_of, make_loader
 from pipnet.projection import Projection, everywhere_prototypes, project
 
 __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
@@ -261,14 +261,6 @@ def saturation_of_projection(projection: Projection, prototypes: torch.Tensor) -
             "presence": SATURATED_PRESENCE, "rank": projection.k}
 
 
-def _labels(dataset: Dataset) -> torch.Tensor:
-    """(N,) labels of a data set: its ``targets``, or the second element of every item."""
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
-
-
 # ---- the evaluation -------------------------------------------------------------------------------------
 
 
@@ -366,7 +358,7 @@ def evaluate(
         on_object = {name: on_object_of_projection(projection_of(d), d, used) for name, d in (mask_sets or {}).items()}
         everywhere, saturation = {}, {}
         if train_set is not None:
-            found, _ = everywhere_prototypes(model, projection_of(train_set), _labels(train_set), M.EVERYWHERE_SHARE)
+            found, _ = everywhere_prototypes(model, projection_of(train_set), labels_of(train_set), M.EVERYWHERE_SHARE)
             everywhere = {"prototypes": found, "share": M.EVERYWHERE_SHARE, "presence": PURITY_PRESENCE, "num_used": len(used)}
             saturation = saturation_of_projection(projection_of(train_set), used)
         card = None

@@ -26,7 +26,7 @@ from pipnet.data.augment import eval_transform
 from pipnet.data.config import DataConfig
 
 __all__ = ["DeviceError", "choose_device", "eval_mode", "fit_data_to_model", "input_transform", "inputs_of",
-           "make_loader"]
+           "labels_of", "make_loader"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,14 @@ def make_loader(
 def inputs_of(batch: object) -> torch.Tensor:
     """The image tensor of a batch: ``x`` of ``(x, label, ...)`` or the batch itself."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch  # type: ignore[return-value]
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """(N,) labels of a data set: its ``targets``, or the second element of every item."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
 
 
 def input_transform(model: torch.nn.Module, fallback_preset: str = "default") -> Callable:

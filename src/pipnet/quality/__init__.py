@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from pipnet.inference import labels_of
 from pipnet.model import PIPNet
 from pipnet.projection import Projection, project
 from pipnet.quality.overlap import duplicates_block, everywhere_block
@@ -58,13 +59,6 @@ def has_parts(dataset: Dataset) -> bool:
 def top_images(projection: Projection, prototypes: torch.Tensor) -> dict[int, list[int]]:
     """Prototype id -> the data-set indices of its top-k images (highest first), for ``prototypes``."""
     return {int(p): projection.image_index[int(p)].tolist() for p in prototypes.tolist()}
-
-
-def _labels(dataset: Dataset) -> torch.Tensor:
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
 
 
 def quality_card(
@@ -110,7 +104,7 @@ def quality_card(
     if projection.threshold != QUALITY_PRESENCE:
         raise ValueError(f"the quality card needs a projection with presence threshold {QUALITY_PRESENCE}, "
                          f"got {projection.threshold}")
-    labels = _labels(dataset)
+    labels = labels_of(dataset)
     used = model.used_prototypes().cpu()
     card: dict[str, Any] = {"consistency": None, "stability": None}
     if parts and has_parts(dataset):
