@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.inference import eval_mode, inputs_of, make_loader
-from pipnet.run_folder import RunFolder
+from pipnet.run_folder import RunFolder, write_model_folder
 
 __all__ = [
     "RefitResult",
@@ -274,14 +274,14 @@ def save_refit(
     from pipnet.thresholds import fit_thresholds
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=False)
-    result.model.save_pretrained(directory)
-    if config_path is not None:
-        shutil.copyfile(config_path, RunFolder(directory).config)
-    thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description, batch_size=batch_size,
-                                device=device)  # fmt: skip
-    thresholds.save(directory)
-    append_edits(directory, records, inherited_from=source)
+    with write_model_folder(directory) as tmp:  # all or nothing: a killed refit leaves no half folder
+        result.model.save_pretrained(tmp)
+        if config_path is not None:
+            shutil.copyfile(config_path, RunFolder(tmp).config)
+        thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description,
+                                    batch_size=batch_size, device=device)  # fmt: skip
+        thresholds.save(tmp)
+        append_edits(tmp, records, inherited_from=source)
     return directory
 
 

@@ -14,16 +14,25 @@
     RUN/report.html            the report (``pipnet report``)
 
 A model folder (``pipnet refit --out``, a model saved from the web page, ``pipnet convert --out``) has the
-same layout with the files that apply to it. :class:`RunFolder` names these paths and reads the files;
+same layout with the files that apply to it. It is written all or nothing by :func:`write_model_folder`: into
+a hidden temporary folder beside it, renamed into place once complete, so that a folder under its final name
+is always a whole model; what a killed write leaves behind is hidden, never blocks a name, and is removed by
+the next write beside it. :class:`RunFolder` names these paths and reads the files;
 the modules that write them (training's :class:`pipnet.train.run_dir.RunDir`, thresholds, edits) take
 their paths from it. The model's own two files are named by :mod:`pipnet.model` (its save format).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,7 @@ from typing import Any
 from pipnet.model import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
 from pipnet.train.config import TrainConfig, load_config
 
-__all__ = ["THRESHOLDS_FILE", "RunFolder", "config_file"]
+__all__ = ["THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
 
 THRESHOLDS_FILE = "thresholds.json"  # named in messages (``pipnet.thresholds`` re-exports it)
 
@@ -147,6 +156,111 @@ def config_file(path: str | Path) -> Path:
     """
     path = Path(path)
     return RunFolder(path).config if path.is_dir() else path
+
+
+# ---- writing a model folder all or nothing ----------------------------------------------------------------
+
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]+$")  # .NAME.partial-PID-RANDOM
+
+
+@contextlib.contextmanager
+def write_model_folder(path: str | Path, *, exist_ok: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` to fill; when the block ends without error it becomes ``path``.
+
+    The one way this project writes a model folder (a model saved from the web page, a refit, training's
+    final model). A new folder is renamed into place in one step, so ``path`` either does not exist or holds
+    every file. Into an existing folder (``exist_ok``: a run folder, which also holds the run's config and
+    checkpoints) the files are moved one by one with the weights last: the model's old weights are removed
+    first, so that until the new ones arrive the folder is not a model at all rather than a mix of two.
+    A failure or interruption leaves the hidden temporary folder ``.NAME.partial-PID-RANDOM``: it blocks no
+    name, and the next write beside it removes it once process PID has ended.
+
+    Args:
+        path: the model folder.
+        exist_ok: allow ``path`` to exist (then its model files are replaced); else it must be new.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``exist_ok`` is false (checked before and after the block).
+    """
+    path = Path(path)
+    if not exist_ok and path.exists():
+        raise FileExistsError(f"{path} exists already: choose another name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_folders(path.parent)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync(f)
+        _fsync(tmp)
+        if path.exists() and exist_ok:
+            _move_files_into(tmp, path)
+            tmp.rmdir()
+        else:
+            if path.exists():  # made while this one was being written
+                raise FileExistsError(f"{path} exists already: choose another name")
+            os.rename(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_partial_folders(parent: str | Path) -> list[Path]:
+    """Remove the temporary folders that killed :func:`write_model_folder` calls left in ``parent``.
+
+    Only folders whose writing process has ended are removed (one still running may be writing its own).
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PARTIAL.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _move_files_into(tmp: Path, path: Path) -> None:
+    """Move ``tmp``'s files into the existing folder ``path``; the weights file goes last (the commit)."""
+    weights = RunFolder(path).weights
+    weights.unlink(missing_ok=True)
+    names = sorted(f.name for f in tmp.iterdir())
+    for name in [n for n in names if n != weights.name] + [n for n in names if n == weights.name]:
+        target = path / name
+        if (tmp / name).is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp / name, target)
+        else:
+            os.replace(tmp / name, target)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _number(value: str) -> Any:

@@ -19,8 +19,7 @@ import torch
 
 from pipnet.explain import class_name
 from pipnet.model import ModelLoadError, PIPNet
-from pipnet.run_folder import RunFolder
-from pipnet.utils import atomic_write
+from pipnet.run_folder import RunFolder, write_model_folder
 
 __all__ = ["ClassEdit", "ModelEditor", "safe_folder_name"]
 
@@ -147,18 +146,26 @@ class ModelEditor:
         edits = sorted(self.class_edits.values(), key=lambda e: (e.class_index, e.prototype))
         return {"source": self.source, "data_config": self.data_config, "class_edits": [asdict(e) for e in edits]}
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the edited model (``model.safetensors``, ``config.json``, ``edits.json``) to a NEW folder.
+    def save(self, directory: str | Path, *, edit_log: list[dict] | None = None,
+             inherited_from: str | Path | None = None) -> Path:
+        """Write the edited model (``model.safetensors``, ``config.json``, ``edits.json``) to a NEW folder, all or nothing.
+
+        Args:
+            directory: the new folder.
+            edit_log: records for its ``edits.jsonl`` (:func:`pipnet.refit.append_edits`), if any.
+            inherited_from: a model folder whose ``edits.jsonl`` comes first.
 
         Raises:
             FileExistsError: ``directory`` exists already (nothing is ever overwritten).
         """
-        directory = Path(directory)
-        directory.mkdir(parents=False, exist_ok=False)
-        self.model.save_pretrained(directory)
-        with atomic_write(RunFolder(directory).edits) as tmp:
-            tmp.write_text(json.dumps(self.record(), indent=2))
-        return directory
+        from pipnet.refit import append_edits
+
+        with write_model_folder(directory) as tmp:
+            self.model.save_pretrained(tmp)
+            RunFolder(tmp).edits.write_text(json.dumps(self.record(), indent=2))
+            if edit_log is not None:
+                append_edits(tmp, edit_log, inherited_from=inherited_from)
+        return Path(directory)
 
 
 def read_edits(directory: str | Path) -> dict:

@@ -27,6 +27,7 @@ from pipnet.evaluate import Metrics, evaluate
 from pipnet.inference import choose_device
 from pipnet.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
+from pipnet.run_folder import write_model_folder
 from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -255,7 +256,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
             )
             log.info("epoch %d/%d %s: %s", index + 1, len(plans), plan.name, _short(row))
             if plan.saves_model_at_end and (index + 1 == len(plans) or plans[index + 1].stage != plan.stage):
-                model.save_pretrained(run.folder.pretrained)  # "pretrain once, classify many times"
+                with write_model_folder(run.folder.pretrained, exist_ok=True) as folder:
+                    model.save_pretrained(folder)  # "pretrain once, classify many times"
                 log.info("end-of-pretraining model saved in %s", run.folder.pretrained)
     return _finish(run, model, data, config, device, info, history, optim)
 
@@ -278,13 +280,14 @@ def _finish(
         log.info("paper protocol: %d soft-threshold steps after the final pruning (one per test batch)", steps)
     metrics = None
     if info.is_main:
-        model.save_pretrained(run.path)
-        if data.test is not None:
-            metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=data.purity_sets() or None, batch_size=batch, device=device,
-                               progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
-                               train_set=data.projection, protocol=config.protocol)
-            run.write_metrics(metrics)
-            _save_thresholds(run.path, model, data, config, device)
+        with write_model_folder(run.path, exist_ok=True) as final:  # the model, metrics and thresholds together
+            model.save_pretrained(final)
+            if data.test is not None:
+                metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=data.purity_sets() or None, batch_size=batch, device=device,
+                                   progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
+                                   train_set=data.projection, protocol=config.protocol)
+                run.write_metrics(metrics, into=final)
+                _save_thresholds(final, model, data, config, device)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
             (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
     return TrainResult(run.path, model, metrics, data, history)

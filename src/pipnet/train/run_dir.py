@@ -84,6 +84,7 @@ class RunDir:
         with atomic_write(self.folder.history) as tmp:
             tmp.write_text(buf.getvalue())
 
-    def write_metrics(self, metrics) -> None:
-        with atomic_write(self.folder.metrics) as tmp:
+    def write_metrics(self, metrics, into: Path | None = None) -> None:
+        """Write ``metrics.json`` into the run folder, or into ``into`` (the final model's folder being written)."""
+        with atomic_write(RunFolder(into).metrics if into is not None else self.folder.metrics) as tmp:
             tmp.write_text(metrics.to_json())
