@@ -98,7 +98,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(run), str(folder), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert f"skipped {folder / 'notes.txt'}: not a recognised image format" in err
+    assert f"skipped {folder / 'notes.txt'}: not an image (not a PNG, JPEG" in err
     assert f"skipped {folder / 'cut.png'}: corrupt or truncated" in err
     assert "predicted 6 images" in err
     rows = list(csv.DictReader(out.open()))

@@ -1,13 +1,18 @@
 """Robust image loading: every file becomes an 8-bit RGB ``PIL.Image`` or an ``ImageLoadError`` naming it.
 
 Handles grayscale, palette, transparency (composited over white), CMYK and 16-bit / float grayscale.
-Truncated, corrupt, empty and non-image files, and decompression bombs (PIL's ``MAX_IMAGE_PIXELS``
-guard, whose warning is turned into an error here without changing the global setting) all raise.
+Only the formats of :data:`IMAGE_FORMATS` are decoded (the web page and ``pipnet predict`` share this
+list). Truncated, corrupt, empty and non-image files, files of other formats, unreadable files, broken
+links, and images with more pixels than a limit (PIL's ``MAX_IMAGE_PIXELS`` decompression-bomb guard by
+default) all raise an ``ImageLoadError`` whose ``reason`` says which. A caller that needs the image only at
+a small size can ask for it reduced while decoding (JPEG's draft mode, else ``Image.reduce``), so that a
+large photo costs a fraction of its full size in memory.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -15,9 +20,13 @@ from PIL import Image
 
 from pipnet.data.errors import ImageLoadError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "FORMAT_NAMES", "is_image_file", "load_image", "to_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: The formats decoded (Pillow's names; JPEG includes MPO, the JPEG that cameras write with a preview
+#: inside). No PostScript, PDF or other format whose decoder runs an outside program or is rarely exercised.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP, WebP or TIFF"  # for messages
 
 _WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -62,36 +71,98 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, reduce_to: int | None = None) -> Image.Image:
     """Open, fully decode and convert one image file to RGB.
 
     Args:
         path: the image file.
+        max_pixels: refuse images with more pixels (width x height) than this, before decoding them;
+            default: ``PIL.Image.MAX_IMAGE_PIXELS`` (read at each call).
+        reduce_to: the smallest side the caller needs; a larger image is reduced while decoding to at
+            most about twice that (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: ``Image.reduce`` after
+            decoding). None keeps the full size.
 
     Returns:
         An 8-bit RGB image, detached from the file.
 
     Raises:
-        ImageLoadError: the file is missing, empty, not an image, truncated or corrupt, or larger than
-            ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb).
+        ImageLoadError: the file is missing, a broken link, not a regular file, unreadable, empty, not an
+            image, of a format outside ``IMAGE_FORMATS``, truncated or corrupt, or has too many pixels.
     """
     path = os.fspath(path)
+    _check_file(path)
+    Image.init()  # registers every plugin (once), so that each of IMAGE_FORMATS is known to ``open``
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageLoadError(path, "the file is empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise ImageLoadError(path, f"too many pixels: {width} x {height} = {width * height / 1e6:.1f} "
+                                               f"megapixels, more than the limit of {limit / 1e6:g} "
+                                               "(possibly a decompression bomb)")  # fmt: skip
+                if reduce_to is not None and img.format in ("JPEG", "MPO"):
+                    img.draft("RGB", (2 * reduce_to, 2 * reduce_to))
                 img.load()  # decode now, so that truncation is detected here
-                rgb = to_rgb(img)
+                rgb = _reduced(img, reduce_to) if reduce_to is not None else to_rgb(img)
                 return rgb.copy() if rgb is img else rgb  # closing the file closes ``img`` too
     except ImageLoadError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ImageLoadError(path, f"too many pixels, possibly a decompression bomb ({e})") from e
     except Image.UnidentifiedImageError as e:
-        raise ImageLoadError(path, "not a recognised image format") from e
+        raise ImageLoadError(path, _not_an_image(path)) from e
     except FileNotFoundError as e:
         raise ImageLoadError(path, "no such file") from e
+    except PermissionError as e:
+        raise ImageLoadError(path, "unreadable: permission denied") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(path, f"corrupt or truncated image ({e})") from e
+
+
+def _check_file(path: str) -> None:
+    """Refuse, with the reason, what is not a non-empty regular file (never open a FIFO: it would block)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError(path, f"broken symlink (to {os.readlink(path)!r}, which does not exist)") from None
+        raise ImageLoadError(path, "no such file") from None
+    except PermissionError:
+        raise ImageLoadError(path, "unreadable: permission denied") from None
+    except OSError as e:  # ELOOP: a link to itself, or a circle of links
+        what = "broken symlink (a loop of links)" if os.path.islink(path) else f"unreadable ({e.strerror})"
+        raise ImageLoadError(path, what) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageLoadError(path, "not a file: a folder")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
+        raise ImageLoadError(path, f"not a regular file: {kind}")
+    if info.st_size == 0:
+        raise ImageLoadError(path, "the file is empty (0 bytes)")
+
+
+def _not_an_image(path: str) -> str:
+    """The reason a file none of ``IMAGE_FORMATS`` recognises is refused: another format, or no image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:  # reads the header only; nothing of it is decoded
+                other = img.format
+    except Exception:  # noqa: BLE001 (any failure means: no image format Pillow knows)
+        other = None
+    if other:
+        return f"unsupported format ({other}): only {FORMAT_NAMES} files are read"
+    return f"not an image (not a {FORMAT_NAMES} file)"
+
+
+def _reduced(img: Image.Image, reduce_to: int) -> Image.Image:
+    """``img`` in RGB, reduced by a whole factor when its smaller side is at least twice ``reduce_to``."""
+    factor = min(img.size) // reduce_to
+    if factor < 2:
+        return to_rgb(img)
+    try:
+        return to_rgb(img.reduce(factor))
+    except ValueError:  # a mode ``reduce`` does not handle (palette, 16-bit): convert first
+        return to_rgb(img).reduce(factor)
