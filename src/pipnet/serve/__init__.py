@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipnet.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
+from pipnet.serve.app import LOCAL_HOSTS, MAX_PIXELS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main"]
 
@@ -34,8 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="largest image file accepted"
     )
+    parser.add_argument(
+        "--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
+        help="largest image accepted, in millions of pixels (width x height), refused before decoding",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="threads that decode, explain and draw pages (refits run in one more)")
+    parser.add_argument("--max-visitors", type=int, default=32,
+                        help="visitors whose state (edits, image, messages) is kept at once; the least recent is forgotten first")
+    parser.add_argument("--idle-minutes", type=float, default=60.0, help="a visitor's state is forgotten after this long idle")
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.max_visitors < 1 or args.idle_minutes <= 0 or args.max_megapixels <= 0:
+        parser.error("--workers and --max-visitors must be at least 1, --idle-minutes and --max-megapixels positive")
     import uvicorn
 
     local = args.host in LOCAL_HOSTS
@@ -45,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out_dir,
         device=args.device,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        workers=args.workers,
+        max_visitors=args.max_visitors,
+        idle_minutes=args.idle_minutes,
         allowed_hosts=LOCAL_HOSTS if local else ["*"],
     )
     if not local:

@@ -2,15 +2,26 @@
 
 Pages are rendered on the server (Jinja2, autoescaped) from ``templates/``; every change is a plain HTML
 form POST answered by a redirect to the page, so the browser needs no script (a few lines filter the gallery
-and the scoring sheet). Safe by default: the app answers only to local host names unless told otherwise,
-refuses POSTs from other sites' pages, caps uploads (10 MB) and decodes them only as common image formats.
-Images from the data set are chosen by index; no file-system path ever comes from the browser.
+and the scoring sheet). Each browser gets its own state (its :class:`~pipnet.serve.session.Visitor`: edits,
+image, messages) through a random session cookie (HttpOnly, SameSite=Strict); what one visitor does is never
+seen or saved by another. Heavy work (decoding, explanations, pages, saves) runs in a bounded pool of worker
+threads, refits in their own, so that a page is answered while a refit runs. Safe by default: the app answers
+only to local host names unless told otherwise, refuses POSTs from other sites' pages, cannot be framed
+(``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB) and
+their pixels (90 megapixels), and decodes them only as common image formats. Images from the data set are
+chosen by index; no file-system path ever comes from the browser.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
@@ -24,10 +35,11 @@ from starlette.formparsers import MultiPartException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipnet.data.config import DataConfig
-from pipnet.serve.session import Explorer, UploadError
+from pipnet.refit import RefitResult
+from pipnet.serve.session import MAX_PIXELS, Explorer, UploadError, Visitor, Visitors
 from pipnet.serve.views import page_context
 
-__all__ = ["LOCAL_HOSTS", "MAX_UPLOAD_BYTES", "create_app"]
+__all__ = ["LOCAL_HOSTS", "MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,14 @@ FORM_OVERHEAD = 64 * 2**10  # multipart headers and boundaries around the file
 DRAIN_LIMIT = 256 * 2**20  # an oversized upload is read to its end (up to this) so that the browser gets the page
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 ANCHORS = ("explanation", "gallery", "sheet", "edits")
+COOKIE = "pipnet_session"
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("pipnet.serve", "templates"),
@@ -61,7 +81,11 @@ def create_app(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_PIXELS,
     allowed_hosts: tuple[str, ...] | list[str] = LOCAL_HOSTS,
+    workers: int = 2,
+    max_visitors: int = 32,
+    idle_minutes: float = 60.0,
 ) -> FastAPI:
     """The web app of one model.
 
@@ -72,50 +96,89 @@ def create_app(
         out_dir: where edited models are saved, each in a new folder (default: beside ``model_dir``).
         device: where to run the model (default: CUDA when present).
         max_upload_bytes: the largest image file accepted.
+        max_pixels: the most pixels (width x height) an uploaded image may have.
         allowed_hosts: host names the app answers to (``["*"]`` for any, when served on a network).
+        workers: threads that decode, explain and draw (the pages of that many visitors are made at once).
+        max_visitors: visitor states kept (the least recent is forgotten first).
+        idle_minutes: a visitor's state is forgotten after this long without a request.
     """
-    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device)
-    app = FastAPI(title=f"PIP-Net: {explorer.model_dir.name}", docs_url=None, redoc_url=None, openapi_url=None)
+    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, max_pixels=max_pixels)
+    visitors = Visitors(explorer.new_visitor, limit=max_visitors, idle_seconds=idle_minutes * 60)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipnet-serve")
+    refits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipnet-refit")  # one at a time, queued
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+        refits.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title=f"PIP-Net: {explorer.model_dir.name}", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)  # fmt: skip
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.explorer = explorer
-    notices: list[str] = []  # shown once, on the next page (one local user: no sessions)
+    app.state.visitors = visitors
 
-    def page(error: str | None = None, status: int = 200) -> HTMLResponse:
-        with explorer.lock:
-            context = page_context(explorer)
-        notice = notices.pop() if notices else None
+    async def work(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a worker thread of the pool."""
+        return await asyncio.wrap_future(pool.submit(fn, *args))
+
+    def as_visitor(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(visitor: Visitor, *args: Any) -> Any:
+            with visitor.lock:
+                return fn(visitor, *args)
+
+        return run
+
+    def render(visitor: Visitor, error: str | None = None, status: int = 200) -> HTMLResponse:
+        with visitor.lock:
+            context = page_context(explorer, visitor)
+            notice = " ".join(visitor.notices) or None
+            visitor.notices.clear()
         html = _ENV.get_template("index.html.j2").render(
-            **context, error=error, notice=notice, max_upload_mb=max_upload_bytes / 2**20
-        )
+            **context, error=error, notice=notice, max_upload_mb=max_upload_bytes / 2**20,
+            max_megapixels=f"{max_pixels / 1e6:g}",
+        )  # fmt: skip
         return HTMLResponse(html, status_code=status)
+
+    async def page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
+        return await work(render, request.state.visitor, error, status)
 
     def back_to(anchor: str = "") -> RedirectResponse:
         return RedirectResponse("/" + (f"#{anchor}" if anchor in ANCHORS else ""), status_code=303)
 
-    def locked(fn, *args):
-        with explorer.lock:
-            return fn(*args)
-
     @app.middleware("http")
-    async def same_origin_posts(request: Request, call_next):
-        """A page of another site must not drive this one (cross-site form POSTs carry their Origin)."""
+    async def visitor_and_headers(request: Request, call_next):
+        """Refuse cross-site POSTs; give the request its visitor (a new one sets the cookie); add the security headers."""
         origin = request.headers.get("origin")
         if request.method == "POST" and origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-            return Response("cross-site request refused", status_code=403, media_type="text/plain")
-        return await call_next(request)
+            response = Response("cross-site request refused", status_code=403, media_type="text/plain")
+        else:
+            visitor, new = visitors.get(request.cookies.get(COOKIE))
+            request.state.visitor = visitor
+            response = await call_next(request)
+            if new:
+                response.set_cookie(COOKIE, visitor.key, httponly=True, samesite="strict", path="/")
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
-        return page()
+    async def index(request: Request) -> HTMLResponse:
+        return await page(request)
+
+    @app.get("/page.js")
+    def script() -> Response:
+        return Response(_ENV.loader.get_source(_ENV, "page.js")[0], media_type="text/javascript",
+                        headers={"Cache-Control": "max-age=3600"})  # fmt: skip
 
     @app.post("/upload")
     async def upload(request: Request) -> Response:
         try:
             filename, content = await _read_upload(request, max_upload_bytes)
-            await run_in_threadpool(locked, explorer.show_upload, filename, content)
+            await work(as_visitor(explorer.show_upload), request.state.visitor, filename, content)
         except UploadError as e:
             status = 413 if isinstance(e, UploadTooLarge) else 400
-            return await run_in_threadpool(page, f"Upload refused: {e}", status)
+            return await page(request, f"Upload refused: {e}", status)
         return back_to("explanation")
 
     @app.post("/pick")
@@ -124,68 +187,111 @@ def create_app(
         try:
             step = {"previous": -1, "next": 1}.get(str(form.get("step")), 0)
             index = _integer(form.get("index"), "image index") + step
-            await run_in_threadpool(locked, explorer.show_item, str(form.get("split", "")), index)
+            await work(as_visitor(explorer.show_item), request.state.visitor, str(form.get("split", "")), index)
         except (ValueError, IndexError) as e:
-            return await run_in_threadpool(page, str(e), 400)
+            return await page(request, str(e), 400)
         return back_to("explanation")
 
     @app.post("/edit")
     async def edit(request: Request) -> Response:
         form = await request.form()
+        visitor: Visitor = request.state.visitor
         try:
             prototype = _integer(form.get("prototype"), "prototype")
             raw_class = str(form.get("class_index", "")).strip()
             class_index = _integer(raw_class, "class") if raw_class else None
-            action = {"off": explorer.editor.switch_off, "on": explorer.editor.switch_on}.get(str(form.get("action")))
-            if action is None:
+            action = str(form.get("action"))
+            if action not in ("off", "on"):
                 raise ValueError("action must be 'off' or 'on'")
-            await run_in_threadpool(locked, action, [prototype], class_index)
-            explorer.log_edit(f"switch_{form.get('action')}", [prototype], class_index)
+
+            def switch(visitor: Visitor) -> None:
+                (visitor.editor.switch_off if action == "off" else visitor.editor.switch_on)([prototype], class_index)
+                visitor.log_edit(f"switch_{action}", [prototype], class_index)
+
+            await work(as_visitor(switch), visitor)
         except (ValueError, IndexError) as e:
-            return await run_in_threadpool(page, str(e), 400)
+            return await page(request, str(e), 400)
         return back_to(str(form.get("back", "")))
 
     @app.post("/reset")
-    def reset() -> Response:
-        off = explorer.editor.disabled + [p for _, p in explorer.editor.class_edits]
-        locked(explorer.editor.reset)
-        explorer.log_edit("reset", off)
-        notices.append("Every edit was undone: this is the model as loaded.")
+    def reset(request: Request) -> Response:
+        visitor: Visitor = request.state.visitor
+        with visitor.lock:
+            off = visitor.editor.disabled + [p for _, p in visitor.editor.class_edits]
+            visitor.editor.reset()
+            visitor.log_edit("reset", off)
+            visitor.notices.append("Every edit was undone: this is the model as loaded.")
         return back_to("edits")
 
     @app.post("/save")
     async def save(request: Request) -> Response:
         form = await request.form()
+        visitor: Visitor = request.state.visitor
         try:
-            path = await run_in_threadpool(locked, explorer.save, str(form.get("name", "")))
-        except (ValueError, FileExistsError) as e:
-            return await run_in_threadpool(page, f"Not saved: {e}", 400)
-        notices.append(f"Saved the edited model to {path}")
+            path = await work(as_visitor(explorer.save), visitor, str(form.get("name", "")))
+        except (ValueError, OSError) as e:
+            return await page(request, f"Not saved: {e}", 400)
+        await work(as_visitor(lambda v: v.notices.append(f"Saved the edited model to {path}")), visitor)
         return back_to("edits")
 
     @app.post("/refit")
     async def refit(request: Request) -> Response:
         form = await request.form()
+        visitor: Visitor = request.state.visitor
         reason = str(form.get("reason", "")).strip()[:500] or None
+
+        def start(visitor: Visitor) -> tuple[Path, Callable[[], tuple[Path, RefitResult]]]:
+            if visitor.refit is not None:
+                raise ValueError(f"a refit into {visitor.refit[0]} is running: wait until it is done")
+            path = explorer.reserve(str(form.get("name", "")), "refit")
+            try:
+                job = explorer.refit_job(visitor, path, reason)  # reads the visitor's edits now
+            except BaseException:
+                explorer.release(path)
+                raise
+            visitor.refit = (path, time.monotonic())
+            return path, job
+
         try:
-            path, result = await run_in_threadpool(locked, explorer.refit, str(form.get("name", "")), reason)
+            path, job = await work(as_visitor(start), visitor)
         except (ValueError, FileExistsError) as e:
-            return await run_in_threadpool(page, f"Not refit: {e}", 400)
-        notices.append(
-            f"Refit the scoring sheet without prototypes {result.disabled or 'none'} and saved it to {path}: test accuracy "
-            f"{result.accuracy_before:.1%} before the edit, {result.accuracy_switched_off:.1%} switched off, "
-            f"{result.accuracy_refit:.1%} after the refit ({result.seconds:.1f} s)."
-        )
+            return await page(request, f"Not refit: {e}", 400)
+        refits.submit(job).add_done_callback(lambda done: _refit_done(explorer, visitor, path, done))
         return back_to("edits")
 
     @app.get("/prototypes/{prototype}/patches.png")
-    def patches(prototype: int) -> Response:
-        png = locked(explorer.prototype_patches_png, prototype)
+    async def patches(prototype: int) -> Response:
+        png = await work(explorer.prototype_patches_png, prototype)
         if png is None:
             return Response("no such prototype, or no data to show it with", status_code=404, media_type="text/plain")
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     return app
+
+
+def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, done: Future) -> None:
+    """Tell the visitor how the refit ended (on their next page), and free its folder name."""
+    explorer.release(path)
+    try:
+        _, result = done.result()
+    except (ValueError, OSError) as e:
+        message = f"Not refit: {e}"
+    except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
+        log.exception("the refit into %s failed", path)
+        message = f"Not refit: the refit into {path} failed (the server's log says why)"
+    else:
+        message = _refit_message(path, result)
+    with visitor.lock:
+        visitor.refit = None
+        visitor.notices.append(message)
+
+
+def _refit_message(path: Path, result: RefitResult) -> str:
+    return (
+        f"Refit the scoring sheet without prototypes {result.disabled or 'none'} and saved it to {path}: test accuracy "
+        f"{result.accuracy_before:.1%} before the edit, {result.accuracy_switched_off:.1%} switched off, "
+        f"{result.accuracy_refit:.1%} after the refit ({result.seconds:.1f} s)."
+    )
 
 
 def _integer(value: object, what: str) -> int:
@@ -202,12 +308,14 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
         UploadError: no file, a malformed form, or a file larger than ``limit``.
     """
     too_large = UploadTooLarge(f"the file is larger than {limit / 2**20:g} MB")
-    received, more = 0, True
+    received, more, tail = 0, True, b""
 
     async def receive():  # counts the body as it streams in, and stops it past the limit
-        nonlocal received, more
+        nonlocal received, more, tail
         message = await request.receive()
-        received += len(message.get("body", b""))
+        body = message.get("body", b"")
+        received += len(body)
+        tail = (tail + body)[-256:]
         more = message.get("more_body", False)
         if received > limit + FORM_OVERHEAD:
             raise _TooLarge
@@ -224,6 +332,10 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
         raise too_large from None
     except (MultiPartException, HTTPException) as e:
         raise UploadError(f"the upload is not a valid form ({getattr(e, 'detail', e)})") from None
+    boundary = _boundary(request.headers.get("content-type", ""))
+    if boundary is not None and f"--{boundary}--".encode() not in tail:
+        await form.close()
+        raise UploadError("the upload is not a complete form: its closing boundary is missing (was it cut short?)")
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile) or not upload.filename:
@@ -234,3 +346,15 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
     if len(content) > limit:
         raise too_large
     return upload.filename, content
+
+
+def _boundary(content_type: str) -> str | None:
+    """The boundary of a ``multipart/form-data`` content type, or None for another type."""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        return None
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary" and value:
+            return value.strip('"')
+    return None

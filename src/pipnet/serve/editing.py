@@ -44,7 +44,7 @@ class ModelEditor:
 
     def __init__(self, model: PIPNet, source: str | Path | None = None):
         self.original = model
-        self.model = copy.deepcopy(model)
+        self.model = _head_copy(model)
         self.source = str(source) if source is not None else None
         self.data_config: str | None = None  # the config whose data the model was explored with, if any
         self.class_edits: dict[tuple[int, int], ClassEdit] = {}  # (class, prototype) -> edit
@@ -67,6 +67,16 @@ class ModelEditor:
         for e in record["class_edits"]:
             editor.switch_off([e.prototype], e.class_index)
         return editor
+
+    def fork(self) -> ModelEditor:
+        """A new editor of the same unedited model with the same edits, to be edited independently of this one."""
+        other = ModelEditor(self.original, self.source)
+        other.data_config = self.data_config
+        other.switch_off(self.disabled)
+        for c, p in self.class_edits:
+            other.switch_off([p], c)
+        other.version = 0
+        return other
 
     # ---- edits ------------------------------------------------------------------------------------
 
@@ -166,6 +176,15 @@ class ModelEditor:
             if edit_log is not None:
                 append_edits(tmp, edit_log, inherited_from=inherited_from)
         return Path(directory)
+
+
+def _head_copy(model: PIPNet) -> PIPNet:
+    """A copy of ``model`` whose scoring sheet (classifier) and prototype mask are its own; every other tensor
+    is shared with ``model`` (edits change only those two, and nothing ever changes the shared ones), so an
+    edited copy costs kilobytes, not a second backbone."""
+    own = {id(t) for t in [*model.classifier.parameters(), *model.classifier.buffers(), model.prototype_mask]}
+    memo = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in own}
+    return copy.deepcopy(model, memo)
 
 
 def read_edits(directory: str | Path) -> dict:

@@ -1,10 +1,14 @@
-"""What the web page works on: the model being edited, its data, and the image being explained.
+"""What the web page works on: the model, its data, and one :class:`Visitor` state per person using the page.
 
-An :class:`Explorer` holds a :class:`~pipnet.serve.editing.ModelEditor`, the run's data when there is one
-(the training images are projected once, for the prototypes' typical patches; the test set is kept as
-tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluate.evaluate`), and the image
-on show. Explanations, accuracies and pictures are cached until the model or the image changes. Nothing
-here knows about HTTP; the web app serialises calls with :attr:`Explorer.lock`.
+An :class:`Explorer` holds what every visitor shares and nobody changes: the loaded model, the run's data when
+there is one (the training images are projected once, for the prototypes' typical patches; the test set is
+kept as tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluate.evaluate`), the
+thresholds and the edit history. A :class:`Visitor` holds one person's edits (a
+:class:`~pipnet.serve.editing.ModelEditor` whose edited model shares every tensor but the scoring sheet's
+with the loaded one, so a visitor costs kilobytes, not a model), the image on show, this session's edit log
+and the messages waiting for the next page. :class:`Visitors` keeps a bounded number of them and forgets
+those idle too long. Nothing here knows about HTTP; the web app gives each browser its visitor by a cookie
+and holds :attr:`Visitor.lock` while working on one.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import io
 import json
 import logging
 import tempfile
+import secrets
 import threading
-import warnings
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +40,18 @@ from pipnet.inference import choose_device, eval_mode, fit_data_to_model, input_
 from pipnet.projection import Projection, project
 from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
-from pipnet.run_folder import RunFolder, config_file
+from pipnet.run_folder import RunFolder, config_file, remove_partial_folders
 from pipnet.serve.editing import ModelEditor, safe_folder_name
 from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
-__all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
+__all__ = ["Explorer", "Shown", "UploadError", "Visitor", "Visitors"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
 TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
+MAX_PIXELS = 90_000_000  # uploads with more pixels are refused before decoding (``--max-megapixels``)
 
 
 class UploadError(ValueError):
@@ -79,7 +85,7 @@ class ExplorerData:
 
 
 class Explorer:
-    """One model to explore and edit, with its data and the image on show.
+    """One model to explore and edit, with its data: what every visitor of the page shares, never changed by them.
 
     Args:
         model_dir: a saved model (``model.safetensors`` + ``config.json``), e.g. a run folder.
@@ -88,6 +94,7 @@ class Explorer:
         out_dir: where edited models are saved (default: beside ``model_dir``).
         device: where to run the model (:func:`pipnet.inference.choose_device`; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
+        max_pixels: uploads with more pixels are refused (before they are decoded).
     """
 
     def __init__(
@@ -98,42 +105,45 @@ class Explorer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         gallery_k: int = 8,
+        max_pixels: int = MAX_PIXELS,
     ):
         self.model_dir = Path(model_dir).resolve()
         self.device = choose_device(device)
-        self.editor = ModelEditor.from_folder(self.model_dir, self.device)
+        self.editor = ModelEditor.from_folder(self.model_dir, self.device)  # the loaded model, with its saved edits
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
         self.gallery_k = gallery_k
-        self.lock = threading.RLock()
+        self.max_pixels = max_pixels
         self.data = self._load_data(data)
         self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
         self.transform = input_transform(self.model, fallback_preset=self.data.config.preset if self.data else "default")
-        self.shown: Shown | None = None
-        self._serial = 0
-        self._cache: dict[tuple, object] = {}
+        self._cache: dict[tuple, object] = {}  # what every visitor shares (the unedited model's numbers, patches)
+        self._cache_lock = threading.Lock()
+        self._names_lock = threading.Lock()
+        self._reserved: set[Path] = set()  # folders being written (a refit runs for seconds)
         self.thresholds: Thresholds | None = load_thresholds(self.model_dir, self.model.num_classes)
         if self.thresholds is None:
             warn_without_thresholds(str(self.model_dir))
         self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
         self.quality = _read_quality(self.model_dir)  # metrics.json's report card, for the gallery
-        self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
-        self.last_refit: tuple[Path, RefitResult] | None = None
+        remove_partial_folders(self.out_dir)  # what killed saves left behind
 
     @property
     def model(self) -> PIPNet:
-        """The edited model (the unedited one is ``editor.original``)."""
+        """The model as loaded (with the edits it was saved with); visitors edit their own copies."""
         return self.editor.model
 
-    def cached(self, key: tuple, make: Callable[[], T]) -> T:
-        """``make()``, computed once per ``key`` (keys that name an image or a model version go stale, not wrong)."""
-        if key not in self._cache:
-            value = make()  # may forget other entries first
-            self._cache[key] = value
-        return self._cache[key]
+    def new_visitor(self) -> Visitor:
+        """A new visitor's state: the model as loaded, nothing on show, no messages."""
+        return Visitor(secrets.token_urlsafe(32), self.editor.fork())
 
-    def _forget(self, kind: str) -> None:
-        """Drop the cached entries of one kind (the first element of their keys)."""
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+    def cached(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()``, computed once per ``key`` for every visitor (keys name the unedited model or a prototype)."""
+        with self._cache_lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = make()  # outside the lock: two visitors may compute it at once, and get the same
+        with self._cache_lock:
+            return self._cache.setdefault(key, value)
 
     # ---- data ----------------------------------------------------------------------------------------
 
@@ -165,26 +175,31 @@ class Explorer:
 
     # ---- the image on show -------------------------------------------------------------------------
 
-    def show_upload(self, filename: str, content: bytes) -> Shown:
-        """Decode an uploaded file (PNG, JPEG, GIF, BMP, WebP or TIFF) and show it.
+    def show_upload(self, visitor: Visitor, filename: str, content: bytes) -> Shown:
+        """Decode an uploaded file (PNG, JPEG, GIF, BMP, WebP or TIFF) and show it to ``visitor``.
+
+        A large image is reduced while decoding to what the page needs (the model input and the display).
 
         Raises:
-            UploadError: not one of those formats, truncated or corrupt, or too many pixels.
+            UploadError: not one of those formats, truncated or corrupt, or more than ``max_pixels`` pixels.
         """
         if not content:
             raise UploadError("the file is empty")
-        _check_format(content)
         with tempfile.TemporaryDirectory(prefix="pipnet-upload-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(content)
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels=self.max_pixels,
+                                   reduce_to=max(DISPLAY_PX, self.model.config.image_size))  # fmt: skip
             except ImageLoadError as e:
-                raise UploadError(f"cannot read this image: {e.reason}") from e
-        return self._show(f"uploaded image {filename[:80]}", image, self.transform(image))
+                reason = e.reason
+                if reason.startswith("too many pixels"):
+                    reason += " (pipnet serve --max-megapixels sets the limit)"
+                raise UploadError(reason if reason.startswith("not an image") else f"cannot read this image: {reason}") from e
+        return self._show(visitor, f"uploaded image {filename[:80]}", image, self.transform(image))
 
-    def show_item(self, split: str, index: int) -> Shown:
-        """Show image ``index`` of one of the data sets (``test`` or ``train``)."""
+    def show_item(self, visitor: Visitor, split: str, index: int) -> Shown:
+        """Show image ``index`` of one of the data sets (``test`` or ``train``) to ``visitor``."""
         if self.data is None or split not in self.data.picker:
             raise IndexError(f"there is no {split!r} data set to pick from")
         dataset = self.data.picker[split]
@@ -192,48 +207,44 @@ class Explorer:
             raise IndexError(f"the {split} set has images 0 to {len(dataset) - 1}, not {index}")
         x, label = dataset[index]
         title = f"{split} image {index} (class {self.data.classes[label]})"
-        return self._show(title, dataset.raw_image(index), x, split, index)
+        return self._show(visitor, title, dataset.raw_image(index), x, split, index)
 
-    def _show(self, title: str, image: Image.Image, x: torch.Tensor, split=None, index=None) -> Shown:
-        with eval_mode(self.model, self.device) as dev:
-            maps = self.model.prototype_maps(self.model.forward_features(x[None].to(dev)))[0].float().cpu()
-        self._serial += 1
-        self._forget("explain")
-        self._forget("pictures")
+    def _show(self, visitor: Visitor, title: str, image: Image.Image, x: torch.Tensor, split=None, index=None) -> Shown:
+        original = self.editor.original  # the maps do not depend on the scoring sheet: no edit changes them
+        with torch.inference_mode():
+            maps = original.prototype_maps(original.forward_features(x[None].to(self.device)))[0].float().cpu()
         display = fit(image, DISPLAY_PX) if max(image.size) > DISPLAY_PX else image.convert("RGB")
-        self.shown = Shown(self._serial, title, display, x, maps, split, index)
-        return self.shown
+        visitor.serial += 1
+        visitor.cache = {k: v for k, v in visitor.cache.items() if k[0] == "metrics"}
+        visitor.shown = Shown(visitor.serial, title, display, x, maps, split, index)
+        return visitor.shown
 
-    def explanations(self, top_classes: int = 3) -> tuple[ImageExplanation, ImageExplanation] | None:
-        """(edited model's, unedited model's) explanation of the image on show, or None when there is none."""
-        shown = self.shown
+    def explanations(self, visitor: Visitor, top_classes: int = 3) -> tuple[ImageExplanation, ImageExplanation] | None:
+        """(visitor's edited model's, unedited model's) explanation of the image on show, or None."""
+        shown = visitor.shown
         if shown is None:
             return None
-
-        def both() -> tuple[ImageExplanation, ImageExplanation]:
-            self._forget("explain")
-            x, ids = shown.x[None], [shown.title]
-            edited = explain(self.model, x, top_classes=top_classes, image_ids=ids)[0]
-            return edited, explain(self.editor.original, x, top_classes=top_classes, image_ids=ids)[0]
-
-        return self.cached(("explain", shown.serial, self.editor.version, top_classes), both)
+        x, ids = shown.x[None], [shown.title]
+        editor = visitor.editor
+        edited = visitor.cached(("explain", shown.serial, editor.version, top_classes),
+                                lambda: explain(editor.model, x, top_classes=top_classes, image_ids=ids)[0], one_of_kind=True)  # fmt: skip
+        original = visitor.cached(("explain original", shown.serial, top_classes),
+                                  lambda: explain(editor.original, x, top_classes=top_classes, image_ids=ids)[0])  # fmt: skip
+        return edited, original
 
     # ---- the data's view of the model ----------------------------------------------------------------
 
-    def accuracy(self) -> tuple[Metrics, Metrics] | None:
-        """(unedited, edited) metrics on the test set, or None without one."""
+    def accuracy(self, visitor: Visitor) -> tuple[Metrics, Metrics] | None:
+        """(unedited, visitor's edited) metrics on the test set, or None without one."""
         test = self.data.test if self.data is not None else None
         if test is None:
             return None
-        original = self.cached(("original metrics",), lambda: evaluate(self.editor.original, test, device=self.device))
-        if not self.editor.edited:
+        editor = visitor.editor
+        original = self.cached(("original metrics",), lambda: evaluate(editor.original, test, device=self.device))
+        if not editor.edited:
             return original, original
-
-        def edited() -> Metrics:
-            self._forget("metrics")
-            return evaluate(self.model, test, device=self.device)
-
-        return original, self.cached(("metrics", self.editor.version), edited)
+        return original, visitor.cached(("metrics", editor.version), lambda: evaluate(editor.model, test, device=self.device),
+                                        one_of_kind=True)
 
     def prototype_patches_png(self, prototype: int) -> bytes | None:
         """PNG of a prototype's most typical patches in the training images, or None without data."""
@@ -249,7 +260,125 @@ class Explorer:
 
         return self.cached(("patches", prototype), png)
 
-    # ---- the edit log and the refit ---------------------------------------------------------------------
+    # ---- the refit and saving ------------------------------------------------------------------------------
+
+    def reserve(self, name: str, kind: str) -> Path:
+        """The folder ``out_dir/<name, sanitised>`` (or the next free suggested name), held until :meth:`release`.
+
+        Raises:
+            ValueError: no usable name.
+            FileExistsError: the folder exists, or another visitor is writing it.
+        """
+        with self._names_lock:
+            path = self.out_dir / safe_folder_name(name or self._free_name(kind))
+            if path.exists() or path in self._reserved:
+                raise FileExistsError(f"{path} exists already: choose another name")
+            self._reserved.add(path)
+            return path
+
+    def release(self, path: Path) -> None:
+        with self._names_lock:
+            self._reserved.discard(path)
+
+    def refit(self, visitor: Visitor, path: Path, reason: str | None = None) -> tuple[Path, RefitResult]:
+        """Re-fit the scoring sheet without the visitor's switched-off prototypes, into the new folder ``path``.
+
+        Prototypes switched off for every class are switched off in the new model (weight 0); those
+        switched off for one class keep weight 0 for it. The refit starts from the unedited model, so its
+        "before" accuracy is the unedited model's. The folder gets the data's config, re-set thresholds and
+        the edit log (the loaded model's, the visitor's edits, and the refit with its accuracies), all or
+        nothing. The visitor's edits are read once, at the start (call with :attr:`Visitor.lock` held for that).
+
+        Raises:
+            ValueError: no data (the refit needs the training images and a test set).
+            FileExistsError: the folder exists.
+        """
+        return self.refit_job(visitor, path, reason)()
+
+    def refit_job(self, visitor: Visitor, path: Path, reason: str | None = None) -> Callable[[], tuple[Path, RefitResult]]:
+        """:meth:`refit` split in two: the visitor's edits are read now; the returned function does the work."""
+        if self.data is None or self.data.test is None:
+            raise ValueError("the refit needs the run's training and test images: start with --data RUN_OR_CONFIG")
+        editor, keep_zero = visitor.editor, None
+        disabled, class_edits, session_edits = list(editor.disabled), list(editor.class_edits), list(visitor.session_edits)
+        if class_edits:
+            keep_zero = torch.zeros(self.model.num_classes, self.model.num_prototypes, dtype=torch.bool)
+            for c, p in class_edits:
+                keep_zero[c, p] = True
+        return lambda: (path, self._refit(path, disabled, keep_zero, session_edits, reason))
+
+    def _refit(self, path: Path, disabled: list[int], keep_zero, session_edits: list[dict], reason: str | None) -> RefitResult:
+        original = self.editor.original
+        result = refit(original, self.data.projection_set, self.data.test, disabled, keep_zero=keep_zero, device=self.device)
+        config = self.data.config
+        record = edit_record("refit", prototypes=result.disabled, reason=reason, tool="pipnet serve",
+                             source=str(self.model_dir), **result.summary())  # fmt: skip
+        save_refit(
+            result, path, source=self.model_dir, test_data=self.data.test, records=[*session_edits, record],
+            config_path=self.data.config_path, tpr=self.thresholds.tpr if self.thresholds is not None else 0.95,
+            data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
+        )  # fmt: skip
+        return result
+
+    def suggested_name(self, kind: str = "edited") -> str:
+        """``<model>-<kind>-N`` with the first N that is not taken (nor being written) in the output folder."""
+        with self._names_lock:
+            return self._free_name(kind)
+
+    def _free_name(self, kind: str) -> str:
+        n = 1
+        while (self.out_dir / f"{self.model_dir.name}-{kind}-{n}").exists() or (
+            self.out_dir / f"{self.model_dir.name}-{kind}-{n}" in self._reserved
+        ):
+            n += 1
+        return f"{self.model_dir.name}-{kind}-{n}"
+
+    def save(self, visitor: Visitor, name: str) -> Path:
+        """Save the visitor's edited model to a new folder ``out_dir/<name, sanitised>``, all or nothing.
+
+        Raises:
+            ValueError: no usable name.
+            FileExistsError: that folder exists (nothing is overwritten).
+        """
+        path = self.reserve(name, "edited")
+        try:  # no thresholds.json: edits change the scores (`pipnet evaluate` sets new ones)
+            return visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir)
+        finally:
+            self.release(path)
+
+
+class Visitor:
+    """What one person using the page sees and has done: edits, the image on show, this session's edit log, messages.
+
+    Args:
+        key: the random session key (the cookie's value).
+        editor: this visitor's edits of the loaded model.
+    """
+
+    def __init__(self, key: str, editor: ModelEditor):
+        self.key = key
+        self.editor = editor
+        self.lock = threading.RLock()  # one request of this visitor at a time
+        self.shown: Shown | None = None
+        self.serial = 0
+        self.cache: dict[tuple, object] = {}  # this visitor's explanations, accuracy and pictures
+        self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
+        self.notices: list[str] = []  # shown once, on the next page
+        self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
+        self.last_seen = time.monotonic()
+
+    def cached(self, key: tuple, make: Callable[[], T], *, one_of_kind: bool = False) -> T:
+        """``make()``, computed once per ``key`` (emptied when a new image is shown).
+
+        Args:
+            one_of_kind: keep no other entry of this kind (the key's first element), e.g. older model versions.
+        """
+        if key not in self.cache:
+            value = make()
+            if one_of_kind:
+                self.cache = {k: v for k, v in self.cache.items() if k[0] != key[0]}
+            self.cache[key] = value
+        return self.cache[key]
 
     def log_edit(self, action: str, prototypes: list[int], class_index: int | None = None, reason: str | None = None) -> None:
         """Remember an edit of this session for ``edits.jsonl`` (``switch_off``, ``switch_on`` or ``reset``)."""
@@ -257,64 +386,41 @@ class Explorer:
             edit_record(action, prototypes=prototypes, class_index=class_index, reason=reason, tool="pipnet serve")
         )
 
-    def refit(self, name: str = "", reason: str | None = None) -> tuple[Path, RefitResult]:
-        """Re-fit the scoring sheet without the prototypes switched off, and save it to a new folder.
 
-        Prototypes switched off for every class are switched off in the new model (weight 0); those
-        switched off for one class keep weight 0 for it. The refit starts from the unedited model, so its
-        "before" accuracy is the unedited model's. The folder gets the data's config, re-set thresholds and
-        the edit log (the loaded model's, this session's edits, and the refit with its accuracies).
+class Visitors:
+    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request (least recent first when full).
 
-        Raises:
-            ValueError: no data (the refit needs the training images and a test set), or no usable name.
-            FileExistsError: the folder exists.
-        """
-        if self.data is None or self.data.test is None:
-            raise ValueError("the refit needs the run's training and test images: start with --data RUN_OR_CONFIG")
-        path = self.out_dir / safe_folder_name(name or self.suggested_name("refit"))
-        if path.exists():
-            raise FileExistsError(f"{path} exists already: choose another name")
-        editor, keep_zero = self.editor, None
-        if editor.class_edits:
-            keep_zero = torch.zeros(self.model.num_classes, self.model.num_prototypes, dtype=torch.bool)
-            for c, p in editor.class_edits:
-                keep_zero[c, p] = True
-        result = refit(editor.original, self.data.projection_set, self.data.test, editor.disabled, keep_zero=keep_zero,
-                       device=self.device)  # fmt: skip
-        config = self.data.config
-        record = edit_record("refit", prototypes=result.disabled, reason=reason, tool="pipnet serve",
-                             source=str(self.model_dir), **result.summary())  # fmt: skip
-        save_refit(
-            result, path, source=self.model_dir, test_data=self.data.test, records=[*self.session_edits, record],
-            config_path=self.data.config_path, tpr=self.thresholds.tpr if self.thresholds is not None else 0.95,
-            data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
-        )  # fmt: skip
-        self.last_refit = (path, result)
-        return path, result
+    Args:
+        make: makes a new visitor.
+        limit: visitors kept at once (each holds its edits, one image and its pictures: about 1 to 5 MB).
+        idle_seconds: a visitor idle this long is forgotten (its next request starts afresh).
+    """
 
-    # ---- saving ------------------------------------------------------------------------------------
+    def __init__(self, make: Callable[[], Visitor], limit: int = 32, idle_seconds: float = 3600.0):
+        self.make, self.limit, self.idle_seconds = make, limit, idle_seconds
+        self._visitors: OrderedDict[str, Visitor] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def suggested_name(self, kind: str = "edited") -> str:
-        """``<model>-<kind>-N`` with the first N that is not taken in the output folder."""
-        n = 1
-        while (self.out_dir / f"{self.model_dir.name}-{kind}-{n}").exists():
-            n += 1
-        return f"{self.model_dir.name}-{kind}-{n}"
+    def get(self, key: str | None) -> tuple[Visitor, bool]:
+        """(the visitor of ``key``, False), or (a new visitor, True) when the key is unknown or expired."""
+        now = time.monotonic()
+        with self._lock:
+            for old in [k for k, v in self._visitors.items() if now - v.last_seen > self.idle_seconds]:
+                del self._visitors[old]
+            visitor = self._visitors.get(key) if key else None
+            if visitor is not None:
+                self._visitors.move_to_end(key)
+                visitor.last_seen = now
+                return visitor, False
+        visitor = self.make()
+        with self._lock:
+            while len(self._visitors) >= self.limit:
+                self._visitors.popitem(last=False)
+            self._visitors[visitor.key] = visitor
+        return visitor, True
 
-    def save(self, name: str) -> Path:
-        """Save the edited model to a new folder ``out_dir/<name, sanitised>``.
-
-        Raises:
-            ValueError: no usable name.
-            FileExistsError: that folder exists (nothing is overwritten).
-        """
-        path = self.out_dir / safe_folder_name(name or self.suggested_name())
-        if path.exists():
-            raise FileExistsError(f"{path} exists already: choose another name")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        saved = self.editor.save(path)  # no thresholds.json: edits change the scores (`pipnet evaluate` sets new ones)
-        append_edits(saved, self.session_edits, inherited_from=self.model_dir)
-        return saved
+    def __len__(self) -> int:
+        return len(self._visitors)
 
 
 def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | None) -> Path | None:
@@ -347,18 +453,3 @@ def _in_memory(dataset: Dataset, batch_size: int = 64) -> Dataset:
         return dataset
     xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in DataLoader(dataset, batch_size=batch_size)])
     return TensorDataset(torch.cat(xs), torch.cat(ys))
-
-
-def _check_format(content: bytes) -> None:
-    """Refuse anything but the common image formats before decoding (no PostScript, no PDF, ...)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(content), formats=ALLOWED_FORMATS):
-                pass
-    except Image.UnidentifiedImageError as e:
-        raise UploadError("not an image: upload a PNG, JPEG, GIF, BMP, WebP or TIFF file") from e
-    except Image.DecompressionBombError:
-        pass  # a known format with too many pixels: load_image says so
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UploadError(f"cannot read this image: {e}") from e

@@ -6,6 +6,7 @@ Pictures of the image on show (the evidence boxed on it, each prototype's heat m
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from PIL import Image
@@ -15,7 +16,7 @@ from pipnet.patches import scale_box
 from pipnet.quality.verdict import verdicts
 from pipnet.render.html import data_uri
 from pipnet.render.png import PALETTE, draw_boxes, fit, heatmap_overlay
-from pipnet.serve.session import Explorer, Shown
+from pipnet.serve.session import Explorer, Visitor
 
 __all__ = ["page_context"]
 
@@ -23,9 +24,9 @@ THUMB_PX = 150
 MAX_EVIDENCE = 6  # evidence rows shown per class; the rest are summed in one line
 
 
-def page_context(explorer: Explorer) -> dict[str, Any]:
-    """Everything ``index.html.j2`` shows (call with ``explorer.lock`` held)."""
-    model, editor = explorer.model, explorer.editor
+def page_context(explorer: Explorer, visitor: Visitor) -> dict[str, Any]:
+    """Everything ``index.html.j2`` shows to one visitor (call with ``visitor.lock`` held)."""
+    model, editor = visitor.editor.model, visitor.editor
     sheet = scoring_sheet(editor.original)  # the unedited sheet: edited entries stay visible, marked off
     return {
         "model": {
@@ -39,16 +40,17 @@ def page_context(explorer: Explorer) -> dict[str, Any]:
             "used_now": len(model.used_prototypes()),
         },
         "data": _data(explorer),
-        "accuracy": _accuracy(explorer),
-        "edits": _edits(explorer),
-        "shown": _shown(explorer),
-        "gallery": _gallery(explorer, sheet),
-        "sheet": _sheet(explorer, sheet),
+        "accuracy": _accuracy(explorer, visitor),
+        "edits": _edits(visitor),
+        "shown": _shown(explorer, visitor),
+        "gallery": _gallery(explorer, visitor, sheet),
+        "sheet": _sheet(visitor, sheet),
         "class_names": [class_name(model, c) for c in range(model.num_classes)],
         "suggested_name": explorer.suggested_name(),
         "refit_name": explorer.suggested_name("refit"),
         "can_refit": explorer.data is not None and explorer.data.test is not None,
-        "edit_log": _edit_log(explorer),
+        "edit_log": _edit_log(explorer, visitor),
+        "refit_running": _refit_running(visitor),
         "thresholds": _thresholds(explorer),
         "out_dir": str(explorer.out_dir),
         "has_patches": explorer.data is not None,
@@ -67,8 +69,8 @@ def _data(explorer: Explorer) -> dict[str, Any] | None:
     }
 
 
-def _accuracy(explorer: Explorer) -> dict[str, Any] | None:
-    metrics = explorer.accuracy()
+def _accuracy(explorer: Explorer, visitor: Visitor) -> dict[str, Any] | None:
+    metrics = explorer.accuracy(visitor)
     if metrics is None:
         return None
     before, after = metrics
@@ -79,12 +81,12 @@ def _accuracy(explorer: Explorer) -> dict[str, Any] | None:
         "abstained_before": before.abstained,
         "abstained_after": after.abstained,
         "num_images": after.num_images,
-        "edited": explorer.editor.edited,
+        "edited": visitor.editor.edited,
     }
 
 
-def _edits(explorer: Explorer) -> list[dict[str, Any]]:
-    editor = explorer.editor
+def _edits(visitor: Visitor) -> list[dict[str, Any]]:
+    editor = visitor.editor
     rows = [{"prototype": p, "class_index": "", "what": "off for every class"} for p in editor.disabled]
     for (c, p), e in sorted(editor.class_edits.items()):
         what = f"off for class {e.class_name} (weight was {e.weight:.3f})"
@@ -92,10 +94,17 @@ def _edits(explorer: Explorer) -> list[dict[str, Any]]:
     return rows
 
 
-def _edit_log(explorer: Explorer) -> list[dict[str, Any]]:
+def _refit_running(visitor: Visitor) -> dict[str, Any] | None:
+    if visitor.refit is None:
+        return None
+    path, started = visitor.refit
+    return {"path": str(path), "seconds": f"{time.monotonic() - started:.0f}"}
+
+
+def _edit_log(explorer: Explorer, visitor: Visitor) -> list[dict[str, Any]]:
     """The loaded model's ``edits.jsonl`` followed by this session's edits, oldest first."""
     rows = []
-    for r, session in [(r, False) for r in explorer.history] + [(r, True) for r in explorer.session_edits]:
+    for r, session in [(r, False) for r in explorer.history] + [(r, True) for r in visitor.session_edits]:
         cls = r.get("class_index")
         what = ", ".join(f"#{p}" for p in r.get("prototypes", [])) or "-"
         if cls is not None:
@@ -116,11 +125,11 @@ def _thresholds(explorer: Explorer) -> dict[str, Any] | None:
 # ---- the image on show -----------------------------------------------------------------------------
 
 
-def _shown(explorer: Explorer) -> dict[str, Any] | None:
-    pair = explorer.explanations()
+def _shown(explorer: Explorer, visitor: Visitor) -> dict[str, Any] | None:
+    pair = explorer.explanations(visitor)
     if pair is None:
         return None
-    shown, (now, before) = explorer.shown, pair
+    shown, (now, before) = visitor.shown, pair
     thumb = fit(shown.image, THUMB_PX)
     before_scores = {c.class_index: c.score for c in before.top_classes}
     now_scores = {c.class_index: c.score for c in now.top_classes}
@@ -134,12 +143,12 @@ def _shown(explorer: Explorer) -> dict[str, Any] | None:
         "title": shown.title,
         "split": shown.split,
         "index": shown.index,
-        "overview": explorer.cached(("pictures", shown.serial, "overview", explorer.editor.version), overview),
+        "overview": visitor.cached(("overview", shown.serial, visitor.editor.version), overview, one_of_kind=True),
         "verdict": _verdict(now),
         "unknown": _unknown(explorer, now),
         "verdict_before": _verdict(before),
         "changed": _verdict(now) != _verdict(before) or now_scores != before_scores,
-        "classes": [_class(explorer, shown, thumb, now, c, before_scores.get(c.class_index)) for c in now.top_classes],
+        "classes": [_class(explorer, visitor, thumb, now, c, before_scores.get(c.class_index)) for c in now.top_classes],
     }
 
 
@@ -168,11 +177,11 @@ def _box(box: tuple[int, int, int, int], e: ImageExplanation, thumb: Image.Image
 
 
 def _class(
-    explorer: Explorer, shown: Shown, thumb: Image.Image, e: ImageExplanation, c: ClassExplanation, before: float | None
+    explorer: Explorer, visitor: Visitor, thumb: Image.Image, e: ImageExplanation, c: ClassExplanation, before: float | None
 ) -> dict[str, Any]:
     rows = []
     for n, ev in enumerate(c.evidence[:MAX_EVIDENCE]):
-        boxed, heat = _pictures(explorer, shown, thumb, e, ev.prototype, ev.box)
+        boxed, heat = _pictures(visitor, thumb, e, ev.prototype, ev.box)
         rows.append(
             {
                 "prototype": ev.prototype,
@@ -198,7 +207,7 @@ def _class(
 
 
 def _pictures(
-    explorer: Explorer, shown: Shown, thumb: Image.Image, e: ImageExplanation, prototype: int, box: tuple[int, ...]
+    visitor: Visitor, thumb: Image.Image, e: ImageExplanation, prototype: int, box: tuple[int, ...]
 ) -> tuple[str, str]:
     """(image with the prototype's patch boxed, its heat map with the same box) as data URIs, cached per image."""
 
@@ -208,14 +217,15 @@ def _pictures(
         heat = draw_boxes(heatmap_overlay(thumb, shown.maps[prototype]), where, colour)
         return data_uri(boxed, "jpeg"), data_uri(heat, "jpeg")
 
-    return explorer.cached(("pictures", shown.serial, prototype, tuple(box)), draw)
+    shown = visitor.shown
+    return visitor.cached(("pictures", shown.serial, prototype, tuple(box)), draw)
 
 
 # ---- the model as a whole ----------------------------------------------------------------------------
 
 
-def _gallery(explorer: Explorer, sheet) -> list[dict[str, Any]]:
-    editor = explorer.editor
+def _gallery(explorer: Explorer, visitor: Visitor, sheet) -> list[dict[str, Any]]:
+    editor = visitor.editor
     uses: dict[int, list[dict[str, Any]]] = {}
     for cls in sheet.classes:
         for entry in cls.prototypes:
@@ -238,8 +248,8 @@ def _gallery(explorer: Explorer, sheet) -> list[dict[str, Any]]:
     ]
 
 
-def _sheet(explorer: Explorer, sheet) -> list[dict[str, Any]]:
-    status, rows = explorer.editor.status, []
+def _sheet(visitor: Visitor, sheet) -> list[dict[str, Any]]:
+    status, rows = visitor.editor.status, []
     for cls in sheet.classes:
         entries = [
             {"prototype": e.prototype, "weight": f"{e.weight:.3f}", "status": status(e.prototype, cls.class_index)}
