@@ -98,10 +98,12 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(run), str(folder), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert f"skipped {folder / 'notes.txt'}: not an image (not a PNG, JPEG" in err
-    assert f"skipped {folder / 'cut.png'}: corrupt or truncated" in err
+    assert f"cannot read {folder / 'notes.txt'}: not an image (not a PNG, JPEG" in err
+    assert f"cannot read {folder / 'cut.png'}: corrupt or truncated" in err
     assert "predicted 6 images" in err
-    rows = list(csv.DictReader(out.open()))
+    every = list(csv.DictReader(out.open()))  # one row per file, the unreadable ones with their reason
+    assert [(Path(r["path"]).name, r["status"]) for r in every if r["status"] == "error"] == [("cut.png", "error"), ("notes.txt", "error")]
+    rows = [r for r in every if r["status"] != "error"]
     assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "img5.jpg"]
     assert set(rows[0]) >= {"path", "predicted_class", "score", "abstained", "unknown", "top_classes", "evidence"}
 
@@ -118,7 +120,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
         assert r["unknown"] == str(float(s.max()) < float(r["threshold"])).lower()  # thresholds stored by training
 
     # JSON lines, and the Python API on the same files (bad ones carry their error).
-    assert main(["predict", str(run), str(folder), "--format", "jsonl", "--no-progress", "--top", "2"]) == 0
+    assert main(["predict", str(run), str(folder), "--format", "jsonl", "--no-progress", "--top", "2", "--skip-errors"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 6 and all(len(x["top_classes"]) == 2 for x in lines)
     preds = pipnet.predict(run, [folder])

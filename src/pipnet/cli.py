@@ -267,12 +267,15 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--skip-errors", action="store_true",
+                        help="leave files that cannot be read out of the table (default: a row each, status 'error' "
+                             "and the reason in the 'error' column); they are listed on standard error either way")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
-    from pipnet.predict import predict, to_csv, to_jsonl
+    from pipnet.predict import predict, printable_path, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     predictions = predict(
@@ -282,21 +285,22 @@ def cmd_predict(argv: list[str]) -> int:
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
     for p in bad:
-        sys.stderr.write(f"skipped {p.path}: {p.error}\n")
+        sys.stderr.write(f"cannot read {printable_path(p.path)}: {p.error}\n")
     if not predictions:
         raise FileNotFoundError(f"no files found in {' '.join(args.paths)}")
     if not good:
         raise FileNotFoundError(f"none of the {len(bad)} files could be read as an image (listed above)")
-    table = (to_jsonl if fmt == "jsonl" else to_csv)(good)
+    table = (to_jsonl if fmt == "jsonl" else to_csv)(good if args.skip_errors else predictions)
     if args.out:
         from pipnet.utils import atomic_write
 
-        with atomic_write(Path(args.out)) as tmp:
-            tmp.write_text(table)
+        with atomic_write(Path(args.out)) as tmp:  # an interrupted run leaves the old file, or none
+            tmp.write_text(table, encoding="utf-8")
     else:
         sys.stdout.write(table)
     unknown = sum(p.unknown for p in good)
-    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown); skipped {len(bad)} unreadable files\n")
+    rows = "left out of the table (--skip-errors)" if args.skip_errors else "in the table with status 'error'"
+    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown); {len(bad)} files could not be read ({rows})\n")
     if args.out:
         _out(args.out)
     return 0
@@ -494,6 +498,15 @@ HANDLERS = {
 }
 
 
+#: What Ctrl+C leaves, per command (the rest: "nothing more was written").
+INTERRUPTED = {
+    "train": "the run continues from its last epoch with pipnet train --resume RUN_DIR",
+    "demo": "run pipnet demo again",
+    "predict": "no table was written (--out keeps its previous file, if any); run it again",
+    "refit": "no model folder was written (a refit's folder appears only when complete); run it again",
+}
+
+
 def _usage() -> str:
     lines = ["usage: pipnet COMMAND [options]   (pipnet COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
@@ -520,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"pipnet {command}: error: {message}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"pipnet {command}: interrupted; a run can continue with --resume RUN_DIR\n")
+        sys.stderr.write(f"pipnet {command}: interrupted; {INTERRUPTED.get(command, 'nothing more was written')}\n")
         return 130
 
 

@@ -4,8 +4,11 @@ Each :class:`Prediction` holds the predicted class and its score, whether the mo
 0) or calls the image **unknown** (abstained, or max score below its class's OoD threshold; see
 :mod:`pipnet.thresholds`), the top classes with their scores, and the evidence for the predicted class
 (prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explain.explain`
-on the same batch, so a prediction and an explanation never disagree. A file that cannot be read becomes a
-record with ``error`` set and no prediction; the others are predicted in batches.
+on the same batch, so a prediction and an explanation never disagree. Every file found gets one record:
+one that cannot be read (not an image, another format, truncated, unreadable, a broken link, not a regular
+file) has ``error`` set to the reason and no prediction; the others are predicted in batches. Tables give
+each record a ``status`` (``ok``, ``unknown`` or ``error``) and write any file name, even one that is not
+valid UTF-8 (its odd bytes escaped as ``\\xNN``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +33,10 @@ from pipnet.inference import choose_device, input_transform
 from pipnet.model import PIPNet
 from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 
-__all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "to_csv", "to_jsonl"]
+__all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "printable_path", "to_csv", "to_jsonl"]
 
-CSV_COLUMNS = ("path", "predicted_class", "score", "abstained", "unknown", "threshold", "top_classes", "evidence")
+CSV_COLUMNS = ("path", "status", "error", "predicted_class", "score", "abstained", "unknown", "threshold", "top_classes",
+               "evidence")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,15 @@ class Prediction:
     evidence: list[dict[str, float | int]] = field(default_factory=list)
     error: str | None = None
 
+    @property
+    def status(self) -> str:
+        """``error`` (the file could not be read), ``unknown`` or ``ok``."""
+        return "error" if self.error is not None else "unknown" if self.unknown else "ok"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["path"] = printable_path(self.path)
+        d["status"] = self.status
         d["top_classes"] = [{"class": name, "score": score} for name, score in self.top_classes]
         if d["threshold"] is not None and d["threshold"] == float("inf"):
             d["threshold"] = None  # JSON has no infinity; "unknown" already says what it means
@@ -73,7 +85,9 @@ class Prediction:
 def find_files(paths: Sequence[str | Path]) -> list[Path]:
     """The files to predict: files as given, folders walked recursively (sorted; hidden entries skipped).
 
-    Every file in a folder is taken, whatever its name: one that is not an image is reported, not ignored.
+    Every entry in a folder that is not a folder is taken, whatever its name or kind: one that is not an
+    image, a broken or looping link, a FIFO, is reported with its reason, never left out. Links to folders
+    are followed, each real folder once (a link back up the tree is not walked twice).
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -82,15 +96,40 @@ def find_files(paths: Sequence[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )  # fmt: skip
-        elif path.exists():
+            files += sorted(_walk(path, path, set()))
+        elif path.exists() or path.is_symlink():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise FileNotFoundError(f"{printable_path(str(path))}: no such file or folder")
     return files
+
+
+def _walk(folder: Path, top: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
+        entries = list(os.scandir(folder))
+    except OSError:  # an unreadable folder: its files cannot be listed, the folder itself is reported
+        yield folder
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows links; False for a broken or looping one
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(Path(entry.path), top, seen)
+        else:
+            yield Path(entry.path)
+
+
+def printable_path(path: str) -> str:
+    """``path`` as text that any UTF-8 writer accepts: bytes of a name that were not UTF-8 become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def predict(
@@ -200,7 +239,9 @@ def _dataset_batches(dataset: Dataset, batch_size: int) -> Iterator[Batch]:
 def _cells(p: Prediction) -> dict[str, Any]:
     d = p.to_dict()
     return {
-        "path": p.path,
+        "path": d["path"],
+        "status": p.status,
+        "error": p.error or "",
         "predicted_class": p.predicted_class if p.predicted_class is not None else "",
         "score": f"{p.score:.6g}",
         "abstained": str(p.abstained).lower(),
@@ -222,5 +263,5 @@ def to_csv(predictions: Sequence[Prediction]) -> str:
 
 
 def to_jsonl(predictions: Sequence[Prediction]) -> str:
-    """One JSON object per line (the fields of :class:`Prediction`)."""
-    return "".join(json.dumps({k: v for k, v in p.to_dict().items() if k != "error"}) + "\n" for p in predictions)
+    """One JSON object per line (the fields of :class:`Prediction`, with ``status``)."""
+    return "".join(json.dumps(p.to_dict()) + "\n" for p in predictions)
