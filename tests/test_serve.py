@@ -214,7 +214,7 @@ def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir
     page.fill("#refit-form input[name=reason]", "a shortcut")
     submit(page, page.locator("#refit-form button"))
     refit_dir = out_dir / f"{run_dir.name}-refit-1"
-    expect(page.locator("#notice")).to_contain_text(f"saved it to {refit_dir}")
+    expect(page.locator("#notice")).to_contain_text(f"saved it to {refit_dir}", timeout=90_000)  # runs in the background; the page reloads itself
     expect(page.locator("#notice")).to_contain_text("before the edit")
     refitted = PIPNet.from_pretrained(refit_dir)
     assert refitted.config.disabled_prototypes == [off]

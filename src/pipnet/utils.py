@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MissingExtraError", "atomic_write", "load_tensors"]
+__all__ = ["MissingExtraError", "atomic_write", "load_tensors", "release_free_memory"]
 
 
 class MissingExtraError(ImportError):
@@ -60,3 +60,25 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n\n|$)", str(e), re.S)
         what = " ".join(found.group(1).split()) if found else "an unsupported object"
         raise pickle.UnpicklingError(f"it holds Python objects other than tensors ({what}); refusing to unpickle it") from None
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    A decoded image of tens of megapixels is freed after use, but glibc keeps the freed pages of its heap
+    for later, so a long-running server would stay at its peak; trimming gives them back.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None

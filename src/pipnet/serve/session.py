@@ -42,6 +42,7 @@ from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.run_folder import RunFolder, config_file, remove_partial_folders
 from pipnet.serve.editing import ModelEditor, safe_folder_name
+from pipnet.utils import release_free_memory
 from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
 __all__ = ["Explorer", "Shown", "UploadError", "Visitor", "Visitors"]
@@ -196,6 +197,8 @@ class Explorer:
                 if reason.startswith("too many pixels"):
                     reason += " (pipnet serve --max-megapixels sets the limit)"
                 raise UploadError(reason if reason.startswith("not an image") else f"cannot read this image: {reason}") from e
+            finally:
+                release_free_memory()  # a large image's pixels were freed: give the pages back to the system
         return self._show(visitor, f"uploaded image {filename[:80]}", image, self.transform(image))
 
     def show_item(self, visitor: Visitor, split: str, index: int) -> Shown:
