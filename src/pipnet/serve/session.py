@@ -111,6 +111,8 @@ class Explorer:
         self.model_dir = Path(model_dir).resolve()
         self.device = choose_device(device)
         self.editor = ModelEditor.from_folder(self.model_dir, self.device)  # the loaded model, with its saved edits
+        for model in (self.editor.original, self.editor.model):  # for good: visitors' threads share these modules,
+            model.eval()  # and eval_mode's save-and-restore of training flags is not safe across threads
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
         self.gallery_k = gallery_k
         self.max_pixels = max_pixels
