@@ -43,8 +43,8 @@ def small_model(folder: Path) -> Path:
 
     from pipnet import create_model
     from pipnet.data import build_data
-    from pipnet.data.config import DataConfig, PlantedConfig
-    from pipnet.train.config import ModelOptions, TrainConfig, dump_config
+    from pipnet.core.data_config import DataConfig, PlantedConfig
+    from pipnet.core.train_config import ModelOptions, TrainConfig, dump_config
 
     config = TrainConfig(out=str(folder), model=ModelOptions(backbone="resnet18", pretrained=False, num_features=16),
                          data=DataConfig(image_size=64, planted=PlantedConfig(num_classes=3, train_per_class=8, test_per_class=4,

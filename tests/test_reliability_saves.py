@@ -19,8 +19,8 @@ from reliability_helpers import TINY_BACKBONE, one_thread, subprocess_env  # noq
 
 from pipnet import create_model
 from pipnet.model import PIPNet
-from pipnet.run_folder import remove_partial_folders, write_model_folder
-from pipnet.serve.editing import ModelEditor
+from pipnet.model.run_folder import remove_partial_folders, write_model_folder
+from pipnet.use.serve.editing import ModelEditor
 
 SAVED_FILES = {"model.safetensors", "config.json", "edits.json", "edits.jsonl"}
 REFIT_FILES = {"model.safetensors", "config.json", "config.yaml", "thresholds.json", "edits.jsonl"}
@@ -33,8 +33,8 @@ WRITER = textwrap.dedent(
     torch.set_num_threads(1)
     from torch.utils.data import TensorDataset
     from pipnet import create_model
-    from pipnet.refit import edit_record, refit, save_refit
-    from pipnet.serve.editing import ModelEditor
+    from pipnet.train.refit import edit_record, refit, save_refit
+    from pipnet.use.serve.editing import ModelEditor
 
     out, config_yaml = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)

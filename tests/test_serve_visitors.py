@@ -30,8 +30,8 @@ pytest.importorskip("fastapi", reason="the serve extra is missing (pip install -
 from pipnet import create_model  # noqa: E402
 from pipnet.data import build_data  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
-from pipnet.serve import create_app  # noqa: E402
-from pipnet.train.config import dump_config  # noqa: E402
+from pipnet.use.serve import create_app  # noqa: E402
+from pipnet.core.train_config import dump_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a server and many clients
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 
 __all__ = ["ModelOptions", "OptimConfig", "RuntimeConfig", "ScheduleConfig", "TrainConfig"]
 

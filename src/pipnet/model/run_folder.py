@@ -7,9 +7,9 @@
     RUN/model.safetensors      the final model, with RUN/config.json (``PIPNet.from_pretrained(RUN)``)
     RUN/metrics.json           held-out metrics of the final model, written by training
     RUN/evaluation.json        the metrics of the latest ``pipnet evaluate``
-    RUN/thresholds.json        per-class out-of-distribution thresholds (:mod:`pipnet.thresholds`)
-    RUN/edits.json             the per-class switch-offs of an edited model (:mod:`pipnet.serve.editing`)
-    RUN/edits.jsonl            the edit log, one JSON record a line (:mod:`pipnet.refit`)
+    RUN/thresholds.json        per-class out-of-distribution thresholds (:mod:`pipnet.evaluation.thresholds`)
+    RUN/edits.json             the per-class switch-offs of an edited model (:mod:`pipnet.use.serve.editing`)
+    RUN/edits.jsonl            the edit log, one JSON record a line (:mod:`pipnet.train.refit`)
     RUN/sparsity.png           sparsity and test accuracy per epoch (paper Figure 2), drawn from history.csv
     RUN/report.html            the report (``pipnet report``)
 
@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from pipnet.model import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
-from pipnet.train.config import TrainConfig, load_config
+from pipnet.core.train_config import TrainConfig, load_config
 
 __all__ = ["THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
 
-THRESHOLDS_FILE = "thresholds.json"  # named in messages (``pipnet.thresholds`` re-exports it)
+THRESHOLDS_FILE = "thresholds.json"  # named in messages (``pipnet.evaluation.thresholds`` re-exports it)
 
 
 @dataclass(frozen=True)

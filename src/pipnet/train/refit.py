@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from pipnet import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.inference import eval_mode, inputs_of, make_loader
-from pipnet.run_folder import RunFolder, write_model_folder
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
+from pipnet.model.run_folder import RunFolder, write_model_folder
 
 __all__ = [
     "RefitResult",
@@ -271,7 +271,7 @@ def save_refit(
     Raises:
         FileExistsError: ``directory`` exists.
     """
-    from pipnet.thresholds import fit_thresholds
+    from pipnet.evaluation.thresholds import fit_thresholds
 
     directory = Path(directory)
     with write_model_folder(directory) as tmp:  # all or nothing: a killed refit leaves no half folder

@@ -1,8 +1,8 @@
 """Writing a run folder during training: create or resume it, rewrite ``history.csv``, write ``metrics.json``.
 
-The layout (which file is where) and the reading belong to :class:`pipnet.run_folder.RunFolder`; the picture
+The layout (which file is where) and the reading belong to :class:`pipnet.model.run_folder.RunFolder`; the picture
 ``sparsity.png`` is drawn from ``history.csv`` by ``pipnet train`` / ``pipnet report``
-(:func:`pipnet.report.write_sparsity_plot`), not by training.
+(:func:`pipnet.explanation.report.write_sparsity_plot`), not by training.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipnet.run_folder import RunFolder
+from pipnet.model.run_folder import RunFolder
 from pipnet.train.checkpoint import CheckpointError
-from pipnet.train.config import TrainConfig, dump_config
-from pipnet.utils import atomic_write
+from pipnet.core.train_config import TrainConfig, dump_config
+from pipnet.core.utils import atomic_write
 
 __all__ = ["RunDir"]
 

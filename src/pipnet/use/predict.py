@@ -2,8 +2,8 @@
 
 Each :class:`Prediction` holds the predicted class and its score, whether the model abstained (every score
 0) or calls the image **unknown** (abstained, or max score below its class's OoD threshold; see
-:mod:`pipnet.thresholds`), the top classes with their scores, and the evidence for the predicted class
-(prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explain.explain`
+:mod:`pipnet.evaluation.thresholds`), the top classes with their scores, and the evidence for the predicted class
+(prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explanation.explain.explain`
 on the same batch, so a prediction and an explanation never disagree. Every file found gets one record:
 one that cannot be read (not an image, another format, truncated, unreadable, a broken link, not a regular
 file) has ``error`` set to the reason and no prediction; the others are predicted in batches. Tables give
@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
-from pipnet.explain import explain
-from pipnet.inference import choose_device, input_transform
+from pipnet.explanation.explain import explain
+from pipnet.evaluation.inference import choose_device, input_transform
 from pipnet.model import PIPNet
-from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "printable_path", "to_csv", "to_jsonl"]
 
@@ -155,8 +155,8 @@ def predict(
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
         preset: files only: the evaluation preset for a model whose config.json does not record its own
-            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.inference.input_transform`).
-        device: where to run a model loaded from a folder (:func:`pipnet.inference.choose_device`; default
+            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.evaluation.inference.input_transform`).
+        device: where to run a model loaded from a folder (:func:`pipnet.evaluation.inference.choose_device`; default
             ``auto``: CUDA when present); a ``PIPNet`` given runs where it is (it is never moved).
         progress: show a progress bar.
 

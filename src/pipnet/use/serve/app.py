@@ -1,8 +1,8 @@
-"""The web app: a few FastAPI routes over an :class:`~pipnet.serve.session.Explorer`.
+"""The web app: a few FastAPI routes over an :class:`~pipnet.use.serve.session.Explorer`.
 
 Pages are rendered on the server (Jinja2, autoescaped) from ``templates/``; every change is a plain HTML
 form POST answered by a redirect to the page, so the browser needs no script (a few lines filter the gallery
-and the scoring sheet). Each browser gets its own state (its :class:`~pipnet.serve.session.Visitor`: edits,
+and the scoring sheet). Each browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
 image, messages) through a random session cookie (HttpOnly, SameSite=Strict); what one visitor does is never
 seen or saved by another. Heavy work (decoding, explanations, pages, saves) runs in a bounded pool of worker
 threads, refits in their own, so that a page is answered while a refit runs. Safe by default: the app answers
@@ -34,10 +34,10 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from pipnet.data.config import DataConfig
-from pipnet.refit import RefitResult
-from pipnet.serve.session import MAX_PIXELS, Explorer, UploadError, Visitor, Visitors
-from pipnet.serve.views import page_context
+from pipnet.core.data_config import DataConfig
+from pipnet.train.refit import RefitResult
+from pipnet.use.serve.session import MAX_PIXELS, Explorer, UploadError, Visitor, Visitors
+from pipnet.use.serve.views import page_context
 
 __all__ = ["LOCAL_HOSTS", "MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app"]
 
@@ -58,7 +58,7 @@ SECURITY_HEADERS = {
 }
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("pipnet.serve", "templates"),
+    loader=jinja2.PackageLoader("pipnet.use.serve", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from pipnet.explain import class_name
+from pipnet.explanation.explain import class_name
 from pipnet.model import ModelLoadError, PIPNet
-from pipnet.run_folder import RunFolder, write_model_folder
+from pipnet.model.run_folder import RunFolder, write_model_folder
 
 __all__ = ["ClassEdit", "ModelEditor", "safe_folder_name"]
 
@@ -162,13 +162,13 @@ class ModelEditor:
 
         Args:
             directory: the new folder.
-            edit_log: records for its ``edits.jsonl`` (:func:`pipnet.refit.append_edits`), if any.
+            edit_log: records for its ``edits.jsonl`` (:func:`pipnet.train.refit.append_edits`), if any.
             inherited_from: a model folder whose ``edits.jsonl`` comes first.
 
         Raises:
             FileExistsError: ``directory`` exists already (nothing is ever overwritten).
         """
-        from pipnet.refit import append_edits
+        from pipnet.train.refit import append_edits
 
         with write_model_folder(directory) as tmp:
             self.model.save_pretrained(tmp)
