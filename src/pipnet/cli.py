@@ -7,6 +7,7 @@ end with one clear ``error:`` line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -39,16 +40,38 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.data.errors import DataError, ImageLoadError
     from pipnet.inference import DeviceError
     from pipnet.model import ModelLoadError
+    from pipnet.precision import PrecisionError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
     from pipnet.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
     return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
-            MissingExtraError, DeviceError)
+            MissingExtraError, DeviceError, PrecisionError)
 
 
 DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
+PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it natively: CPUs with AMX or "
+                  "avx512_bf16, recent GPUs; fp32 elsewhere), fp32, bf16 or fp16 (CUDA only)")
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def _resolve_precision(requested: str, device) -> str:
+    """``--precision`` resolved for ``device`` (see :mod:`pipnet.precision`); the log says once what and why."""
+    from pipnet.precision import resolve_precision
+
+    choice = resolve_precision(requested, device)
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    return choice.precision
+
+
+@contextlib.contextmanager
+def _inference_precision(requested: str, device):
+    """Run the block's inference passes in the resolved ``--precision``."""
+    from pipnet.precision import inference_precision
+
+    with inference_precision(_resolve_precision(requested, device)) as precision:
+        yield precision
 
 
 def _out(line: str = "") -> None:
@@ -100,22 +123,28 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--out", help="run folder to write (default: a new folder under ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batches and every augmentation (the generated images stay the same)")
     args = parser.parse_args(argv)
     import time
 
     from pipnet.demo import demo_config
     from pipnet.evaluate import format_metrics_table
+    from pipnet.precision import inference_precision
     from pipnet.train.engine import train
 
     started = time.perf_counter()
-    config = demo_config(args.out, progress=not args.no_progress)
-    result = train(config)
+    config = demo_config(args.out, progress=not args.no_progress, precision=args.precision, device=args.device,
+                         seed=args.seed)
+    result = train(config)  # resolves --precision, logs it and records it in config.yaml
     _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
         from pipnet.report import build_report
 
-        _out(f"report: {build_report(result.run_dir)}")
+        with inference_precision(config.runtime.precision):
+            _out(f"report: {build_report(result.run_dir, progress=not args.no_progress)}")
     _out(f"demo finished in {time.perf_counter() - started:.0f} s; model, metrics.json, history.csv and report in:")
     _out(str(result.run_dir))
     return 0
@@ -144,6 +173,7 @@ def cmd_evaluate(argv: list[str]) -> int:
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
     raw = parser.parse_args(argv)
@@ -174,18 +204,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = data.purity_sets() if raw.parts else {}
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
-                       progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
-                       train_set=data.projection, quality=not raw.no_quality)
-    _out(format_metrics_table(metrics))
-    out = Path(raw.out) if raw.out else folder.evaluation
-    out.write_text(metrics.to_json())
-    _out(str(out))
-    from pipnet.thresholds import describe_data, fit_thresholds
+    with _inference_precision(raw.precision, device):
+        metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
+                           progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
+                           train_set=data.projection, quality=not raw.no_quality)
+        _out(format_metrics_table(metrics))
+        out = Path(raw.out) if raw.out else folder.evaluation
+        out.write_text(metrics.to_json())
+        _out(str(out))
+        from pipnet.thresholds import describe_data, fit_thresholds
 
-    thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
-                                description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
-    _out(str(thresholds.save(raw.model)))
+        thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
+                                    description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+        _out(str(thresholds.save(raw.model)))
     return 0
 
 
@@ -199,6 +230,7 @@ def cmd_explain(argv: list[str]) -> int:
     parser.add_argument("--out", help="folder for one PNG and one JSON per image (default: print only)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     args = parser.parse_args(argv)
     import torch
 
@@ -206,6 +238,7 @@ def cmd_explain(argv: list[str]) -> int:
     from pipnet.explain import explain
     from pipnet.inference import input_transform
     from pipnet.model import PIPNet
+    from pipnet.precision import inference_precision
     from pipnet.render.png import explanation_figure
 
     from pipnet.thresholds import load_thresholds, warn_without_thresholds
@@ -218,9 +251,10 @@ def cmd_explain(argv: list[str]) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
+    precision = _resolve_precision(args.precision, next(model.parameters()).device)
     for path in args.images:
         image = load_image(path)
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_precision(precision):
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
         threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
         unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
@@ -269,16 +303,19 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
+    from pipnet.inference import choose_device
     from pipnet.predict import predict, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
-    predictions = predict(
-        args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
-    )  # fmt: skip
+    with _inference_precision(args.precision, choose_device(args.device)):
+        predictions = predict(
+            args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+            preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
+        )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
     for p in bad:
@@ -322,6 +359,7 @@ def cmd_refit(argv: list[str]) -> int:
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
@@ -351,17 +389,18 @@ def cmd_refit(argv: list[str]) -> int:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
-    result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
-                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
-    records = [
-        edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
-        edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
-                    **result.summary(), settings=settings),
-    ]
-    save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
-               data_description=describe_data(config.source, config.root, "test", len(data.test)),
-               batch_size=args.batch_size, device=device)
+    with _inference_precision(args.precision, device):  # the presences; the refit itself is fp32
+        result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, device=device, progress=not args.no_progress)
+        settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+        records = [
+            edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
+            edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
+                        **result.summary(), settings=settings),
+        ]
+        save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+                   data_description=describe_data(config.source, config.root, "test", len(data.test)),
+                   batch_size=args.batch_size, device=device)
     rows = [
         ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
         (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),
@@ -387,10 +426,14 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     args = parser.parse_args(argv)
+    import torch
+
     from pipnet.report import build_report
 
-    _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
+    with _inference_precision(args.precision, torch.device("cpu")):  # the report explains its samples on the CPU
+        _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
 
 

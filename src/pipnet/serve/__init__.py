@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipnet.precision import PRECISIONS
 from pipnet.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main"]
@@ -35,8 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         "--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="largest image file accepted"
     )
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="numeric precision of the explanations: auto (bf16 where this machine computes it "
+                             "natively, else fp32), fp32, bf16 or fp16 (CUDA only)")
     args = parser.parse_args(argv)
     import uvicorn
+
+    from pipnet.inference import choose_device
+    from pipnet.precision import resolve_precision, set_default_inference_precision
+
+    choice = resolve_precision(args.precision, choose_device(args.device))
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    set_default_inference_precision(choice.precision)
 
     local = args.host in LOCAL_HOSTS
     app = create_app(
