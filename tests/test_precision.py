@@ -150,3 +150,25 @@ def test_training_under_the_avx2_setting_resolves_auto_to_fp32_and_learns(tmp_pa
     # epochs and test top-1 0.40 (AMD EPYC Zen 4 under the AVX2 setting). It learned, well above chance:
     assert max(float(r["train_accuracy"]) for r in rows[-2:]) > 0.25
     assert json.loads((run / "metrics.json").read_text())["top1_accuracy"] > 0.25
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate", "explain", "predict", "refit", "report", "serve"])
+def test_every_command_that_runs_the_model_takes_precision(command, capsys):
+    from pipnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--precision" in text and "auto" in text
+    if command == "demo":
+        assert "--device" in text and "--seed" in text
+
+
+def test_fp16_on_the_cpu_is_one_clear_line_and_writes_nothing(tmp_path, capsys):
+    from pipnet.cli import main
+
+    assert main(["demo", "--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["pipnet demo: error: fp16 needs a CUDA device (this run is on cpu); use auto, fp32 or bf16"]
+    assert not (tmp_path / "demo").exists()
