@@ -7,7 +7,7 @@ resolves to ``bf16`` where the hardware computes it natively and to ``fp32`` els
 - CPU: the CPU has avx512_bf16 or AMX tiles, *and* the running torch uses them: its kernels were not capped
   below AVX-512 (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` sets) and oneDNN,
   which runs the convolutions, was not capped below its bf16 ISA (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``).
-  Elsewhere bf16 is emulated: measured 2.9-3.2x *slower* than fp32 on AVX2-only CPUs
+  Elsewhere bf16 is emulated: measured 3-7x *slower* than fp32 per training step on AVX2-only CPUs
   (``benchmarks/bench_precision.py``; docs/results).
 
 Training autocasts the whole step. Inference passes (:func:`pipnet.inference.eval_mode`) autocast the
@@ -34,7 +34,7 @@ __all__ = ["PRECISIONS", "PrecisionChoice", "PrecisionError", "autocast", "curre
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EMULATED_BF16_SLOWDOWN = "2.9-3.2x slower than fp32 measured on AVX2-only CPUs"
+EMULATED_BF16_SLOWDOWN = "measured 3-7x slower than fp32 per training step on AVX2-only CPUs"
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which oneDNN has native bf16 instructions.
 _ONEDNN_BF16_ISAS = {"ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
                      "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
