@@ -3,8 +3,8 @@
 For the demo's model (EfficientNet-Lite0 cut after stage 4, 112 px, 32 prototypes through an add-on, batch
 16) and ``configs/cpu-small.yaml``'s (cut after stage 5, 128 px, P = D = 112, batch 16), optionally others
 (``--models resnet18``), the seconds per step of: a pretraining step, a classification step (every group
-trained; both are the engine's own ``run_epoch``), and an evaluation pass (``pipnet.evaluate``'s class
-scores, batched ``model.predict`` under :func:`pipnet.inference.eval_mode`). Variants are timed round-robin
+trained; both are the engine's own ``run_epoch``), and an evaluation pass (``pipnet.evaluation.evaluate``'s class
+scores, batched ``model.predict`` under :func:`pipnet.evaluation.inference.eval_mode`). Variants are timed round-robin
 inside one run (medians), so ratios are comparable even on a noisy machine; ``+cl`` (channels_last) is added
 for ResNets, where it applies. The last column says whether ``auto`` chose the faster precision of the
 training steps.
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> None:
     from common import print_table, timed_round_robin
 
     import pipnet
-    from pipnet.inference import eval_mode
-    from pipnet.precision import inference_precision, resolve_precision
-    from pipnet.train.config import RuntimeConfig, ScheduleConfig, TrainConfig
+    from pipnet.evaluation.inference import eval_mode
+    from pipnet.core.precision import inference_precision, resolve_precision
+    from pipnet.core.train_config import RuntimeConfig, ScheduleConfig, TrainConfig
     from pipnet.train.distributed import DistInfo
     from pipnet.train.engine import run_epoch
     from pipnet.train.optim import make_stage_optim, set_trainable

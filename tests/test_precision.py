@@ -1,4 +1,4 @@
-"""Precision per machine (pipnet.precision): what ``auto`` resolves to, why, and that runs record it.
+"""Precision per machine (pipnet.core.precision): what ``auto`` resolves to, why, and that runs record it.
 
 The CPU kinds: with AMX or avx512_bf16 torch computes bf16 natively; on AVX2-only CPUs bf16 is emulated and
 about 3x slower than fp32. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` makes any x86 machine compute
@@ -23,8 +23,8 @@ import yaml
 from torch import nn
 
 from pipnet import create_model
-from pipnet import precision as P
-from pipnet.inference import eval_mode
+from pipnet.core import precision as P
+from pipnet.evaluation.inference import eval_mode
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 CPU = torch.device("cpu")
@@ -69,7 +69,7 @@ def test_auto_picks_fp32_when_onednn_is_capped_below_bf16(monkeypatch):
 
 
 def test_auto_picks_fp32_under_the_avx2_setting_in_a_fresh_process():
-    code = ("import torch; from pipnet.precision import resolve_precision as r; c = r('auto', torch.device('cpu'));"
+    code = ("import torch; from pipnet.core.precision import resolve_precision as r; c = r('auto', torch.device('cpu'));"
             "print(torch.backends.cpu.get_cpu_capability(), c.precision, '|', c.reason)")
     capability, precision, _, reason = _python(code, AVX2).split(" ", 3)
     assert capability == "AVX2" and precision == "fp32"
@@ -78,7 +78,7 @@ def test_auto_picks_fp32_under_the_avx2_setting_in_a_fresh_process():
 
 def test_explicit_bf16_without_native_support_works_and_warns_once(monkeypatch, caplog):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    with caplog.at_level(logging.WARNING, logger="pipnet.precision"):
+    with caplog.at_level(logging.WARNING, logger="pipnet.core.precision"):
         first = P.resolve_precision("bf16", CPU)
         second = P.resolve_precision("bf16", CPU)
     assert first.precision == second.precision == "bf16"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipnet.data.config import DataConfig, PlantedConfig
-from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
+from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 
 __all__ = ["demo_config"]
 
@@ -26,7 +26,7 @@ def demo_config(
         out: the run folder (default: a new folder under ``./runs``).
         progress: show progress bars.
         precision: ``auto`` (bf16 where the machine computes it natively, else fp32; see
-            :mod:`pipnet.precision`), ``fp32``, ``bf16`` or ``fp16`` (CUDA).
+            :mod:`pipnet.core.precision`), ``fp32``, ``bf16`` or ``fp16`` (CUDA).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: seed of the generated data's split draws, the initialisation and the augmentations.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 
 __all__ = ["ModelOptions", "OptimConfig", "RuntimeConfig", "ScheduleConfig", "TrainConfig"]
 
@@ -107,7 +107,7 @@ class RuntimeConfig:
     Args:
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:1``...
         precision: ``auto`` (default: bf16 where the device computes it natively, fp32 elsewhere; see
-            :mod:`pipnet.precision`; config.yaml records what it resolved to), ``fp32``, ``bf16`` (autocast,
+            :mod:`pipnet.core.precision`; config.yaml records what it resolved to), ``fp32``, ``bf16`` (autocast,
             CPU and CUDA; on a CPU without avx512_bf16/AMX it is emulated, ~3x slower, and warns) or
             ``fp16`` (CUDA, with a gradient scaler). Evaluation inside the run uses the same precision,
             except the galleries (always fp32).

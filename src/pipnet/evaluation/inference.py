@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from pipnet.data.augment import eval_transform
-from pipnet.data.config import DataConfig
-from pipnet.precision import autocast, current_inference_precision
+from pipnet.core.data_config import DataConfig
+from pipnet.core.precision import autocast, current_inference_precision
 
 __all__ = ["DeviceError", "choose_device", "eval_mode", "fit_data_to_model", "input_transform", "inputs_of",
            "labels_of", "make_loader"]
@@ -73,7 +73,7 @@ def eval_mode(
         device: where to run; None means the model's own device. A different device moves the model there
             for the duration and back afterwards (the values are unchanged).
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the block; None: the current inference
-            precision (:func:`pipnet.precision.inference_precision`; ``fp32`` unless a command set it).
+            precision (:func:`pipnet.core.precision.inference_precision`; ``fp32`` unless a command set it).
 
     Yields:
         The device the inputs must go to.

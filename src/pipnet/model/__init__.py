@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipnet.backbones import Backbone, create_backbone
+from pipnet.model.backbones import Backbone, create_backbone
 
 __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError",
            "prototype_log_odds"]
@@ -204,7 +204,7 @@ class PIPNet(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        from pipnet.utils import atomic_write
+        from pipnet.core.utils import atomic_write
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipnet import losses
+from pipnet.model import losses
 from pipnet.model import PIPNet
-from pipnet.precision import autocast
+from pipnet.core.precision import autocast
 from pipnet.train.distributed import DistInfo, gather_presence
 from pipnet.train.optim import StageOptim, soft_threshold_
 from pipnet.train.phases import EpochPlan

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
-from pipnet.explain import explain
-from pipnet.inference import choose_device, input_transform
+from pipnet.explanation.explain import explain
+from pipnet.evaluation.inference import choose_device, input_transform
 from pipnet.model import PIPNet
-from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "to_csv", "to_jsonl"]
 

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 
 __all__ = ["ASPECTS", "DOMINANT_DROP", "DOMINANT_MARGIN", "Perturbations", "can_perturb", "dominant_aspect",

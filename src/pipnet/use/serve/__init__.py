@@ -12,8 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipnet.precision import PRECISIONS
-from pipnet.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
+from pipnet.core.precision import PRECISIONS
+from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main"]
 
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    from pipnet.inference import choose_device
-    from pipnet.precision import resolve_precision, set_default_inference_precision
+    from pipnet.evaluation.inference import choose_device
+    from pipnet.core.precision import resolve_precision, set_default_inference_precision
 
     choice = resolve_precision(args.precision, choose_device(args.device))
     log.info("precision %s (%s)", choice.precision, choice.reason)

@@ -25,18 +25,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipnet.data import build_data, load_image
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 from pipnet.data.errors import ImageLoadError
-from pipnet.evaluate import Metrics, evaluate
-from pipnet.explain import ImageExplanation, explain
+from pipnet.evaluation.evaluate import Metrics, evaluate
+from pipnet.explanation.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.inference import choose_device, eval_mode, fit_data_to_model, input_transform
-from pipnet.projection import Projection, project
-from pipnet.render.png import fit, prototype_row
-from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
-from pipnet.run_folder import RunFolder, config_file
-from pipnet.serve.editing import ModelEditor, safe_folder_name
-from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.inference import choose_device, eval_mode, fit_data_to_model, input_transform
+from pipnet.evaluation.projection import Projection, project
+from pipnet.explanation.render.png import fit, prototype_row
+from pipnet.train.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
+from pipnet.model.run_folder import RunFolder, config_file
+from pipnet.use.serve.editing import ModelEditor, safe_folder_name
+from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
 
@@ -144,7 +144,7 @@ class Explorer:
             if config_path is None:
                 log.info("no data: give --data (a run folder or training config) for the gallery and test accuracy")
                 return None
-            from pipnet.train.config import load_config
+            from pipnet.core.train_config import load_config
 
             config = load_config(str(config_path)).data
         config = fit_data_to_model(config, self.model)

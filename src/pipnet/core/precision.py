@@ -10,10 +10,10 @@ resolves to ``bf16`` where the hardware computes it natively and to ``fp32`` els
   Elsewhere bf16 is emulated: measured 3-7x *slower* than fp32 per training step on AVX2-only CPUs
   (``benchmarks/bench_precision.py``; docs/results).
 
-Training autocasts the whole step. Inference passes (:func:`pipnet.inference.eval_mode`) autocast the
+Training autocasts the whole step. Inference passes (:func:`pipnet.evaluation.inference.eval_mode`) autocast the
 network under the precision of :func:`inference_precision` (``fp32`` unless a command or a run sets it),
 while the scoring sheet always runs in fp32 (see :class:`pipnet.model.NonNegativeLinear`) and galleries
-(:func:`pipnet.projection.project`) always rank in fp32: bf16 logits tie too often for a top-10 that must
+(:func:`pipnet.evaluation.projection.project`) always rank in fp32: bf16 logits tie too often for a top-10 that must
 not depend on image order.
 """
 
@@ -112,7 +112,7 @@ def resolve_precision(requested: str, device: torch.device | str) -> PrecisionCh
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for ``bf16``/``fp16``; for ``fp32``, autocast switched off (also inside an outer bf16 region)."""
     if precision not in ("fp32", "bf16", "fp16"):
-        raise PrecisionError(f"resolve {precision!r} first (pipnet.precision.resolve_precision)")
+        raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     if device.type not in ("cpu", "cuda"):
         return contextlib.nullcontext()
     if precision == "fp32":
@@ -135,7 +135,7 @@ def set_default_inference_precision(precision: str) -> None:
     """Set the precision of inference outside any :func:`inference_precision` block, for every thread of the
     process (a server's worker threads do not inherit a context variable). ``pipnet serve`` uses it."""
     if precision not in ("fp32", "bf16", "fp16"):
-        raise PrecisionError(f"resolve {precision!r} first (pipnet.precision.resolve_precision)")
+        raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     _process_default[0] = precision
 
 
@@ -144,7 +144,7 @@ def inference_precision(precision: str) -> Iterator[str]:
     """Run the inference passes inside this block (evaluate, thresholds, predict, explain, refit's presences)
     in ``precision`` (already resolved: ``fp32``, ``bf16`` or ``fp16``)."""
     if precision not in ("fp32", "bf16", "fp16"):
-        raise PrecisionError(f"resolve {precision!r} first (pipnet.precision.resolve_precision)")
+        raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     token = _inference.set(precision)
     try:
         yield precision
