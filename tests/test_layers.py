@@ -68,6 +68,8 @@ def test_old_module_paths_are_the_new_modules():
     assert evaluate.__module__ == "pipnet.evaluation.evaluate"
     assert sys.modules["pipnet.evaluate"].__spec__.name == "pipnet.evaluation.evaluate"
     assert pipnet.PIPNet.from_pretrained
+    assert pipnet.predict is sys.modules["pipnet.use.predict"].predict  # the function, not the old module
+    assert pipnet.losses is sys.modules["pipnet.model.losses"]
 
 
 def test_import_pipnet_is_light():
