@@ -172,3 +172,29 @@ def test_fp16_on_the_cpu_is_one_clear_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["pipnet demo: error: fp16 needs a CUDA device (this run is on cpu); use auto, fp32 or bf16"]
     assert not (tmp_path / "demo").exists()
+
+
+def test_inference_auto_scores_the_way_the_thresholds_were_set():
+    from pipnet.core.precision import resolve_inference_precision as r
+
+    assert r("auto", CPU, "fp32").precision == "fp32"  # fp32 thresholds: fp32 scores, whatever the machine
+    native, _ = P.native_bf16(CPU)
+    bf16 = r("auto", CPU, "bf16")
+    assert bf16.precision == ("bf16" if native else "fp32") and "thresholds were set on bf16" in bf16.reason
+    assert r("auto", CPU, None) == P.resolve_precision("auto", CPU)  # no thresholds: the machine decides
+    assert r("fp32", CPU, "bf16").precision == "fp32"  # an explicit choice is kept
+
+
+def test_thresholds_record_the_precision_they_were_set_in(tmp_path):
+    from pipnet.evaluation.thresholds import Thresholds, fit_thresholds, load_thresholds
+
+    torch.manual_seed(0)
+    model = create_model("timm/test_convnext", num_classes=3, pretrained=False, num_features=8, image_size=32)
+    data = [(torch.randn(3, 32, 32), i % 3) for i in range(6)]
+    assert fit_thresholds(model, data, batch_size=3).precision == "fp32"
+    with P.inference_precision("bf16"):
+        fit_thresholds(model, data, batch_size=3).save(tmp_path)
+    assert load_thresholds(tmp_path).precision == "bf16"
+    old = json.loads((tmp_path / "thresholds.json").read_text())
+    del old["precision"]  # a file written before thresholds recorded it: scores were fp32 then
+    assert Thresholds.from_dict(old).precision == "fp32"

@@ -53,24 +53,30 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
 PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it natively: CPUs with AMX or "
                   "avx512_bf16, recent GPUs; fp32 elsewhere), fp32, bf16 or fp16 (CUDA only)")
+INFERENCE_PRECISION_HELP = ("numeric precision: auto (the precision the model's thresholds.json was set in, where "
+                            "this machine computes it natively; else fp32; without thresholds, as training's auto), "
+                            "fp32, bf16 or fp16 (CUDA only)")
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
-def _resolve_precision(requested: str, device) -> str:
-    """``--precision`` resolved for ``device`` (see :mod:`pipnet.core.precision`); the log says once what and why."""
-    from pipnet.core.precision import resolve_precision
+def _resolve_precision(requested: str, device, model_dir: str | None = None) -> str:
+    """``--precision`` resolved for ``device`` and the model folder's stored thresholds (``auto`` scores the
+    way they were set; see :func:`pipnet.core.precision.resolve_inference_precision`); logged once, with why."""
+    from pipnet.core.precision import resolve_inference_precision
+    from pipnet.evaluation.thresholds import load_thresholds
 
-    choice = resolve_precision(requested, device)
+    thresholds = load_thresholds(model_dir) if model_dir is not None and requested == "auto" else None
+    choice = resolve_inference_precision(requested, device, thresholds.precision if thresholds else None)
     log.info("precision %s (%s)", choice.precision, choice.reason)
     return choice.precision
 
 
 @contextlib.contextmanager
-def _inference_precision(requested: str, device):
+def _inference_precision(requested: str, device, model_dir: str | None = None):
     """Run the block's inference passes in the resolved ``--precision``."""
     from pipnet.core.precision import inference_precision
 
-    with inference_precision(_resolve_precision(requested, device)) as precision:
+    with inference_precision(_resolve_precision(requested, device, model_dir)) as precision:
         yield precision
 
 
@@ -173,7 +179,7 @@ def cmd_evaluate(argv: list[str]) -> int:
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
     raw = parser.parse_args(argv)
@@ -204,7 +210,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = data.purity_sets() if raw.parts else {}
-    with _inference_precision(raw.precision, device):
+    with _inference_precision(raw.precision, device, raw.model):
         metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
                            progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
                            train_set=data.projection, quality=not raw.no_quality)
@@ -230,7 +236,7 @@ def cmd_explain(argv: list[str]) -> int:
     parser.add_argument("--out", help="folder for one PNG and one JSON per image (default: print only)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     args = parser.parse_args(argv)
     import torch
 
@@ -251,7 +257,7 @@ def cmd_explain(argv: list[str]) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    precision = _resolve_precision(args.precision, next(model.parameters()).device)
+    precision = _resolve_precision(args.precision, next(model.parameters()).device, args.model)
     for path in args.images:
         image = load_image(path)
         with torch.inference_mode(), inference_precision(precision):
@@ -303,7 +309,7 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
@@ -311,7 +317,7 @@ def cmd_predict(argv: list[str]) -> int:
     from pipnet.use.predict import predict, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
-    with _inference_precision(args.precision, choose_device(args.device)):
+    with _inference_precision(args.precision, choose_device(args.device), args.model):
         predictions = predict(
             args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
             preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
@@ -359,7 +365,7 @@ def cmd_refit(argv: list[str]) -> int:
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
@@ -389,7 +395,7 @@ def cmd_refit(argv: list[str]) -> int:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
-    with _inference_precision(args.precision, device):  # the presences; the refit itself is fp32
+    with _inference_precision(args.precision, device, args.model):  # the presences; the refit itself is fp32
         result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, device=device, progress=not args.no_progress)
         settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
@@ -426,13 +432,13 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     args = parser.parse_args(argv)
     import torch
 
     from pipnet.explanation.report import build_report
 
-    with _inference_precision(args.precision, torch.device("cpu")):  # the report explains its samples on the CPU
+    with _inference_precision(args.precision, torch.device("cpu"), args.run_dir):  # the report explains samples on the CPU
         _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["PRECISIONS", "PrecisionChoice", "PrecisionError", "autocast", "current_inference_precision",
-           "inference_precision", "native_bf16", "resolve_precision", "set_default_inference_precision"]
+           "inference_precision", "native_bf16", "resolve_inference_precision", "resolve_precision", "set_default_inference_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,26 @@ def resolve_precision(requested: str, device: torch.device | str) -> PrecisionCh
         _warned.add(why)
         log.warning("bf16 asked for, but %s (%s); --runtime.precision auto would pick fp32", why, EMULATED_BF16_SLOWDOWN)
     return PrecisionChoice("bf16", "bf16", "asked for" if native else f"asked for, although {why}")
+
+
+def resolve_inference_precision(requested: str, device: torch.device | str, recorded: str | None) -> PrecisionChoice:
+    """The precision of an inference command for a model whose stored thresholds were set in ``recorded``.
+
+    A class score is compared with a threshold set on scores of the same kind, and bf16 moves scores by about
+    1-2%, so ``auto`` computes in the precision the thresholds were set in: fp32 for fp32 thresholds, bf16 for
+    bf16 thresholds where this machine computes bf16 natively (elsewhere fp32, saying so). A model without
+    thresholds (``recorded`` None) gets :func:`resolve_precision`'s ``auto``. An explicit precision is kept.
+    """
+    if requested != "auto" or recorded is None:
+        return resolve_precision(requested, device)
+    if recorded == "fp32":
+        return PrecisionChoice("fp32", "auto", "auto: the model's thresholds were set on fp32 scores")
+    device = torch.device(device)
+    native, why = (device.type == "cuda", "fp16 needs CUDA") if recorded == "fp16" else native_bf16(device)
+    if native:
+        return PrecisionChoice(recorded, "auto", f"auto: the model's thresholds were set on {recorded} scores, and {why}")
+    return PrecisionChoice("fp32", "auto", f"auto: the model's thresholds were set on {recorded} scores, but {why}; "
+                                           f"fp32 scores may differ from them by rounding (about 1-2%)")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

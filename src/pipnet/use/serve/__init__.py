@@ -37,15 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="numeric precision of the explanations: auto (bf16 where this machine computes it "
-                             "natively, else fp32), fp32, bf16 or fp16 (CUDA only)")
+                        help="numeric precision of the explanations: auto (the precision the model's thresholds "
+                             "were set in where this machine computes it natively, else fp32), fp32, bf16 or fp16 (CUDA)")
     args = parser.parse_args(argv)
     import uvicorn
 
+    from pipnet.core.precision import resolve_inference_precision, set_default_inference_precision
     from pipnet.evaluation.inference import choose_device
-    from pipnet.core.precision import resolve_precision, set_default_inference_precision
+    from pipnet.evaluation.thresholds import load_thresholds
 
-    choice = resolve_precision(args.precision, choose_device(args.device))
+    thresholds = load_thresholds(args.model) if args.precision == "auto" else None
+    choice = resolve_inference_precision(args.precision, choose_device(args.device), thresholds.precision if thresholds else None)
     log.info("precision %s (%s)", choice.precision, choice.reason)
     set_default_inference_precision(choice.precision)
 
