@@ -14,13 +14,13 @@ from pathlib import Path
 
 from pipnet.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "main", "serve_parser"]
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet serve``."""
     parser = argparse.ArgumentParser(prog="pipnet serve", description="a local web page to explore a model and switch prototypes off")
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument(
@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="largest image file accepted"
     )
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+    args = serve_parser().parse_args(argv)
     import uvicorn
 
     local = args.host in LOCAL_HOSTS
