@@ -117,7 +117,11 @@ def documented_command_lines() -> list[tuple[str, str]]:
         where = path.relative_to(ROOT).as_posix()
         for match in FENCE.finditer(text):
             if match.group(1) in SHELL:
-                found += [(where, line) for line in match.group(2).replace("\\\n", " ").splitlines()]
+                for line in match.group(2).replace("\\\n", " ").splitlines():
+                    found.append((where, line))
+                    comment = line.split("#", 1)[1] if "#" in line else ""
+                    if re.search(rf"\bpipnet ({'|'.join(COMMANDS)})\b", comment):  # `make demo  # or: pipnet demo --out D`
+                        found.append((where, comment))
         prose = FENCE.sub("", text)
         found += [(where, span) for span in INLINE.findall(prose)]
     return [(where, line) for where, line in found if re.search(r"(^|[\s/])pipnet\s+[a-z]", line)]
@@ -155,13 +159,18 @@ def _parse_error(parser, argv: list[str]) -> str | None:
     return None
 
 
-def check_command_line(line: str) -> list[str]:
-    """What is wrong with one documented ``pipnet ...`` line: unknown commands, flags, or values."""
+def _pipnet_arguments(line: str) -> list[str]:
+    """The words after ``pipnet`` (or ``.venv/bin/pipnet``, ``-m pipnet``) in a command line, or []."""
     tokens = _tokens(line)
     starts = [i for i, t in enumerate(tokens) if t.rsplit("/", 1)[-1] == "pipnet" and i + 1 < len(tokens)]
-    if not starts:
+    return tokens[starts[0] + 1:] if starts else []
+
+
+def check_command_line(line: str) -> list[str]:
+    """What is wrong with one documented ``pipnet ...`` line: unknown commands, flags, or values."""
+    rest = _pipnet_arguments(line)
+    if not rest:
         return []
-    rest = tokens[starts[0] + 1:]
     command, args = rest[0], rest[1:]
     if PLACEHOLDER.match(command):  # `pipnet COMMAND --help`
         return []
@@ -198,8 +207,8 @@ def check_command_line(line: str) -> list[str]:
 
 
 def test_the_documents_run_pipnet_often_enough_for_this_check_to_matter():
-    lines = documented_command_lines()
-    commands = {_tokens(line)[[t.rsplit('/', 1)[-1] for t in _tokens(line)].index("pipnet") + 1] for _, line in lines}
+    lines = [line for _, line in documented_command_lines() if _pipnet_arguments(line)]
+    commands = {_pipnet_arguments(line)[0] for line in lines}
     assert len(lines) > 40 and {"train", "demo", "evaluate", "predict", "refit", "export", "serve"} <= commands
 
 
@@ -258,7 +267,7 @@ def test_home_and_api_pages_render_with_their_navigation_offline(site):
             page.set_default_timeout(15_000)
             page.route("**/*", only_local)
             page.goto((site / "index.html").as_uri())
-            assert page.locator("h1").first.inner_text().strip() == "pipnet"
+            assert page.locator("h1").first.inner_text().rstrip("¶").strip() == "pipnet"
             nav = page.locator("nav.md-nav--primary")
             assert nav.is_visible()
             for section in ["Guides", "Reference", "Results", "Design"]:
@@ -271,7 +280,8 @@ def test_home_and_api_pages_render_with_their_navigation_offline(site):
             page.wait_for_url("**/reference/api.html")
             assert page.locator("[id='pipnet.PIPNet']").is_visible()
             assert page.locator("nav.md-nav--primary").get_by_role("link", name="Command line").is_visible()
-            assert page.locator("nav.md-nav--secondary").get_by_text("PIPNet").first.is_visible()  # this page's contents
+            contents = page.locator(".md-sidebar--secondary nav.md-nav--secondary")  # this page's table of contents
+            assert contents.get_by_role("link", name="PIPNet", exact=True).is_visible()
         finally:
             browser.close()
     assert outside == [], f"the site asked another machine for {outside}"
