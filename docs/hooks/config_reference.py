@@ -57,7 +57,13 @@ def _default(f: dataclasses.Field):
 
 
 def _cell(text: str) -> str:
+    """Prose for a table cell: reST's double backticks become markdown's, a pipe is escaped."""
     return text.replace("``", "`").replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """A code span for a table cell (the tables extension reads pipes inside backticks as text)."""
+    return "`" + text.replace("\n", " ") + "`"
 
 
 def _tables(cls, prefix: str, out: list[str]) -> None:
@@ -70,7 +76,7 @@ def _tables(cls, prefix: str, out: list[str]) -> None:
             nested.append((f, default))
             continue
         key = f"{prefix}{f.name}"
-        rows.append(f"| `{key}` | `{_cell(_yaml(default))}` | `{_cell(str(f.type))}` | {_cell(described.get(f.name, ''))} |")
+        rows.append(f"| {_code(key)} | {_code(_yaml(default))} | {_code(str(f.type))} | {_cell(described.get(f.name, ''))} |")
     title = prefix.rstrip(".") or "top level"
     out += [f"### `{title}`", "", _cell(inspect.getdoc(cls).split("\n", 1)[0]), ""]
     if rows:
