@@ -25,7 +25,7 @@ def _import_cli():
 
 def render_cli_reference() -> str:
     """The markdown of the CLI reference: the command list, then one section per subcommand."""
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width; fix it so builds are identical
+    os.environ["COLUMNS"] = "80"  # argparse wraps help to the terminal width; fix it so builds are identical
     cli = _import_cli()
     parts = ["## pipnet", "", "```text", cli._usage(), "```", ""]
     for command, summary in cli.COMMANDS.items():
