@@ -21,11 +21,11 @@ import torch
 
 import pipnet
 from pipnet.data import build_data
-from pipnet.data.config import DataConfig
-from pipnet.evaluate import evaluate
-from pipnet.projection import project
-from pipnet.quality import QUALITY_PRESENCE, SENSITIVITY_K, quality_card
-from pipnet.quality.sensitivity import prototype_sensitivity
+from pipnet.core.data_config import DataConfig
+from pipnet.evaluation.evaluate import evaluate
+from pipnet.evaluation.projection import project
+from pipnet.evaluation.quality import QUALITY_PRESENCE, SENSITIVITY_K, quality_card
+from pipnet.evaluation.quality.sensitivity import prototype_sensitivity
 
 from common import print_table, timed_round_robin
 

@@ -45,10 +45,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
-from pipnet.backbones import BackboneError, create_backbone  # noqa: E402
+from pipnet.model.backbones import BackboneError, create_backbone  # noqa: E402
 from pipnet.data.errors import DataError  # noqa: E402
 from pipnet.data.folders import image_tree, load_folder_source  # noqa: E402
-from pipnet import metrics as M  # noqa: E402
+from pipnet.evaluation import metrics as M  # noqa: E402
 from pipnet.data.wrappers import EvalDataset  # noqa: E402
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)

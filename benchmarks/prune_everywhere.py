@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
 from pipnet.data import build_data  # noqa: E402
-from pipnet.evaluate import Metrics, evaluate  # noqa: E402
+from pipnet.evaluation.evaluate import Metrics, evaluate  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
-from pipnet.projection import project, prune_everywhere_prototypes  # noqa: E402
-from pipnet.run_folder import RunFolder  # noqa: E402
+from pipnet.evaluation.projection import project, prune_everywhere_prototypes  # noqa: E402
+from pipnet.model.run_folder import RunFolder  # noqa: E402
 
 
 def row(run: str, variant: str, m: Metrics) -> list[object]:

@@ -22,20 +22,20 @@ from torch.utils.data import Subset
 import pipnet
 from pipnet.cli import main
 from pipnet.data import EvalDataset, PlantedParts, build_data
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.demo import demo_config
-from pipnet.evaluate import evaluate
-from pipnet.export import check_export, export_model
-from pipnet.metrics import ood_thresholds, predictions
+from pipnet.evaluation.evaluate import evaluate
+from pipnet.use.export import check_export, export_model
+from pipnet.evaluation.metrics import ood_thresholds, predictions
 from pipnet.model import PIPNet
-from pipnet.patches import patch_boxes
-from pipnet.inference import eval_mode
-from pipnet.projection import project
-from pipnet.report import build_report
-from pipnet.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
-from pipnet.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
+from pipnet.model.patches import patch_boxes
+from pipnet.evaluation.inference import eval_mode
+from pipnet.evaluation.projection import project
+from pipnet.explanation.report import build_report
+from pipnet.train.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
+from pipnet.evaluation.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
 from pipnet.train import TrainConfig, train
-from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
+from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
 
 PLANTED = PlantedConfig(train_per_class=20, test_per_class=10, ood_images=30, multi_images=0, size=64)
 
@@ -48,7 +48,7 @@ def small_config(out: Path) -> TrainConfig:
         optim=OptimConfig(lr=0.3, lr_block=2e-3, lr_net=2e-3),
         schedule=ScheduleConfig(epochs_pretrain=3, epochs=10, classifier_only_epochs=3, freeze_epochs=5,
                                 batch_size_pretrain=16, batch_size=16),
-        runtime=RuntimeConfig(precision="bf16", progress=False),
+        runtime=RuntimeConfig(precision="fp32", progress=False),  # fp32: the same model on every CPU kind
     )  # fmt: skip
 
 

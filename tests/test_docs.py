@@ -84,7 +84,7 @@ def test_cli_reference_is_every_parsers_own_help(site):
 def test_config_reference_lists_every_key_with_its_default(site):
     import dataclasses
 
-    from pipnet.train.config import TrainConfig
+    from pipnet.core.train_config import TrainConfig
 
     html = (site / "reference" / "config.html").read_text(encoding="utf-8")
 
@@ -172,7 +172,7 @@ def check_command_line(line: str) -> list[str]:
     if not rest:
         return []
     command, args = rest[0], rest[1:]
-    if PLACEHOLDER.match(command):  # `pipnet COMMAND --help`
+    if PLACEHOLDER.match(command) or command.endswith(":"):  # `pipnet COMMAND --help`, `pipnet demo: error: ...`
         return []
     if command not in COMMANDS:
         return [f"unknown command {command!r}"]

@@ -1,7 +1,7 @@
 """MkDocs hook: the training config keys with their defaults, generated from the config dataclasses.
 
 ``docs/reference/config.md`` holds the marker ``<!-- pipnet-config-reference -->``; this hook replaces it
-with one table per section of :class:`pipnet.train.config.TrainConfig` (key, default, type, meaning),
+with one table per section of :class:`pipnet.core.train_config.TrainConfig` (key, default, type, meaning),
 reading each field's default from the dataclass and its meaning from the class docstring's ``Args:``.
 """
 
@@ -88,7 +88,7 @@ def _tables(cls, prefix: str, out: list[str]) -> None:
 def render_config_reference() -> str:
     if str(SRC) not in sys.path:
         sys.path.insert(0, str(SRC))
-    from pipnet.train.config import TrainConfig
+    from pipnet.core.train_config import TrainConfig
 
     out: list[str] = []
     _tables(TrainConfig, "", out)

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from pipnet.data import build_data
-from pipnet.explain import explain
+from pipnet.explanation.explain import explain
 from pipnet.model import PIPNet
-from pipnet.projection import project
-from pipnet.render.png import explanation_figure
-from pipnet.run_folder import RunFolder
+from pipnet.evaluation.projection import project
+from pipnet.explanation.render.png import explanation_figure
+from pipnet.model.run_folder import RunFolder
 
 
 def main(run_dir: str, out: str) -> None:

@@ -7,6 +7,7 @@ end with one clear ``error:`` line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,20 +36,42 @@ COMMANDS = {
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from pipnet.backbones import BackboneError
+    from pipnet.model.backbones import BackboneError
     from pipnet.data.errors import DataError, ImageLoadError
-    from pipnet.inference import DeviceError
+    from pipnet.evaluation.inference import DeviceError
     from pipnet.model import ModelLoadError
+    from pipnet.core.precision import PrecisionError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
-    from pipnet.utils import MissingExtraError
+    from pipnet.core.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
     return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
-            MissingExtraError, DeviceError)
+            MissingExtraError, DeviceError, PrecisionError)
 
 
 DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
+PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it natively: CPUs with AMX or "
+                  "avx512_bf16, recent GPUs; fp32 elsewhere), fp32, bf16 or fp16 (CUDA only)")
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def _resolve_precision(requested: str, device) -> str:
+    """``--precision`` resolved for ``device`` (see :mod:`pipnet.core.precision`); the log says once what and why."""
+    from pipnet.core.precision import resolve_precision
+
+    choice = resolve_precision(requested, device)
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    return choice.precision
+
+
+@contextlib.contextmanager
+def _inference_precision(requested: str, device):
+    """Run the block's inference passes in the resolved ``--precision``."""
+    from pipnet.core.precision import inference_precision
+
+    with inference_precision(_resolve_precision(requested, device)) as precision:
+        yield precision
 
 
 def _out(line: str = "") -> None:
@@ -61,7 +84,7 @@ def _out(line: str = "") -> None:
 
 def train_parser():
     """The parser of ``pipnet train`` (jsonargparse, from the config dataclasses), with ``--print-config``."""
-    from pipnet.train.config import config_parser
+    from pipnet.core.train_config import config_parser
 
     parser = config_parser()
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -69,7 +92,7 @@ def train_parser():
 
 
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.train.config import config_from_namespace, dump_config, resume_flag_error
+    from pipnet.core.train_config import config_from_namespace, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
@@ -89,7 +112,7 @@ def cmd_train(argv: list[str]) -> int:
     result = train(config, resume_runtime=resume_runtime)
     _draw_curve(result.run_dir)
     if result.metrics is not None:
-        from pipnet.evaluate import format_metrics_table
+        from pipnet.evaluation.evaluate import format_metrics_table
 
         _out(format_metrics_table(result.metrics))
     _out(str(result.run_dir))
@@ -98,7 +121,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def _draw_curve(run_dir: Path) -> None:
     """RUN/sparsity.png from the history training wrote (training itself draws nothing)."""
-    from pipnet.report import write_sparsity_plot
+    from pipnet.explanation.report import write_sparsity_plot
 
     write_sparsity_plot(run_dir)
 
@@ -109,6 +132,9 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run folder to write (default: a new folder under ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batches and every augmentation (the generated images stay the same)")
     return parser
 
 
@@ -118,18 +144,21 @@ def cmd_demo(argv: list[str]) -> int:
     import time
 
     from pipnet.demo import demo_config
-    from pipnet.evaluate import format_metrics_table
+    from pipnet.evaluation.evaluate import format_metrics_table
+    from pipnet.core.precision import inference_precision
     from pipnet.train.engine import train
 
     started = time.perf_counter()
-    config = demo_config(args.out, progress=not args.no_progress)
-    result = train(config)
+    config = demo_config(args.out, progress=not args.no_progress, precision=args.precision, device=args.device,
+                         seed=args.seed)
+    result = train(config)  # resolves --precision, logs it and records it in config.yaml
     _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
-        from pipnet.report import build_report
+        from pipnet.explanation.report import build_report
 
-        _out(f"report: {build_report(result.run_dir)}")
+        with inference_precision(config.runtime.precision):
+            _out(f"report: {build_report(result.run_dir, progress=not args.no_progress)}")
     _out(f"demo finished in {time.perf_counter() - started:.0f} s; model, metrics.json, history.csv and report in:")
     _out(str(result.run_dir))
     return 0
@@ -142,7 +171,7 @@ def evaluate_parser():
     """The parser of ``pipnet evaluate`` (jsonargparse: ``--data.*`` takes the training data's options)."""
     from jsonargparse import ArgumentParser
 
-    from pipnet.data.config import DataConfig
+    from pipnet.core.data_config import DataConfig
 
     parser = ArgumentParser(prog="pipnet evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
@@ -159,6 +188,7 @@ def evaluate_parser():
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
     return parser
@@ -170,10 +200,10 @@ def cmd_evaluate(argv: list[str]) -> int:
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     from pipnet.data import build_data
-    from pipnet.evaluate import evaluate, format_metrics_table
-    from pipnet.inference import choose_device, fit_data_to_model
+    from pipnet.evaluation.evaluate import evaluate, format_metrics_table
+    from pipnet.evaluation.inference import choose_device, fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.run_folder import RunFolder
+    from pipnet.model.run_folder import RunFolder
 
     device = choose_device(raw.device)
     model = PIPNet.from_pretrained(raw.model)
@@ -194,18 +224,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = data.purity_sets() if raw.parts else {}
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
-                       progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
-                       train_set=data.projection, quality=not raw.no_quality)
-    _out(format_metrics_table(metrics))
-    out = Path(raw.out) if raw.out else folder.evaluation
-    out.write_text(metrics.to_json())
-    _out(str(out))
-    from pipnet.thresholds import describe_data, fit_thresholds
+    with _inference_precision(raw.precision, device):
+        metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
+                           progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
+                           train_set=data.projection, quality=not raw.no_quality)
+        _out(format_metrics_table(metrics))
+        out = Path(raw.out) if raw.out else folder.evaluation
+        out.write_text(metrics.to_json())
+        _out(str(out))
+        from pipnet.evaluation.thresholds import describe_data, fit_thresholds
 
-    thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
-                                description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
-    _out(str(thresholds.save(raw.model)))
+        thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
+                                    description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+        _out(str(thresholds.save(raw.model)))
     return 0
 
 
@@ -220,6 +251,7 @@ def explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="folder for one PNG and one JSON per image (default: print only)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return parser
 
 
@@ -229,12 +261,13 @@ def cmd_explain(argv: list[str]) -> int:
     import torch
 
     from pipnet.data.images import load_image
-    from pipnet.explain import explain
-    from pipnet.inference import input_transform
+    from pipnet.explanation.explain import explain
+    from pipnet.evaluation.inference import input_transform
     from pipnet.model import PIPNet
-    from pipnet.render.png import explanation_figure
+    from pipnet.core.precision import inference_precision
+    from pipnet.explanation.render.png import explanation_figure
 
-    from pipnet.thresholds import load_thresholds, warn_without_thresholds
+    from pipnet.evaluation.thresholds import load_thresholds, warn_without_thresholds
 
     model = PIPNet.from_pretrained(args.model).eval()
     thresholds = load_thresholds(args.model, model.num_classes)
@@ -244,9 +277,10 @@ def cmd_explain(argv: list[str]) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
+    precision = _resolve_precision(args.precision, next(model.parameters()).device)
     for path in args.images:
         image = load_image(path)
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_precision(precision):
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
         threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
         unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
@@ -277,8 +311,8 @@ def _verdict(e, threshold: float | None) -> str:
 
 def _run_preset(model_dir: str) -> str:
     """The augmentation preset of a run folder's data, or ``default``: the fallback for a model saved before
-    config.json recorded its preset (see :func:`pipnet.inference.input_transform`)."""
-    from pipnet.run_folder import RunFolder
+    config.json recorded its preset (see :func:`pipnet.evaluation.inference.input_transform`)."""
+    from pipnet.model.run_folder import RunFolder
 
     config = RunFolder(model_dir).training_config()
     return config.data.preset if config is not None else "default"
@@ -296,6 +330,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return parser
 
 
@@ -304,13 +339,15 @@ def cmd_predict(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
-    from pipnet.predict import predict, to_csv, to_jsonl
+    from pipnet.evaluation.inference import choose_device
+    from pipnet.use.predict import predict, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
-    predictions = predict(
-        args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
-    )  # fmt: skip
+    with _inference_precision(args.precision, choose_device(args.device)):
+        predictions = predict(
+            args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+            preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
+        )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
     for p in bad:
@@ -321,7 +358,7 @@ def cmd_predict(argv: list[str]) -> int:
         raise FileNotFoundError(f"none of the {len(bad)} files could be read as an image (listed above)")
     table = (to_jsonl if fmt == "jsonl" else to_csv)(good)
     if args.out:
-        from pipnet.utils import atomic_write
+        from pipnet.core.utils import atomic_write
 
         with atomic_write(Path(args.out)) as tmp:
             tmp.write_text(table)
@@ -355,6 +392,7 @@ def refit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return parser
 
 
@@ -365,12 +403,12 @@ def cmd_refit(argv: list[str]) -> int:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
     from pipnet.data import build_data
     from pipnet.data.errors import DataError
-    from pipnet.inference import choose_device, fit_data_to_model
+    from pipnet.evaluation.inference import choose_device, fit_data_to_model
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
-    from pipnet.run_folder import config_file
-    from pipnet.thresholds import describe_data
-    from pipnet.train.config import load_config
+    from pipnet.train.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.model.run_folder import config_file
+    from pipnet.evaluation.thresholds import describe_data
+    from pipnet.core.train_config import load_config
 
     out = Path(args.out)
     if out.exists():
@@ -389,17 +427,18 @@ def cmd_refit(argv: list[str]) -> int:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
-    result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
-                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
-    records = [
-        edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
-        edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
-                    **result.summary(), settings=settings),
-    ]
-    save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
-               data_description=describe_data(config.source, config.root, "test", len(data.test)),
-               batch_size=args.batch_size, device=device)
+    with _inference_precision(args.precision, device):  # the presences; the refit itself is fp32
+        result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, device=device, progress=not args.no_progress)
+        settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+        records = [
+            edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
+            edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
+                        **result.summary(), settings=settings),
+        ]
+        save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+                   data_description=describe_data(config.source, config.root, "test", len(data.test)),
+                   batch_size=args.batch_size, device=device)
     rows = [
         ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
         (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),
@@ -426,15 +465,19 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return parser
 
 
 def cmd_report(argv: list[str]) -> int:
     parser = report_parser()
     args = parser.parse_args(argv)
-    from pipnet.report import build_report
+    import torch
 
-    _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
+    from pipnet.explanation.report import build_report
+
+    with _inference_precision(args.precision, torch.device("cpu")):  # the report explains its samples on the CPU
+        _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
 
 
@@ -451,7 +494,7 @@ def convert_parser() -> argparse.ArgumentParser:
 def cmd_convert(argv: list[str]) -> int:
     parser = convert_parser()
     args = parser.parse_args(argv)
-    from pipnet.official import load_official_checkpoint
+    from pipnet.model.official import load_official_checkpoint
 
     model = load_official_checkpoint(args.checkpoint, backbone=args.backbone, image_size=args.image_size)
     _out(str(model.save_pretrained(args.out)))
@@ -478,7 +521,7 @@ def cmd_export(argv: list[str]) -> int:
         parser.error("--batch-size must be at least 1")
     import torch
 
-    from pipnet.export import ExportError, check_export, export_model
+    from pipnet.use.export import ExportError, check_export, export_model
     from pipnet.model import ModelLoadError, PIPNet
 
     model = PIPNet.from_pretrained(args.model)
@@ -500,7 +543,7 @@ def _check_images(model_dir: str, model, count: int):
     """Up to ``count`` test images of the model's run (its config.yaml), else seeded random inputs."""
     import torch
 
-    from pipnet.run_folder import RunFolder
+    from pipnet.model.run_folder import RunFolder
 
     run_config = RunFolder(model_dir).training_config()
     if run_config is not None:
@@ -522,7 +565,7 @@ def models_parser() -> argparse.ArgumentParser:
 
 def cmd_models(argv: list[str]) -> int:
     models_parser().parse_args(argv)
-    from pipnet.backbones import list_models
+    from pipnet.model.backbones import list_models
 
     for name in list_models():
         _out(name)
@@ -532,16 +575,16 @@ def cmd_models(argv: list[str]) -> int:
 
 def serve_parser() -> argparse.ArgumentParser:
     """The parser of ``pipnet serve`` (needs the ``serve`` extra)."""
-    from pipnet.serve import serve_parser as build
+    from pipnet.use.serve import serve_parser as build
 
     return build()
 
 
 def cmd_serve(argv: list[str]) -> int:
     try:
-        from pipnet.serve import main as serve_main
+        from pipnet.use.serve import main as serve_main
     except ImportError as e:
-        from pipnet.utils import MissingExtraError
+        from pipnet.core.utils import MissingExtraError
 
         raise MissingExtraError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
     return serve_main(argv)

@@ -3,7 +3,7 @@ of PIP-Net, and ``build_data``, which turns a ``DataConfig`` into every data set
 
 from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, denormalize, eval_transform
 from pipnet.data.build import DataBundle, build_data
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.data.folders import ImageList, image_tree, load_folder_source

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from pipnet.data.augment import TwoViewTransform
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError
 from pipnet.data.folders import FolderSource, image_tree, load_folder_source

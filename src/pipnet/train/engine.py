@@ -22,15 +22,16 @@ from torch.utils.data import DataLoader
 
 from pipnet.data import DataBundle, build_data
 from pipnet.data.build import resolve_source
-from pipnet.diagnostics import diagnose
-from pipnet.evaluate import Metrics, evaluate
-from pipnet.inference import choose_device
-from pipnet.metrics import global_explanation_size, sparsity_ratio
+from pipnet.train.diagnostics import diagnose
+from pipnet.evaluation.evaluate import Metrics, evaluate
+from pipnet.evaluation.inference import choose_device
+from pipnet.evaluation.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
-from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
+from pipnet.core.precision import inference_precision, resolve_precision
+from pipnet.evaluation.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
-from pipnet.train.config import RESUME_RUNTIME, TrainConfig
+from pipnet.core.train_config import RESUME_RUNTIME, TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from pipnet.train.init import load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
@@ -46,7 +47,7 @@ from pipnet.train.protocol import (
 )
 from pipnet.train.run_dir import RunDir
 from pipnet.train.step import STOPPED, NonFiniteGuard, NonFiniteLossError, train_step, training_step_losses
-from pipnet.utils import MissingExtraError
+from pipnet.core.utils import MissingExtraError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "run_epoch", "training_step_losses", "uses_channels_last"]
 
@@ -71,7 +72,7 @@ def uses_channels_last(config: TrainConfig) -> bool:
 
 
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``--runtime.device`` (:func:`pipnet.inference.choose_device`), on this process's own GPU under DDP."""
+    """``--runtime.device`` (:func:`pipnet.evaluation.inference.choose_device`), on this process's own GPU under DDP."""
     device = choose_device(name)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -185,11 +186,15 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         initial = load_init_model(config.model.init, backbone=config.model.backbone, image_size=config.data.image_size,
                                   num_classes=len(data.classes), class_names=data.classes)
         _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
+    device = _resolve_device(rt.device, info)
+    choice = resolve_precision(rt.precision, device)
+    rt.precision = choice.precision  # config.yaml records what ran, so a resume and a re-run are the same
     if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = _resolve_device(rt.device, info)
+    if info.is_main:
+        log.info("precision %s (%s)", choice.precision, choice.reason)
     checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
     if initial is not None:
         model = initial
@@ -237,7 +242,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         row.update(_scoring_sheet_stats(model))
         every = config.schedule.eval_every
         if plan.evaluate and data.test is not None and every and (plan.epoch % every == 0 or index == len(plans) - 1):
-            m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
+            with inference_precision(rt.precision):
+                m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
             row.update(test_accuracy=m.top1_accuracy, local_size=m.local_size, abstained=m.abstained)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
@@ -257,7 +263,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
             if plan.saves_model_at_end and (index + 1 == len(plans) or plans[index + 1].stage != plan.stage):
                 model.save_pretrained(run.folder.pretrained)  # "pretrain once, classify many times"
                 log.info("end-of-pretraining model saved in %s", run.folder.pretrained)
-    return _finish(run, model, data, config, device, info, history, optim)
+    with inference_precision(rt.precision):
+        return _finish(run, model, data, config, device, info, history, optim)
 
 
 def _finish(
@@ -292,7 +299,7 @@ def _finish(
 
 def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
     """Store the per-class OoD thresholds (95% TPR on the test data) beside the model, for ``pipnet predict``."""
-    from pipnet.thresholds import describe_data, fit_thresholds
+    from pipnet.evaluation.thresholds import describe_data, fit_thresholds
 
     description = describe_data(config.data.source, config.data.root, "test", len(data.test))
     fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)

