@@ -88,14 +88,22 @@ def _out(line: str = "") -> None:
 # ---- train / demo --------------------------------------------------------------------------------
 
 
+def train_parser():
+    """The parser of ``pipnet train`` (jsonargparse, from the config dataclasses), with ``--print-config``."""
+    from pipnet.core.train_config import config_parser
+
+    parser = config_parser()
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser
+
+
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.core.train_config import config_from_namespace, config_parser, dump_config, resume_flag_error
+    from pipnet.core.train_config import config_from_namespace, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
-    parser = config_parser()
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser = train_parser()
     config = config_from_namespace(parser, parser.parse_args(argv))
     resume_runtime = None
     if config.resume:
@@ -124,7 +132,8 @@ def _draw_curve(run_dir: Path) -> None:
     write_sparsity_plot(run_dir)
 
 
-def cmd_demo(argv: list[str]) -> int:
+def demo_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet demo``."""
     parser = argparse.ArgumentParser(prog="pipnet demo", description=COMMANDS["demo"])
     parser.add_argument("--out", help="run folder to write (default: a new folder under ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,6 +141,11 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batches and every augmentation (the generated images stay the same)")
+    return parser
+
+
+def cmd_demo(argv: list[str]) -> int:
+    parser = demo_parser()
     args = parser.parse_args(argv)
     import time
 
@@ -159,7 +173,8 @@ def cmd_demo(argv: list[str]) -> int:
 # ---- evaluate ------------------------------------------------------------------------------------
 
 
-def cmd_evaluate(argv: list[str]) -> int:
+def evaluate_parser():
+    """The parser of ``pipnet evaluate`` (jsonargparse: ``--data.*`` takes the training data's options)."""
     from jsonargparse import ArgumentParser
 
     from pipnet.core.data_config import DataConfig
@@ -182,6 +197,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
+    return parser
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    parser = evaluate_parser()
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -229,7 +249,8 @@ def cmd_evaluate(argv: list[str]) -> int:
 # ---- explain / report / convert / models -----------------------------------------------------------
 
 
-def cmd_explain(argv: list[str]) -> int:
+def explain_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet explain``."""
     parser = argparse.ArgumentParser(prog="pipnet explain", description=COMMANDS["explain"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json)")
     parser.add_argument("images", nargs="+", help="image files")
@@ -237,6 +258,11 @@ def cmd_explain(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_explain(argv: list[str]) -> int:
+    parser = explain_parser()
     args = parser.parse_args(argv)
     import torch
 
@@ -298,7 +324,8 @@ def _run_preset(model_dir: str) -> str:
     return config.data.preset if config is not None else "default"
 
 
-def cmd_predict(argv: list[str]) -> int:
+def predict_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet predict``."""
     parser = argparse.ArgumentParser(prog="pipnet predict", description=COMMANDS["predict"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
@@ -310,6 +337,11 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_predict(argv: list[str]) -> int:
+    parser = predict_parser()
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
@@ -352,7 +384,8 @@ def _prototype_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected prototype numbers separated by commas, e.g. 12,40; got {text!r}") from None
 
 
-def cmd_refit(argv: list[str]) -> int:
+def refit_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet refit``."""
     parser = argparse.ArgumentParser(prog="pipnet refit", description=COMMANDS["refit"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("--disable", type=_prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
@@ -366,6 +399,11 @@ def cmd_refit(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_refit(argv: list[str]) -> int:
+    parser = refit_parser()
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
@@ -426,13 +464,19 @@ def cmd_refit(argv: list[str]) -> int:
     return 0
 
 
-def cmd_report(argv: list[str]) -> int:
+def report_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet report``."""
     parser = argparse.ArgumentParser(prog="pipnet report", description=COMMANDS["report"])
     parser.add_argument("run_dir", help="a finished run folder")
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_report(argv: list[str]) -> int:
+    parser = report_parser()
     args = parser.parse_args(argv)
     import torch
 
@@ -443,12 +487,18 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-def cmd_convert(argv: list[str]) -> int:
+def convert_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet convert``."""
     parser = argparse.ArgumentParser(prog="pipnet convert", description=COMMANDS["convert"])
     parser.add_argument("checkpoint", help="the authors' checkpoint file (e.g. net_trained_last)")
     parser.add_argument("--backbone", required=True, help="the backbone it was trained with, e.g. convnext_tiny_26")
     parser.add_argument("--image-size", type=int, default=224, help="the input size it was trained at")
     parser.add_argument("--out", required=True, help="folder to write model.safetensors + config.json to")
+    return parser
+
+
+def cmd_convert(argv: list[str]) -> int:
+    parser = convert_parser()
     args = parser.parse_args(argv)
     from pipnet.model.official import load_official_checkpoint
 
@@ -457,7 +507,8 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
-def cmd_export(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet export``."""
     parser = argparse.ArgumentParser(prog="pipnet export", description=COMMANDS["export"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("--format", choices=["torchscript", "onnx"], required=True,
@@ -466,6 +517,11 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any batch size)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest difference from PyTorch accepted when the file is checked on test images")
+    return parser
+
+
+def cmd_export(argv: list[str]) -> int:
+    parser = export_parser()
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -508,14 +564,26 @@ def _check_images(model_dir: str, model, count: int):
     return torch.randn(count, 3, S, S, generator=torch.Generator().manual_seed(0)), "random inputs"
 
 
+def models_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet models``."""
+    return argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"])
+
+
 def cmd_models(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"]).parse_args(argv)
+    models_parser().parse_args(argv)
     from pipnet.model.backbones import list_models
 
     for name in list_models():
         _out(name)
     _out("timm/<any timm model name>  (e.g. --model.backbone_kwargs '{output_stride: 16}')")
     return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet serve`` (needs the ``serve`` extra)."""
+    from pipnet.use.serve import serve_parser as build
+
+    return build()
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -541,6 +609,35 @@ HANDLERS = {
     "models": cmd_models,
     "export": cmd_export,
 }
+
+
+PARSERS = {
+    "train": train_parser,
+    "demo": demo_parser,
+    "evaluate": evaluate_parser,
+    "explain": explain_parser,
+    "predict": predict_parser,
+    "refit": refit_parser,
+    "report": report_parser,
+    "convert": convert_parser,
+    "serve": serve_parser,
+    "models": models_parser,
+    "export": export_parser,
+}
+
+
+def build_parser(command: str):
+    """The argument parser of ``pipnet COMMAND``, built without running the command.
+
+    The documentation renders its CLI reference from these parsers' ``--help`` and checks every
+    ``pipnet COMMAND --flag`` it shows against them.
+
+    Args:
+        command: a subcommand name, one of ``COMMANDS``.
+    """
+    if command not in PARSERS:
+        raise KeyError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
+    return PARSERS[command]()
 
 
 def _usage() -> str:

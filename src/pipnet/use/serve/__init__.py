@@ -15,13 +15,13 @@ from pathlib import Path
 from pipnet.core.precision import PRECISIONS
 from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "main", "serve_parser"]
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet serve``."""
     parser = argparse.ArgumentParser(prog="pipnet serve", description="a local web page to explore a model and switch prototypes off")
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument(
@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="numeric precision of the explanations: auto (the precision the model's thresholds "
                              "were set in where this machine computes it natively, else fp32), fp32, bf16 or fp16 (CUDA)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+    args = serve_parser().parse_args(argv)
     import uvicorn
 
     from pipnet.core.precision import resolve_inference_precision, set_default_inference_precision
