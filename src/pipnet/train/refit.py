@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model.run_folder import RunFolder, write_model_folder
