@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 import pipnet
+from pipnet.backbones import backbone_normalization
 from pipnet.data import build_data
 from pipnet.data.config import DataConfig
 from pipnet.evaluate import evaluate
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = build_data(DataConfig(source="planted", image_size=args.size))
+    data = build_data(DataConfig(source="planted", image_size=args.size), normalization=backbone_normalization(args.model))
     C = len(data.classes)
     model = pipnet.create_model(args.model, num_classes=C, num_features=args.prototypes, image_size=args.size).eval()
     with torch.no_grad():  # class c uses prototypes c * used ... (c + 1) * used - 1 (mod P)

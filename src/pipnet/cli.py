@@ -149,9 +149,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
-    from pipnet.data import build_data
     from pipnet.evaluate import evaluate, format_metrics_table
-    from pipnet.inference import choose_device, fit_data_to_model
+    from pipnet.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.run_folder import RunFolder
 
@@ -167,7 +166,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     for ood_dir in [*data_config.ood, *raw.ood]:
         ood_dirs.setdefault(os.path.realpath(ood_dir), ood_dir)
     data_config.ood = list(ood_dirs.values())
-    data = build_data(fit_data_to_model(data_config, model))
+    data = build_model_data(data_config, model)
     if len(data.classes) != model.num_classes:
         raise ModelLoadError(f"{raw.model} has {model.num_classes} classes but the data has {len(data.classes)}; "
                              "give the model's own data with --data.source / --data.root")
@@ -325,9 +324,8 @@ def cmd_refit(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
-    from pipnet.data import build_data
     from pipnet.data.errors import DataError
-    from pipnet.inference import choose_device, fit_data_to_model
+    from pipnet.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
     from pipnet.run_folder import config_file
@@ -345,8 +343,8 @@ def cmd_refit(argv: list[str]) -> int:
     data_config = config_file(args.data or args.model)
     if not data_config.is_file():
         raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
-    config = fit_data_to_model(load_config(str(data_config)).data, model)
-    data = build_data(config)
+    config = load_config(str(data_config)).data
+    data = build_model_data(config, model)
     if data.test is None:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
@@ -436,6 +434,9 @@ def cmd_export(argv: list[str]) -> int:
          f"max |difference| scores {diff['scores']:.2e}, presence {diff['presence']:.2e}")
     if max(diff.values()) > args.tolerance:
         raise ModelLoadError(f"the exported {path} differs from PyTorch by {max(diff.values()):.2e} (> {args.tolerance:g})")
+    norm = model.normalization
+    _out(f"inputs: RGB in [0, 1] resized to {model.config.image_size} x {model.config.image_size}, then "
+         f"(x - mean) / std with mean {list(norm.mean)}, std {list(norm.std)} (config.json: normalization)")
     _out(str(path))
     return 0
 
@@ -448,11 +449,11 @@ def _check_images(model_dir: str, model, count: int):
 
     run_config = RunFolder(model_dir).training_config()
     if run_config is not None:
-        from pipnet.data import build_data
+        from pipnet.inference import build_model_data
 
         config = run_config.data
         config.image_size = model.config.image_size
-        test = build_data(config).test
+        test = build_model_data(config, model).test
         if test is not None and len(test) >= count:
             return torch.stack([test[i][0] for i in range(count)]), "test images"
     S = model.config.image_size

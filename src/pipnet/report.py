@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from pipnet.data import build_data
 from pipnet.diagnostics import diagnose
 from pipnet.explain import explain
 from pipnet.model import PIPNet
-from pipnet.inference import eval_mode
+from pipnet.inference import build_model_data, eval_mode
 from pipnet.projection import project
 from pipnet.refit import read_edit_log
 from pipnet.render.html import write_report
@@ -77,7 +76,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     config = folder.training_config()
     if config is None:
         raise FileNotFoundError(f"{folder.path} is not a run folder: {folder.config.name} is missing")
-    data = build_data(config.data)
+    data = build_model_data(config.data, model)
     device = torch.device("cpu")
     projection = project(model, data.projection, k=10, batch_size=config.schedule.batch_size, progress=progress)
     explained = _sample(data.test, samples, "test", model, device)

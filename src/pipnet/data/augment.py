@@ -1,4 +1,6 @@
-"""The two-view augmentation of PIP-Net (spec section 5) and the plain evaluation transform.
+"""The two-view augmentation of PIP-Net (spec section 5), the plain evaluation transform, and the input
+normalisation both end with (:class:`Normalization`: the per-channel mean and std a backbone's weights were
+trained with; ImageNet's unless given, which is what the paper's backbones expect).
 
 Per image, ``T1`` (location) runs once and ``T2`` (colour) twice, so the two views show the same patch
 at the same place and differ only in colour and a few pixels of crop jitter. Both TrivialAugment stages
@@ -7,8 +9,9 @@ are torchvision's ``TrivialAugmentWide`` with a restricted op space: the ops the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -17,6 +20,8 @@ from torchvision.transforms import v2
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGENET",
+    "Normalization",
     "Preset",
     "LocationTrivialAugment",
     "ColourTrivialAugment",
@@ -28,6 +33,61 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The input normalisation x = (rgb - mean) / std, rgb in [0, 1], per channel (R, G, B).
+
+    A backbone declares the one its weights were trained with (``pipnet.backbones.backbone_normalization``);
+    a saved model records it in its ``config.json`` (``PIPNet.normalization`` owns it from then on).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"a normalisation needs 3 means and 3 positive stds, got {self.mean} / {self.std}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        """From any sequences (timm's and torchvision's lists or tuples)."""
+        return cls(tuple(mean), tuple(std))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}``, as recorded in a model's ``config.json``."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Normalization:
+        """The inverse of :meth:`to_dict`; a ``ValueError`` for anything else."""
+        if not isinstance(raw, dict) or set(raw) != {"mean", "std"}:
+            raise ValueError(f"a normalisation is {{'mean': [r, g, b], 'std': [r, g, b]}}, got {raw!r}")
+        try:
+            return cls.of([float(v) for v in raw["mean"]], [float(v) for v in raw["std"]])
+        except TypeError:
+            raise ValueError(f"a normalisation is {{'mean': [r, g, b], 'std': [r, g, b]}}, got {raw!r}") from None
+
+    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Normalise (..., 3, H, W) values in [0, 1]."""
+        mean, std = self._view(rgb)
+        return (rgb - mean) / std
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo it: (..., 3, H, W) -> values in [0, 1] (clamped), for rendering and perturbing."""
+        mean, std = self._view(x)
+        return (x * std + mean).clamp(0.0, 1.0)
+
+    def _view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return mean, std
+
+
+IMAGENET = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 
 Preset = Literal["default", "birds", "cars", "pets", "grayscale"]
 PRESETS: tuple[str, ...] = ("default", "birds", "cars", "pets", "grayscale")
@@ -113,11 +173,11 @@ def _ensure_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _to_normalized_tensor() -> list[v2.Transform]:
+def _to_normalized_tensor(normalization: Normalization) -> list[v2.Transform]:
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        v2.Normalize(mean=list(normalization.mean), std=list(normalization.std)),
     ]
 
 
@@ -132,6 +192,7 @@ class TwoViewTransform:
             that many pixels: 4 (spec section 5), 8 for PETS under the paper protocol.
         location_interpolation: ``bilinear`` (default) or ``nearest`` (the published code, spec 10.5)
             for the location TrivialAugment.
+        normalization: the backbone's input normalisation (ImageNet's by default).
     """
 
     def __init__(
@@ -142,12 +203,14 @@ class TwoViewTransform:
         *,
         crop_margin: int = 4,
         location_interpolation: Literal["bilinear", "nearest"] = "bilinear",
+        normalization: Normalization = IMAGENET,
     ) -> None:
         _check(image_size, preset)
         if delta < 0 or crop_margin < 0:
             raise ValueError(f"delta and crop_margin must be >= 0, got {delta} and {crop_margin}")
         self.image_size, self.preset, self.delta = image_size, preset, delta
         self.crop_margin, self.location_interpolation = crop_margin, location_interpolation
+        self.normalization = normalization
         side = image_size + delta
         modes = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}
         interpolation = modes[location_interpolation]
@@ -161,7 +224,7 @@ class TwoViewTransform:
             ]
         )
         colour = StrongColourTrivialAugment() if preset == "cars" else ColourTrivialAugment()
-        self.t2 = v2.Compose([colour, v2.RandomCrop(image_size), *_to_normalized_tensor()])
+        self.t2 = v2.Compose([colour, v2.RandomCrop(image_size), *_to_normalized_tensor(normalization)])
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         located = self.t1(img)
@@ -169,22 +232,25 @@ class TwoViewTransform:
 
     def __repr__(self) -> str:
         return (f"TwoViewTransform(image_size={self.image_size}, preset={self.preset!r}, delta={self.delta}, "
-                f"crop_margin={self.crop_margin}, location_interpolation={self.location_interpolation!r})")
+                f"crop_margin={self.crop_margin}, location_interpolation={self.location_interpolation!r}, "
+                f"normalization={self.normalization})")
 
 
-def eval_transform(image_size: int, preset: Preset | str = "default") -> Callable[[Image.Image], torch.Tensor]:
-    """The test / projection transform: RGB, resize to S x S, tensor, ImageNet normalisation.
+def eval_transform(
+    image_size: int, preset: Preset | str = "default", normalization: Normalization = IMAGENET
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The test / projection transform: RGB, resize to S x S, tensor, the backbone's normalisation.
 
     Args:
         image_size: S.
         preset: only ``grayscale`` changes anything (gray, three channels).
+        normalization: the backbone's input normalisation (ImageNet's by default).
     """
     _check(image_size, preset)
-    return v2.Compose([*_to_three_channels(preset), v2.Resize((image_size, image_size)), *_to_normalized_tensor()])
+    steps = [*_to_three_channels(preset), v2.Resize((image_size, image_size)), *_to_normalized_tensor(normalization)]
+    return v2.Compose(steps)
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation: (..., 3, H, W) -> values in [0, 1], for rendering."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x * std + mean).clamp(0.0, 1.0)
+def denormalize(x: torch.Tensor, normalization: Normalization = IMAGENET) -> torch.Tensor:
+    """Undo a normalisation (ImageNet's by default): (..., 3, H, W) -> values in [0, 1], for rendering."""
+    return normalization.invert(x)

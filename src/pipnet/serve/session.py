@@ -24,13 +24,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from pipnet.data import build_data, load_image
+from pipnet.data import load_image
 from pipnet.data.config import DataConfig
 from pipnet.data.errors import ImageLoadError
 from pipnet.evaluate import Metrics, evaluate
 from pipnet.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.inference import choose_device, eval_mode, fit_data_to_model, input_transform
+from pipnet.inference import build_model_data, choose_device, eval_mode, fit_data_to_model, input_transform
 from pipnet.projection import Projection, project
 from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
@@ -148,7 +148,7 @@ class Explorer:
 
             config = load_config(str(config_path)).data
         config = fit_data_to_model(config, self.model)
-        bundle = build_data(config)
+        bundle = build_model_data(config, self.model)
         log.info("projecting %d training images for the prototype gallery", len(bundle.projection))
         projection = project(self.editor.original, bundle.projection, k=self.gallery_k, device=self.device)
         picker = {"test": bundle.test} if bundle.test is not None else {}
