@@ -21,6 +21,7 @@ from torch.utils.data import Subset
 
 import pipnet
 from pipnet.cli import main
+from pipnet.backbones import backbone_normalization
 from pipnet.data import EvalDataset, PlantedParts, build_data
 from pipnet.data.config import DataConfig, PlantedConfig
 from pipnet.demo import demo_config
@@ -73,7 +74,9 @@ def run(tmp_path_factory, one_thread) -> Path:
 
 @pytest.fixture(scope="module")
 def data():
-    return build_data(DataConfig(source="planted", image_size=64, planted=PLANTED))
+    # Normalised as the model's backbone expects, as every pipnet command builds a model's data.
+    return build_data(DataConfig(source="planted", image_size=64, planted=PLANTED),
+                      normalization=backbone_normalization("efficientnet_lite0"))
 
 
 def scores_of(model: PIPNet, dataset) -> torch.Tensor:
@@ -174,7 +177,8 @@ def test_stored_thresholds_say_unknown_for_planted_ood_and_keep_in_distribution_
     thresholds = load_thresholds(run)
     kept_test = (~unknown_mask(scores_of(model, data.test), thresholds)).double().mean().item()
     # Held-out in-distribution images the thresholds never saw (test images 60..119 of the same generator).
-    fresh = EvalDataset(PlantedParts(PlantedConfig(**{**PLANTED.__dict__, "test_per_class": 20}), "test"), 64)
+    fresh = EvalDataset(PlantedParts(PlantedConfig(**{**PLANTED.__dict__, "test_per_class": 20}), "test"), 64,
+                        normalization=model.normalization)
     fresh = Subset(fresh, range(60, 120))
     kept_fresh = (~unknown_mask(scores_of(model, fresh), thresholds)).double().mean().item()
     ood_unknown = unknown_mask(scores_of(model, data.ood["planted_ood"]), thresholds).double().mean().item()
@@ -191,7 +195,7 @@ def test_stored_thresholds_say_unknown_for_planted_ood_and_keep_in_distribution_
 def test_explain_says_unknown_below_the_threshold(run, tmp_path, capsys):
     planted = PlantedParts(PLANTED, "ood")
     model, thresholds = PIPNet.from_pretrained(run), load_thresholds(run)
-    scores = scores_of(model, Subset(EvalDataset(planted, 64), range(6)))
+    scores = scores_of(model, Subset(EvalDataset(planted, 64, normalization=model.normalization), range(6)))
     pick = int(unknown_mask(scores, thresholds).nonzero()[0])  # an OoD image the thresholds reject
     planted.image(pick).save(tmp_path / "ood.png")
     assert main(["explain", str(run), str(tmp_path / "ood.png"), "--out", str(tmp_path / "x")]) == 0
@@ -337,7 +341,8 @@ def test_onnx_export_of_the_demo_architecture_and_a_resnet(backbone, tmp_path):
         options = demo_config(str(tmp_path)).model
         model = pipnet.create_model(options.backbone, 6, pretrained=options.pretrained, num_features=options.num_features,
                                     image_size=112, **options.backbone_kwargs)  # fmt: skip
-        images = torch.stack([EvalDataset(PlantedParts(PlantedConfig(size=112), "test"), 112)[i][0] for i in range(3)])
+        planted = EvalDataset(PlantedParts(PlantedConfig(size=112), "test"), 112, normalization=model.normalization)
+        images = torch.stack([planted[i][0] for i in range(3)])
     else:
         model = pipnet.create_model("resnet18", 3, num_features=8, image_size=64)
         images = torch.randn(3, 3, 64, 64)

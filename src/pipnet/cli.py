@@ -142,6 +142,9 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
     parser.add_argument("--tpr", type=float, default=0.95,
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
+    parser.add_argument("--novelty-k", type=int, default=5,
+                        help="k of the knn OoD detector stored in MODEL/novelty.json (distance to the k-th nearest "
+                             "training image in prototype logits; pipnet.novelty), used by predict --detector knn")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-quality", action="store_true",
@@ -149,6 +152,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
+    if raw.novelty_k < 1:
+        parser.error(f"--novelty-k must be at least 1, got {raw.novelty_k}")
     from pipnet.evaluate import evaluate, format_metrics_table
     from pipnet.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
@@ -185,6 +190,17 @@ def cmd_evaluate(argv: list[str]) -> int:
     thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
                                 description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
     _out(str(thresholds.save(raw.model)))
+    from pipnet.novelty import compare_rules, fit_detector, format_rules
+
+    detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
+                            device=device, description=thresholds.data)
+    rows = compare_rules(model, detector, thresholds, data.test, data.ood, batch_size=raw.batch_size, device=device)
+    _out(f"OoD detectors (thresholds keep {raw.tpr:g} of the test images): the paper's rule (per-class score "
+         f"thresholds) and knn (k = {raw.novelty_k} nearest training images in prototype logits)\n" + format_rules(rows))
+    evaluation = json.loads(out.read_text())
+    out.write_text(json.dumps({**evaluation, "novelty": {"k": raw.novelty_k, "threshold": detector.threshold, "rows": rows}},
+                              indent=2))
+    _out(str(detector.save(raw.model)))
     return 0
 
 
@@ -265,6 +281,10 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
+    parser.add_argument("--detector", choices=["auto", "paper", "knn"], default="auto",
+                        help="what calls an image unknown: paper (per-class score thresholds, thresholds.json), knn "
+                             "(distance to the nearest training images in prototype logits, novelty.json; explained "
+                             "in the novelty column), auto (knn when the model folder stores it, else paper)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -276,7 +296,7 @@ def cmd_predict(argv: list[str]) -> int:
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     predictions = predict(
         args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
+        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress, detector=args.detector,
     )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
