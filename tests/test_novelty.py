@@ -105,3 +105,13 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     assert out[2].novelty["unknown"] and "unknown: distance" in out[2].novelty["explanation"]
     assert all(p.novelty is None for p in predict(folder, images, thresholds=None, detector="paper"))
     assert json.loads((folder / NOVELTY_FILE).read_text())["k"] == 1
+    # The web page's verdict for an upload: the stored detector decides and explains it (serve's page context).
+    pytest.importorskip("fastapi", reason="the 'serve' extra")
+    from pipnet.serve.session import Explorer
+    from pipnet.serve.views import page_context
+
+    explorer = Explorer(folder, device="cpu")
+    explorer.show_upload("green.png", images[2].read_bytes())
+    assert page_context(explorer)["shown"]["unknown"].startswith("Unknown (unknown: distance")
+    explorer.show_upload("red.png", images[0].read_bytes())
+    assert page_context(explorer)["shown"]["unknown"] is None

@@ -36,6 +36,7 @@ from pipnet.render.png import fit, prototype_row
 from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.run_folder import RunFolder, config_file
 from pipnet.serve.editing import ModelEditor, safe_folder_name
+from pipnet.novelty import load_detector
 from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
@@ -114,6 +115,7 @@ class Explorer:
         self.thresholds: Thresholds | None = load_thresholds(self.model_dir, self.model.num_classes)
         if self.thresholds is None:
             warn_without_thresholds(str(self.model_dir))
+        self.novelty = load_detector(self.model_dir, self.model.num_prototypes)  # knn OoD detector, if stored
         self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
         self.quality = _read_quality(self.model_dir)  # metrics.json's report card, for the gallery
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
