@@ -8,8 +8,8 @@ logits** (the add-on's output before the softmax over prototypes; with P = D, th
 The rule (``knn``, Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022,
 on the model's own representation):
 
-  f(x)  = the prototype logits averaged over the grid, (P,), standardised with the training images' mean and
-          standard deviation and scaled to unit length;
+  f(x)  = each prototype's largest logit over the grid (the pre-softmax analogue of its presence), (P,),
+          scaled to unit length;
   d(x)  = 1 - cos(f(x), its k-th nearest training image's f), k = 5 (cosine distance);
   x is **unknown** when d(x) > t, with t the smallest distance that keeps a fraction ``tpr`` (0.95) of the
   in-distribution test images (the ceil(tpr * n)-th smallest d, as :func:`pipnet.metrics.ood_thresholds`
@@ -49,17 +49,18 @@ __all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "N
 
 DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-class score thresholds, or this
 NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"
-RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the grid-averaged prototype logits "
-        "(standardised with the training images' statistics); unknown above the threshold")
+RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the prototype logits, max over the grid "
+        "(pool 'max'; 'mean' averages); unknown above the threshold")
+POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (docs/results/real-photos.md)
 
 
 class Features(NamedTuple):
-    logits: torch.Tensor  # (N, P) prototype logits averaged over the grid
+    logits: torch.Tensor  # (N, P) prototype logits pooled over the grid (max or mean)
     presence: torch.Tensor  # (N, P) raw presence (max of each softmax map; switched-off prototypes 0)
     scores: torch.Tensor  # (N, C) inference scores (model.predict)
 
 
-def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int = 64,
+def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int = 64, pool: str = "max",
                    device: torch.device | str | None = None, progress: bool = False) -> Features:
     """The detector's inputs (and the class scores) for every image, in data-set order, in one pass under
     ``torch.inference_mode()``; the model is not changed."""
@@ -68,7 +69,7 @@ def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int
         for batch in tqdm(make_loader(data, batch_size), desc="novelty", disable=not progress, leave=False):
             a = model.prototype_logits(model.forward_features(inputs_of(batch).to(dev)))  # (B, P, h, w)
             maps = torch.softmax(a, dim=1)  # (B, P, h, w)
-            logits.append(a.float().mean(dim=(2, 3)).cpu())
+            logits.append((a.float().amax(dim=(2, 3)) if pool == "max" else a.float().mean(dim=(2, 3))).cpu())
             presence.append(model.raw_presence(maps).float().cpu())
             scores.append(model.forward_head(maps, inference=True).scores.float().cpu())  # as model.predict
     if not logits:
@@ -113,9 +114,10 @@ class NoveltyDetector:
     """The ``knn`` detector: reference features of the training images and a distance threshold.
 
     Args:
-        reference: (N, P) standardised, unit-length features of the training images.
+        reference: (N, P) unit-length features of the training images.
         presence: (N, P) their raw presences (for the explanation).
-        mean: (P,) and ``std``: the standardisation, from the training images.
+        mean: (P,) and ``std``: a standardisation applied before the unit length (0 and 1: none, the
+            default; standardising with the training images' statistics measured worse).
         threshold: t (a distance).
         k: the neighbour whose distance counts.
         tpr: the fraction of in-distribution test images t keeps.
@@ -137,10 +139,11 @@ class NoveltyDetector:
     labels: list[int] = field(default_factory=list)
     data: str = ""
     used: list[int] = field(default_factory=list)
+    pool: str = "max"
     created: str = ""
 
     def embed(self, logits: torch.Tensor) -> torch.Tensor:
-        """(M, P) grid-averaged prototype logits -> standardised, unit-length features."""
+        """(M, P) pooled prototype logits -> unit-length features."""
         return F.normalize((logits.double() - self.mean.double()) / self.std.double(), dim=1)
 
     def distances(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +187,7 @@ class NoveltyDetector:
         tensors = {"reference": self.reference, "presence": self.presence, "mean": self.mean, "std": self.std}
         with atomic_write(directory / NOVELTY_TENSORS) as tmp:
             save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
-        meta = {"rule": RULE, "threshold": self.threshold, "k": self.k, "tpr": self.tpr, "data": self.data,
+        meta = {"rule": RULE, "pool": self.pool, "threshold": self.threshold, "k": self.k, "tpr": self.tpr, "data": self.data,
                 "created": self.created, "used": self.used, "image_ids": self.image_ids, "labels": self.labels}
         with atomic_write(directory / NOVELTY_FILE) as tmp:
             tmp.write_text(json.dumps(meta, indent=1, allow_nan=False))
@@ -209,7 +212,7 @@ def load_detector(directory: str | Path, num_prototypes: int | None = None) -> N
         detector = NoveltyDetector(
             reference=tensors["reference"], presence=tensors["presence"], mean=tensors["mean"], std=tensors["std"],
             threshold=float(meta["threshold"]), k=int(meta["k"]), tpr=float(meta["tpr"]), data=str(meta["data"]),
-            created=str(meta.get("created", "")), used=[int(u) for u in meta["used"]],
+            created=str(meta.get("created", "")), used=[int(u) for u in meta["used"]], pool=str(meta["pool"]),
             image_ids=[str(i) for i in meta["image_ids"]], labels=[int(y) for y in meta["labels"]])
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user
         raise ModelLoadError(f"{meta_path} (with {tensor_path.name}) is not a valid novelty detector: {e}") from e
@@ -228,8 +231,9 @@ def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
     return float(distances.double().sort().values[keep - 1])
 
 
-def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tpr: float = 0.95, description: str = "",
-                 batch_size: int = 64, device: torch.device | str | None = None, progress: bool = False) -> NoveltyDetector:
+def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tpr: float = 0.95, pool: str = "max",
+                 description: str = "", batch_size: int = 64, device: torch.device | str | None = None,
+                 progress: bool = False) -> NoveltyDetector:
     """The ``knn`` detector of ``model``: reference = ``train`` (the training images through the evaluation
     transform, e.g. ``DataBundle.projection``), threshold at ``tpr`` of ``test`` (in-distribution images).
 
@@ -238,6 +242,7 @@ def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tp
         train: items ``(x, label)``; file ids from ``train.base.samples`` when it has them.
         test: items ``(x, label)``.
         k: the neighbour whose distance counts (5).
+        pool: ``max`` (each prototype's largest logit over the grid) or ``mean``.
         tpr: the fraction of ``test`` kept (0.95).
         description: what ``test`` is, recorded.
         batch_size: images per forward pass.
@@ -246,15 +251,17 @@ def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tp
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    logits, presence, _ = model_features(model, train, batch_size=batch_size, device=device, progress=progress)
-    mean, std = logits.mean(dim=0), logits.std(dim=0).clamp_min(1e-6) if len(logits) > 1 else torch.ones_like(logits[0])
-    reference = F.normalize((logits - mean) / std, dim=1)
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    logits, presence, _ = model_features(model, train, batch_size=batch_size, pool=pool, device=device, progress=progress)
+    mean, std = torch.zeros_like(logits[0]), torch.ones_like(logits[0])
+    reference = F.normalize(logits, dim=1)
     samples = getattr(getattr(train, "base", None), "samples", None)
     ids = [str(s[0]) for s in samples] if samples is not None and len(samples) == len(logits) else [str(i) for i in range(len(logits))]
     labels = [int(y) for y in getattr(train, "targets", [])] or [-1] * len(logits)
     partial = NoveltyDetector(reference=reference, presence=presence, mean=mean, std=std, threshold=math.inf, k=k, tpr=tpr,
-                              image_ids=ids, labels=labels, used=model.used_prototypes().tolist())
-    test_logits = model_features(model, test, batch_size=batch_size, device=device, progress=progress).logits
+                              image_ids=ids, labels=labels, used=model.used_prototypes().tolist(), pool=pool)
+    test_logits = model_features(model, test, batch_size=batch_size, pool=pool, device=device, progress=progress).logits
     threshold = distance_threshold(partial.distances(test_logits)[0], tpr)
     return NoveltyDetector(**{**partial.__dict__, "threshold": threshold,
                               "data": description or f"{len(test_logits)} images",
@@ -275,7 +282,7 @@ def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, tes
     from pipnet.thresholds import unknown_mask
 
     def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = model_features(model, data, batch_size=batch_size, device=device)
+        f = model_features(model, data, batch_size=batch_size, pool=detector.pool, device=device)
         d = detector.distances(f.logits)[0]
         return f.scores.amax(dim=1), unknown_mask(f.scores, thresholds), d, d > detector.threshold
 

@@ -179,7 +179,7 @@ def _novelty(knn, model: PIPNet, x: torch.Tensor) -> list:
 
     from pipnet.novelty import model_features
 
-    f = model_features(model, TensorDataset(x), batch_size=len(x))  # one batch
+    f = model_features(model, TensorDataset(x), batch_size=len(x), pool=knn.pool)  # one batch
     return knn.explain(f.logits, f.presence)
 
 

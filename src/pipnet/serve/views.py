@@ -157,7 +157,8 @@ def _novel(explorer: Explorer, x) -> str | None:
 
     from pipnet.novelty import model_features
 
-    f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, device=explorer.device)
+    f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, pool=explorer.novelty.pool,
+                       device=explorer.device)
     (e,) = explorer.novelty.explain(f.logits, f.presence)
     return f"Unknown ({e.sentence()})" if e.unknown else None
 
