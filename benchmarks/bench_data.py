@@ -25,7 +25,7 @@ from common import print_table  # noqa: E402
 
 import pipnet  # noqa: E402
 from pipnet.data.augment import TwoViewTransform  # noqa: E402
-from pipnet.data.config import PlantedConfig  # noqa: E402
+from pipnet.core.data_config import PlantedConfig  # noqa: E402
 from pipnet.data.planted import PlantedParts  # noqa: E402
 from pipnet.data.wrappers import TwoViewDataset  # noqa: E402
 from pipnet.train.prefetch import prefetch  # noqa: E402

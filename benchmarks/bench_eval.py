@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import pipnet
-from pipnet.evaluate import evaluate
-from pipnet.inference import choose_device
-from pipnet.projection import project
+from pipnet.evaluation.evaluate import evaluate
+from pipnet.evaluation.inference import choose_device
+from pipnet.evaluation.projection import project
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import timed_round_robin  # noqa: E402

@@ -33,7 +33,7 @@ def peak_rss() -> float:
 def measure(name: str, size: int, batch: int, precision: str, device: str) -> dict[str, float]:
     """Runs in the child process: two full classification steps, returns the peaks in GiB."""
     import pipnet
-    from pipnet.train.config import RuntimeConfig, ScheduleConfig, TrainConfig
+    from pipnet.core.train_config import RuntimeConfig, ScheduleConfig, TrainConfig
     from pipnet.train.distributed import DistInfo
     from pipnet.train.engine import run_epoch, uses_channels_last
     from pipnet.train.optim import make_stage_optim, set_trainable

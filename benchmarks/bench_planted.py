@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import median_seconds, print_table  # noqa: E402
 
-from pipnet.data.config import PlantedConfig  # noqa: E402
+from pipnet.core.data_config import PlantedConfig  # noqa: E402
 from pipnet.data.planted import generate_image  # noqa: E402
 
 

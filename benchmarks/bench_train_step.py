@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import median_seconds, print_table  # noqa: E402
 
 import pipnet  # noqa: E402
-from pipnet.train.config import RuntimeConfig, ScheduleConfig, TrainConfig  # noqa: E402
+from pipnet.core.train_config import RuntimeConfig, ScheduleConfig, TrainConfig  # noqa: E402
 from pipnet.train.distributed import DistInfo  # noqa: E402
 from pipnet.train.engine import run_epoch  # noqa: E402
 from pipnet.train.optim import make_stage_optim, set_trainable  # noqa: E402

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table  # noqa: E402
 
 import pipnet  # noqa: E402
-from pipnet.train.config import ScheduleConfig, TrainConfig  # noqa: E402
+from pipnet.core.train_config import ScheduleConfig, TrainConfig  # noqa: E402
 from pipnet.train.optim import make_stage_optim, set_trainable  # noqa: E402
 from pipnet.train.phases import plan_epochs  # noqa: E402
 from pipnet.train.step import train_step  # noqa: E402

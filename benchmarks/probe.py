@@ -24,7 +24,7 @@ L-BFGS in float64 (no scikit-learn needed).
 
 With ``--ood FOLDER`` (repeatable) it also says how well the black box rejects images of no class, by the
 rule ``pipnet evaluate`` uses (FPR at 95% TPR: per predicted class, the threshold that keeps 95% of the
-test images predicted as that class; ``pipnet.metrics.ood_thresholds``), for three scores: the probe's
+test images predicted as that class; ``pipnet.evaluation.metrics.ood_thresholds``), for three scores: the probe's
 maximum softmax probability, its maximum logit, and the cosine similarity of the image's pooled
 feature vector to its nearest training image (a class-agnostic feature-space score). This is the
 reference for PIP-Net's FPR95 on the same data: the backbone's features bound what any head on them can
@@ -53,11 +53,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
-from pipnet.backbones import BackboneError, backbone_normalization, create_backbone  # noqa: E402
+from pipnet.model.backbones import BackboneError, backbone_normalization, create_backbone  # noqa: E402
 from pipnet.data.augment import IMAGENET  # noqa: E402
 from pipnet.data.errors import DataError  # noqa: E402
 from pipnet.data.folders import image_tree, load_folder_source  # noqa: E402
-from pipnet import metrics as M  # noqa: E402
+from pipnet.evaluation import metrics as M  # noqa: E402
 from pipnet.data.wrappers import EvalDataset  # noqa: E402
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -201,7 +201,7 @@ def main() -> None:
                         help="which black boxes to probe: any of a (unmodified, native size), b (unmodified, the "
                              "recipe's cut and size), c (as PIP-Net uses it), e.g. 'c' for the old single probe")
     parser.add_argument("--normalization", choices=("own", "imagenet"), default="own",
-                        help="'own': the normalisation the backbone's weights expect (pipnet.backbones."
+                        help="'own': the normalisation the backbone's weights expect (pipnet.model.backbones."
                              "backbone_normalization), as PIP-Net feeds it; 'imagenet': ImageNet's, for comparison")
     parser.add_argument("--preset", default="default", help="augmentation preset (only 'grayscale' changes the test transform)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="feature extraction precision (CPU autocast)")

@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
-from pipnet.inference import build_model_data  # noqa: E402
-from pipnet.evaluate import Metrics, evaluate  # noqa: E402
+from pipnet.evaluation.inference import build_model_data  # noqa: E402
+from pipnet.evaluation.evaluate import Metrics, evaluate  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
-from pipnet.projection import project, prune_everywhere_prototypes  # noqa: E402
-from pipnet.run_folder import RunFolder  # noqa: E402
+from pipnet.evaluation.projection import project, prune_everywhere_prototypes  # noqa: E402
+from pipnet.model.run_folder import RunFolder  # noqa: E402
 
 
 def row(run: str, variant: str, m: Metrics) -> list[object]:

@@ -8,7 +8,7 @@ import pipnet
 from pipnet.train.distributed import init_distributed
 from pipnet.train.step import training_step_losses
 from pipnet.train.phases import plan_epochs
-from pipnet.train.config import ScheduleConfig
+from pipnet.core.train_config import ScheduleConfig
 
 
 def global_batch():

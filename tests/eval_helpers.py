@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipnet.backbones import Backbone, ParameterGroups
+from pipnet.model.backbones import Backbone, ParameterGroups
 from pipnet.model import PIPNet, PIPNetConfig
 
 

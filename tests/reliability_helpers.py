@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipnet.data.config import DataConfig, PlantedConfig
-from pipnet.train.config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
+from pipnet.core.train_config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig
 
 #: A tiny timm test network: a run of a few epochs takes seconds on a CPU and its checkpoint ~3 MB.
 TINY_BACKBONE = "timm/test_convnext"

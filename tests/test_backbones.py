@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pipnet
-from pipnet.backbones import BackboneError, create_backbone, inat_key_map
+from pipnet.model.backbones import BackboneError, create_backbone, inat_key_map
 
 GRID_224 = {
     "convnext_tiny_26": (26, 768),

@@ -21,22 +21,22 @@ from torch.utils.data import Subset
 
 import pipnet
 from pipnet.cli import main
-from pipnet.backbones import backbone_normalization
+from pipnet.model.backbones import backbone_normalization
 from pipnet.data import EvalDataset, PlantedParts, build_data
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.demo import demo_config
-from pipnet.evaluate import evaluate
-from pipnet.export import check_export, export_model
-from pipnet.metrics import ood_thresholds, predictions
+from pipnet.evaluation.evaluate import evaluate
+from pipnet.use.export import check_export, export_model
+from pipnet.evaluation.metrics import ood_thresholds, predictions
 from pipnet.model import PIPNet
-from pipnet.patches import patch_boxes
-from pipnet.inference import eval_mode
-from pipnet.projection import project
-from pipnet.report import build_report
-from pipnet.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
-from pipnet.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
+from pipnet.model.patches import patch_boxes
+from pipnet.evaluation.inference import eval_mode
+from pipnet.evaluation.projection import project
+from pipnet.explanation.report import build_report
+from pipnet.train.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
+from pipnet.evaluation.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
 from pipnet.train import TrainConfig, train
-from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
+from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
 
 PLANTED = PlantedConfig(train_per_class=20, test_per_class=10, ood_images=30, multi_images=0, size=64)
 
@@ -127,7 +127,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     assert main(["predict", str(run), str(folder), "--format", "jsonl", "--no-progress", "--top", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 6 and all(len(x["top_classes"]) == 2 for x in lines)
-    preds = pipnet.predict(run, [folder])
+    preds = pipnet.use.predict(run, [folder])
     assert [p.error is not None for p in preds] == [True, False, False, False, False, False, False, True]
     assert [p.predicted_class for p in preds if p.error is None] == [r["predicted_class"] for r in rows]
 
@@ -214,7 +214,7 @@ def test_a_model_without_thresholds_says_so_once(run, tmp_path, caplog):
     for i in range(3):
         planted.image(i).save(tmp_path / f"o{i}.png")
     with caplog.at_level("WARNING"):
-        preds = pipnet.predict(tmp_path / "bare", [tmp_path / f"o{i}.png" for i in range(3)])
+        preds = pipnet.use.predict(tmp_path / "bare", [tmp_path / f"o{i}.png" for i in range(3)])
     assert sum("has no thresholds.json" in r.message for r in caplog.records) == 1
     assert all(p.threshold is None and p.unknown == p.abstained for p in preds)
 

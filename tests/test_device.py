@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipnet.inference import DeviceError, choose_device
+from pipnet.evaluation.inference import DeviceError, choose_device
 from pipnet.model import create_model
 
 from reliability_helpers import TINY_BACKBONE, assert_one_error_line, run_cli, write_image

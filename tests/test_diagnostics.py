@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipnet.diagnostics import PAPER_DECREMENT, classification_steps, diagnose
-from pipnet.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from pipnet.train.diagnostics import PAPER_DECREMENT, classification_steps, diagnose
+from pipnet.core.train_config import OptimConfig, ScheduleConfig, TrainConfig
 
 
 def config(batch: int = 16, sparsify: str = "soft_threshold", prune_everywhere: bool = False) -> TrainConfig:
@@ -105,7 +105,7 @@ def test_a_finished_run_logs_its_diagnostics_and_the_report_shows_them(tmp_path,
 
     from test_train import tiny_config
 
-    from pipnet.report import build_report
+    from pipnet.explanation.report import build_report
     from pipnet.train import train
 
     cfg = tiny_config(tmp_path / "run", epochs_pretrain=0, epochs=1)

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_worker  # noqa: E402
 
-from pipnet.train.config import dump_config  # noqa: E402
+from pipnet.core.train_config import dump_config  # noqa: E402
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
 

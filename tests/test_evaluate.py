@@ -8,7 +8,7 @@ import torch
 from eval_helpers import KeypointDataset, logit_model, pooled_logit_model, set_weights, tiny_conv_model
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipnet.evaluate import Metrics, evaluate, format_metrics_table
+from pipnet.evaluation.evaluate import Metrics, evaluate, format_metrics_table
 
 METRIC_KEYS = [
     "top1_accuracy", "top5_accuracy", "sparsity_ratio", "global_size", "local_size", "local_size_all_classes",

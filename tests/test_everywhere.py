@@ -9,9 +9,9 @@ import torch
 from eval_helpers import logit_model, set_weights
 from torch.utils.data import TensorDataset
 
-from pipnet import metrics as M
-from pipnet.evaluate import evaluate
-from pipnet.projection import everywhere_prototypes, project, prune_everywhere_prototypes
+from pipnet.evaluation import metrics as M
+from pipnet.evaluation.evaluate import evaluate
+from pipnet.evaluation.projection import everywhere_prototypes, project, prune_everywhere_prototypes
 
 
 def test_presence_shares_and_everywhere_by_hand():
@@ -93,7 +93,7 @@ def test_train_option_prune_everywhere(tmp_path):
 
 
 def test_report_marks_prototypes_present_everywhere():
-    from pipnet.render.html import gallery_notes
+    from pipnet.explanation.render.html import gallery_notes
 
     metrics = {"everywhere": {"prototypes": [3], "share": 0.9, "presence": 0.5, "num_used": 5}}
     assert "present everywhere" in gallery_notes(3, None, metrics)[0]

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import pipnet
-from pipnet.explain import ImageExplanation, ScoringSheet, explain, scoring_sheet
-from pipnet.metrics import predictions
-from pipnet.patches import patch_box
+from pipnet.explanation.explain import ImageExplanation, ScoringSheet, explain, scoring_sheet
+from pipnet.evaluation.metrics import predictions
+from pipnet.model.patches import patch_box
 
 NUM_CLASSES, NUM_PROTOTYPES, SIZE = 4, 16, 48
 

@@ -7,8 +7,8 @@ import logging
 import torch
 from PIL import Image
 
-from pipnet.data.config import DataConfig
-from pipnet.inference import fit_data_to_model, input_transform
+from pipnet.core.data_config import DataConfig
+from pipnet.evaluation.inference import fit_data_to_model, input_transform
 from pipnet.model import PIPNet, create_model
 
 
@@ -42,11 +42,11 @@ def test_a_model_without_a_recorded_preset_uses_the_fallback():
 
 def test_data_of_another_size_is_fitted_to_the_model_with_a_warning(caplog):
     model = create_model("resnet18", 2, image_size=32, preset="grayscale")
-    with caplog.at_level(logging.WARNING, logger="pipnet.inference"):
+    with caplog.at_level(logging.WARNING, logger="pipnet.evaluation.inference"):
         fitted = fit_data_to_model(DataConfig(image_size=224), model)
     assert (fitted.image_size, fitted.preset) == (32, "grayscale")
     assert "image size is 224, the model's 32" in caplog.text and "preset is default" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipnet.inference"):
+    with caplog.at_level(logging.WARNING, logger="pipnet.evaluation.inference"):
         same = fit_data_to_model(DataConfig(image_size=32, preset="grayscale"), model)
     assert same.image_size == 32 and not caplog.text

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipnet import losses
+from pipnet.model import losses
 from pipnet.model import NonNegativeLinear, output_probabilities
 
 

@@ -9,9 +9,9 @@ from eval_helpers import pooled_logit_model, set_weights
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 from pipnet.data import DataConfig, DataError, build_data
-from pipnet.evaluate import evaluate
+from pipnet.evaluation.evaluate import evaluate
 
 
 def test_on_object_by_hand():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 
 
 def test_predictions_abstain_and_tie_to_lower_class():

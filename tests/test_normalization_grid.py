@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import pipnet
-from pipnet.backbones import BackboneError, backbone_normalization, create_backbone
+from pipnet.model.backbones import BackboneError, backbone_normalization, create_backbone
 from pipnet.data import DataConfig, PlantedConfig
 from pipnet.data.augment import IMAGENET, Normalization, TwoViewTransform, eval_transform
-from pipnet.inference import build_model_data, input_transform
+from pipnet.evaluation.inference import build_model_data, input_transform
 from pipnet.model import PIPNet
 
 # Where each registered backbone's weights say what they expect, read from the installed libraries (no
@@ -144,7 +144,7 @@ def test_unknown_grid_is_refused():
 
 
 def test_training_builds_the_configured_grid():
-    from pipnet.train.config import TrainConfig
+    from pipnet.core.train_config import TrainConfig
     from pipnet.train.engine import _build_model
 
     config = TrainConfig()

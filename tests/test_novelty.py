@@ -1,4 +1,4 @@
-"""The knn OoD detector in the model's own terms (pipnet.novelty): its distance, threshold and explanation by
+"""The knn OoD detector in the model's own terms (pipnet.evaluation.novelty): its distance, threshold and explanation by
 hand, its files, and predict's unknown with it."""
 
 import json
@@ -11,11 +11,11 @@ from PIL import Image
 
 import pipnet
 from pipnet.data import DataConfig, PlantedConfig
-from pipnet.inference import build_model_data
+from pipnet.evaluation.inference import build_model_data
 from pipnet.model import ModelLoadError
-from pipnet.novelty import (NOVELTY_FILE, NoveltyDetector, compare_rules, distance_threshold, fit_detector, load_detector,
+from pipnet.evaluation.novelty import (NOVELTY_FILE, NoveltyDetector, compare_rules, distance_threshold, fit_detector, load_detector,
                             model_features)
-from pipnet.predict import predict
+from pipnet.use.predict import predict
 
 
 def hand_detector(k: int = 2) -> NoveltyDetector:
@@ -93,7 +93,7 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     with pytest.raises(FileNotFoundError, match=NOVELTY_FILE):
         predict(folder, images, detector="knn", thresholds=None)
     logits = model_features(model, torch.utils.data.TensorDataset(
-        torch.stack([pipnet.inference.input_transform(model)(Image.open(p)) for p in images[:2]]))).logits
+        torch.stack([pipnet.evaluation.inference.input_transform(model)(Image.open(p)) for p in images[:2]]))).logits
     # A detector whose reference is the first two images and whose threshold keeps exactly those.
     ref = F.normalize(logits, dim=1)
     det = NoveltyDetector(reference=ref, presence=torch.zeros_like(ref), mean=torch.zeros(ref.shape[1]),
@@ -107,8 +107,8 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     assert json.loads((folder / NOVELTY_FILE).read_text())["k"] == 1
     # The web page's verdict for an upload: the stored detector decides and explains it (serve's page context).
     pytest.importorskip("fastapi", reason="the 'serve' extra")
-    from pipnet.serve.session import Explorer
-    from pipnet.serve.views import page_context
+    from pipnet.use.serve.session import Explorer
+    from pipnet.use.serve.views import page_context
 
     explorer = Explorer(folder, device="cpu")
     explorer.show_upload("green.png", images[2].read_bytes())

@@ -6,7 +6,7 @@ import torchvision
 
 import pipnet
 from pipnet.model import ModelLoadError
-from pipnet.official import pipnet_to_official_state
+from pipnet.model.official import pipnet_to_official_state
 
 
 def _official_resnet18_state(num_classes: int) -> dict:

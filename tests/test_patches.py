@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipnet.patches import (
+from pipnet.model.patches import (
     box_from_heatmap,
     boxes_from_heatmaps,
     central_boxes,
@@ -111,7 +111,7 @@ def test_scale_box_rounds_outwards():
 def test_paper_border_boxes_are_the_last_32_pixels():
     # Spec 10.4: a box reaching the border is [S - 32, S). 28x28: the last cell 189..224 -> 192..224;
     # 26x26: 196..224 -> 192..224; 13x13: 192..224 already. Other cells are unchanged.
-    from pipnet.patches import patch_boxes_paper
+    from pipnet.model.patches import patch_boxes_paper
 
     cases = [(28, 27, (192, 224)), (28, 26, (182, 214)), (26, 25, (192, 224)), (26, 24, (188, 220)),
              (26, 0, (0, 32)), (13, 12, (192, 224)), (28, 0, (0, 32))]  # fmt: skip

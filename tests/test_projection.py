@@ -7,7 +7,7 @@ import torch
 from eval_helpers import logit_model, tiny_conv_model
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipnet.projection import project, prune_unused_prototypes
+from pipnet.evaluation.projection import project, prune_unused_prototypes
 
 
 def brute_force(maps: torch.Tensor, k: int, threshold: float, logits: torch.Tensor | None = None):

@@ -13,7 +13,7 @@ from test_train import tiny_config  # noqa: E402
 
 from pipnet.model import NonNegativeLinear  # noqa: E402
 from pipnet.train import train  # noqa: E402
-from pipnet.train.config import ScheduleConfig  # noqa: E402
+from pipnet.core.train_config import ScheduleConfig  # noqa: E402
 from pipnet.train.phases import plan_epochs  # noqa: E402
 from pipnet.train.protocol import (  # noqa: E402
     apply_soft_threshold_steps,
@@ -96,7 +96,7 @@ def test_paper_augmentation_nearest_location_ops_and_pets_sizes():
     from torchvision.transforms import v2
 
     from pipnet.data import build_data
-    from pipnet.data.config import DataConfig, PlantedConfig
+    from pipnet.core.data_config import DataConfig, PlantedConfig
 
     small = PlantedConfig(num_classes=2, train_per_class=2, test_per_class=1, ood_images=0, multi_images=0, size=40)
     default = build_data(DataConfig(image_size=32, planted=small)).train.transform

@@ -64,7 +64,7 @@ PAPER_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "paper").glob
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_configs_load_with_the_paper_protocol_and_rates(path):
-    from pipnet.train.config import load_config
+    from pipnet.core.train_config import load_config
 
     config = load_config(str(path))
     assert config.protocol == "paper" and config.optim.lr == 0.05

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reliability_helpers import run_cli  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
-from pipnet.evaluate import Metrics, format_metrics_table  # noqa: E402
+from pipnet.evaluation.evaluate import Metrics, format_metrics_table  # noqa: E402
 
 PLANTED = ["--data.source", "planted", "--data.planted.num_classes", "3", "--data.planted.train_per_class", "4",
            "--data.planted.test_per_class", "2", "--data.planted.ood_images", "0", "--data.planted.multi_images", "0",

@@ -9,9 +9,9 @@ import torch
 from eval_helpers import logit_model, pooled_logit_model, set_weights
 from torch.utils.data import TensorDataset
 
-from pipnet.projection import project
-from pipnet.quality import quality_card, top_images
-from pipnet.quality.overlap import chance_share, duplicate_pairs
+from pipnet.evaluation.projection import project
+from pipnet.evaluation.quality import quality_card, top_images
+from pipnet.evaluation.quality.overlap import chance_share, duplicate_pairs
 
 
 def test_duplicate_rule_by_hand():

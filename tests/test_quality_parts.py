@@ -8,10 +8,10 @@ import pytest
 import torch
 from eval_helpers import KeypointDataset, pooled_logit_model, set_weights
 
-from pipnet import metrics as M
-from pipnet.projection import project
-from pipnet.quality import quality_card
-from pipnet.quality.parts import (
+from pipnet.evaluation import metrics as M
+from pipnet.evaluation.projection import project
+from pipnet.evaluation.quality import quality_card
+from pipnet.evaluation.quality.parts import (
     consistency_block,
     evaluation_pairs,
     noisy_cells,
@@ -152,7 +152,7 @@ def test_no_keypoints_no_parts_blocks():
 def test_evaluate_writes_the_quality_block_and_reads_it_back():
     import json
 
-    from pipnet.evaluate import Metrics, evaluate, format_metrics_table
+    from pipnet.evaluation.evaluate import Metrics, evaluate, format_metrics_table
 
     model, data = planted_model_and_data()
     m = evaluate(model, data, train_set=data, purity_sets={"train": data}, batch_size=16)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipnet.backbones import Backbone, ParameterGroups
+from pipnet.model.backbones import Backbone, ParameterGroups
 from pipnet.data import EvalDataset, PlantedConfig, PlantedParts
 from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from pipnet.data.planted import COLOURS, class_background, twin_part_types
 from pipnet.model import PIPNet, PIPNetConfig
-from pipnet.quality import quality_card
+from pipnet.evaluation.quality import quality_card
 
 S = 224  # 32-pixel blocks every 7 pixels: a 28 x 28 grid whose cells are exactly the faithful 32 x 32 patches
 GREY = None  # the kind of a detector of unsaturated, not white, pixels (the planted backgrounds)

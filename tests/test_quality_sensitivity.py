@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from pipnet.backbones import Backbone, ParameterGroups
+from pipnet.model.backbones import Backbone, ParameterGroups
 from pipnet.data import build_data
 from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.model import PIPNet, PIPNetConfig
-from pipnet.projection import project
-from pipnet.quality.sensitivity import ASPECTS, Perturbations, dominant_aspect, prototype_sensitivity, shuffle_tiles
+from pipnet.evaluation.projection import project
+from pipnet.evaluation.quality.sensitivity import ASPECTS, Perturbations, dominant_aspect, prototype_sensitivity, shuffle_tiles
 
 S = 64
 

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from pipnet.quality.verdict import verdicts
+from pipnet.evaluation.quality.verdict import verdicts
 
 ZERO = {"hue": 0.0, "contrast": 0.0, "saturation": 0.0, "texture": 0.0, "shape": 0.0}
 
@@ -74,7 +74,7 @@ def test_missing_and_null_blocks_add_nothing():
 def test_report_shows_a_card_beside_each_carded_gallery_row():
     from eval_helpers import logit_model, set_weights
 
-    from pipnet.render.html import render_report
+    from pipnet.explanation.render.html import render_report
 
     model = logit_model(13, num_classes=3)
     weights = torch.zeros(3, 13)

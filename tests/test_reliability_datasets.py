@@ -12,7 +12,7 @@ from reliability_helpers import assert_one_error_line, image_folder, one_thread,
 
 from pipnet.data import read_cub
 from pipnet.model import create_model
-from pipnet.train.config import dump_config
+from pipnet.core.train_config import dump_config
 
 
 def _train(capsys, tmp_path: Path, source: str, root: Path) -> tuple[int, str]:

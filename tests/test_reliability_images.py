@@ -14,7 +14,7 @@ from reliability_helpers import assert_one_error_line, image_folder, one_thread,
 
 from pipnet.data import ImageLoadError, load_image
 from pipnet.data.augment import TwoViewTransform, eval_transform
-from pipnet.train.config import dump_config
+from pipnet.core.train_config import dump_config
 
 
 def _png_header_only(width: int, height: int) -> bytes:

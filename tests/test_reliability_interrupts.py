@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pipnet.train import TrainConfig, train
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
-from pipnet.train.config import dump_config
+from pipnet.core.train_config import dump_config
 
 EPOCHS = {"epochs_pretrain": 2, "epochs": 4, "freeze_epochs": 2}  # 6 epochs, every phase of the schedule
 
@@ -85,7 +85,7 @@ from pathlib import Path
 import torch
 from pipnet.cli import main
 from pipnet.model import create_model
-from pipnet.official import pipnet_to_official_state
+from pipnet.model.official import pipnet_to_official_state
 
 disk, out = Path(sys.argv[1]), Path(sys.argv[2])
 

@@ -12,9 +12,9 @@ import torch
 from reliability_helpers import TINY_BACKBONE, assert_one_error_line, one_thread, run_cli, tiny_config, write_image  # noqa: F401 (one_thread: autouse)
 
 from pipnet.model import create_model
-from pipnet.official import pipnet_to_official_state
+from pipnet.model.official import pipnet_to_official_state
 from pipnet.train.checkpoint import save_checkpoint
-from pipnet.train.config import dump_config
+from pipnet.core.train_config import dump_config
 from pipnet.train.run_dir import RunDir
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pipnet"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from pipnet.data import build_data
 from pipnet.train import train
 from pipnet.train.checkpoint import load_checkpoint
-from pipnet.train.config import dump_config
+from pipnet.core.train_config import dump_config
 from pipnet.train.engine import NonFiniteLossError
 
 

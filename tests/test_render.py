@@ -12,9 +12,9 @@ from PIL import Image
 
 import pipnet
 from pipnet.data.augment import eval_transform
-from pipnet.explain import explain, scoring_sheet
-from pipnet.projection import project
-from pipnet.render import (
+from pipnet.explanation.explain import explain, scoring_sheet
+from pipnet.evaluation.projection import project
+from pipnet.explanation.render import (
     draw_boxes,
     explanation_figure,
     heatmap_overlay,
@@ -24,7 +24,7 @@ from pipnet.render import (
     sparsity_curve,
     write_report,
 )
-from pipnet.render.png import crop_patch
+from pipnet.explanation.render.png import crop_patch
 
 SIZE = 64
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import pipnet.run_folder as run_folder_module
+import pipnet.model.run_folder as run_folder_module
 from pipnet.model import ModelLoadError, PIPNet, create_model
-from pipnet.refit import class_edit_mask
-from pipnet.run_folder import RunFolder, config_file
+from pipnet.train.refit import class_edit_mask
+from pipnet.model.run_folder import RunFolder, config_file
 from pipnet.train.checkpoint import CheckpointError
 from pipnet.train.run_dir import RunDir
 
@@ -75,7 +75,7 @@ def test_config_file_takes_a_run_folder_or_a_yaml(tmp_path):
 
 def test_edits_json_holds_the_switch_offs_once_and_old_files_still_load(tmp_path):
     pytest.importorskip("fastapi", reason="pipnet.serve needs the serve extra")
-    from pipnet.serve.editing import ModelEditor
+    from pipnet.use.serve.editing import ModelEditor
 
     torch.manual_seed(0)
     model = create_model(TINY_BACKBONE, 3, num_features=8, image_size=32)
@@ -110,7 +110,7 @@ def test_a_pretrained_subfolder_is_found_by_model_init(tmp_path):
 
 
 def test_report_refuses_a_folder_without_config(tmp_path):
-    from pipnet.report import build_report
+    from pipnet.explanation.report import build_report
 
     create_model(TINY_BACKBONE, 2, num_features=8, image_size=32).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a run folder: config.yaml is missing"):

@@ -30,15 +30,15 @@ pytest.importorskip("fastapi", reason="the serve extra is missing (pip install -
 
 from pipnet import create_model  # noqa: E402
 from pipnet.data import build_data  # noqa: E402
-from pipnet.data.config import DataConfig, PlantedConfig  # noqa: E402
+from pipnet.core.data_config import DataConfig, PlantedConfig  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
-from pipnet.projection import project  # noqa: E402
-from pipnet.quality.sensitivity import ASPECTS, prototype_sensitivity  # noqa: E402
-from pipnet.serve import create_app  # noqa: E402
-from pipnet.serve.editing import ModelEditor  # noqa: E402
-from pipnet.serve.session import Explorer  # noqa: E402
-from pipnet.thresholds import Thresholds  # noqa: E402
-from pipnet.train.config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig, dump_config  # noqa: E402
+from pipnet.evaluation.projection import project  # noqa: E402
+from pipnet.evaluation.quality.sensitivity import ASPECTS, prototype_sensitivity  # noqa: E402
+from pipnet.use.serve import create_app  # noqa: E402
+from pipnet.use.serve.editing import ModelEditor  # noqa: E402
+from pipnet.use.serve.session import Explorer  # noqa: E402
+from pipnet.evaluation.thresholds import Thresholds  # noqa: E402
+from pipnet.core.train_config import ModelOptions, RuntimeConfig, ScheduleConfig, TrainConfig, dump_config  # noqa: E402
 
 BROWSER_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipnet.model import create_model
-from pipnet.train.config import ScheduleConfig, TrainConfig
+from pipnet.core.train_config import ScheduleConfig, TrainConfig
 from pipnet.train.optim import make_stage_optim, set_trainable
 from pipnet.train.phases import plan_epochs
 from pipnet.train.protocol import classifier_schedule_epoch

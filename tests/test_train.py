@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.train import TrainConfig, train
-from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, dump_config
+from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, dump_config
 from pipnet.train.optim import hard_threshold_, make_stage_optim, parameter_groups, soft_threshold_
 from pipnet.train.phases import plan_epochs
 from pipnet.model import NonNegativeLinear, PIPNet
@@ -135,7 +135,7 @@ def test_short_run_trains_the_right_groups_per_phase(tmp_path):
         assert (run / name).is_file(), name
     # Training writes data only; the curve is drawn from history.csv by the command line and the report.
     assert not (run / "sparsity.png").exists()
-    from pipnet.report import write_sparsity_plot
+    from pipnet.explanation.report import write_sparsity_plot
 
     assert PIPNet.from_pretrained(run).config.preset == "default"  # the input contract is recorded in config.json
     assert write_sparsity_plot(run) == run / "sparsity.png" and (run / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
@@ -253,7 +253,7 @@ def test_bf16_training_follows_the_fp32_loss_curve():
 
 
 def test_channels_last_auto_is_on_for_resnets_only():
-    from pipnet.train.config import config_from_namespace, config_parser
+    from pipnet.core.train_config import config_from_namespace, config_parser
     from pipnet.train.engine import uses_channels_last
 
     parser = config_parser()

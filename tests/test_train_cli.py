@@ -48,7 +48,7 @@ def test_train_on_a_cub_layout(tmp_path, capsys, cub_root):  # noqa: F811
 
 
 def test_resume_accepts_only_runtime_options_that_do_not_change_results(tmp_path, capsys):
-    from pipnet.train.config import RESUME_RUNTIME, resume_flag_error
+    from pipnet.core.train_config import RESUME_RUNTIME, resume_flag_error
 
     assert resume_flag_error(["--resume", "RUN", "--runtime.device", "cpu", "--runtime.progress=false"]) is None
     assert set(RESUME_RUNTIME) == {"device", "num_workers", "prefetch", "progress", "log_every", "tensorboard"}

@@ -35,13 +35,13 @@ COMMANDS = {
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from pipnet.backbones import BackboneError
+    from pipnet.model.backbones import BackboneError
     from pipnet.data.errors import DataError, ImageLoadError
-    from pipnet.inference import DeviceError
+    from pipnet.evaluation.inference import DeviceError
     from pipnet.model import ModelLoadError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
-    from pipnet.utils import MissingExtraError
+    from pipnet.core.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
     return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
@@ -60,7 +60,7 @@ def _out(line: str = "") -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.train.config import config_from_namespace, config_parser, dump_config, resume_flag_error
+    from pipnet.core.train_config import config_from_namespace, config_parser, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
@@ -81,7 +81,7 @@ def cmd_train(argv: list[str]) -> int:
     result = train(config, resume_runtime=resume_runtime)
     _draw_curve(result.run_dir)
     if result.metrics is not None:
-        from pipnet.evaluate import format_metrics_table
+        from pipnet.evaluation.evaluate import format_metrics_table
 
         _out(format_metrics_table(result.metrics))
     _out(str(result.run_dir))
@@ -90,7 +90,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def _draw_curve(run_dir: Path) -> None:
     """RUN/sparsity.png from the history training wrote (training itself draws nothing)."""
-    from pipnet.report import write_sparsity_plot
+    from pipnet.explanation.report import write_sparsity_plot
 
     write_sparsity_plot(run_dir)
 
@@ -104,7 +104,7 @@ def cmd_demo(argv: list[str]) -> int:
     import time
 
     from pipnet.demo import demo_config
-    from pipnet.evaluate import format_metrics_table
+    from pipnet.evaluation.evaluate import format_metrics_table
     from pipnet.train.engine import train
 
     started = time.perf_counter()
@@ -113,7 +113,7 @@ def cmd_demo(argv: list[str]) -> int:
     _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
-        from pipnet.report import build_report
+        from pipnet.explanation.report import build_report
 
         _out(f"report: {build_report(result.run_dir)}")
     _out(f"demo finished in {time.perf_counter() - started:.0f} s; model, metrics.json, history.csv and report in:")
@@ -127,7 +127,7 @@ def cmd_demo(argv: list[str]) -> int:
 def cmd_evaluate(argv: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from pipnet.data.config import DataConfig
+    from pipnet.core.data_config import DataConfig
 
     parser = ArgumentParser(prog="pipnet evaluate", description=COMMANDS["evaluate"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
@@ -144,7 +144,7 @@ def cmd_evaluate(argv: list[str]) -> int:
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
     parser.add_argument("--novelty-k", type=int, default=5,
                         help="k of the knn OoD detector stored in MODEL/novelty.json (distance to the k-th nearest "
-                             "training image in prototype logits; pipnet.novelty), used by predict --detector knn")
+                             "training image in prototype logits; pipnet.evaluation.novelty), used by predict --detector knn")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-quality", action="store_true",
@@ -154,10 +154,10 @@ def cmd_evaluate(argv: list[str]) -> int:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     if raw.novelty_k < 1:
         parser.error(f"--novelty-k must be at least 1, got {raw.novelty_k}")
-    from pipnet.evaluate import evaluate, format_metrics_table
-    from pipnet.inference import build_model_data, choose_device
+    from pipnet.evaluation.evaluate import evaluate, format_metrics_table
+    from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.run_folder import RunFolder
+    from pipnet.model.run_folder import RunFolder
 
     device = choose_device(raw.device)
     model = PIPNet.from_pretrained(raw.model)
@@ -185,12 +185,12 @@ def cmd_evaluate(argv: list[str]) -> int:
     out = Path(raw.out) if raw.out else folder.evaluation
     out.write_text(metrics.to_json())
     _out(str(out))
-    from pipnet.thresholds import describe_data, fit_thresholds
+    from pipnet.evaluation.thresholds import describe_data, fit_thresholds
 
     thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
                                 description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
     _out(str(thresholds.save(raw.model)))
-    from pipnet.novelty import compare_rules, fit_detector, format_rules
+    from pipnet.evaluation.novelty import compare_rules, fit_detector, format_rules
 
     detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
                             device=device, description=thresholds.data)
@@ -218,12 +218,12 @@ def cmd_explain(argv: list[str]) -> int:
     import torch
 
     from pipnet.data.images import load_image
-    from pipnet.explain import explain
-    from pipnet.inference import input_transform
+    from pipnet.explanation.explain import explain
+    from pipnet.evaluation.inference import input_transform
     from pipnet.model import PIPNet
-    from pipnet.render.png import explanation_figure
+    from pipnet.explanation.render.png import explanation_figure
 
-    from pipnet.thresholds import load_thresholds, warn_without_thresholds
+    from pipnet.evaluation.thresholds import load_thresholds, warn_without_thresholds
 
     model = PIPNet.from_pretrained(args.model).eval()
     thresholds = load_thresholds(args.model, model.num_classes)
@@ -266,8 +266,8 @@ def _verdict(e, threshold: float | None) -> str:
 
 def _run_preset(model_dir: str) -> str:
     """The augmentation preset of a run folder's data, or ``default``: the fallback for a model saved before
-    config.json recorded its preset (see :func:`pipnet.inference.input_transform`)."""
-    from pipnet.run_folder import RunFolder
+    config.json recorded its preset (see :func:`pipnet.evaluation.inference.input_transform`)."""
+    from pipnet.model.run_folder import RunFolder
 
     config = RunFolder(model_dir).training_config()
     return config.data.preset if config is not None else "default"
@@ -291,7 +291,7 @@ def cmd_predict(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
-    from pipnet.predict import predict, to_csv, to_jsonl
+    from pipnet.use.predict import predict, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     predictions = predict(
@@ -308,7 +308,7 @@ def cmd_predict(argv: list[str]) -> int:
         raise FileNotFoundError(f"none of the {len(bad)} files could be read as an image (listed above)")
     table = (to_jsonl if fmt == "jsonl" else to_csv)(good)
     if args.out:
-        from pipnet.utils import atomic_write
+        from pipnet.core.utils import atomic_write
 
         with atomic_write(Path(args.out)) as tmp:
             tmp.write_text(table)
@@ -345,12 +345,12 @@ def cmd_refit(argv: list[str]) -> int:
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
     from pipnet.data.errors import DataError
-    from pipnet.inference import build_model_data, choose_device
+    from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
-    from pipnet.run_folder import config_file
-    from pipnet.thresholds import describe_data
-    from pipnet.train.config import load_config
+    from pipnet.train.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.model.run_folder import config_file
+    from pipnet.evaluation.thresholds import describe_data
+    from pipnet.core.train_config import load_config
 
     out = Path(args.out)
     if out.exists():
@@ -406,7 +406,7 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from pipnet.report import build_report
+    from pipnet.explanation.report import build_report
 
     _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
@@ -419,7 +419,7 @@ def cmd_convert(argv: list[str]) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="the input size it was trained at")
     parser.add_argument("--out", required=True, help="folder to write model.safetensors + config.json to")
     args = parser.parse_args(argv)
-    from pipnet.official import load_official_checkpoint
+    from pipnet.model.official import load_official_checkpoint
 
     model = load_official_checkpoint(args.checkpoint, backbone=args.backbone, image_size=args.image_size)
     _out(str(model.save_pretrained(args.out)))
@@ -440,7 +440,7 @@ def cmd_export(argv: list[str]) -> int:
         parser.error("--batch-size must be at least 1")
     import torch
 
-    from pipnet.export import ExportError, check_export, export_model
+    from pipnet.use.export import ExportError, check_export, export_model
     from pipnet.model import ModelLoadError, PIPNet
 
     model = PIPNet.from_pretrained(args.model)
@@ -465,11 +465,11 @@ def _check_images(model_dir: str, model, count: int):
     """Up to ``count`` test images of the model's run (its config.yaml), else seeded random inputs."""
     import torch
 
-    from pipnet.run_folder import RunFolder
+    from pipnet.model.run_folder import RunFolder
 
     run_config = RunFolder(model_dir).training_config()
     if run_config is not None:
-        from pipnet.inference import build_model_data
+        from pipnet.evaluation.inference import build_model_data
 
         config = run_config.data
         config.image_size = model.config.image_size
@@ -482,7 +482,7 @@ def _check_images(model_dir: str, model, count: int):
 
 def cmd_models(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"]).parse_args(argv)
-    from pipnet.backbones import list_models
+    from pipnet.model.backbones import list_models
 
     for name in list_models():
         _out(name)
@@ -492,9 +492,9 @@ def cmd_models(argv: list[str]) -> int:
 
 def cmd_serve(argv: list[str]) -> int:
     try:
-        from pipnet.serve import main as serve_main
+        from pipnet.use.serve import main as serve_main
     except ImportError as e:
-        from pipnet.utils import MissingExtraError
+        from pipnet.core.utils import MissingExtraError
 
         raise MissingExtraError(f"the web page needs the 'serve' extra: pip install 'pipnet[serve]' ({e})") from e
     return serve_main(argv)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipnet.data.config import DataConfig, PlantedConfig
-from pipnet.train.config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
+from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 
 __all__ = ["demo_config"]
 

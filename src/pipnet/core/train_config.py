@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 
 __all__ = ["ModelOptions", "OptimConfig", "RuntimeConfig", "ScheduleConfig", "TrainConfig"]
 
@@ -28,7 +28,7 @@ class ModelOptions:
         backbone_kwargs: extra arguments for the backbone builder (e.g. ``{output_stride: 16}`` for timm).
         grid: how the backbone reaches PIP-Net's finer grid: ``stride`` (the paper's: late stride-2 convs get
             stride 1) or ``dilate`` (the same grid by dilated convs, which keeps what the pretrained later
-            layers learnt: efficientnet_lite0 and resnet50/101/152; ``pipnet.backbones``). Recorded in the
+            layers learnt: efficientnet_lite0 and resnet50/101/152; ``pipnet.model.backbones``). Recorded in the
             model's config.json.
         init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
             final model, else its ``pretrained/`` one) or an official checkpoint file (then ``backbone``

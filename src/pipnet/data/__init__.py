@@ -11,7 +11,7 @@ from pipnet.data.augment import (
     eval_transform,
 )
 from pipnet.data.build import DataBundle, build_data
-from pipnet.data.config import DataConfig, PlantedConfig
+from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.data.folders import ImageList, image_tree, load_folder_source

@@ -39,7 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Normalization:
     """The input normalisation x = (rgb - mean) / std, rgb in [0, 1], per channel (R, G, B).
 
-    A backbone declares the one its weights were trained with (``pipnet.backbones.backbone_normalization``);
+    A backbone declares the one its weights were trained with (``pipnet.model.backbones.backbone_normalization``);
     a saved model records it in its ``config.json`` (``PIPNet.normalization`` owns it from then on).
     """
 

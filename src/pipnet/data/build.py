@@ -12,7 +12,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from pipnet.data.augment import IMAGENET, Normalization, TwoViewTransform
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError
 from pipnet.data.folders import FolderSource, image_tree, load_folder_source
@@ -208,7 +208,7 @@ def build_data(config: DataConfig, protocol: str = "default", *, normalization: 
         protocol: ``paper`` gives the published augmentation (spec section 10.5): nearest-neighbour
             location ops, and for the ``pets`` preset a resize to S + 48 and a crop to S + 8.
         normalization: the input normalisation of every set: the backbone's (``PIPNet.normalization``;
-            ``pipnet.inference.build_model_data`` passes a model's). ImageNet's by default.
+            ``pipnet.evaluation.inference.build_model_data`` passes a model's). ImageNet's by default.
 
     Raises:
         DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.

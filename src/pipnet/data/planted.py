@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from pipnet.data.config import PlantedConfig
+from pipnet.core.data_config import PlantedConfig
 from pipnet.data.shapes import draw_shape
 
 __all__ = [

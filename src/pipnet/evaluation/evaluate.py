@@ -36,11 +36,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
+from pipnet.evaluation.metrics import keypoint_table
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.patches import patch_boxes, patch_boxes_paper
-from pipnet.inference import eval_mode, inputs_of, labels_of, make_loader
-from pipnet.projection import Projection, everywhere_prototypes, project
+from pipnet.model.patches import patch_boxes, patch_boxes_paper
+from pipnet.evaluation.inference import eval_mode, inputs_of, labels_of, make_loader
+from pipnet.evaluation.projection import Projection, everywhere_prototypes, project
+from pipnet.evaluation.quality import quality_card
 
 __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_object_of_projection",
            "purity_of_projection"]
@@ -162,15 +164,6 @@ def _run(
         raise ValueError("evaluate() got an empty data set")
     cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
     return _Pass(cat(scores), cat(raw_scores) if raw else None, cat(labels).long(), cat(size_pred), cat(size_any), cat(present))
-
-
-def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
-    """(K, 4) rows (image index, part id, x, y) of the keypoints of ``images``, from ``dataset.keypoints(i)``."""
-    rows = []
-    for i in torch.unique(images).tolist():
-        kp = torch.as_tensor(dataset.keypoints(i), dtype=torch.float64).reshape(-1, 3)  # (K_i, 3)
-        rows.append(torch.cat([torch.full((len(kp), 1), float(i), dtype=torch.float64), kp], dim=1))
-    return torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64)
 
 
 def purity_of_projection(
@@ -363,8 +356,6 @@ def evaluate(
             saturation = saturation_of_projection(projection_of(train_set), used)
         card = None
         if quality and train_set is not None:
-            from pipnet.quality import quality_card  # the card reads evaluate's keypoint table: imported here
-
             card = quality_card(model, train_set, projection=projection_of(train_set), device=dev, batch_size=batch_size,
                                 progress=progress)
         sparsity = M.sparsity_ratio(weight)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from pipnet.data.augment import eval_transform
 from pipnet.data.build import DataBundle, build_data
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 
 __all__ = ["DeviceError", "build_model_data", "choose_device", "eval_mode", "fit_data_to_model", "input_transform",
            "inputs_of", "labels_of", "make_loader"]

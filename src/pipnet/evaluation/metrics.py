@@ -14,9 +14,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import Dataset
 
 from pipnet.model import RELEVANCE_THRESHOLD
-from pipnet.patches import PATCH_SIZE, central_boxes, patch_boxes
+from pipnet.model.patches import PATCH_SIZE, central_boxes, patch_boxes
 
 __all__ = [
     "auroc",
@@ -24,6 +25,7 @@ __all__ = [
     "confusion_matrix",
     "fpr_at_tpr",
     "global_explanation_size",
+    "keypoint_table",
     "local_explanation_sizes",
     "on_object",
     "part_membership",
@@ -525,3 +527,12 @@ def present_everywhere(shares: torch.Tensor, share: float = EVERYWHERE_SHARE) ->
     if not known.any():
         return torch.zeros(shares.shape[0], dtype=torch.bool)
     return (shares[:, known] >= share).all(dim=1)
+
+
+def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
+    """(K, 4) rows (image index, part id, x, y) of the keypoints of ``images``, from ``dataset.keypoints(i)``."""
+    rows = []
+    for i in torch.unique(images).tolist():
+        kp = torch.as_tensor(dataset.keypoints(i), dtype=torch.float64).reshape(-1, 3)  # (K_i, 3)
+        rows.append(torch.cat([torch.full((len(kp), 1), float(i), dtype=torch.float64), kp], dim=1))
+    return torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64)

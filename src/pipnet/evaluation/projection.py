@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation import metrics as M
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet, prototype_log_odds
 
 __all__ = ["Projection", "best_cells", "everywhere_prototypes", "project",

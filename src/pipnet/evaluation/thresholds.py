@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 from pipnet.model import ModelLoadError, PIPNet
-from pipnet.inference import eval_mode, inputs_of, make_loader
-from pipnet.run_folder import THRESHOLDS_FILE, RunFolder
-from pipnet.utils import atomic_write
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
+from pipnet.model.run_folder import THRESHOLDS_FILE, RunFolder
+from pipnet.core.utils import atomic_write
 
 __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds", "unknown_mask", "warn_without_thresholds",
            "describe_data"]

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import torch
 
 from pipnet.model import PRESENCE_THRESHOLD, RELEVANCE_THRESHOLD, PIPNet
-from pipnet.patches import boxes_from_heatmaps, patch_boxes
-from pipnet.inference import eval_mode
+from pipnet.model.patches import boxes_from_heatmaps, patch_boxes
+from pipnet.evaluation.inference import eval_mode
 
 __all__ = [
     "ClassExplanation",

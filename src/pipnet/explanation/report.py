@@ -2,7 +2,7 @@
 
 Sits above evaluation, explanations and rendering: it rebuilds the run's data from its saved config,
 projects the training images, explains a sample of test, out-of-distribution and multi-object images,
-and hands everything to :func:`pipnet.render.html.write_report`.
+and hands everything to :func:`pipnet.explanation.render.html.write_report`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from pipnet.diagnostics import diagnose
-from pipnet.explain import explain
+from pipnet.train.diagnostics import diagnose
+from pipnet.explanation.explain import explain
 from pipnet.model import PIPNet
-from pipnet.inference import build_model_data, eval_mode
-from pipnet.projection import project
-from pipnet.refit import read_edit_log
-from pipnet.render.html import write_report
-from pipnet.run_folder import RunFolder
+from pipnet.evaluation.inference import build_model_data, eval_mode
+from pipnet.evaluation.projection import project
+from pipnet.train.refit import read_edit_log
+from pipnet.explanation.render.html import write_report
+from pipnet.model.run_folder import RunFolder
 from pipnet.train.phases import classification_rows
 
 __all__ = ["build_report", "write_sparsity_plot"]
@@ -56,8 +56,8 @@ def write_sparsity_plot(run_dir: str | Path) -> Path | None:
     Training writes only the data (``history.csv``); ``pipnet train``, ``pipnet demo`` and ``pipnet report``
     draw the picture with this.
     """
-    from pipnet.render.png import sparsity_curve
-    from pipnet.utils import atomic_write
+    from pipnet.explanation.render.png import sparsity_curve
+    from pipnet.core.utils import atomic_write
 
     folder = RunFolder(run_dir)
     rows = classification_rows(folder.read_history())

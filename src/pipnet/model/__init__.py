@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipnet.backbones import GRIDS, Backbone, BackboneError, backbone_normalization, create_backbone
+from pipnet.model.backbones import GRIDS, Backbone, BackboneError, backbone_normalization, create_backbone
 from pipnet.data.augment import IMAGENET, Normalization
 
 __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError",
@@ -49,9 +49,9 @@ class PIPNetConfig:
         disabled_prototypes: prototypes switched off (their presence is zeroed before the classifier).
         preset: the input contract's colour handling: the data preset the model was trained with
             (``grayscale`` turns inputs gray; every other preset feeds RGB). None: not recorded (models
-            saved before it was); see :func:`pipnet.inference.input_transform`.
+            saved before it was); see :func:`pipnet.evaluation.inference.input_transform`.
         grid: how the backbone reaches its grid: ``stride`` (the paper's), ``dilate`` or ``native`` (see
-            ``pipnet.backbones``). Models saved before it was recorded used ``stride``.
+            ``pipnet.model.backbones``). Models saved before it was recorded used ``stride``.
         normalization: the input normalisation ``{"mean": [r, g, b], "std": [r, g, b]}`` the model is fed
             with (:attr:`PIPNet.normalization`). None: the backbone's declared one is filled in when the
             model is built; a saved model without it was trained with ImageNet's (loading says so).
@@ -209,7 +209,7 @@ class PIPNet(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        from pipnet.utils import atomic_write
+        from pipnet.core.utils import atomic_write
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -331,7 +331,7 @@ def create_model(
         image_size: the input size the model is meant for (recorded in the config).
         class_names: optional class names, saved with the model.
         preset: the data preset the model is trained with (recorded; decides its inputs' colour handling).
-        grid: ``stride`` (the paper's) or ``dilate``: how the backbone reaches its grid (``pipnet.backbones``).
+        grid: ``stride`` (the paper's) or ``dilate``: how the backbone reaches its grid (``pipnet.model.backbones``).
         **backbone_kwargs: passed to the backbone builder (e.g. ``output_stride=16`` for timm models).
     """
     config = PIPNetConfig(

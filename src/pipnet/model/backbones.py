@@ -164,7 +164,7 @@ def _load_local_weights(module: nn.Module, path: str | Path, key_map: Callable[[
 
             state = load_file(str(path))
         else:
-            from pipnet.utils import load_tensors
+            from pipnet.core.utils import load_tensors
 
             state = load_tensors(path)
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user

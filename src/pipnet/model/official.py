@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pipnet.backbones import create_backbone
+from pipnet.model.backbones import create_backbone
 from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, load_state_dict_checked
-from pipnet.utils import load_tensors
+from pipnet.core.utils import load_tensors
 
 __all__ = ["load_official_checkpoint", "official_to_pipnet_state", "pipnet_to_official_state"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipnet.model import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
-from pipnet.train.config import TrainConfig, load_config
+from pipnet.core.train_config import TrainConfig, load_config
 
 __all__ = ["THRESHOLDS_FILE", "RunFolder", "config_file"]
 

@@ -4,7 +4,7 @@
 (:mod:`pipnet.train.phases`) can be read by lower layers (diagnostics) without importing the loop.
 """
 
-from pipnet.train.config import TrainConfig
+from pipnet.core.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 

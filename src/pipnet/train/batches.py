@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipnet.data.errors import DataError, ImageLoadError
-from pipnet.train.config import TrainConfig
+from pipnet.core.train_config import TrainConfig
 from pipnet.train.distributed import DistInfo, GlobalBatchSampler, class_balanced_weights
 
 __all__ = ["Progress", "batches", "epoch_loader", "seed_epoch"]

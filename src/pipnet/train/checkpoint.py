@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pipnet.utils import atomic_write, load_tensors
+from pipnet.core.utils import atomic_write, load_tensors
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 

@@ -20,18 +20,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipnet.backbones import backbone_normalization
+from pipnet.model.backbones import backbone_normalization
 from pipnet.data import DataBundle, build_data
 from pipnet.data.build import resolve_source
-from pipnet.diagnostics import diagnose
-from pipnet.evaluate import Metrics, evaluate
-from pipnet.inference import choose_device
-from pipnet.metrics import global_explanation_size, sparsity_ratio
+from pipnet.train.diagnostics import diagnose
+from pipnet.evaluation.evaluate import Metrics, evaluate
+from pipnet.evaluation.inference import choose_device
+from pipnet.evaluation.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
-from pipnet.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
+from pipnet.evaluation.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
-from pipnet.train.config import RESUME_RUNTIME, TrainConfig
+from pipnet.core.train_config import RESUME_RUNTIME, TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from pipnet.train.init import load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
@@ -47,7 +47,7 @@ from pipnet.train.protocol import (
 )
 from pipnet.train.run_dir import RunDir
 from pipnet.train.step import STOPPED, NonFiniteGuard, NonFiniteLossError, train_step, training_step_losses
-from pipnet.utils import MissingExtraError
+from pipnet.core.utils import MissingExtraError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "run_epoch", "training_step_losses", "uses_channels_last"]
 
@@ -72,7 +72,7 @@ def uses_channels_last(config: TrainConfig) -> bool:
 
 
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``--runtime.device`` (:func:`pipnet.inference.choose_device`), on this process's own GPU under DDP."""
+    """``--runtime.device`` (:func:`pipnet.evaluation.inference.choose_device`), on this process's own GPU under DDP."""
     device = choose_device(name)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -298,7 +298,7 @@ def _finish(
 
 def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
     """Store the per-class OoD thresholds (95% TPR on the test data) beside the model, for ``pipnet predict``."""
-    from pipnet.thresholds import describe_data, fit_thresholds
+    from pipnet.evaluation.thresholds import describe_data, fit_thresholds
 
     description = describe_data(config.data.source, config.data.root, "test", len(data.test))
     fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pipnet.model import ModelLoadError, NonNegativeLinear, PIPNet
-from pipnet.run_folder import RunFolder
+from pipnet.model.run_folder import RunFolder
 
 __all__ = ["classifier_looks_untrained", "load_init_model", "reinitialise_classifier_"]
 
@@ -63,7 +63,7 @@ def load_init_model(path: str | Path, *, backbone: str, image_size: int, num_cla
     if path.is_dir():
         model = PIPNet.from_pretrained(_model_folder(path))
     elif path.is_file():
-        from pipnet.official import load_official_checkpoint
+        from pipnet.model.official import load_official_checkpoint
 
         model = load_official_checkpoint(path, backbone=backbone, image_size=image_size)
     else:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipnet.model import PIPNet
-from pipnet.train.config import TrainConfig
+from pipnet.core.train_config import TrainConfig
 from pipnet.train.phases import GROUPS, EpochPlan
 
 __all__ = ["SPARSIFIERS", "StageOptim", "hard_threshold_", "make_stage_optim", "parameter_groups", "sparsify_amount", "set_trainable", "soft_threshold_"]

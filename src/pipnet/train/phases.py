@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipnet.train.config import ScheduleConfig
+from pipnet.core.train_config import ScheduleConfig
 
 __all__ = ["EpochPlan", "plan_epochs", "classification_rows", "GROUPS", "NET_GROUPS", "PRETRAIN", "CLASSIFY"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from pipnet.train.config import TrainConfig
+from pipnet.core.train_config import TrainConfig
 from pipnet.train.optim import StageOptim, soft_threshold_
 from pipnet.train.phases import EpochPlan
 

@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.inference import eval_mode, inputs_of, make_loader
-from pipnet.run_folder import RunFolder
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
+from pipnet.model.run_folder import RunFolder
 
 __all__ = [
     "RefitResult",
@@ -271,7 +271,7 @@ def save_refit(
     Raises:
         FileExistsError: ``directory`` exists.
     """
-    from pipnet.thresholds import fit_thresholds
+    from pipnet.evaluation.thresholds import fit_thresholds
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=False)

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipnet.run_folder import RunFolder
+from pipnet.model.run_folder import RunFolder
 from pipnet.train.checkpoint import CheckpointError
-from pipnet.train.config import TrainConfig, dump_config
-from pipnet.utils import atomic_write
+from pipnet.core.train_config import TrainConfig, dump_config
+from pipnet.core.utils import atomic_write
 
 __all__ = ["RunDir"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipnet import losses
+from pipnet.model import losses
 from pipnet.model import PIPNet
 from pipnet.train.distributed import DistInfo, gather_presence
 from pipnet.train.optim import StageOptim, soft_threshold_

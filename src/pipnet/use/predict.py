@@ -2,8 +2,8 @@
 
 Each :class:`Prediction` holds the predicted class and its score, whether the model abstained (every score
 0) or calls the image **unknown** (abstained, or max score below its class's OoD threshold; see
-:mod:`pipnet.thresholds`), the top classes with their scores, and the evidence for the predicted class
-(prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explain.explain`
+:mod:`pipnet.evaluation.thresholds`), the top classes with their scores, and the evidence for the predicted class
+(prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explanation.explain.explain`
 on the same batch, so a prediction and an explanation never disagree. A file that cannot be read becomes a
 record with ``error`` set and no prediction; the others are predicted in batches.
 """
@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
-from pipnet.explain import explain
-from pipnet.inference import choose_device, input_transform
+from pipnet.explanation.explain import explain
+from pipnet.evaluation.inference import choose_device, input_transform
 from pipnet.model import PIPNet
-from pipnet.thresholds import Thresholds, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "to_csv", "to_jsonl"]
 
@@ -49,7 +49,7 @@ class Prediction:
         threshold: that threshold (None without thresholds; +inf for a class never predicted when they were set).
         top_classes: up to ``top`` (class name, score) pairs, highest first (empty when abstaining).
         evidence: the predicted class's largest terms ``{"prototype", "presence", "weight", "evidence"}``.
-        novelty: with the ``knn`` detector (:mod:`pipnet.novelty`), which then decides ``unknown`` instead of
+        novelty: with the ``knn`` detector (:mod:`pipnet.evaluation.novelty`), which then decides ``unknown`` instead of
             the threshold: its distance, threshold, nearest training images and the prototypes they share /
             the image lacks, and ``explanation`` in words; None otherwise.
         error: why the file could not be read (then nothing else is filled in).
@@ -125,8 +125,8 @@ def predict(
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
         preset: files only: the evaluation preset for a model whose config.json does not record its own
-            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.inference.input_transform`).
-        device: where to run a model loaded from a folder (:func:`pipnet.inference.choose_device`; default
+            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.evaluation.inference.input_transform`).
+        device: where to run a model loaded from a folder (:func:`pipnet.evaluation.inference.choose_device`; default
             ``auto``: CUDA when present); a ``PIPNet`` given runs where it is (it is never moved).
         progress: show a progress bar.
 
@@ -162,7 +162,7 @@ def predict(
 
 def _knn_detector(source: Path | None, model: PIPNet, detector: str):
     """The stored ``knn`` detector when ``detector`` asks for it (``auto``: when there is one), else None."""
-    from pipnet.novelty import DETECTORS, NOVELTY_FILE, load_detector
+    from pipnet.evaluation.novelty import DETECTORS, NOVELTY_FILE, load_detector
 
     if detector not in (*DETECTORS, "auto"):
         raise ValueError(f"detector must be one of {(*DETECTORS, 'auto')}, got {detector!r}")
@@ -177,7 +177,7 @@ def _knn_detector(source: Path | None, model: PIPNet, detector: str):
 def _novelty(knn, model: PIPNet, x: torch.Tensor) -> list:
     from torch.utils.data import TensorDataset
 
-    from pipnet.novelty import model_features
+    from pipnet.evaluation.novelty import model_features
 
     f = model_features(model, TensorDataset(x), batch_size=len(x), pool=knn.pool)  # one batch
     return knn.explain(f.logits, f.presence)

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from pipnet.inference import labels_of
+from pipnet.evaluation.inference import labels_of
 from pipnet.model import PIPNet
-from pipnet.projection import Projection, project
-from pipnet.quality.overlap import duplicates_block, everywhere_block
-from pipnet.quality.sensitivity import can_perturb, prototype_sensitivity
-from pipnet.quality.parts import (
+from pipnet.evaluation.projection import Projection, project
+from pipnet.evaluation.quality.overlap import duplicates_block, everywhere_block
+from pipnet.evaluation.quality.sensitivity import can_perturb, prototype_sensitivity
+from pipnet.evaluation.quality.parts import (
     CONSISTENCY_THRESHOLD,
     NOISE_SEED,
     NOISE_STD,

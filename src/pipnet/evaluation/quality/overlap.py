@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from pipnet import metrics as M
+from pipnet.evaluation import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
-from pipnet.projection import Projection, everywhere_prototypes
+from pipnet.evaluation.projection import Projection, everywhere_prototypes
 
 __all__ = ["DUPLICATE_CELLS", "DUPLICATE_SHARE", "chance_share", "duplicate_pairs", "duplicates_block", "everywhere_block"]
 

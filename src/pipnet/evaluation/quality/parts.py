@@ -44,10 +44,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from pipnet import metrics as M
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation import metrics as M
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PIPNet
-from pipnet.projection import Projection, best_cells
+from pipnet.evaluation.projection import Projection, best_cells
 
 __all__ = [
     "CONSISTENCY_THRESHOLD",
@@ -112,10 +112,8 @@ def evaluation_pairs(model: PIPNet, projection: Projection, labels: torch.Tensor
 
 def part_vectors(image: torch.Tensor, boxes: torch.Tensor, dataset: Dataset) -> torch.Tensor:
     """(M, G) bool: the merged parts with a keypoint inside each box (``dataset.keypoints``, model-input frame)."""
-    from pipnet.evaluate import keypoint_table  # evaluate imports this package: a local import avoids the cycle
-
     groups = getattr(dataset, "part_groups", None)
-    contains, _ = M.part_membership(image, boxes, keypoint_table(dataset, image), int(dataset.num_parts), groups)
+    contains, _ = M.part_membership(image, boxes, M.keypoint_table(dataset, image), int(dataset.num_parts), groups)
     return contains
 
 

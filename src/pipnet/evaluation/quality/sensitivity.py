@@ -5,7 +5,7 @@ recognition" (arXiv 2011.02863), which explain a prototype by the visual charact
 depends on, measured by perturbing images one characteristic at a time. The perturbations and the score
 here are our own, stated below; the idea is theirs.
 
-For every used prototype and each of its top images (e.g. a :class:`~pipnet.projection.Projection`'s
+For every used prototype and each of its top images (e.g. a :class:`~pipnet.evaluation.projection.Projection`'s
 row), the image is perturbed in five ways, one at a time, and the prototype's presence (the max of its map,
 :meth:`~pipnet.model.PIPNet.raw_presence`) is measured again, anywhere in the image: the prototype may
 fire at another place after the change. The score of a perturbation is the mean relative drop
@@ -42,7 +42,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 
 __all__ = ["ASPECTS", "DOMINANT_DROP", "DOMINANT_MARGIN", "Perturbations", "can_perturb", "dominant_aspect",

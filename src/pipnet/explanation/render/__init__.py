@@ -3,8 +3,8 @@
 Nothing here computes an explanation; it draws what :mod:`pipnet.explain` and :mod:`pipnet.projection` return.
 """
 
-from pipnet.render.html import render_report, write_report
-from pipnet.render.png import (
+from pipnet.explanation.render.html import render_report, write_report
+from pipnet.explanation.render.png import (
     draw_boxes,
     explanation_figure,
     heatmap_overlay,

@@ -17,14 +17,14 @@ from typing import Any
 import jinja2
 from PIL import Image
 
-from pipnet import metrics as M
-from pipnet.diagnostics import Finding
-from pipnet.explain import ImageExplanation, scoring_sheet
+from pipnet.evaluation import metrics as M
+from pipnet.train.diagnostics import Finding
+from pipnet.explanation.explain import ImageExplanation, scoring_sheet
 from pipnet.model import PIPNet
-from pipnet.projection import Projection
-from pipnet.quality.verdict import verdicts
-from pipnet.render.png import OriginalImages, RawImageDataset, explanation_figure, prototype_row, sparsity_curve
-from pipnet.utils import atomic_write
+from pipnet.evaluation.projection import Projection
+from pipnet.evaluation.quality.verdict import verdicts
+from pipnet.explanation.render.png import OriginalImages, RawImageDataset, explanation_figure, prototype_row, sparsity_curve
+from pipnet.core.utils import atomic_write
 
 __all__ = ["SECTIONS", "gallery_notes", "quality_rows", "render_report", "write_report"]
 
@@ -52,7 +52,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
 }
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("pipnet", "templates"),
+    loader=jinja2.PackageLoader("pipnet.explanation", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -19,9 +19,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pipnet.data.images import to_rgb
-from pipnet.explain import ImageExplanation, ScoringSheet
-from pipnet.patches import patch_box, scale_box, upsample_map
-from pipnet.projection import Projection
+from pipnet.explanation.explain import ImageExplanation, ScoringSheet
+from pipnet.model.patches import patch_box, scale_box, upsample_map
+from pipnet.evaluation.projection import Projection
 
 __all__ = [
     "draw_boxes",

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipnet.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
+from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main"]
 

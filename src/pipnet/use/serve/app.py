@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from pipnet.data.config import DataConfig
-from pipnet.serve.session import Explorer, UploadError
-from pipnet.serve.views import page_context
+from pipnet.core.data_config import DataConfig
+from pipnet.use.serve.session import Explorer, UploadError
+from pipnet.use.serve.views import page_context
 
 __all__ = ["LOCAL_HOSTS", "MAX_UPLOAD_BYTES", "create_app"]
 
@@ -38,7 +38,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 ANCHORS = ("explanation", "gallery", "sheet", "edits")
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("pipnet.serve", "templates"),
+    loader=jinja2.PackageLoader("pipnet.use.serve", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

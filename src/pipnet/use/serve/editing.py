@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pipnet.explain import class_name
+from pipnet.explanation.explain import class_name
 from pipnet.model import ModelLoadError, PIPNet
-from pipnet.run_folder import RunFolder
-from pipnet.utils import atomic_write
+from pipnet.model.run_folder import RunFolder
+from pipnet.core.utils import atomic_write
 
 __all__ = ["ClassEdit", "ModelEditor", "safe_folder_name"]
 

@@ -1,8 +1,8 @@
 """What the web page works on: the model being edited, its data, and the image being explained.
 
-An :class:`Explorer` holds a :class:`~pipnet.serve.editing.ModelEditor`, the run's data when there is one
+An :class:`Explorer` holds a :class:`~pipnet.use.serve.editing.ModelEditor`, the run's data when there is one
 (the training images are projected once, for the prototypes' typical patches; the test set is kept as
-tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluate.evaluate`), and the image
+tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluation.evaluate.evaluate`), and the image
 on show. Explanations, accuracies and pictures are cached until the model or the image changes. Nothing
 here knows about HTTP; the web app serialises calls with :attr:`Explorer.lock`.
 """
@@ -25,19 +25,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipnet.data import load_image
-from pipnet.data.config import DataConfig
+from pipnet.core.data_config import DataConfig
 from pipnet.data.errors import ImageLoadError
-from pipnet.evaluate import Metrics, evaluate
-from pipnet.explain import ImageExplanation, explain
+from pipnet.evaluation.evaluate import Metrics, evaluate
+from pipnet.explanation.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.inference import build_model_data, choose_device, eval_mode, fit_data_to_model, input_transform
-from pipnet.projection import Projection, project
-from pipnet.render.png import fit, prototype_row
-from pipnet.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
-from pipnet.run_folder import RunFolder, config_file
-from pipnet.serve.editing import ModelEditor, safe_folder_name
-from pipnet.novelty import load_detector
-from pipnet.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.inference import build_model_data, choose_device, eval_mode, fit_data_to_model, input_transform
+from pipnet.evaluation.projection import Projection, project
+from pipnet.explanation.render.png import fit, prototype_row
+from pipnet.train.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
+from pipnet.model.run_folder import RunFolder, config_file
+from pipnet.use.serve.editing import ModelEditor, safe_folder_name
+from pipnet.evaluation.novelty import load_detector
+from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
 __all__ = ["ALLOWED_FORMATS", "Explorer", "Shown", "UploadError"]
 
@@ -87,7 +87,7 @@ class Explorer:
         data: a training config YAML or a run folder whose ``config.yaml`` gives the data, or a ``DataConfig``;
             default: ``model_dir/config.yaml`` when present (or the data an edited model was explored with).
         out_dir: where edited models are saved (default: beside ``model_dir``).
-        device: where to run the model (:func:`pipnet.inference.choose_device`; default: CUDA when present).
+        device: where to run the model (:func:`pipnet.evaluation.inference.choose_device`; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
     """
 
@@ -146,7 +146,7 @@ class Explorer:
             if config_path is None:
                 log.info("no data: give --data (a run folder or training config) for the gallery and test accuracy")
                 return None
-            from pipnet.train.config import load_config
+            from pipnet.core.train_config import load_config
 
             config = load_config(str(config_path)).data
         config = fit_data_to_model(config, self.model)

@@ -10,12 +10,12 @@ from typing import Any
 
 from PIL import Image
 
-from pipnet.explain import ClassExplanation, ImageExplanation, class_name, scoring_sheet
-from pipnet.patches import scale_box
-from pipnet.quality.verdict import verdicts
-from pipnet.render.html import data_uri
-from pipnet.render.png import PALETTE, draw_boxes, fit, heatmap_overlay
-from pipnet.serve.session import Explorer, Shown
+from pipnet.explanation.explain import ClassExplanation, ImageExplanation, class_name, scoring_sheet
+from pipnet.model.patches import scale_box
+from pipnet.evaluation.quality.verdict import verdicts
+from pipnet.explanation.render.html import data_uri
+from pipnet.explanation.render.png import PALETTE, draw_boxes, fit, heatmap_overlay
+from pipnet.use.serve.session import Explorer, Shown
 
 __all__ = ["page_context"]
 
@@ -155,7 +155,7 @@ def _novel(explorer: Explorer, x) -> str | None:
     """With the stored knn detector (novelty.json): why the image counts as unknown, in prototypes, or None."""
     from torch.utils.data import TensorDataset
 
-    from pipnet.novelty import model_features
+    from pipnet.evaluation.novelty import model_features
 
     f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, pool=explorer.novelty.pool,
                        device=explorer.device)

@@ -1,4 +1,4 @@
-"""An out-of-distribution detector in the model's own terms, beside the paper's rule (:mod:`pipnet.thresholds`).
+"""An out-of-distribution detector in the model's own terms, beside the paper's rule (:mod:`pipnet.evaluation.thresholds`).
 
 The paper's rule thresholds the predicted class's score. On small real-photo sets most used prototypes
 saturate (presence 1.0 on most images), so a score built from presences says little about whether an image
@@ -12,7 +12,7 @@ on the model's own representation):
           scaled to unit length;
   d(x)  = 1 - cos(f(x), its k-th nearest training image's f), k = 5 (cosine distance);
   x is **unknown** when d(x) > t, with t the smallest distance that keeps a fraction ``tpr`` (0.95) of the
-  in-distribution test images (the ceil(tpr * n)-th smallest d, as :func:`pipnet.metrics.ood_thresholds`
+  in-distribution test images (the ceil(tpr * n)-th smallest d, as :func:`pipnet.evaluation.metrics.ood_thresholds`
   counts for scores).
 
 The reference set is the training images through the evaluation transform. The decision is explained in
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pipnet.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
-from pipnet.utils import atomic_write
+from pipnet.core.utils import atomic_write
 
 __all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "NoveltyExplanation", "compare_rules",
            "fit_detector", "format_rules", "load_detector", "model_features"]
@@ -223,7 +223,7 @@ def load_detector(directory: str | Path, num_prototypes: int | None = None) -> N
 
 def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
     """The smallest t with at least ceil(tpr * n) of the n ``distances`` <= t (the same count as
-    :func:`pipnet.metrics.ood_thresholds`, with the same float tolerance on ceil)."""
+    :func:`pipnet.evaluation.metrics.ood_thresholds`, with the same float tolerance on ceil)."""
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     n = len(distances)
@@ -270,7 +270,7 @@ def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tp
 
 def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, test: Dataset, ood: dict[str, Dataset], *,
                   batch_size: int = 64, device: torch.device | str | None = None) -> list[dict[str, Any]]:
-    """The ``knn`` detector beside the paper's rule (per-class score thresholds, :mod:`pipnet.thresholds`).
+    """The ``knn`` detector beside the paper's rule (per-class score thresholds, :mod:`pipnet.evaluation.thresholds`).
 
     Returns:
         One row per set: ``{"set", "images", "paper_unknown", "knn_unknown"}`` (the share each rule calls
@@ -278,8 +278,8 @@ def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, tes
         ``paper_auroc`` (max score, as ``pipnet evaluate``) and ``knn_fpr95``, ``knn_auroc`` (FPR = the share of
         OoD images not called unknown; AUROC of -distance).
     """
-    from pipnet import metrics as M
-    from pipnet.thresholds import unknown_mask
+    from pipnet.evaluation import metrics as M
+    from pipnet.evaluation.thresholds import unknown_mask
 
     def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f = model_features(model, data, batch_size=batch_size, pool=detector.pool, device=device)
