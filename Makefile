@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test docs setup bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,5 +20,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests $(ARGS)
 
+# The documentation site, built offline into site/ (open site/index.html); fails on a broken link or API name.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -13,6 +13,8 @@ from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, PIPNetOutput, cre
 from pipnet.model.official import load_official_checkpoint  # noqa: E402
 from pipnet.use.predict import Prediction, predict  # noqa: E402
 
+_aliases.register_loaded()  # after the imports: pipnet.predict stays the function
+
 __version__ = "0.1.0"
 
 __all__ = [

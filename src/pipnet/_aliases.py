@@ -70,5 +70,20 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
+    """Answer the old names from now on (``pipnet/__init__`` calls it before its own imports)."""
     if not any(isinstance(finder, _AliasFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _AliasFinder())
+
+
+def register_loaded() -> None:
+    """Enter the old names of the modules loaded so far (``pipnet/__init__`` calls it after its imports).
+
+    Loading an alias later would set it as an attribute of its parent package, and ``pipnet.predict`` is the
+    function there, not the module: entered now, ``import pipnet.predict`` leaves the function in place.
+    """
+    for old, new in MOVED.items():
+        parent, child = old.rsplit(".", 1)
+        if new in sys.modules and old not in sys.modules and parent in sys.modules:
+            sys.modules[old] = sys.modules[new]
+            if child not in vars(sys.modules[parent]):
+                setattr(sys.modules[parent], child, sys.modules[new])

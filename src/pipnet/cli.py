@@ -7,6 +7,7 @@ end with one clear ``error:`` line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -39,16 +40,44 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pipnet.data.errors import DataError, ImageLoadError
     from pipnet.evaluation.inference import DeviceError
     from pipnet.model import ModelLoadError
+    from pipnet.core.precision import PrecisionError
     from pipnet.train.checkpoint import CheckpointError
     from pipnet.train.engine import NonFiniteLossError
     from pipnet.core.utils import MissingExtraError
 
     # OSError: a missing or existing file, a full disk, no permission; its message names the path.
     return (BackboneError, DataError, ImageLoadError, ModelLoadError, CheckpointError, NonFiniteLossError, OSError,
-            MissingExtraError, DeviceError)
+            MissingExtraError, DeviceError, PrecisionError)
 
 
 DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
+PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it natively: CPUs with AMX or "
+                  "avx512_bf16, recent GPUs; fp32 elsewhere), fp32, bf16 or fp16 (CUDA only)")
+INFERENCE_PRECISION_HELP = ("numeric precision: auto (the precision the model's thresholds.json was set in, where "
+                            "this machine computes it natively; else fp32; without thresholds, as training's auto), "
+                            "fp32, bf16 or fp16 (CUDA only)")
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def _resolve_precision(requested: str, device, model_dir: str | None = None) -> str:
+    """``--precision`` resolved for ``device`` and the model folder's stored thresholds (``auto`` scores the
+    way they were set; see :func:`pipnet.core.precision.resolve_inference_precision`); logged once, with why."""
+    from pipnet.core.precision import resolve_inference_precision
+    from pipnet.evaluation.thresholds import load_thresholds
+
+    thresholds = load_thresholds(model_dir) if model_dir is not None and requested == "auto" else None
+    choice = resolve_inference_precision(requested, device, thresholds.precision if thresholds else None)
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    return choice.precision
+
+
+@contextlib.contextmanager
+def _inference_precision(requested: str, device, model_dir: str | None = None):
+    """Run the block's inference passes in the resolved ``--precision``."""
+    from pipnet.core.precision import inference_precision
+
+    with inference_precision(_resolve_precision(requested, device, model_dir)) as precision:
+        yield precision
 
 
 def _out(line: str = "") -> None:
@@ -59,14 +88,22 @@ def _out(line: str = "") -> None:
 # ---- train / demo --------------------------------------------------------------------------------
 
 
+def train_parser():
+    """The parser of ``pipnet train`` (jsonargparse, from the config dataclasses), with ``--print-config``."""
+    from pipnet.core.train_config import config_parser
+
+    parser = config_parser()
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser
+
+
 def cmd_train(argv: list[str]) -> int:
-    from pipnet.core.train_config import config_from_namespace, config_parser, dump_config, resume_flag_error
+    from pipnet.core.train_config import config_from_namespace, dump_config, resume_flag_error
     from pipnet.train.engine import train
 
     print_config = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
-    parser = config_parser()
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser = train_parser()
     config = config_from_namespace(parser, parser.parse_args(argv))
     resume_runtime = None
     if config.resume:
@@ -95,27 +132,39 @@ def _draw_curve(run_dir: Path) -> None:
     write_sparsity_plot(run_dir)
 
 
-def cmd_demo(argv: list[str]) -> int:
+def demo_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet demo``."""
     parser = argparse.ArgumentParser(prog="pipnet demo", description=COMMANDS["demo"])
     parser.add_argument("--out", help="run folder to write (default: a new folder under ./runs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the batches and every augmentation (the generated images stay the same)")
+    return parser
+
+
+def cmd_demo(argv: list[str]) -> int:
+    parser = demo_parser()
     args = parser.parse_args(argv)
     import time
 
     from pipnet.demo import demo_config
     from pipnet.evaluation.evaluate import format_metrics_table
+    from pipnet.core.precision import inference_precision
     from pipnet.train.engine import train
 
     started = time.perf_counter()
-    config = demo_config(args.out, progress=not args.no_progress)
-    result = train(config)
+    config = demo_config(args.out, progress=not args.no_progress, precision=args.precision, device=args.device,
+                         seed=args.seed)
+    result = train(config)  # resolves --precision, logs it and records it in config.yaml
     _draw_curve(result.run_dir)
     _out(format_metrics_table(result.metrics))
     if not args.no_report:
         from pipnet.explanation.report import build_report
 
-        _out(f"report: {build_report(result.run_dir)}")
+        with inference_precision(config.runtime.precision):
+            _out(f"report: {build_report(result.run_dir, progress=not args.no_progress)}")
     _out(f"demo finished in {time.perf_counter() - started:.0f} s; model, metrics.json, history.csv and report in:")
     _out(str(result.run_dir))
     return 0
@@ -124,7 +173,8 @@ def cmd_demo(argv: list[str]) -> int:
 # ---- evaluate ------------------------------------------------------------------------------------
 
 
-def cmd_evaluate(argv: list[str]) -> int:
+def evaluate_parser():
+    """The parser of ``pipnet evaluate`` (jsonargparse: ``--data.*`` takes the training data's options)."""
     from jsonargparse import ArgumentParser
 
     from pipnet.core.data_config import DataConfig
@@ -147,8 +197,14 @@ def cmd_evaluate(argv: list[str]) -> int:
                              "training image in prototype logits; pipnet.evaluation.novelty), used by predict --detector knn")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
+    return parser
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    parser = evaluate_parser()
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -178,23 +234,24 @@ def cmd_evaluate(argv: list[str]) -> int:
     if data.test is None:
         raise FileNotFoundError("the data has no test split to evaluate on")
     purity = data.purity_sets() if raw.parts else {}
-    metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
-                       progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
-                       train_set=data.projection, quality=not raw.no_quality)
-    _out(format_metrics_table(metrics))
-    out = Path(raw.out) if raw.out else folder.evaluation
-    out.write_text(metrics.to_json())
-    _out(str(out))
-    from pipnet.evaluation.thresholds import describe_data, fit_thresholds
+    with _inference_precision(raw.precision, device, raw.model):
+        metrics = evaluate(model, data.test, ood=data.ood or None, purity_sets=purity or None, batch_size=raw.batch_size, device=device,
+                           progress=not raw.no_progress, protocol=protocol, mask_sets=data.mask_sets() or None,
+                           train_set=data.projection, quality=not raw.no_quality)
+        _out(format_metrics_table(metrics))
+        out = Path(raw.out) if raw.out else folder.evaluation
+        out.write_text(metrics.to_json())
+        _out(str(out))
+        from pipnet.evaluation.thresholds import describe_data, fit_thresholds
 
-    thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
-                                description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
-    _out(str(thresholds.save(raw.model)))
-    from pipnet.evaluation.novelty import compare_rules, fit_detector, format_rules
+        thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
+                                    description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+        _out(str(thresholds.save(raw.model)))
+        from pipnet.evaluation.novelty import compare_rules, fit_detector, format_rules
 
-    detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
-                            device=device, description=thresholds.data)
-    rows = compare_rules(model, detector, thresholds, data.test, data.ood, batch_size=raw.batch_size, device=device)
+        detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
+                                device=device, description=thresholds.data)
+        rows = compare_rules(model, detector, thresholds, data.test, data.ood, batch_size=raw.batch_size, device=device)
     _out(f"OoD detectors (thresholds keep {raw.tpr:g} of the test images): the paper's rule (per-class score "
          f"thresholds) and knn (k = {raw.novelty_k} nearest training images in prototype logits)\n" + format_rules(rows))
     evaluation = json.loads(out.read_text())
@@ -207,13 +264,20 @@ def cmd_evaluate(argv: list[str]) -> int:
 # ---- explain / report / convert / models -----------------------------------------------------------
 
 
-def cmd_explain(argv: list[str]) -> int:
+def explain_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet explain``."""
     parser = argparse.ArgumentParser(prog="pipnet explain", description=COMMANDS["explain"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json)")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--out", help="folder for one PNG and one JSON per image (default: print only)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_explain(argv: list[str]) -> int:
+    parser = explain_parser()
     args = parser.parse_args(argv)
     import torch
 
@@ -221,6 +285,7 @@ def cmd_explain(argv: list[str]) -> int:
     from pipnet.explanation.explain import explain
     from pipnet.evaluation.inference import input_transform
     from pipnet.model import PIPNet
+    from pipnet.core.precision import inference_precision
     from pipnet.explanation.render.png import explanation_figure
 
     from pipnet.evaluation.thresholds import load_thresholds, warn_without_thresholds
@@ -233,9 +298,10 @@ def cmd_explain(argv: list[str]) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
+    precision = _resolve_precision(args.precision, next(model.parameters()).device, args.model)
     for path in args.images:
         image = load_image(path)
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_precision(precision):
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
         threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
         unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
@@ -273,7 +339,8 @@ def _run_preset(model_dir: str) -> str:
     return config.data.preset if config is not None else "default"
 
 
-def cmd_predict(argv: list[str]) -> int:
+def predict_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet predict``."""
     parser = argparse.ArgumentParser(prog="pipnet predict", description=COMMANDS["predict"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
@@ -288,16 +355,24 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_predict(argv: list[str]) -> int:
+    parser = predict_parser()
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
+    from pipnet.evaluation.inference import choose_device
     from pipnet.use.predict import predict, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
-    predictions = predict(
-        args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-        preset=_run_preset(args.model), device=args.device, progress=not args.no_progress, detector=args.detector,
-    )  # fmt: skip
+    with _inference_precision(args.precision, choose_device(args.device), args.model):
+        predictions = predict(
+            args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+            preset=_run_preset(args.model), device=args.device, progress=not args.no_progress, detector=args.detector,
+        )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
     for p in bad:
@@ -328,7 +403,8 @@ def _prototype_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected prototype numbers separated by commas, e.g. 12,40; got {text!r}") from None
 
 
-def cmd_refit(argv: list[str]) -> int:
+def refit_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet refit``."""
     parser = argparse.ArgumentParser(prog="pipnet refit", description=COMMANDS["refit"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("--disable", type=_prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
@@ -341,6 +417,12 @@ def cmd_refit(argv: list[str]) -> int:
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the refit model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_refit(argv: list[str]) -> int:
+    parser = refit_parser()
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
@@ -369,17 +451,18 @@ def cmd_refit(argv: list[str]) -> int:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
-    result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
-                   batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
-    records = [
-        edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
-        edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
-                    **result.summary(), settings=settings),
-    ]
-    save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
-               data_description=describe_data(config.source, config.root, "test", len(data.test)),
-               batch_size=args.batch_size, device=device)
+    with _inference_precision(args.precision, device, args.model):  # the presences; the refit itself is fp32
+        result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, device=device, progress=not args.no_progress)
+        settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+        records = [
+            edit_record("switch_off", prototypes=args.disable, reason=args.reason, tool="pipnet refit", source=str(args.model)),
+            edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
+                        **result.summary(), settings=settings),
+        ]
+        save_refit(result, out, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+                   data_description=describe_data(config.source, config.root, "test", len(data.test)),
+                   batch_size=args.batch_size, device=device)
     rows = [
         ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),
         (f"switched off {','.join(map(str, args.disable))}", f"{result.accuracy_switched_off:.2%}"),
@@ -399,25 +482,41 @@ def cmd_refit(argv: list[str]) -> int:
     return 0
 
 
-def cmd_report(argv: list[str]) -> int:
+def report_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet report``."""
     parser = argparse.ArgumentParser(prog="pipnet report", description=COMMANDS["report"])
     parser.add_argument("run_dir", help="a finished run folder")
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=6, help="test images to explain")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
+    return parser
+
+
+def cmd_report(argv: list[str]) -> int:
+    parser = report_parser()
     args = parser.parse_args(argv)
+    import torch
+
     from pipnet.explanation.report import build_report
 
-    _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
+    with _inference_precision(args.precision, torch.device("cpu"), args.run_dir):  # the report explains samples on the CPU
+        _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
 
 
-def cmd_convert(argv: list[str]) -> int:
+def convert_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet convert``."""
     parser = argparse.ArgumentParser(prog="pipnet convert", description=COMMANDS["convert"])
     parser.add_argument("checkpoint", help="the authors' checkpoint file (e.g. net_trained_last)")
     parser.add_argument("--backbone", required=True, help="the backbone it was trained with, e.g. convnext_tiny_26")
     parser.add_argument("--image-size", type=int, default=224, help="the input size it was trained at")
     parser.add_argument("--out", required=True, help="folder to write model.safetensors + config.json to")
+    return parser
+
+
+def cmd_convert(argv: list[str]) -> int:
+    parser = convert_parser()
     args = parser.parse_args(argv)
     from pipnet.model.official import load_official_checkpoint
 
@@ -426,7 +525,8 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
-def cmd_export(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet export``."""
     parser = argparse.ArgumentParser(prog="pipnet export", description=COMMANDS["export"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("--format", choices=["torchscript", "onnx"], required=True,
@@ -435,6 +535,11 @@ def cmd_export(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any batch size)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest difference from PyTorch accepted when the file is checked on test images")
+    return parser
+
+
+def cmd_export(argv: list[str]) -> int:
+    parser = export_parser()
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -480,14 +585,26 @@ def _check_images(model_dir: str, model, count: int):
     return torch.randn(count, 3, S, S, generator=torch.Generator().manual_seed(0)), "random inputs"
 
 
+def models_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet models``."""
+    return argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"])
+
+
 def cmd_models(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="pipnet models", description=COMMANDS["models"]).parse_args(argv)
+    models_parser().parse_args(argv)
     from pipnet.model.backbones import list_models
 
     for name in list_models():
         _out(name)
     _out("timm/<any timm model name>  (e.g. --model.backbone_kwargs '{output_stride: 16}')")
     return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet serve`` (needs the ``serve`` extra)."""
+    from pipnet.use.serve import serve_parser as build
+
+    return build()
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -513,6 +630,35 @@ HANDLERS = {
     "models": cmd_models,
     "export": cmd_export,
 }
+
+
+PARSERS = {
+    "train": train_parser,
+    "demo": demo_parser,
+    "evaluate": evaluate_parser,
+    "explain": explain_parser,
+    "predict": predict_parser,
+    "refit": refit_parser,
+    "report": report_parser,
+    "convert": convert_parser,
+    "serve": serve_parser,
+    "models": models_parser,
+    "export": export_parser,
+}
+
+
+def build_parser(command: str):
+    """The argument parser of ``pipnet COMMAND``, built without running the command.
+
+    The documentation renders its CLI reference from these parsers' ``--help`` and checks every
+    ``pipnet COMMAND --flag`` it shows against them.
+
+    Args:
+        command: a subcommand name, one of ``COMMANDS``.
+    """
+    if command not in PARSERS:
+        raise KeyError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
+    return PARSERS[command]()
 
 
 def _usage() -> str:

@@ -17,8 +17,19 @@ from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, S
 __all__ = ["demo_config"]
 
 
-def demo_config(out: str | None = None, *, progress: bool = True) -> TrainConfig:
-    """The demo's training configuration (see the module docstring for why it differs from the paper)."""
+def demo_config(
+    out: str | None = None, *, progress: bool = True, precision: str = "auto", device: str = "auto", seed: int = 0
+) -> TrainConfig:
+    """The demo's training configuration (see the module docstring for why it differs from the paper).
+
+    Args:
+        out: the run folder (default: a new folder under ``./runs``).
+        progress: show progress bars.
+        precision: ``auto`` (bf16 where the machine computes it natively, else fp32; see
+            :mod:`pipnet.core.precision`), ``fp32``, ``bf16`` or ``fp16`` (CUDA).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seed of the generated data's split draws, the initialisation and the augmentations.
+    """
     # Tuned on the 2-core CPU (planted data, 240 training images, 120 test images, 6 classes):
     # - backbone: EfficientNet-Lite0 cut after its 4th of 7 stages (80 channels, stride 8) at 112 px, a 14x14
     #   grid. The whole Lite0 at 64-80 px (8x8-10x10 grids) learned the classes but its receptive field
@@ -45,5 +56,5 @@ def demo_config(out: str | None = None, *, progress: bool = True) -> TrainConfig
         schedule=ScheduleConfig(
             epochs_pretrain=5, epochs=16, classifier_only_epochs=3, freeze_epochs=5, batch_size_pretrain=16, batch_size=16
         ),
-        runtime=RuntimeConfig(precision="bf16", progress=progress),
+        runtime=RuntimeConfig(precision=precision, device=device, seed=seed, progress=progress),
     )

@@ -111,7 +111,11 @@ class RuntimeConfig:
 
     Args:
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``fp32``, ``bf16`` (autocast, CPU and CUDA) or ``fp16`` (CUDA, with a gradient scaler).
+        precision: ``auto`` (default: bf16 where the device computes it natively, fp32 elsewhere; see
+            :mod:`pipnet.core.precision`; config.yaml records what it resolved to), ``fp32``, ``bf16`` (autocast,
+            CPU and CUDA; on a CPU without avx512_bf16/AMX it is emulated, ~3x slower, and warns) or
+            ``fp16`` (CUDA, with a gradient scaler). Evaluation inside the run uses the same precision,
+            except the galleries (always fp32).
         channels_last: NHWC memory format; ``auto`` (default) turns it on for ResNet backbones only, where
             it measured 4-22% faster training steps on the CPU (benchmarks/README.md); ConvNeXt gained
             nothing and EfficientNet-Lite0 in bf16 became 25% slower. The numbers do not change beyond
@@ -129,7 +133,7 @@ class RuntimeConfig:
     """
 
     device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     num_workers: int = 0

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from pipnet.data.augment import eval_transform
 from pipnet.data.build import DataBundle, build_data
 from pipnet.core.data_config import DataConfig
+from pipnet.core.precision import autocast, current_inference_precision
 
 __all__ = ["DeviceError", "build_model_data", "choose_device", "eval_mode", "fit_data_to_model", "input_transform",
            "inputs_of", "labels_of", "make_loader"]
@@ -64,13 +65,17 @@ def choose_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
-def eval_mode(model: torch.nn.Module, device: torch.device | str | None = None) -> Iterator[torch.device]:
+def eval_mode(
+    model: torch.nn.Module, device: torch.device | str | None = None, precision: str | None = None
+) -> Iterator[torch.device]:
     """Run ``model`` in eval mode under ``torch.inference_mode()``, restoring every module's training flag.
 
     Args:
         model: the model (its weights are never modified).
         device: where to run; None means the model's own device. A different device moves the model there
             for the duration and back afterwards (the values are unchanged).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the block; None: the current inference
+            precision (:func:`pipnet.core.precision.inference_precision`; ``fp32`` unless a command set it).
 
     Yields:
         The device the inputs must go to.
@@ -82,7 +87,7 @@ def eval_mode(model: torch.nn.Module, device: torch.device | str | None = None) 
         if target != home:
             model.to(target)
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(target, precision or current_inference_precision()):
             yield target
     finally:
         if target != home:

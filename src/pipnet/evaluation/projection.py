@@ -132,7 +132,7 @@ def project(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    with eval_mode(model, device) as dev:
+    with eval_mode(model, device, precision="fp32") as dev:  # galleries rank: bf16 logits would tie
         loader = make_loader(data, batch_size, num_workers, pin_memory=dev.type == "cuda")
         P = model.num_prototypes
         top_s = torch.empty(P, 0, device=dev)

@@ -26,6 +26,7 @@ from pipnet.evaluation import metrics as M
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model.run_folder import THRESHOLDS_FILE, RunFolder
+from pipnet.core.precision import current_inference_precision
 from pipnet.core.utils import atomic_write
 
 __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds", "unknown_mask", "warn_without_thresholds",
@@ -48,6 +49,9 @@ class Thresholds:
         num_predicted: (C,) images predicted as each class (abstaining images count for none).
         class_names: the model's class names, for the reader of the file.
         created: UTC time of computation, ISO 8601.
+        precision: the inference precision the scores were computed in (``fp32``, ``bf16``, ``fp16``);
+            ``auto`` in the commands computes new scores the same way where the machine can
+            (:func:`pipnet.core.precision.resolve_inference_precision`). Files without it were fp32.
     """
 
     values: list[float]
@@ -57,6 +61,7 @@ class Thresholds:
     num_predicted: list[int]
     class_names: list[str] = field(default_factory=list)
     created: str = ""
+    precision: str = "fp32"
 
     def tensor(self) -> torch.Tensor:
         """(C,) float64 thresholds."""
@@ -161,6 +166,7 @@ def fit_thresholds(
         num_predicted=torch.bincount(pred[pred >= 0], minlength=C).tolist(),
         class_names=names,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        precision=current_inference_precision(),
     )
 
 

@@ -92,7 +92,18 @@ class NonNegativeLinear(nn.Module):
         self.register_buffer("multiplier", torch.tensor(2.0))
 
     def forward(self, presence: torch.Tensor) -> torch.Tensor:
+        if _autocasting(presence.device):  # the scoring sheet stays fp32 under bf16/fp16 autocast: scores
+            with torch.autocast(presence.device.type, enabled=False):  # are compared with thresholds and ranked
+                return F.linear(presence.float(), F.relu(self.weight), self.bias)
         return F.linear(presence, F.relu(self.weight), self.bias)  # (B, C)
+
+
+def _autocasting(device: torch.device) -> bool:
+    """Whether autocast is on for ``device`` now (torch >= 2.4 takes the device type; older: CPU or CUDA)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
 
 
 class PIPNet(nn.Module):

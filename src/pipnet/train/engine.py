@@ -28,6 +28,7 @@ from pipnet.evaluation.evaluate import Metrics, evaluate
 from pipnet.evaluation.inference import choose_device
 from pipnet.evaluation.metrics import global_explanation_size, sparsity_ratio
 from pipnet.model import PIPNet, create_model, load_state_dict_checked
+from pipnet.core.precision import inference_precision, resolve_precision
 from pipnet.evaluation.projection import project, prune_everywhere_prototypes, prune_unused_prototypes
 from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -191,11 +192,15 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
         if built_here and initial.normalization != getattr(data.projection, "normalization", None):  # the loaded model's own inputs
             data = build_data(config.data, config.protocol, normalization=initial.normalization)
+    device = _resolve_device(rt.device, info)
+    choice = resolve_precision(rt.precision, device)
+    rt.precision = choice.precision  # config.yaml records what ran, so a resume and a re-run are the same
     if not resuming:
         run = RunDir.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = _resolve_device(rt.device, info)
+    if info.is_main:
+        log.info("precision %s (%s)", choice.precision, choice.reason)
     checkpoint = load_checkpoint(run.checkpoint_path) if resuming else None
     if initial is not None:
         model = initial
@@ -243,7 +248,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         row.update(_scoring_sheet_stats(model))
         every = config.schedule.eval_every
         if plan.evaluate and data.test is not None and every and (plan.epoch % every == 0 or index == len(plans) - 1):
-            m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
+            with inference_precision(rt.precision):
+                m = evaluate(model, data.test, batch_size=batch, device=device, protocol=config.protocol)
             row.update(test_accuracy=m.top1_accuracy, local_size=m.local_size, abstained=m.abstained)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
@@ -263,7 +269,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
             if plan.saves_model_at_end and (index + 1 == len(plans) or plans[index + 1].stage != plan.stage):
                 model.save_pretrained(run.folder.pretrained)  # "pretrain once, classify many times"
                 log.info("end-of-pretraining model saved in %s", run.folder.pretrained)
-    return _finish(run, model, data, config, device, info, history, optim)
+    with inference_precision(rt.precision):
+        return _finish(run, model, data, config, device, info, history, optim)
 
 
 def _finish(

@@ -191,7 +191,7 @@ def refit(
     lr: float = 0.05,
     batch_size: int = 64,
     seed: int = 0,
-    device=None,
+    device: torch.device | str | None = None,
     progress: bool = False,
 ) -> RefitResult:
     """Switch ``disable`` off (besides those already off) and re-fit the scoring sheet; ``model`` is unchanged.
@@ -202,7 +202,10 @@ def refit(
         test_data: held-out ``(x, label)`` for the accuracies.
         disable: prototypes to switch off for every class.
         keep_zero: optional (C, P) bool of weights to hold at 0 (prototypes switched off for one class).
-        epochs, lr, batch_size, seed: of :func:`fit_scoring_sheet`.
+        epochs: passes over the cached training presences (see :func:`fit_scoring_sheet`).
+        lr: AdamW learning rate of the scoring sheet.
+        batch_size: images per forward pass and presences per step.
+        seed: seed of the shuffling.
         device: where to run the presence passes.
         progress: show progress bars.
     """

@@ -8,7 +8,6 @@ schedule, and in the classification stage the classifier's warm restarts and spa
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +17,12 @@ from torch import nn
 
 from pipnet.model import losses
 from pipnet.model import PIPNet
+from pipnet.core.precision import autocast
 from pipnet.train.distributed import DistInfo, gather_presence
 from pipnet.train.optim import StageOptim, soft_threshold_
 from pipnet.train.phases import EpochPlan
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError", "StepResult", "autocast", "train_step", "training_step_losses"]
+__all__ = ["NonFiniteGuard", "NonFiniteLossError", "StepResult", "train_step", "training_step_losses"]
 
 STOPPED = "training stopped; the checkpoint of the last completed epoch, if any, is kept"
 
@@ -50,14 +50,6 @@ def training_step_losses(
     weights = plan.loss_weights
     loss = sum(weights[k] * v for k, v in parts.items())
     return {"loss": loss, **parts}
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``fp16``; nothing for ``fp32``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass(frozen=True)

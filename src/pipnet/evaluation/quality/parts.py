@@ -177,7 +177,7 @@ def noisy_cells(model: PIPNet, dataset: Dataset, images: Sequence[int], *, std: 
     """
     images = [int(i) for i in images]
     rows: list[torch.Tensor] = []
-    with eval_mode(model, device) as dev:
+    with eval_mode(model, device, precision="fp32") as dev:  # rankings: bf16 logits would tie
         loader = make_loader(Subset(dataset, images), batch_size)
         done = 0
         for batch in tqdm(loader, desc="stability", disable=not progress, leave=False):

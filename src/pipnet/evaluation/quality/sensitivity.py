@@ -231,7 +231,7 @@ def prototype_sensitivity(
     presence = torch.zeros(1 + len(ASPECTS), len(union), len(prototypes))  # (original + 5, images, prototypes)
     image_size = model.config.image_size
     if union:
-        with eval_mode(model, device) as dev:
+        with eval_mode(model, device, precision="fp32") as dev:  # rankings: bf16 logits would tie
             loader = make_loader(Subset(dataset, union), batch_size, pin_memory=dev.type == "cuda")
             start = 0
             for batch in tqdm(loader, desc="sensitivity", disable=not progress, leave=False):

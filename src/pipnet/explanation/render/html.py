@@ -2,7 +2,7 @@
 
 The report is a single file: every picture is embedded as a base64 ``data:`` URI, the CSS is inline, there
 is no script and no external reference, so it can be mailed or archived as is. The template is
-``pipnet/templates/report.html.j2`` (Jinja2, autoescaped); this module only prepares what it shows.
+``pipnet/explanation/templates/report.html.j2`` (Jinja2, autoescaped); this module only prepares what it shows.
 """
 
 from __future__ import annotations

@@ -12,15 +12,16 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipnet.core.precision import PRECISIONS
 from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "main", "serve_parser"]
 
 log = logging.getLogger(__name__)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet serve``."""
     parser = argparse.ArgumentParser(prog="pipnet serve", description="a local web page to explore a model and switch prototypes off")
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument(
@@ -35,8 +36,25 @@ def main(argv: list[str] | None = None) -> int:
         "--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="largest image file accepted"
     )
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="numeric precision of the explanations: auto (the precision the model's thresholds "
+                             "were set in where this machine computes it natively, else fp32), fp32, bf16 or fp16 (CUDA)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+    args = serve_parser().parse_args(argv)
     import uvicorn
+
+    from pipnet.core.precision import resolve_inference_precision, set_default_inference_precision
+    from pipnet.evaluation.inference import choose_device
+    from pipnet.evaluation.thresholds import load_thresholds
+
+    thresholds = load_thresholds(args.model) if args.precision == "auto" else None
+    choice = resolve_inference_precision(args.precision, choose_device(args.device), thresholds.precision if thresholds else None)
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    set_default_inference_precision(choice.precision)
 
     local = args.host in LOCAL_HOSTS
     app = create_app(

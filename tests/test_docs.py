@@ -1,0 +1,287 @@
+"""The documentation cannot rot: the site builds strictly and offline, every documented flag exists, the site
+renders in a real browser.
+
+- ``mkdocs build --strict`` (once per session, into a temporary folder, in a subprocess that has no way out to
+  the internet) fails on a broken link, a page missing from the nav or an API name mkdocstrings cannot resolve.
+- Every ``pipnet COMMAND --flag [value]`` written in a shell code block or an inline code span of README.md and
+  docs/**/*.md is checked against the parser that command runs with (``pipnet.cli.build_parser``): the flag
+  must exist and its value, when one is written, must parse.
+- Debian's chromium (driven by Playwright, as in tests/test_serve.py) opens the built home page and one API page
+  from the disk, with every request that is neither a file nor localhost aborted, and finds the navigation.
+
+Needs the ``docs`` extra (in ``dev``): mkdocs, mkdocs-material, mkdocstrings[python].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+pytest.importorskip("mkdocs", reason="the docs extra is missing (pip install -e '.[docs]')")
+pytest.importorskip("material", reason="the docs extra is missing (pip install -e '.[docs]')")
+pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra is missing (pip install -e '.[docs]')")
+
+from pipnet.cli import COMMANDS, build_parser  # noqa: E402
+
+# Any attempt to reach the internet during the build goes to a closed local port and fails.
+OFFLINE_ENV = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "ALL_PROXY": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The site, built once per session with ``mkdocs build --strict`` (a broken link or API name fails it)."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, **OFFLINE_ENV, "NO_MKDOCS_2_WARNING": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+def test_strict_build_writes_every_page_and_loads_nothing_from_outside(site):
+    pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
+    for page in ["index.html", "guides/quick-start.html", "reference/api.html", "reference/cli.html", "reference/config.html"]:
+        assert page in pages
+    outside = re.compile(r"""<(?:link|script|img)[^>]+(?:href|src)=["'](?:https?:)?//""")
+    for page in pages:
+        html = (site / page).read_text(encoding="utf-8")
+        assert not outside.search(html), f"{page} loads something from another machine: {outside.search(html).group(0)}"
+
+
+def test_api_reference_is_generated_from_the_docstrings(site):
+    html = (site / "reference" / "api.html").read_text(encoding="utf-8")
+    import pipnet
+
+    for name in pipnet.__all__:
+        assert f'id="pipnet.{name}"' in html, f"pipnet.{name} has no entry in the API reference"
+    assert "from_pretrained" in html and "save_pretrained" in html  # members, from the class's docstrings
+
+
+def test_cli_reference_is_every_parsers_own_help(site):
+    html = (site / "reference" / "cli.html").read_text(encoding="utf-8")
+    for command in COMMANDS:
+        parser = build_parser(command)
+        assert f"usage: pipnet {command}" in html
+        for action in parser._actions:
+            for flag in action.option_strings:
+                assert flag in html, f"pipnet {command} {flag} is missing from the CLI reference"
+
+
+def test_config_reference_lists_every_key_with_its_default(site):
+    import dataclasses
+
+    from pipnet.core.train_config import TrainConfig
+
+    html = (site / "reference" / "config.html").read_text(encoding="utf-8")
+
+    def keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                yield from keys(type(default), f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    for key in keys(TrainConfig):
+        assert f"<code>{key}</code>" in html, f"config key {key} is missing from the config reference"
+    assert "<code>convnext_tiny_26</code>" in html  # a default, read from the dataclass
+
+
+# ---- every documented command line is accepted by its parser ----------------------------------------------
+
+FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+SHELL = {"", "bash", "sh", "shell", "console", "text"}
+INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+PLACEHOLDER = re.compile(r"^[\[\]'\"]*[A-Z][A-Z0-9_./-]*(\.\.\.)?[\[\]'\"]*$")  # DIR, RUN_DIR, N, '[PHOTOS_DIR]'
+
+
+def documented_command_lines() -> list[tuple[str, str]]:
+    """``(where, command line)`` for every line that runs ``pipnet`` in a shell block or inline code span."""
+    found = []
+    for path in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        where = path.relative_to(ROOT).as_posix()
+        for match in FENCE.finditer(text):
+            if match.group(1) in SHELL:
+                for line in match.group(2).replace("\\\n", " ").splitlines():
+                    found.append((where, line))
+                    comment = line.split("#", 1)[1] if "#" in line else ""
+                    if re.search(rf"\bpipnet ({'|'.join(COMMANDS)})\b", comment):  # `make demo  # or: pipnet demo --out D`
+                        found.append((where, comment))
+        prose = FENCE.sub("", text)
+        found += [(where, span) for span in INLINE.findall(prose)]
+    return [(where, line) for where, line in found if re.search(r"(^|[\s/])pipnet\s+[a-z]", line)]
+
+
+def _tokens(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=False)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    try:
+        return list(lexer)
+    except ValueError:  # an unbalanced quote in prose
+        return line.split()
+
+
+def _dummy_command_line(parser, skip_flag: str) -> list[str]:
+    """Positional arguments and required options, filled in so that one flag can be parsed on its own."""
+    args = []
+    for action in parser._actions:
+        if not action.option_strings and action.nargs not in ("?", "*") and action.dest != "help":
+            args.append("X")
+        elif action.option_strings and getattr(action, "required", False) and skip_flag not in action.option_strings:
+            args += [action.option_strings[0], action.choices[0] if action.choices else "1"]
+    return args
+
+
+def _parse_error(parser, argv: list[str]) -> str | None:
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue().strip() else f"exit {e.code}"
+    return None
+
+
+def _pipnet_arguments(line: str) -> list[str]:
+    """The words after ``pipnet`` (or ``.venv/bin/pipnet``, ``-m pipnet``) in a command line, or []."""
+    tokens = _tokens(line)
+    starts = [i for i, t in enumerate(tokens) if t.rsplit("/", 1)[-1] == "pipnet" and i + 1 < len(tokens)]
+    return tokens[starts[0] + 1:] if starts else []
+
+
+def check_command_line(line: str) -> list[str]:
+    """What is wrong with one documented ``pipnet ...`` line: unknown commands, flags, or values."""
+    rest = _pipnet_arguments(line)
+    if not rest:
+        return []
+    command, args = rest[0], rest[1:]
+    if PLACEHOLDER.match(command) or command.endswith(":"):  # `pipnet COMMAND --help`, `pipnet demo: error: ...`
+        return []
+    if command not in COMMANDS:
+        return [f"unknown command {command!r}"]
+    parser = build_parser(command)
+    actions = {flag: action for action in parser._actions for flag in action.option_strings}
+    problems = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if token in ("...", "|", ">", "&&", ";") or not token.startswith("--"):
+            if token in ("|", ">", "&&", ";"):
+                break
+            continue
+        flag, _, inline_value = token.partition("=")
+        action = actions.get(flag)
+        if action is None:
+            problems.append(f"pipnet {command} has no flag {flag}")
+            continue
+        takes_value = action.nargs != 0
+        value = inline_value or None
+        if takes_value and value is None and i < len(args) and not args[i].startswith("--") and args[i] != "...":
+            value = args[i]
+            i += 1
+        if flag in ("-h", "--help", "--config") or value is None or PLACEHOLDER.match(value):
+            continue  # --config loads a file; placeholders (DIR, N) have no value to check
+        for alternative in value.split("|"):  # `--format torchscript|onnx` documents two choices
+            error = _parse_error(parser, [*_dummy_command_line(parser, flag), flag, alternative])
+            if error:
+                problems.append(f"pipnet {command} {flag} {alternative}: {error}")
+    return problems
+
+
+def test_the_documents_run_pipnet_often_enough_for_this_check_to_matter():
+    lines = [line for _, line in documented_command_lines() if _pipnet_arguments(line)]
+    commands = {_pipnet_arguments(line)[0] for line in lines}
+    assert len(lines) > 40 and {"train", "demo", "evaluate", "predict", "refit", "export", "serve"} <= commands
+
+
+def test_every_documented_flag_is_accepted_by_its_command():
+    problems = [f"{where}: `{line.strip()}`: {problem}"
+                for where, line in documented_command_lines() for problem in check_command_line(line)]
+    assert not problems, "documented flags that the commands do not accept:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("line, wrong", [
+    ("pipnet evaluate RUN --oood DIR", "has no flag --oood"),
+    ("pipnet train --data.rot /data", "has no flag --data.rot"),
+    ("pipnet export RUN --format zip --out m.zip", "--format zip"),
+    ("pipnet train --schedule.epochs many", "--schedule.epochs many"),
+    ("pipnet trian --config x.yaml", "unknown command 'trian'"),
+])  # fmt: skip
+def test_the_flag_check_catches_what_it_should(line, wrong):
+    problems = check_command_line(line)
+    assert problems and wrong in problems[0], problems
+
+
+def test_the_flag_check_accepts_correct_lines():
+    for line in ["pipnet train --config configs/cpu-small.yaml --data.root DIR --model.backbone_kwargs '{stages: 6}'",
+                 "pipnet evaluate RUN_DIR --ood /data/cub --protocol paper --no-quality",
+                 "torchrun --nproc_per_node=4 -m pipnet train --runtime.precision bf16",
+                 "pipnet refit RUN --disable 12,40 --out NEW  # a comment --not-a-flag"]:
+        assert check_command_line(line) == [], line
+
+
+# ---- the site in a real browser, offline ----------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.mark.slow
+def test_home_and_api_pages_render_with_their_navigation_offline(site):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing (pip install playwright)")
+    outside: list[str] = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(("file://", "data:", "blob:", "http://127.0.0.1", "http://localhost")):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(15_000)
+            page.route("**/*", only_local)
+            page.goto((site / "index.html").as_uri())
+            assert page.locator("h1").first.inner_text().rstrip("¶").strip() == "pipnet"
+            nav = page.locator("nav.md-nav--primary")
+            assert nav.is_visible()
+            for section in ["Guides", "Reference", "Results", "Design"]:
+                assert nav.get_by_text(section, exact=True).first.is_visible(), section
+            # the theme's stylesheet applied: the header is coloured, not the browser's default transparent
+            assert page.locator("header.md-header").evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+            assert page.locator("img[src$='.png']").first.evaluate("img => img.complete && img.naturalWidth > 0")
+
+            nav.get_by_role("link", name="Python API").click()
+            page.wait_for_url("**/reference/api.html")
+            assert page.locator("[id='pipnet.PIPNet']").is_visible()
+            assert page.locator("nav.md-nav--primary").get_by_role("link", name="Command line").is_visible()
+            contents = page.locator(".md-sidebar--secondary nav.md-nav--secondary")  # this page's table of contents
+            assert contents.get_by_role("link", name="PIPNet", exact=True).is_visible()
+        finally:
+            browser.close()
+    assert outside == [], f"the site asked another machine for {outside}"
