@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipnet.model.backbones import GRIDS, Backbone, BackboneError, backbone_normalization, create_backbone
-from pipnet.data.augment import IMAGENET, Normalization
+from pipnet.core.normalization import IMAGENET, Normalization
 
 __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError",
            "prototype_log_odds"]

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipnet.data.augment import IMAGENET, Normalization
+from pipnet.core.normalization import IMAGENET, Normalization
 
 __all__ = ["GRIDS", "Backbone", "BackboneError", "backbone_normalization", "create_backbone", "list_models",
            "register_backbone"]
