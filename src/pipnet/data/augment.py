@@ -9,9 +9,8 @@ are torchvision's ``TrivialAugmentWide`` with a restricted op space: the ops the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from PIL import Image
