@@ -1,11 +1,11 @@
-"""Cost of the prototype report card (``pipnet.quality``) as a ratio to one ``evaluate`` pass.
+"""Cost of the prototype report card (``pipnet.evaluation.quality``) as a ratio to one ``evaluate`` pass.
 
 The data is the built-in planted set (test, OoD, and the training images for projection, purity and
 "present everywhere", as training's final evaluation uses them); the model a randomly initialised
 PIP-Net with a hand-set sparse scoring sheet (``--used`` prototypes per class), so that a realistic number
 of prototypes is carded. The evaluate pass is ``evaluate(model, test, ood=..., purity_sets=..., train_set=...)``
 exactly as the training engine calls it, with ``quality=False``. Timed against it: the sensitivity block
-alone on the first k top images (:func:`pipnet.quality.sensitivity.prototype_sensitivity`), and the whole
+alone on the first k top images (:func:`pipnet.evaluation.quality.sensitivity.prototype_sensitivity`), and the whole
 card (``quality_card``) with the projection given (as ``evaluate`` gives its own) and computing its own.
 Runs alternate inside each round; medians of ``--repeats`` rounds.
 
@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 import pipnet
+from pipnet.model.backbones import backbone_normalization
 from pipnet.data import build_data
 from pipnet.core.data_config import DataConfig
 from pipnet.evaluation.evaluate import evaluate
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = build_data(DataConfig(source="planted", image_size=args.size))
+    data = build_data(DataConfig(source="planted", image_size=args.size), normalization=backbone_normalization(args.model))
     C = len(data.classes)
     model = pipnet.create_model(args.model, num_classes=C, num_features=args.prototypes, image_size=args.size).eval()
     with torch.no_grad():  # class c uses prototypes c * used ... (c + 1) * used - 1 (mod P)

@@ -1,23 +1,30 @@
-"""A black-box baseline for a folder of images: a linear probe on a frozen, pretrained backbone.
+"""A black-box baseline for a folder of images: linear probes on a frozen, pretrained backbone.
 
 Multinomial logistic regression on the globally average-pooled feature map z (B, D, h, w) -> (B, D) of
-one of pipnet's registered backbones, with pipnet's own evaluation transform (RGB, resize to S x S,
-ImageNet normalisation). With the same ``--backbone``, ``--backbone-kwargs`` and ``--image-size`` as a
-PIP-Net run, it sees exactly the features that PIP-Net's prototypes are built on, so its test accuracy
-says what the interpretable model costs or gains against a black box on the same data.
+one of pipnet's registered backbones, with pipnet's own evaluation transform (RGB, resize to S x S, the
+normalisation the backbone's weights expect). Per data set it probes three black boxes (``--references``):
+
+  (a) the unmodified pretrained network at its native size (``--native-size``, 224): what a user who only
+      wants a classifier would pick;
+  (b) the unmodified network cut where the recipe cuts it (``stages``), at the recipe's size;
+  (c) the backbone as PIP-Net uses it (``--grid``: strides removed, or dilated), at the recipe's size:
+      exactly the features PIP-Net's prototypes are built on.
+
+and names the best. PIP-Net's accuracy is quoted as a ratio to that best black box, not to (c) alone:
+(c) already pays for the grid change and would flatter PIP-Net.
 
 The L2 penalty is chosen on a seeded, stratified part of the training split only (``--holdout``); the
 probe is then refitted on the whole training split with that penalty and scored once on the test split.
 Features are standardised with the training split's mean and standard deviation. The fit is full-batch
 L-BFGS in float64 (no scikit-learn needed).
 
-    python benchmarks/probe.py /data/photos --backbone efficientnet_lite0 --backbone-kwargs '{"stages": 4}' --image-size 128
-    python benchmarks/probe.py /data/photos                 # the full EfficientNet-Lite0 at 224 px
+    python benchmarks/probe.py /data/photos --backbone efficientnet_lite0 --backbone-kwargs '{"stages": 5}' --image-size 128
+    python benchmarks/probe.py /data/photos --references c --normalization imagenet   # the old single probe
     python benchmarks/probe.py /data/photos --ood /data/unrelated-photos   # + how well a black box rejects them
 
 With ``--ood FOLDER`` (repeatable) it also says how well the black box rejects images of no class, by the
 rule ``pipnet evaluate`` uses (FPR at 95% TPR: per predicted class, the threshold that keeps 95% of the
-test images predicted as that class; ``pipnet.metrics.ood_thresholds``), for three scores: the probe's
+test images predicted as that class; ``pipnet.evaluation.metrics.ood_thresholds``), for three scores: the probe's
 maximum softmax probability, its maximum logit, and the cosine similarity of the image's pooled
 feature vector to its nearest training image (a class-agnostic feature-space score). This is the
 reference for PIP-Net's FPR95 on the same data: the backbone's features bound what any head on them can
@@ -35,6 +42,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +53,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
-from pipnet.model.backbones import BackboneError, create_backbone  # noqa: E402
+from pipnet.model.backbones import BackboneError, backbone_normalization, create_backbone  # noqa: E402
+from pipnet.data.augment import IMAGENET  # noqa: E402
 from pipnet.data.errors import DataError  # noqa: E402
 from pipnet.data.folders import image_tree, load_folder_source  # noqa: E402
 from pipnet.evaluation import metrics as M  # noqa: E402
@@ -112,14 +121,88 @@ def holdout_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Te
     return torch.tensor(sorted(fit)), torch.tensor(sorted(held))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """One black box of the honest reference: a backbone built with these arguments, probed at this size."""
+
+    name: str  # "a", "b" or "c"
+    what: str
+    kwargs: dict
+    grid: str
+    size: int
+
+
+def references(kwargs: dict, image_size: int, grid: str, native_size: int, which: str = "abc") -> list[Reference]:
+    """The black boxes PIP-Net is measured against, in the order (a), (b), (c) (those named in ``which``).
+
+    (a) the unmodified pretrained network at its native size: the backbone's arguments without the cut
+    (``stages``), grid ``native``, ``native_size`` px; (b) the unmodified network cut where the recipe
+    cuts it, at the recipe's size: the same arguments, grid ``native``, ``image_size``; (c) the backbone as
+    PIP-Net uses it: the same arguments and ``grid`` at ``image_size``.
+    """
+    full = {k: v for k, v in kwargs.items() if k != "stages"}
+    rows = {
+        "a": Reference("a", "unmodified, native size", full, "native", native_size),
+        "b": Reference("b", "unmodified, recipe's cut and size", dict(kwargs), "native", image_size),
+        "c": Reference("c", f"as PIP-Net uses it (grid {grid})", dict(kwargs), grid, image_size),
+    }
+    return [rows[k] for k in which]
+
+
+def best_reference(test_accuracies: dict[str, float]) -> tuple[str, float]:
+    """(name, accuracy) of the best black box: the highest test accuracy; ties go to the earlier name."""
+    name = max(sorted(test_accuracies), key=lambda k: (test_accuracies[k], -ord(k[0])))
+    return name, test_accuracies[name]
+
+
+def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, num_classes: int,
+              l2_grid: list[float], holdout: float, seed: int) -> tuple[float, list[list], torch.Tensor, torch.Tensor]:
+    """Choose the L2 penalty on a held-out part of the training split, refit on all of it.
+
+    Returns:
+        (the penalty, the table rows of the choice, W, b) for features standardised with the training split's
+        statistics.
+    """
+
+    def standardise(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+        mean, std = fit_x.mean(dim=0), fit_x.std(dim=0).clamp_min(1e-6)
+        return [(t - mean) / std for t in (fit_x, *others)]
+
+    # The penalty: best held-out accuracy on a part of the training split (ties: the lower held-out loss).
+    fit_i, held_i = holdout_split(y_train, holdout, seed)
+    rows, best = [], None
+    for l2 in l2_grid:
+        xf, xh = standardise(x_train[fit_i], x_train[held_i])
+        w, b = fit_logistic(xf, y_train[fit_i], num_classes, l2)
+        held_acc = accuracy(xh, y_train[held_i], w, b)
+        held_loss = float(F.cross_entropy(xh.double() @ w + b, y_train[held_i]))
+        rows.append([f"{l2:g}", accuracy(xf, y_train[fit_i], w, b), held_acc, held_loss])
+        if best is None or (held_acc, -held_loss) > best[1:]:
+            best = (l2, held_acc, -held_loss)
+    assert best is not None
+    xtr, _ = standardise(x_train, x_test)
+    w, b = fit_logistic(xtr, y_train, num_classes, best[0])
+    return best[0], rows, w, b
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="the data folder: train/<class>/* and optionally test/<class>/*")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="a registered backbone name (pipnet.list_models())")
     parser.add_argument("--backbone-kwargs", default="{}", help='JSON arguments of the backbone builder, e.g. \'{"stages": 4}\'')
+    parser.add_argument("--grid", choices=("stride", "dilate"), default="stride",
+                        help="the grid of reference (c), as the PIP-Net run's --model.grid")
     parser.add_argument("--pretrained", default="true",
                         help="'true' (ImageNet weights; offline for efficientnet_lite0), 'false', or a weights file")
-    parser.add_argument("--image-size", type=int, default=224, help="S: images are resized to S x S")
+    parser.add_argument("--image-size", type=int, default=224, help="S: images are resized to S x S (references b, c)")
+    parser.add_argument("--native-size", type=int, default=224,
+                        help="the size reference (a) probes the unmodified network at (224: ImageNet's)")
+    parser.add_argument("--references", default="abc",
+                        help="which black boxes to probe: any of a (unmodified, native size), b (unmodified, the "
+                             "recipe's cut and size), c (as PIP-Net uses it), e.g. 'c' for the old single probe")
+    parser.add_argument("--normalization", choices=("own", "imagenet"), default="own",
+                        help="'own': the normalisation the backbone's weights expect (pipnet.model.backbones."
+                             "backbone_normalization), as PIP-Net feeds it; 'imagenet': ImageNet's, for comparison")
     parser.add_argument("--preset", default="default", help="augmentation preset (only 'grayscale' changes the test transform)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="feature extraction precision (CPU autocast)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -139,67 +222,56 @@ def main() -> None:
             raise ValueError("not a JSON object")
     except ValueError as e:
         parser.error(f"--backbone-kwargs must be a JSON object, e.g. '{{\"stages\": 4}}' ({e})")
+    if not args.references or set(args.references) - set("abc"):
+        parser.error(f"--references takes letters of 'abc', got {args.references!r}")
     pretrained: bool | str = {"true": True, "false": False}.get(args.pretrained.lower(), args.pretrained)
 
-    start = time.perf_counter()
     try:
         source = load_folder_source(args.root, args.val_fraction, args.seed)
-        backbone = create_backbone(args.backbone, pretrained=pretrained, **kwargs)
+        norm = IMAGENET if args.normalization == "imagenet" else backbone_normalization(args.backbone)
+        oods = {folder: image_tree(folder) for folder in args.ood}
     except (DataError, BackboneError) as e:
         parser.error(str(e))
     if source.test is None:
         parser.error(f"{args.root} has no test split (no test/ folder and --val-fraction 0)")
     num_classes = len(source.classes)
-
-    train = EvalDataset(source.train, args.image_size, args.preset)
-    test = EvalDataset(source.test, args.image_size, args.preset)
-    x_train = pooled_features(backbone, train, args.batch_size, args.precision)
-    x_test = pooled_features(backbone, test, args.batch_size, args.precision)
     y_train, y_test = torch.tensor(source.train.targets), torch.tensor(source.test.targets)
-    seconds_features = time.perf_counter() - start
-
-    def standardise(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-        mean, std = fit_x.mean(dim=0), fit_x.std(dim=0).clamp_min(1e-6)
-        return [(t - mean) / std for t in (fit_x, *others)]
-
-    # The penalty: best held-out accuracy on a part of the training split (ties: the lower held-out loss).
-    fit_i, held_i = holdout_split(y_train, args.holdout, args.seed)
-    rows, best = [], None
-    for l2 in args.l2:
-        xf, xh = standardise(x_train[fit_i], x_train[held_i])
-        w, b = fit_logistic(xf, y_train[fit_i], num_classes, l2)
-        held_acc = accuracy(xh, y_train[held_i], w, b)
-        held_loss = float(F.cross_entropy(xh.double() @ w + b, y_train[held_i]))
-        rows.append([f"{l2:g}", accuracy(xf, y_train[fit_i], w, b), held_acc, held_loss])
-        if best is None or (held_acc, -held_loss) > best[1:]:
-            best = (l2, held_acc, -held_loss)
-    assert best is not None
-    xtr, xte = standardise(x_train, x_test)
-    w, b = fit_logistic(xtr, y_train, num_classes, best[0])
-    seconds = time.perf_counter() - start
-
     print(f"{args.root}: {num_classes} classes, {len(y_train)} training and {len(y_test)} test images; "
-          f"{args.backbone} {kwargs or ''} at {args.image_size} px, D = {x_train.shape[1]}, {args.precision}")
-    print(f"L2 chosen on {len(held_i)} held-out training images (fitted on {len(fit_i)}):")
-    print_table(["l2", "fit accuracy", "held-out accuracy", "held-out loss"], rows)
+          f"{args.backbone}, normalisation mean {list(norm.mean)} std {list(norm.std)} ({args.normalization}), "
+          f"{args.precision}")
+
+    rows, ood_rows, tested = [], [], {}
+    for ref in references(kwargs, args.image_size, args.grid, args.native_size, "".join(dict.fromkeys(args.references))):
+        start = time.perf_counter()
+        try:
+            backbone = create_backbone(args.backbone, pretrained=pretrained, grid=ref.grid, **ref.kwargs)
+        except BackboneError as e:
+            parser.error(str(e))
+        features = {split: pooled_features(backbone, EvalDataset(images, ref.size, args.preset, norm), args.batch_size,
+                                           args.precision) for split, images in (("train", source.train), ("test", source.test))}
+        l2, choice, w, b = fit_probe(features["train"], y_train, features["test"], num_classes, args.l2, args.holdout, args.seed)
+        mean, std = features["train"].mean(dim=0), features["train"].std(dim=0).clamp_min(1e-6)
+        xtr, xte = ((features[k] - mean) / std for k in ("train", "test"))
+        tested[ref.name] = accuracy(xte, y_test, w, b)
+        rows.append([f"({ref.name}) {ref.what}", args.backbone, json.dumps(ref.kwargs), ref.grid, ref.size,
+                     int(features["train"].shape[1]), f"{l2:g}", accuracy(xtr, y_train, w, b), tested[ref.name],
+                     f"{time.perf_counter() - start:.1f}"])
+        print(f"({ref.name}) L2 chosen on the held-out part of the training split:")
+        print_table(["l2", "fit accuracy", "held-out accuracy", "held-out loss"], choice)
+        for folder, images in oods.items():
+            x_ood = pooled_features(backbone, EvalDataset(images, ref.size, args.preset, norm), args.batch_size, args.precision)
+            for name, test_scores, ood_scores in ood_scores_table(features["train"], features["test"], x_ood, w, b):
+                ood_rows.append([f"({ref.name})", Path(folder).name, len(images), name,
+                                 *ood_rates(test_scores, ood_scores, num_classes)])
     print()
-    print_table(["backbone", "kwargs", "size", "D", "l2", "train accuracy", "test accuracy", "seconds"],
-                [[args.backbone, json.dumps(kwargs), args.image_size, int(x_train.shape[1]), f"{best[0]:g}",
-                  accuracy(xtr, y_train, w, b), accuracy(xte, y_test, w, b), f"{seconds:.1f}"]])
-    print(f"(features {seconds_features:.1f} s of {seconds:.1f} s)")
-    if args.ood:
+    print_table(["reference", "backbone", "kwargs", "grid", "size", "D", "l2", "train accuracy", "test accuracy", "seconds"],
+                rows)
+    name, best = best_reference(tested)
+    print(f"best black box: ({name}) test accuracy {best:.3f}; quote PIP-Net's accuracy as a ratio to it")
+    if ood_rows:
         print()
-        rows = []
-        for folder in args.ood:
-            try:
-                ood = EvalDataset(image_tree(folder), args.image_size, args.preset)
-            except DataError as e:
-                parser.error(str(e))
-            x_ood = pooled_features(backbone, ood, args.batch_size, args.precision)
-            for name, test_scores, ood_scores in ood_scores_table(x_train, x_test, x_ood, w, b):
-                rows.append([Path(folder).name, len(ood), name, *ood_rates(test_scores, ood_scores, num_classes)])
         print("Rejecting images of no class (thresholds keep 95% of the test images of each predicted class):")
-        print_table(["ood set", "images", "score", "FPR95", "AUROC"], rows)
+        print_table(["reference", "ood set", "images", "score", "FPR95", "AUROC"], ood_rows)
 
 
 def ood_scores_table(x_train: torch.Tensor, x_test: torch.Tensor, x_ood: torch.Tensor, w: torch.Tensor,

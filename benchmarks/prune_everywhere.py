@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
-from pipnet.data import build_data  # noqa: E402
+from pipnet.evaluation.inference import build_model_data  # noqa: E402
 from pipnet.evaluation.evaluate import Metrics, evaluate  # noqa: E402
 from pipnet.model import PIPNet  # noqa: E402
 from pipnet.evaluation.projection import project, prune_everywhere_prototypes  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
         config = RunFolder(run).training_config()
         if config is None:
             parser.error(f"{run}: not a run folder (no config.yaml)")
-        data = build_data(config.data)
+        data = build_model_data(config.data, model)
         if data.test is None:
             parser.error(f"{run}: the data has no test split")
 

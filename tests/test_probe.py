@@ -78,12 +78,30 @@ def test_probe_runs_on_a_folder_and_prints_train_and_test_accuracy(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 classes, 12 training and 4 test images" in result.stdout
     table = result.stdout.splitlines()
-    row = next(line for line in table if line.startswith("| efficientnet_lite0"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    train_acc, test_acc = float(cells[5]), float(cells[6])
-    assert 0.0 <= test_acc <= 1.0 and train_acc == 1.0  # colour alone separates the classes
-    ood_rows = [line for line in table if line.startswith("| red | 2 |")]
-    assert [c.strip() for c in ood_rows[0].strip("|").split("|")][2] == "max softmax" and len(ood_rows) == 3
+    rows = {cells[0][:3]: cells for line in table if line.startswith("| (")
+            and (cells := [c.strip() for c in line.strip("|").split("|")])[1] == "efficientnet_lite0"}
+    assert sorted(rows) == ["(a)", "(b)", "(c)"]  # the three black boxes, each probed
+    assert [rows[k][2:5] for k in ("(a)", "(b)", "(c)")] == [["{}", "native", "224"], ['{"stages": 3}', "native", "32"],
+                                                             ['{"stages": 3}', "stride", "32"]]
+    for cells in rows.values():
+        train_acc, test_acc = float(cells[7]), float(cells[8])
+        assert 0.0 <= test_acc <= 1.0 and train_acc == 1.0  # colour alone separates the classes
+    best = max(float(c[8]) for c in rows.values())
+    assert f"best black box: " in result.stdout and f"test accuracy {best:.3f}" in result.stdout
+    assert "normalisation mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5] (own)" in result.stdout  # Lite0's own
+    ood_rows = [line for line in table if " | red | 2 |" in line]
+    assert [c.strip() for c in ood_rows[0].strip("|").split("|")][3] == "max softmax" and len(ood_rows) == 9
+
+
+def test_references_are_the_unmodified_network_its_cut_and_pipnets_backbone():
+    a, b, c = probe.references({"stages": 5}, 128, "dilate", 224)
+    assert (a.kwargs, a.grid, a.size) == ({}, "native", 224)
+    assert (b.kwargs, b.grid, b.size) == ({"stages": 5}, "native", 128)
+    assert (c.kwargs, c.grid, c.size) == ({"stages": 5}, "dilate", 128)
+    assert [r.name for r in probe.references({}, 128, "stride", 224, "ca")] == ["c", "a"]
+    # The best black box is the highest test accuracy; a tie goes to the earlier reference.
+    assert probe.best_reference({"a": 0.80, "b": 0.85, "c": 0.85}) == ("b", 0.85)
+    assert probe.best_reference({"c": 0.7}) == ("c", 0.7)
 
 
 def test_probe_reports_a_bad_folder_in_one_line(tmp_path):

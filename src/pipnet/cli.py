@@ -192,6 +192,9 @@ def evaluate_parser():
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
     parser.add_argument("--tpr", type=float, default=0.95,
                         help="true-positive rate of the per-class OoD thresholds stored in MODEL/thresholds.json")
+    parser.add_argument("--novelty-k", type=int, default=5,
+                        help="k of the knn OoD detector stored in MODEL/novelty.json (distance to the k-th nearest "
+                             "training image in prototype logits; pipnet.evaluation.novelty), used by predict --detector knn")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
@@ -205,9 +208,10 @@ def cmd_evaluate(argv: list[str]) -> int:
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
-    from pipnet.data import build_data
+    if raw.novelty_k < 1:
+        parser.error(f"--novelty-k must be at least 1, got {raw.novelty_k}")
     from pipnet.evaluation.evaluate import evaluate, format_metrics_table
-    from pipnet.evaluation.inference import choose_device, fit_data_to_model
+    from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.model.run_folder import RunFolder
 
@@ -223,7 +227,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     for ood_dir in [*data_config.ood, *raw.ood]:
         ood_dirs.setdefault(os.path.realpath(ood_dir), ood_dir)
     data_config.ood = list(ood_dirs.values())
-    data = build_data(fit_data_to_model(data_config, model))
+    data = build_model_data(data_config, model)
     if len(data.classes) != model.num_classes:
         raise ModelLoadError(f"{raw.model} has {model.num_classes} classes but the data has {len(data.classes)}; "
                              "give the model's own data with --data.source / --data.root")
@@ -243,6 +247,17 @@ def cmd_evaluate(argv: list[str]) -> int:
         thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
                                     description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
         _out(str(thresholds.save(raw.model)))
+        from pipnet.evaluation.novelty import compare_rules, fit_detector, format_rules
+
+        detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
+                                device=device, description=thresholds.data)
+        rows = compare_rules(model, detector, thresholds, data.test, data.ood, batch_size=raw.batch_size, device=device)
+    _out(f"OoD detectors (thresholds keep {raw.tpr:g} of the test images): the paper's rule (per-class score "
+         f"thresholds) and knn (k = {raw.novelty_k} nearest training images in prototype logits)\n" + format_rules(rows))
+    evaluation = json.loads(out.read_text())
+    out.write_text(json.dumps({**evaluation, "novelty": {"k": raw.novelty_k, "threshold": detector.threshold, "rows": rows}},
+                              indent=2))
+    _out(str(detector.save(raw.model)))
     return 0
 
 
@@ -333,6 +348,10 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
+    parser.add_argument("--detector", choices=["auto", "paper", "knn"], default="auto",
+                        help="what calls an image unknown: paper (per-class score thresholds, thresholds.json), knn "
+                             "(distance to the nearest training images in prototype logits, novelty.json; explained "
+                             "in the novelty column), auto (knn when the model folder stores it, else paper)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--skip-errors", action="store_true",
                         help="leave files that cannot be read out of the table (default: a row each, status 'error' "
@@ -355,7 +374,7 @@ def cmd_predict(argv: list[str]) -> int:
     with _inference_precision(args.precision, choose_device(args.device), args.model):
         predictions = predict(
             args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-            preset=_run_preset(args.model), device=args.device, progress=not args.no_progress,
+            preset=_run_preset(args.model), device=args.device, progress=not args.no_progress, detector=args.detector,
         )  # fmt: skip
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
@@ -411,9 +430,8 @@ def cmd_refit(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
-    from pipnet.data import build_data
     from pipnet.data.errors import DataError
-    from pipnet.evaluation.inference import choose_device, fit_data_to_model
+    from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
     from pipnet.train.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
     from pipnet.model.run_folder import config_file
@@ -431,8 +449,8 @@ def cmd_refit(argv: list[str]) -> int:
     data_config = config_file(args.data or args.model)
     if not data_config.is_file():
         raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
-    config = fit_data_to_model(load_config(str(data_config)).data, model)
-    data = build_data(config)
+    config = load_config(str(data_config)).data
+    data = build_model_data(config, model)
     if data.test is None:
         raise DataError(f"the data of {data_config} has no test split for the accuracies")
     # Prototypes switched off for one class in the web page stay off for it.
@@ -545,6 +563,9 @@ def cmd_export(argv: list[str]) -> int:
          f"max |difference| scores {diff['scores']:.2e}, presence {diff['presence']:.2e}")
     if max(diff.values()) > args.tolerance:
         raise ModelLoadError(f"the exported {path} differs from PyTorch by {max(diff.values()):.2e} (> {args.tolerance:g})")
+    norm = model.normalization
+    _out(f"inputs: RGB in [0, 1] resized to {model.config.image_size} x {model.config.image_size}, then "
+         f"(x - mean) / std with mean {list(norm.mean)}, std {list(norm.std)} (config.json: normalization)")
     _out(str(path))
     return 0
 
@@ -557,11 +578,11 @@ def _check_images(model_dir: str, model, count: int):
 
     run_config = RunFolder(model_dir).training_config()
     if run_config is not None:
-        from pipnet.data import build_data
+        from pipnet.evaluation.inference import build_model_data
 
         config = run_config.data
         config.image_size = model.config.image_size
-        test = build_data(config).test
+        test = build_model_data(config, model).test
         if test is not None and len(test) >= count:
             return torch.stack([test[i][0] for i in range(count)]), "test images"
     S = model.config.image_size

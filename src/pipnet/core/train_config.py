@@ -26,6 +26,10 @@ class ModelOptions:
         num_features: 0 = one prototype per backbone channel (paper); n > 0 = a 1x1 add-on conv to n.
         bias: a non-negative classifier bias (off in the paper).
         backbone_kwargs: extra arguments for the backbone builder (e.g. ``{output_stride: 16}`` for timm).
+        grid: how the backbone reaches PIP-Net's finer grid: ``stride`` (the paper's: late stride-2 convs get
+            stride 1) or ``dilate`` (the same grid by dilated convs, which keeps what the pretrained later
+            layers learnt: efficientnet_lite0 and resnet50/101/152; ``pipnet.model.backbones``). Recorded in the
+            model's config.json.
         init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
             final model, else its ``pretrained/`` one) or an official checkpoint file (then ``backbone``
             names its backbone). Its architecture replaces the options above; a classifier that looks
@@ -38,6 +42,7 @@ class ModelOptions:
     num_features: int = 0
     bias: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    grid: Literal["stride", "dilate"] = "stride"
     init: str | None = None
 
 

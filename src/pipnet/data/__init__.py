@@ -1,7 +1,15 @@
 """The data layer: image sources (planted parts, image folders, CUB-200-2011), the two-view augmentation
 of PIP-Net, and ``build_data``, which turns a ``DataConfig`` into every data set a run needs."""
 
-from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, denormalize, eval_transform
+from pipnet.data.augment import (
+    IMAGENET,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalization,
+    TwoViewTransform,
+    denormalize,
+    eval_transform,
+)
 from pipnet.data.build import DataBundle, build_data
 from pipnet.core.data_config import DataConfig, PlantedConfig
 from pipnet.data.cub import CUB, read_cub
@@ -17,10 +25,12 @@ __all__ = [
     "DataConfig",
     "DataError",
     "EvalDataset",
+    "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageList",
     "ImageLoadError",
+    "Normalization",
     "PlantedConfig",
     "PlantedParts",
     "TwoViewDataset",

@@ -1,4 +1,6 @@
-"""The two-view augmentation of PIP-Net (spec section 5) and the plain evaluation transform.
+"""The two-view augmentation of PIP-Net (spec section 5), the plain evaluation transform, and the input
+normalisation both end with (:class:`Normalization`: the per-channel mean and std a backbone's weights were
+trained with; ImageNet's unless given, which is what the paper's backbones expect).
 
 Per image, ``T1`` (location) runs once and ``T2`` (colour) twice, so the two views show the same patch
 at the same place and differ only in colour and a few pixels of crop jitter. Both TrivialAugment stages
@@ -14,9 +16,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pipnet.core.normalization import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Normalization
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGENET",
+    "Normalization",
     "Preset",
     "LocationTrivialAugment",
     "ColourTrivialAugment",
@@ -26,8 +32,6 @@ __all__ = [
     "denormalize",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Preset = Literal["default", "birds", "cars", "pets", "grayscale"]
 PRESETS: tuple[str, ...] = ("default", "birds", "cars", "pets", "grayscale")
@@ -113,11 +117,11 @@ def _ensure_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _to_normalized_tensor() -> list[v2.Transform]:
+def _to_normalized_tensor(normalization: Normalization) -> list[v2.Transform]:
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        v2.Normalize(mean=list(normalization.mean), std=list(normalization.std)),
     ]
 
 
@@ -132,6 +136,7 @@ class TwoViewTransform:
             that many pixels: 4 (spec section 5), 8 for PETS under the paper protocol.
         location_interpolation: ``bilinear`` (default) or ``nearest`` (the published code, spec 10.5)
             for the location TrivialAugment.
+        normalization: the backbone's input normalisation (ImageNet's by default).
     """
 
     def __init__(
@@ -142,12 +147,14 @@ class TwoViewTransform:
         *,
         crop_margin: int = 4,
         location_interpolation: Literal["bilinear", "nearest"] = "bilinear",
+        normalization: Normalization = IMAGENET,
     ) -> None:
         _check(image_size, preset)
         if delta < 0 or crop_margin < 0:
             raise ValueError(f"delta and crop_margin must be >= 0, got {delta} and {crop_margin}")
         self.image_size, self.preset, self.delta = image_size, preset, delta
         self.crop_margin, self.location_interpolation = crop_margin, location_interpolation
+        self.normalization = normalization
         side = image_size + delta
         modes = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}
         interpolation = modes[location_interpolation]
@@ -161,7 +168,7 @@ class TwoViewTransform:
             ]
         )
         colour = StrongColourTrivialAugment() if preset == "cars" else ColourTrivialAugment()
-        self.t2 = v2.Compose([colour, v2.RandomCrop(image_size), *_to_normalized_tensor()])
+        self.t2 = v2.Compose([colour, v2.RandomCrop(image_size), *_to_normalized_tensor(normalization)])
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         located = self.t1(img)
@@ -169,22 +176,25 @@ class TwoViewTransform:
 
     def __repr__(self) -> str:
         return (f"TwoViewTransform(image_size={self.image_size}, preset={self.preset!r}, delta={self.delta}, "
-                f"crop_margin={self.crop_margin}, location_interpolation={self.location_interpolation!r})")
+                f"crop_margin={self.crop_margin}, location_interpolation={self.location_interpolation!r}, "
+                f"normalization={self.normalization})")
 
 
-def eval_transform(image_size: int, preset: Preset | str = "default") -> Callable[[Image.Image], torch.Tensor]:
-    """The test / projection transform: RGB, resize to S x S, tensor, ImageNet normalisation.
+def eval_transform(
+    image_size: int, preset: Preset | str = "default", normalization: Normalization = IMAGENET
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The test / projection transform: RGB, resize to S x S, tensor, the backbone's normalisation.
 
     Args:
         image_size: S.
         preset: only ``grayscale`` changes anything (gray, three channels).
+        normalization: the backbone's input normalisation (ImageNet's by default).
     """
     _check(image_size, preset)
-    return v2.Compose([*_to_three_channels(preset), v2.Resize((image_size, image_size)), *_to_normalized_tensor()])
+    steps = [*_to_three_channels(preset), v2.Resize((image_size, image_size)), *_to_normalized_tensor(normalization)]
+    return v2.Compose(steps)
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation: (..., 3, H, W) -> values in [0, 1], for rendering."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x * std + mean).clamp(0.0, 1.0)
+def denormalize(x: torch.Tensor, normalization: Normalization = IMAGENET) -> torch.Tensor:
+    """Undo a normalisation (ImageNet's by default): (..., 3, H, W) -> values in [0, 1], for rendering."""
+    return normalization.invert(x)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from pipnet.data.augment import TwoViewTransform
+from pipnet.data.augment import IMAGENET, Normalization, TwoViewTransform
 from pipnet.core.data_config import DataConfig
 from pipnet.data.cub import CUB, read_cub
 from pipnet.data.errors import DataError
@@ -69,8 +69,8 @@ class DataBundle:
         return {name: d for name, d in sets.items() if d is not None}
 
 
-def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
-    return EvalDataset(base, config.image_size, config.preset)
+def _eval(base: ImageSource, config: DataConfig, norm: Normalization) -> EvalDataset:
+    return EvalDataset(base, config.image_size, config.preset, norm)
 
 
 # The published augmentation (spec section 10.5): nearest-neighbour location ops; PETS resizes to S + 48
@@ -78,17 +78,19 @@ def _eval(base: ImageSource, config: DataConfig) -> EvalDataset:
 PETS_PAPER = (48, 8)
 
 
-def _two_views(base: ImageSource, config: DataConfig, delta: int = 32, protocol: str = "default") -> TwoViewDataset:
+def _two_views(base: ImageSource, config: DataConfig, norm: Normalization, delta: int = 32,
+               protocol: str = "default") -> TwoViewDataset:
     if protocol != "paper":
-        return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta))
+        return TwoViewDataset(base, TwoViewTransform(config.image_size, config.preset, delta=delta, normalization=norm))
     delta, margin = PETS_PAPER if config.preset == "pets" else (delta, 4)
     transform = TwoViewTransform(
-        config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest"
+        config.image_size, config.preset, delta=delta, crop_margin=margin, location_interpolation="nearest",
+        normalization=norm,
     )
     return TwoViewDataset(base, transform)
 
 
-def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
+def _ood_folders(config: DataConfig, norm: Normalization) -> dict[str, Dataset]:
     """One data set per ``config.ood`` folder, named after the folder (numbered when names repeat)."""
     sets: dict[str, Dataset] = {}
     for folder in config.ood:
@@ -96,44 +98,44 @@ def _ood_folders(config: DataConfig) -> dict[str, Dataset]:
         unique, k = name, 2
         while unique in sets:
             unique, k = f"{name}_{k}", k + 1
-        sets[unique] = _eval(image_tree(folder, config.bad_images), config)
+        sets[unique] = _eval(image_tree(folder, config.bad_images), config, norm)
     return sets
 
 
-def _planted(config: DataConfig, protocol: str) -> DataBundle:
+def _planted(config: DataConfig, protocol: str, norm: Normalization) -> DataBundle:
     planted = config.planted
     train = PlantedParts(planted, "train")
-    test = _eval(PlantedParts(planted, "test"), config) if planted.test_per_class > 0 else None
-    ood = {"planted_ood": _eval(PlantedParts(planted, "ood"), config)} if planted.ood_images > 0 else {}
-    two_views = _two_views(train, config, protocol=protocol)
+    test = _eval(PlantedParts(planted, "test"), config, norm) if planted.test_per_class > 0 else None
+    ood = {"planted_ood": _eval(PlantedParts(planted, "ood"), config, norm)} if planted.ood_images > 0 else {}
+    two_views = _two_views(train, config, norm, protocol=protocol)
     return DataBundle(
         classes=train.classes,
         train=two_views,
         pretrain=two_views,
-        projection=_eval(train, config),
+        projection=_eval(train, config, norm),
         test=test,
         test_projection=test,
-        ood={**ood, **_ood_folders(config)},
-        multi=_eval(PlantedParts(planted, "multi"), config) if planted.num_classes >= 2 and planted.multi_images else None,
+        ood={**ood, **_ood_folders(config, norm)},
+        multi=_eval(PlantedParts(planted, "multi"), config, norm) if planted.num_classes >= 2 and planted.multi_images else None,
         num_parts=train.num_parts,
         part_names=train.part_names,
     )
 
 
-def _folder(config: DataConfig, protocol: str) -> DataBundle:
+def _folder(config: DataConfig, protocol: str, norm: Normalization) -> DataBundle:
     source = load_folder_source(config.root, config.val_fraction, config.seed, config.bad_images)
     if config.masks:
         source = _masked(source, config.root, config.masks)
-    two_views = _two_views(source.train, config, protocol=protocol)
-    test = _eval(source.test, config) if source.test is not None else None
+    two_views = _two_views(source.train, config, norm, protocol=protocol)
+    test = _eval(source.test, config, norm) if source.test is not None else None
     return DataBundle(
         classes=source.classes,
         train=two_views,
         pretrain=two_views,
-        projection=_eval(source.projection, config),
+        projection=_eval(source.projection, config, norm),
         test=test,
         test_projection=test,
-        ood=_ood_folders(config),
+        ood=_ood_folders(config, norm),
     )
 
 
@@ -145,18 +147,18 @@ def _masked(source: FolderSource, root: str, masks: str) -> FolderSource:
     return FolderSource(classes=source.classes, train=train, test=test, projection=projection)
 
 
-def _cub(config: DataConfig, protocol: str) -> DataBundle:
+def _cub(config: DataConfig, protocol: str, norm: Normalization) -> DataBundle:
     meta = read_cub(config.root, config.bad_images)
     train_crop, train_full = CUB(meta, "train", crop=True), CUB(meta, "train", crop=False)
     test_crop, test_full = CUB(meta, "test", crop=True), CUB(meta, "test", crop=False)
     return DataBundle(
         classes=meta.classes,
-        train=_two_views(train_crop, config, delta=8, protocol=protocol),
-        pretrain=_two_views(train_full, config, delta=32, protocol=protocol),
-        projection=_eval(train_full, config),
-        test=_eval(test_crop, config),
-        test_projection=_eval(test_full, config),
-        ood=_ood_folders(config),
+        train=_two_views(train_crop, config, norm, delta=8, protocol=protocol),
+        pretrain=_two_views(train_full, config, norm, delta=32, protocol=protocol),
+        projection=_eval(train_full, config, norm),
+        test=_eval(test_crop, config, norm),
+        test_projection=_eval(test_full, config, norm),
+        ood=_ood_folders(config, norm),
         num_parts=train_crop.num_parts,
         part_names=meta.part_names,
     )
@@ -197,7 +199,7 @@ def resolve_source(config: DataConfig) -> str:
     return source
 
 
-def build_data(config: DataConfig, protocol: str = "default") -> DataBundle:
+def build_data(config: DataConfig, protocol: str = "default", *, normalization: Normalization = IMAGENET) -> DataBundle:
     """Build every data set of a run from its data configuration.
 
     Args:
@@ -205,6 +207,8 @@ def build_data(config: DataConfig, protocol: str = "default") -> DataBundle:
             augmentation preset and the split settings.
         protocol: ``paper`` gives the published augmentation (spec section 10.5): nearest-neighbour
             location ops, and for the ``pets`` preset a resize to S + 48 and a crop to S + 8.
+        normalization: the input normalisation of every set: the backbone's (``PIPNet.normalization``;
+            ``pipnet.evaluation.inference.build_model_data`` passes a model's). ImageNet's by default.
 
     Raises:
         DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
@@ -216,7 +220,7 @@ def build_data(config: DataConfig, protocol: str = "default") -> DataBundle:
         raise DataError(f"--data.masks is read for the folder source only, not {source!r}")
     if source != "planted" and not config.root:
         raise DataError(f"data source {source!r} needs a root folder (DataConfig.root)")
-    bundle = _SOURCES[source](config, protocol)
+    bundle = _SOURCES[source](config, protocol, normalization)
     log.info("data %s: %d classes, %d training images, %s test images, %d part types, ood sets %s",
              source, len(bundle.classes), len(bundle.train),
              len(bundle.test) if bundle.test is not None else "no", bundle.num_parts, sorted(bundle.ood))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipnet.data.augment import Preset, TwoViewTransform, eval_transform
+from pipnet.data.augment import IMAGENET, Normalization, Preset, TwoViewTransform, eval_transform
 
 __all__ = ["ImageSource", "TwoViewDataset", "EvalDataset", "scale_keypoints"]
 
@@ -129,12 +129,15 @@ class EvalDataset(_SourceView):
         base: the image source.
         image_size: S.
         preset: augmentation preset (only ``grayscale`` changes the evaluation transform).
+        normalization: the backbone's input normalisation (ImageNet's by default).
     """
 
-    def __init__(self, base: ImageSource, image_size: int, preset: Preset | str = "default") -> None:
+    def __init__(self, base: ImageSource, image_size: int, preset: Preset | str = "default",
+                 normalization: Normalization = IMAGENET) -> None:
         super().__init__(base)
         self.input_size = image_size
-        self.transform = eval_transform(image_size, preset)
+        self.normalization = normalization
+        self.transform = eval_transform(image_size, preset, normalization)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.base.image(i)), self.base.targets[i]

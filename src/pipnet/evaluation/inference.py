@@ -8,8 +8,9 @@ The device (one owner): :func:`choose_device` turns ``auto`` / ``cpu`` / ``cuda`
 
 The input contract (one owner): a model takes S x S images (``model.config.image_size``, the size it was
 trained at) prepared with its data preset's evaluation transform (``model.config.preset``: ``grayscale``
-turns images gray). ``pipnet explain``, ``predict``, ``evaluate``, ``serve`` and ``refit`` build their inputs
-with :func:`input_transform` or :func:`fit_data_to_model`.
+turns images gray) and normalised as its backbone's weights expect (``model.normalization``, recorded in
+its config.json). ``pipnet explain``, ``predict``, ``evaluate``, ``serve``, ``refit`` and ``report`` build
+their inputs with :func:`input_transform` or :func:`build_model_data`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from pipnet.data.augment import eval_transform
+from pipnet.data.build import DataBundle, build_data
 from pipnet.core.data_config import DataConfig
 from pipnet.core.precision import autocast, current_inference_precision
 
-__all__ = ["DeviceError", "choose_device", "eval_mode", "fit_data_to_model", "input_transform", "inputs_of",
-           "labels_of", "make_loader"]
+__all__ = ["DeviceError", "build_model_data", "choose_device", "eval_mode", "fit_data_to_model", "input_transform",
+           "inputs_of", "labels_of", "make_loader"]
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +121,15 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
 
 
 def input_transform(model: torch.nn.Module, fallback_preset: str = "default") -> Callable:
-    """The transform that turns a PIL image into the model's input: its size and its preset's colour handling.
+    """The transform that turns a PIL image into the model's input: its size, its preset's colour handling
+    and its normalisation.
 
     Args:
-        model: a PIP-Net (reads ``config.image_size`` and ``config.preset``).
+        model: a PIP-Net (reads ``config.image_size``, ``config.preset`` and ``normalization``).
         fallback_preset: the preset for a model that did not record one (saved before presets were
             recorded), e.g. its run folder's ``data.preset``.
     """
-    return eval_transform(model.config.image_size, model.config.preset or fallback_preset)
+    return eval_transform(model.config.image_size, model.config.preset or fallback_preset, model.normalization)
 
 
 def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:
@@ -141,3 +144,9 @@ def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:
         log.warning("the data's preset is %s, the model was trained with %s: using %s", config.preset, preset, preset)
         config = dataclasses.replace(config, preset=preset)
     return config
+
+
+def build_model_data(config: DataConfig, model: torch.nn.Module, protocol: str = "default") -> DataBundle:
+    """Every data set of ``config`` as ``model`` takes its inputs: :func:`fit_data_to_model` (size, preset)
+    and the model's normalisation."""
+    return build_data(fit_data_to_model(config, model), protocol, normalization=model.normalization)

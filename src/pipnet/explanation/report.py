@@ -2,7 +2,7 @@
 
 Sits above evaluation, explanations and rendering: it rebuilds the run's data from its saved config,
 projects the training images, explains a sample of test, out-of-distribution and multi-object images,
-and hands everything to :func:`pipnet.render.html.write_report`.
+and hands everything to :func:`pipnet.explanation.render.html.write_report`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from pipnet.data import build_data
 from pipnet.train.diagnostics import diagnose
 from pipnet.explanation.explain import explain
 from pipnet.model import PIPNet
-from pipnet.evaluation.inference import eval_mode
+from pipnet.evaluation.inference import build_model_data, eval_mode
 from pipnet.evaluation.projection import project
 from pipnet.train.refit import read_edit_log
 from pipnet.explanation.render.html import write_report
@@ -77,7 +76,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     config = folder.training_config()
     if config is None:
         raise FileNotFoundError(f"{folder.path} is not a run folder: {folder.config.name} is missing")
-    data = build_data(config.data)
+    data = build_model_data(config.data, model)
     device = torch.device("cpu")
     projection = project(model, data.projection, k=10, batch_size=config.schedule.batch_size, progress=progress)
     explained = _sample(data.test, samples, "test", model, device)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipnet.model.backbones import Backbone, create_backbone
+from pipnet.model.backbones import GRIDS, Backbone, BackboneError, backbone_normalization, create_backbone
+from pipnet.core.normalization import IMAGENET, Normalization
 
 __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "create_model", "ModelLoadError",
            "prototype_log_odds"]
@@ -24,6 +26,8 @@ __all__ = ["PIPNet", "PIPNetConfig", "PIPNetOutput", "NonNegativeLinear", "creat
 PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
 RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"  # a saved model (save_pretrained)
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(ValueError):
@@ -45,7 +49,12 @@ class PIPNetConfig:
         disabled_prototypes: prototypes switched off (their presence is zeroed before the classifier).
         preset: the input contract's colour handling: the data preset the model was trained with
             (``grayscale`` turns inputs gray; every other preset feeds RGB). None: not recorded (models
-            saved before it was); see :func:`pipnet.inference.input_transform`.
+            saved before it was); see :func:`pipnet.evaluation.inference.input_transform`.
+        grid: how the backbone reaches its grid: ``stride`` (the paper's), ``dilate`` or ``native`` (see
+            ``pipnet.model.backbones``). Models saved before it was recorded used ``stride``.
+        normalization: the input normalisation ``{"mean": [r, g, b], "std": [r, g, b]}`` the model is fed
+            with (:attr:`PIPNet.normalization`). None: the backbone's declared one is filled in when the
+            model is built; a saved model without it was trained with ImageNet's (loading says so).
     """
 
     backbone: str = "convnext_tiny_26"
@@ -57,6 +66,8 @@ class PIPNetConfig:
     class_names: list[str] | None = None
     disabled_prototypes: list[int] = field(default_factory=list)
     preset: str | None = None
+    grid: str = "stride"
+    normalization: dict[str, list[float]] | None = None
 
     def describe_backbone(self) -> str:
         """The backbone's name with its builder arguments, e.g. ``efficientnet_lite0 (stages=4)``."""
@@ -101,7 +112,12 @@ class PIPNet(nn.Module):
     def __init__(self, config: PIPNetConfig, backbone: Backbone | None = None):
         super().__init__()
         self.config = config
-        self.backbone = backbone if backbone is not None else create_backbone(config.backbone, **config.backbone_kwargs)
+        if config.normalization is None:
+            config.normalization = _declared_normalization(config.backbone, custom=backbone is not None).to_dict()
+        self.normalization = Normalization.from_dict(config.normalization)  # the one owner of the model's inputs
+        if backbone is None:
+            backbone = create_backbone(config.backbone, grid=config.grid, **config.backbone_kwargs)
+        self.backbone = backbone
         dim = self.backbone.num_features
         if config.num_features > 0:
             self.add_on = nn.Conv2d(dim, config.num_features, kernel_size=1, bias=True)
@@ -233,6 +249,10 @@ class PIPNet(nn.Module):
             raw = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ModelLoadError(f"{config_path} is not valid JSON: {e}") from e
+        if "normalization" not in raw:
+            log.warning("%s records no input normalisation (saved by an older pipnet): feeding it ImageNet's "
+                        "mean and std, which every model was trained with before it was recorded", config_path)
+            raw = {**raw, "normalization": IMAGENET.to_dict()}
         model = cls(_checked_config(raw, config_path))
         try:
             state = load_file(str(weights_path), device=str(map_location))
@@ -240,6 +260,16 @@ class PIPNet(nn.Module):
             raise ModelLoadError(f"{weights_path} is corrupt or truncated: {e}") from e
         load_state_dict_checked(model, state, source=str(weights_path))
         return model
+
+
+def _declared_normalization(name: str, custom: bool) -> Normalization:
+    """The registered backbone's normalisation; ImageNet's for a backbone module passed in under another name."""
+    try:
+        return backbone_normalization(name)
+    except BackboneError:
+        if custom:
+            return IMAGENET
+        raise
 
 
 def _checked_config(raw: Any, path: Path) -> PIPNetConfig:
@@ -260,6 +290,13 @@ def _checked_config(raw: Any, path: Path) -> PIPNetConfig:
             raise ModelLoadError(f"{path}: {key} should be at least 1, got {raw[key]}")
     if raw.get("num_features", 0) < 0:
         raise ModelLoadError(f"{path}: num_features should be 0 or more, got {raw['num_features']}")
+    if raw.get("grid", "stride") not in GRIDS:
+        raise ModelLoadError(f"{path}: grid should be one of {GRIDS}, got {raw['grid']!r}")
+    if raw.get("normalization") is not None:
+        try:
+            Normalization.from_dict(raw["normalization"])
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: {e}") from None
     return PIPNetConfig(**raw)
 
 
@@ -291,6 +328,7 @@ def create_model(
     image_size: int = 224,
     class_names: list[str] | None = None,
     preset: str | None = None,
+    grid: str = "stride",
     **backbone_kwargs: Any,
 ) -> PIPNet:
     """Build a PIP-Net.
@@ -304,6 +342,7 @@ def create_model(
         image_size: the input size the model is meant for (recorded in the config).
         class_names: optional class names, saved with the model.
         preset: the data preset the model is trained with (recorded; decides its inputs' colour handling).
+        grid: ``stride`` (the paper's) or ``dilate``: how the backbone reaches its grid (``pipnet.model.backbones``).
         **backbone_kwargs: passed to the backbone builder (e.g. ``output_stride=16`` for timm models).
     """
     config = PIPNetConfig(
@@ -315,8 +354,9 @@ def create_model(
         backbone_kwargs=dict(backbone_kwargs),
         class_names=class_names,
         preset=preset,
+        grid=grid,
     )
-    return PIPNet(config, create_backbone(backbone, pretrained=pretrained, **backbone_kwargs))
+    return PIPNet(config, create_backbone(backbone, pretrained=pretrained, grid=grid, **backbone_kwargs))
 
 
 def prototype_log_odds(logits: torch.Tensor) -> torch.Tensor:

