@@ -111,7 +111,8 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     from pipnet.use.serve.views import page_context
 
     explorer = Explorer(folder, device="cpu")
-    explorer.show_upload("green.png", images[2].read_bytes())
-    assert page_context(explorer)["shown"]["unknown"].startswith("Unknown (unknown: distance")
-    explorer.show_upload("red.png", images[0].read_bytes())
-    assert page_context(explorer)["shown"]["unknown"] is None
+    visitor = explorer.new_visitor()
+    explorer.show_upload(visitor, "green.png", images[2].read_bytes())
+    assert page_context(explorer, visitor)["shown"]["unknown"].startswith("Unknown (unknown: distance")
+    explorer.show_upload(visitor, "red.png", images[0].read_bytes())
+    assert page_context(explorer, visitor)["shown"]["unknown"] is None
