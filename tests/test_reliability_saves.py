@@ -87,11 +87,18 @@ def test_twenty_sigkills_during_saves_and_refits_leave_only_complete_folders(tmp
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     mid_write, blocked, checked = {"saved": 0, "refit": 0}, [], set()
     try:
-        for _ in range(20):
+        for i in range(20):
             zygote.stdin.write("go\n")
             zygote.stdin.flush()
             pid = int(zygote.stdout.readline())
-            time.sleep(rng.uniform(0.1, 0.8))
+            if i % 3:  # while a save (or a refit) is being written, so that both kinds are surely hit
+                kind = "saved" if i % 3 == 1 else "refit"
+                deadline = time.monotonic() + 30
+                while not list(out.glob(f".{pid}-*-{kind}.partial-*")) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.01))
+            else:  # at a random moment
+                time.sleep(rng.uniform(0.1, 0.8))
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)  # the zygote reaps it
             for leftover in out.glob(f".{pid}-*.partial-{pid}-*"):  # the next writer removes it
@@ -105,6 +112,7 @@ def test_twenty_sigkills_during_saves_and_refits_leave_only_complete_folders(tmp
         zygote.kill()
         zygote.wait()
     # Not vacuous: kills landed in the middle of both kinds of writes, and whole folders were written too.
+    print("mid-write kills:", mid_write, "whole folders:", len(checked))
     assert mid_write["saved"] >= 2 and mid_write["refit"] >= 2, mid_write
     assert any(f.endswith("-saved") for f in checked) and any(f.endswith("-refit") for f in checked)
 

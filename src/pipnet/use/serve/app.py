@@ -153,6 +153,8 @@ def create_app(
         origin = request.headers.get("origin")
         if request.method == "POST" and origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
             response = Response("cross-site request refused", status_code=403, media_type="text/plain")
+        elif request.url.path == "/page.js" or request.url.path.startswith("/prototypes/"):
+            response = await call_next(request)  # the same for everyone: no visitor state made for these
         else:
             visitor, new = visitors.get(request.cookies.get(COOKIE))
             request.state.visitor = visitor
