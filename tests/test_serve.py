@@ -56,7 +56,7 @@ def _config(out: Path) -> TrainConfig:
             planted=PlantedConfig(num_classes=3, train_per_class=8, test_per_class=4, ood_images=0, multi_images=0, size=64),
         ),
         schedule=ScheduleConfig(epochs_pretrain=0, epochs=1, batch_size=8),
-        runtime=RuntimeConfig(progress=False),
+        runtime=RuntimeConfig(precision="fp32", progress=False),
     )
 
 
