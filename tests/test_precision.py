@@ -201,3 +201,15 @@ def test_thresholds_record_the_precision_they_were_set_in(tmp_path):
     old = json.loads((tmp_path / "thresholds.json").read_text())
     del old["precision"]  # a file written before thresholds recorded it: scores were fp32 then
     assert Thresholds.from_dict(old).precision == "fp32"
+
+
+def test_a_model_folders_auto_follows_its_stored_thresholds(tmp_path):
+    from pipnet.evaluation.thresholds import fit_thresholds, precision_for_model
+
+    torch.manual_seed(0)
+    model = create_model("timm/test_convnext", num_classes=3, pretrained=False, num_features=8, image_size=32)
+    data = [(torch.randn(3, 32, 32), i % 3) for i in range(6)]
+    assert precision_for_model("auto", CPU, tmp_path) == P.resolve_precision("auto", CPU)  # no thresholds yet
+    fit_thresholds(model, data, batch_size=3).save(tmp_path)  # fp32 scores
+    assert precision_for_model("auto", CPU, tmp_path).precision == "fp32"
+    assert precision_for_model("fp32", CPU, tmp_path).reason == "asked for"

@@ -62,11 +62,9 @@ PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 def _resolve_precision(requested: str, device, model_dir: str | None = None) -> str:
     """``--precision`` resolved for ``device`` and the model folder's stored thresholds (``auto`` scores the
     way they were set; see :func:`pipnet.core.precision.resolve_inference_precision`); logged once, with why."""
-    from pipnet.core.precision import resolve_inference_precision
-    from pipnet.evaluation.thresholds import load_thresholds
+    from pipnet.evaluation.thresholds import precision_for_model
 
-    thresholds = load_thresholds(model_dir) if model_dir is not None and requested == "auto" else None
-    choice = resolve_inference_precision(requested, device, thresholds.precision if thresholds else None)
+    choice = precision_for_model(requested, device, model_dir)
     log.info("precision %s (%s)", choice.precision, choice.reason)
     return choice.precision
 

@@ -26,11 +26,11 @@ from pipnet.evaluation import metrics as M
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model.run_folder import THRESHOLDS_FILE, RunFolder
-from pipnet.core.precision import current_inference_precision
+from pipnet.core.precision import PrecisionChoice, current_inference_precision, resolve_inference_precision
 from pipnet.core.utils import atomic_write
 
 __all__ = ["THRESHOLDS_FILE", "Thresholds", "fit_thresholds", "load_thresholds", "unknown_mask", "warn_without_thresholds",
-           "describe_data"]
+           "describe_data", "precision_for_model"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ class Thresholds:
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
         return path
+
+
+def precision_for_model(requested: str, device: torch.device | str, directory: str | Path | None) -> PrecisionChoice:
+    """``--precision`` of an inference command on the model folder ``directory``: ``auto`` scores the way its
+    stored thresholds were set (:func:`pipnet.core.precision.resolve_inference_precision`)."""
+    thresholds = load_thresholds(directory) if directory is not None and requested == "auto" else None
+    return resolve_inference_precision(requested, device, thresholds.precision if thresholds else None)
 
 
 def load_thresholds(directory: str | Path, num_classes: int | None = None) -> Thresholds | None:

@@ -58,12 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers and --max-visitors must be at least 1, --idle-minutes and --max-megapixels positive")
     import uvicorn
 
-    from pipnet.core.precision import resolve_inference_precision, set_default_inference_precision
+    from pipnet.core.precision import set_default_inference_precision
     from pipnet.evaluation.inference import choose_device
-    from pipnet.evaluation.thresholds import load_thresholds
+    from pipnet.evaluation.thresholds import precision_for_model
 
-    thresholds = load_thresholds(args.model) if args.precision == "auto" else None
-    choice = resolve_inference_precision(args.precision, choose_device(args.device), thresholds.precision if thresholds else None)
+    choice = precision_for_model(args.precision, choose_device(args.device), args.model)
     log.info("precision %s (%s)", choice.precision, choice.reason)
     set_default_inference_precision(choice.precision)
 
