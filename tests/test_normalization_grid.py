@@ -132,6 +132,18 @@ def test_dilate_uses_dilated_convolutions_and_stride_none():
     assert dil and not [m for m in strided.modules() if isinstance(m, torch.nn.Conv2d) and m.dilation != (1, 1)]
 
 
+@pytest.mark.parametrize("grid", ["stride", "dilate"])
+def test_lite0_output_stride_16_halves_the_grid_of_8(grid):
+    # 64 px: stride 8 gives 8x8, stride 16 gives 4x4, the unmodified network (stride 32) 2x2.
+    x = torch.randn(1, 3, 64, 64)
+    for stages, output_stride, side in ((6, 8, 8), (6, 16, 4), (7, 16, 4)):
+        net = create_backbone("efficientnet_lite0", grid=grid, stages=stages, output_stride=output_stride).eval()
+        assert net(x).shape[-2:] == (side, side), (stages, output_stride)
+    assert create_backbone("efficientnet_lite0", grid="native", stages=6).eval()(x).shape[-2:] == (2, 2)
+    with pytest.raises(BackboneError, match="output_stride must be 8 or 16"):
+        create_backbone("efficientnet_lite0", output_stride=32)
+
+
 @pytest.mark.parametrize("name", ["convnext_tiny_26", "resnet18", "timm/resnet18"])
 def test_backbones_without_a_dilated_grid_say_so(name):
     with pytest.raises(BackboneError, match="grid"):
@@ -152,3 +164,23 @@ def test_training_builds_the_configured_grid():
     model = _build_model(config, 2, ["a", "b"], pretrained=False)
     assert model.config.grid == "dilate" and model.normalization == backbone_normalization("efficientnet_lite0")
     assert any(m.dilation != (1, 1) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_the_cpu_small_recipe_builds_its_10x10_dilated_grid_and_saves_it(tmp_path):
+    # configs/cpu-small.yaml (random weights here): Lite0 cut after 6 stages, P = D = 192, output stride 16
+    # by dilation at 160 px -> 10x10; the backbone group frozen for the whole classification phase.
+    from pathlib import Path
+
+    from pipnet.core.train_config import load_config
+    from pipnet.train.engine import _build_model
+
+    config = load_config(str(Path(__file__).parent.parent / "configs" / "cpu-small.yaml"))
+    assert config.schedule.freeze_epochs >= config.schedule.epochs
+    model = _build_model(config, 3, ["a", "b", "c"], pretrained=False)
+    size = config.data.image_size
+    out = model(torch.randn(1, 3, size, size))
+    assert out.maps.shape[1:] == (192, 10, 10) and model.config.grid == "dilate"
+    model.save_pretrained(tmp_path)
+    back = PIPNet.from_pretrained(tmp_path)
+    assert back.config.backbone_kwargs == {"stages": 6, "output_stride": 16}
+    assert back(torch.randn(1, 3, size, size)).maps.shape[1:] == (192, 10, 10)

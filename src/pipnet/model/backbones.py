@@ -400,7 +400,8 @@ def _timm_groups(net: nn.Module) -> ParameterGroups:
 
 
 @register_backbone("efficientnet_lite0", normalization=MINUS_ONE_TO_ONE)
-def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, grid: str = "stride") -> Backbone:
+def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, grid: str = "stride",
+                       output_stride: int = 8) -> Backbone:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1
     (grid ``stride``) or dilated instead (grid ``dilate``: timm's ``output_stride=8``).
 
@@ -410,11 +411,14 @@ def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, g
 
     ``stages`` < 7 keeps only the first ``stages`` of the 7 block stages (and drops the 1x1 head conv):
     a smaller receptive field and a cheaper step, with D = that stage's channels (4: 80, 5: 112, 6: 192).
-    The grid stays at stride 8 for ``stages`` >= 3.
+    The grid stays at stride ``output_stride`` (8: 16x16 at 128 px, the paper's density; 16: 8x8 at 128 px,
+    for the deeper cuts at about half the cost) for ``stages`` >= 3 (>= 5 for 16).
     """
     if not 3 <= stages <= 7:
         raise BackboneError(f"efficientnet_lite0 stages must be between 3 and 7, got {stages}")
-    dilation = {"output_stride": 8} if grid == "dilate" else {}
+    if output_stride not in (8, 16):
+        raise BackboneError(f"efficientnet_lite0 output_stride must be 8 or 16, got {output_stride}")
+    dilation = {"output_stride": output_stride} if grid == "dilate" else {}
     backbone = TimmBackbone("tf_efficientnet_lite0", pretrained=False, **dilation)
     if pretrained is True:
         _load_lite0_package_weights(backbone.net)
@@ -428,8 +432,9 @@ def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, g
         backbone.groups = _timm_groups(net)
     if grid in ("dilate", "native"):
         return backbone
-    # Stride 1 in the stages that would take 28x28 to 7x7 (timm's "same" padding adapts to the stride).
-    for stage in backbone.net.blocks[3:]:
+    # Stride 1 in the stages past the output stride (blocks 3 and 5 halve the grid; timm's "same" padding
+    # adapts to the stride): at 8, 28x28 stays 28x28 at 224 px.
+    for stage in backbone.net.blocks[3 if output_stride == 8 else 5:]:
         for m in stage.modules():
             if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
                 m.stride = (1, 1)
