@@ -13,7 +13,7 @@ import pipnet
 from pipnet.data import DataConfig, PlantedConfig
 from pipnet.evaluation.inference import build_model_data
 from pipnet.model import ModelLoadError
-from pipnet.evaluation.novelty import (NOVELTY_FILE, NoveltyDetector, compare_rules, distance_threshold, fit_detector, load_detector,
+from pipnet.evaluation.novelty import (NOVELTY_FILE, NoveltyDetector, compare_rules, distance_threshold, fit_detector, held_out_unknown, load_detector,
                             model_features)
 from pipnet.use.predict import predict
 
@@ -116,3 +116,19 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     assert page_context(explorer, visitor)["shown"]["unknown"].startswith("Unknown (unknown: distance")
     explorer.show_upload(visitor, "red.png", images[0].read_bytes())
     assert page_context(explorer, visitor)["shown"]["unknown"] is None
+
+
+def test_held_out_unknown_counts_each_half_with_the_other_halfs_thresholds():
+    # 19 in-distribution images at distance 0 / score 1 and one at distance 1 / score 0.5, tpr 0.95.
+    # Whatever the halving: thresholds set on the half holding the odd image keep ceil(0.95 * 10) = 10 of
+    # its 10, so they reach it and call nothing of the other half unknown (0/10); thresholds set on the
+    # other half (all 0 / all 1) call the odd image unknown (1/10). The mean is 0.05 for both rules.
+    distances = torch.zeros(20, dtype=torch.float64)
+    distances[7] = 1.0
+    scores = torch.zeros(20, 2)
+    scores[:, 0] = 1.0
+    scores[7, 0] = 0.5
+    paper, knn = held_out_unknown(scores, distances, 0.95, repeats=30, seed=3)
+    assert paper == pytest.approx(0.05) and knn == pytest.approx(0.05)
+    # Nothing odd: nothing is unknown.
+    assert held_out_unknown(torch.ones(20, 2), torch.zeros(20), 0.95) == (0.0, 0.0)

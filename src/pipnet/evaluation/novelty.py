@@ -45,7 +45,7 @@ from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
 from pipnet.core.utils import atomic_write
 
 __all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "NoveltyExplanation", "compare_rules",
-           "fit_detector", "format_rules", "load_detector", "model_features"]
+           "fit_detector", "format_rules", "held_out_unknown", "load_detector", "model_features"]
 
 DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-class score thresholds, or this
 NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"
@@ -274,28 +274,70 @@ def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, tes
 
     Returns:
         One row per set: ``{"set", "images", "paper_unknown", "knn_unknown"}`` (the share each rule calls
-        unknown) for the in-distribution ``test`` set, and for each OoD set also ``paper_fpr95``,
+        unknown) for the in-distribution ``test`` set, with ``paper_unknown_held_out`` and
+        ``knn_unknown_held_out`` (:func:`held_out_unknown`), and for each OoD set also ``paper_fpr95``,
         ``paper_auroc`` (max score, as ``pipnet evaluate``) and ``knn_fpr95``, ``knn_auroc`` (FPR = the share of
         OoD images not called unknown; AUROC of -distance).
     """
     from pipnet.evaluation import metrics as M
     from pipnet.evaluation.thresholds import unknown_mask
 
-    def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f = model_features(model, data, batch_size=batch_size, pool=detector.pool, device=device)
         d = detector.distances(f.logits)[0]
-        return f.scores.amax(dim=1), unknown_mask(f.scores, thresholds), d, d > detector.threshold
+        return f.scores.amax(dim=1), unknown_mask(f.scores, thresholds), d, d > detector.threshold, f.scores
 
-    test_max, test_paper, test_d, test_knn = rule_outputs(test)
+    test_max, test_paper, test_d, test_knn, test_scores = rule_outputs(test)
+    held_paper, held_knn = held_out_unknown(test_scores, test_d, detector.tpr)
     rows = [{"set": "test (in-distribution)", "images": len(test_max), "paper_unknown": test_paper.double().mean().item(),
-             "knn_unknown": test_knn.double().mean().item()}]
+             "knn_unknown": test_knn.double().mean().item(),
+             "paper_unknown_held_out": held_paper, "knn_unknown_held_out": held_knn}]
     for name, data in ood.items():
-        ood_max, ood_paper, ood_d, ood_knn = rule_outputs(data)
+        ood_max, ood_paper, ood_d, ood_knn, _ = rule_outputs(data)
         rows.append({"set": name, "images": len(ood_max), "paper_unknown": ood_paper.double().mean().item(),
                      "knn_unknown": ood_knn.double().mean().item(),
                      "paper_fpr95": 1.0 - ood_paper.double().mean().item(), "paper_auroc": M.auroc(test_max, ood_max),
                      "knn_fpr95": 1.0 - ood_knn.double().mean().item(), "knn_auroc": M.auroc(-test_d, -ood_d)})
     return rows
+
+
+def held_out_unknown(scores: torch.Tensor, distances: torch.Tensor, tpr: float, *, repeats: int = 50,
+                     seed: int = 0) -> tuple[float, float]:
+    """The share of in-distribution images each rule calls unknown when its threshold was **not** set on them.
+
+    Both rules set their thresholds on the images they are then checked on, which gives 1 - ``tpr`` by
+    construction. Here the images are halved at random ``repeats`` times; the thresholds are set on one
+    half (the paper's per-class score thresholds, :func:`pipnet.evaluation.metrics.ood_thresholds`; the
+    knn distance threshold, :func:`distance_threshold`) and the share called unknown is counted on the
+    other half, both ways round.
+
+    Args:
+        scores: (N, C) inference scores of the in-distribution images.
+        distances: (N,) their knn distances.
+        tpr: the fraction the thresholds keep.
+        repeats: random halvings.
+        seed: of the halvings.
+
+    Returns:
+        (paper rule, knn): the mean held-out share called unknown.
+    """
+    from pipnet.evaluation import metrics as M
+    from pipnet.evaluation.thresholds import unknown_mask
+
+    n = len(distances)
+    if n < 4:
+        return math.nan, math.nan
+    generator = torch.Generator().manual_seed(seed)
+    scores, distances = scores.float().cpu(), distances.double().cpu()
+    max_scores, preds = scores.amax(dim=1), M.predictions(scores).cpu()
+    paper, knn = [], []
+    for _ in range(repeats):
+        order = torch.randperm(n, generator=generator)
+        for fit, check in ((order[: n // 2], order[n // 2:]), (order[n // 2:], order[: n // 2])):
+            t = M.ood_thresholds(max_scores[fit], preds[fit], scores.shape[1], tpr=tpr)
+            paper.append(unknown_mask(scores[check], t).double().mean().item())
+            knn.append((distances[check] > distance_threshold(distances[fit], tpr)).double().mean().item())
+    return sum(paper) / len(paper), sum(knn) / len(knn)
 
 
 def format_rules(rows: list[dict[str, Any]]) -> str:
@@ -307,4 +349,7 @@ def format_rules(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"{r['set']} | {r['images']} | {cell(r, 'paper_unknown')} / {cell(r, 'knn_unknown')} | "
                      f"{cell(r, 'paper_fpr95')} / {cell(r, 'knn_fpr95')} | {cell(r, 'paper_auroc')} / {cell(r, 'knn_auroc')}")
+        if "knn_unknown_held_out" in r:
+            lines.append(f"  ... with thresholds set on the other half of the test images (50 random halvings): "
+                         f"{cell(r, 'paper_unknown_held_out')} / {cell(r, 'knn_unknown_held_out')}")
     return "\n".join(lines)
