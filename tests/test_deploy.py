@@ -99,7 +99,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     good = (folder / "img0.png").read_bytes()
     (folder / "cut.png").write_bytes(good[: len(good) // 3])
     out = tmp_path / "predictions.csv"
-    assert main(["predict", str(run), str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert main(["predict", str(run), str(folder), "--out", str(out), "--no-progress", "--detector", "paper"]) == 0
     err = capsys.readouterr().err
     assert f"cannot read {folder / 'notes.txt'}: not an image (not a PNG, JPEG" in err
     assert f"cannot read {folder / 'cut.png'}: corrupt or truncated" in err
@@ -133,6 +133,31 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     preds = pipnet.predict(run, [folder])
     assert [p.error is not None for p in preds] == [True, False, False, False, False, False, False, True]
     assert [p.predicted_class for p in preds if p.error is None] == [r["predicted_class"] for r in rows]
+
+
+def test_training_stores_the_knn_detector_and_predict_uses_it_by_default(run, data, tmp_path):
+    # Training writes novelty.json beside thresholds.json; predict's default (auto) then decides "unknown"
+    # with it and explains it, and --detector paper still gives the paper's rule.
+    from pipnet.evaluation.novelty import load_detector, model_features
+
+    model = PIPNet.from_pretrained(run)
+    detector = load_detector(run, model.num_prototypes)
+    assert detector is not None and detector.used == model.used_prototypes().tolist()
+    assert len(detector.reference) == len(data.projection)
+    planted_ood, ood = PlantedParts(PLANTED, "ood"), data.ood["planted_ood"]
+    files = [tmp_path / f"ood{i}.png" for i in range(6)]
+    for i, path in enumerate(files):
+        planted_ood.image(i).save(path)
+    preds = pipnet.predict(run, files)
+    paper = pipnet.predict(run, files, detector="paper")
+    assert all(p.novelty is not None for p in preds) and all(p.novelty is None for p in paper)
+    for p in preds:
+        assert p.unknown == (p.abstained or p.novelty["unknown"])
+        assert p.novelty["unknown"] == (p.novelty["distance"] > detector.threshold)
+    # The distances are the detector's own on the same inputs.
+    x = torch.stack([ood[i][0] for i in range(6)])
+    d = detector.distances(model_features(model, torch.utils.data.TensorDataset(x)).logits)[0]
+    assert [p.novelty["distance"] for p in preds] == pytest.approx(d.tolist(), abs=1e-4)
 
 
 def test_predict_errors_are_one_line(run, tmp_path, capsys):
@@ -269,6 +294,13 @@ def test_refit_after_switching_off_a_part_prototype_recovers_accuracy(run, data,
     before_bytes = (run / "model.safetensors").read_bytes()
     out = tmp_path / "refit"
     assert main(["refit", str(run), "--disable", str(worst), "--out", str(out), "--reason", "test: a shortcut", "--no-progress"]) == 0
+    # The knn detector travels with the refit model (its distances do not depend on the sheet), naming the
+    # refit model's used prototypes.
+    from pipnet.evaluation.novelty import load_detector
+
+    carried, source = load_detector(out), load_detector(run)
+    assert carried.threshold == source.threshold and torch.equal(carried.reference, source.reference)
+    assert carried.used == PIPNet.from_pretrained(out).used_prototypes().tolist() and worst not in carried.used
     printed = capsys.readouterr().out
     result = refit(model, data.projection, data.test, [worst])
     print(f"prototype {worst}: {result.summary()}")

@@ -8,6 +8,8 @@
     RUN/metrics.json           held-out metrics of the final model, written by training
     RUN/evaluation.json        the metrics of the latest ``pipnet evaluate``
     RUN/thresholds.json        per-class out-of-distribution thresholds (:mod:`pipnet.evaluation.thresholds`)
+    RUN/novelty.json           the ``knn`` out-of-distribution detector, with RUN/novelty.safetensors
+                               (:mod:`pipnet.evaluation.novelty`)
     RUN/edits.json             the per-class switch-offs of an edited model (:mod:`pipnet.use.serve.editing`)
     RUN/edits.jsonl            the edit log, one JSON record a line (:mod:`pipnet.train.refit`)
     RUN/sparsity.png           sparsity and test accuracy per epoch (paper Figure 2), drawn from history.csv

@@ -301,6 +301,7 @@ def _finish(
                                    train_set=data.projection, protocol=config.protocol)
                 run.write_metrics(metrics, into=final)
                 _save_thresholds(final, model, data, config, device)
+                _save_detector(final, model, data, config, device)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
             (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
     return TrainResult(run.path, model, metrics, data, history)
@@ -312,6 +313,21 @@ def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: T
 
     description = describe_data(config.data.source, config.data.root, "test", len(data.test))
     fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)
+
+
+def _save_detector(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
+    """Store the ``knn`` OoD detector (the training images as reference, 95% TPR on the test data) beside the
+    model: ``pipnet predict`` then calls an image unknown in the model's own terms (:mod:`pipnet.evaluation.novelty`)."""
+    from pipnet.evaluation.novelty import fit_detector
+    from pipnet.evaluation.thresholds import describe_data
+
+    description = describe_data(config.data.source, config.data.root, "test", len(data.test))
+    detector = fit_detector(model, data.projection, data.test, batch_size=config.schedule.batch_size, device=device,
+                            description=description)
+    detector.save(directory)
+    log.info("stored the knn OoD detector (novelty.json: distance to the %d-th nearest training image, threshold %.4f); "
+             "pipnet predict uses it for 'unknown' (--detector paper: the paper's score thresholds)", detector.k,
+             detector.threshold)
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:
     """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
     m = model.config

@@ -19,7 +19,7 @@ import getpass
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,8 @@ def save_refit(
     """Write a refit model to a NEW folder: the model, its data config, re-set thresholds and the edit log.
 
     The scores change with the sheet, so the OoD thresholds are set again on ``test_data`` (same rule and
-    ``tpr``). The log starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
+    ``tpr``); the source's ``knn`` detector (``novelty.json``) is carried over, as its distances do not
+    depend on the sheet. The log starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
 
     Args:
         result: what :func:`refit` returned.
@@ -284,8 +285,19 @@ def save_refit(
         thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description,
                                     batch_size=batch_size, device=device)  # fmt: skip
         thresholds.save(tmp)
+        _carry_detector(source, tmp, result.model)
         append_edits(tmp, records, inherited_from=source)
     return directory
+
+
+def _carry_detector(source: str | Path, directory: Path, model) -> None:
+    """Copy the source's ``knn`` OoD detector: its distances use the prototype logits, which a refit does not
+    change, so its reference and threshold still hold; only the used prototypes its explanations name change."""
+    from pipnet.evaluation.novelty import load_detector
+
+    detector = load_detector(source, model.num_prototypes)
+    if detector is not None:
+        replace(detector, used=model.used_prototypes().tolist()).save(directory)
 
 
 # ---- the edit log -----------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def predict(
         thresholds: per-class OoD thresholds; ``"auto"`` = the model folder's ``thresholds.json`` when
             ``model`` is a folder, else none. Without thresholds only abstaining images are unknown (said once).
         detector: what calls an image unknown besides abstaining: ``paper`` (the thresholds), ``knn`` (the
-            model folder's ``novelty.json``, stored by ``pipnet evaluate``: distance to the nearest training
+            model folder's ``novelty.json``, stored by training and ``pipnet evaluate``: distance to the nearest training
             images in prototype logits) or ``auto`` (``knn`` when the folder stores it, else ``paper``).
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
