@@ -136,14 +136,16 @@ def references(kwargs: dict, image_size: int, grid: str, native_size: int, which
     """The black boxes PIP-Net is measured against, in the order (a), (b), (c) (those named in ``which``).
 
     (a) the unmodified pretrained network at its native size: the backbone's arguments without the cut
-    (``stages``), grid ``native``, ``native_size`` px; (b) the unmodified network cut where the recipe
-    cuts it, at the recipe's size: the same arguments, grid ``native``, ``image_size``; (c) the backbone as
-    PIP-Net uses it: the same arguments and ``grid`` at ``image_size``.
+    (``stages``) or its grid (``output_stride``), grid ``native``, ``native_size`` px; (b) the unmodified
+    network cut where the recipe cuts it, at the recipe's size: the same arguments but the grid's, grid
+    ``native``, ``image_size``; (c) the backbone as PIP-Net uses it: the same arguments and ``grid`` at
+    ``image_size``.
     """
-    full = {k: v for k, v in kwargs.items() if k != "stages"}
+    unmodified = {k: v for k, v in kwargs.items() if k != "output_stride"}  # a native grid has no output stride
+    full = {k: v for k, v in unmodified.items() if k != "stages"}
     rows = {
         "a": Reference("a", "unmodified, native size", full, "native", native_size),
-        "b": Reference("b", "unmodified, recipe's cut and size", dict(kwargs), "native", image_size),
+        "b": Reference("b", "unmodified, recipe's cut and size", unmodified, "native", image_size),
         "c": Reference("c", f"as PIP-Net uses it (grid {grid})", dict(kwargs), grid, image_size),
     }
     return [rows[k] for k in which]

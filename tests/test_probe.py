@@ -99,6 +99,9 @@ def test_references_are_the_unmodified_network_its_cut_and_pipnets_backbone():
     assert (b.kwargs, b.grid, b.size) == ({"stages": 5}, "native", 128)
     assert (c.kwargs, c.grid, c.size) == ({"stages": 5}, "dilate", 128)
     assert [r.name for r in probe.references({}, 128, "stride", 224, "ca")] == ["c", "a"]
+    # An output stride is the grid's: the unmodified references drop it, PIP-Net's backbone keeps it.
+    a, b, c = probe.references({"stages": 6, "output_stride": 16}, 160, "dilate", 224)
+    assert (a.kwargs, b.kwargs, c.kwargs) == ({}, {"stages": 6}, {"stages": 6, "output_stride": 16})
     # The best black box is the highest test accuracy; a tie goes to the earlier reference.
     assert probe.best_reference({"a": 0.80, "b": 0.85, "c": 0.85}) == ("b", 0.85)
     assert probe.best_reference({"c": 0.7}) == ("c", 0.7)
