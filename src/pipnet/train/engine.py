@@ -325,7 +325,7 @@ def _save_detector(directory: Path, model: PIPNet, data: DataBundle, config: Tra
     detector = fit_detector(model, data.projection, data.test, batch_size=config.schedule.batch_size, device=device,
                             description=description)
     detector.save(directory)
-    log.info("stored the knn OoD detector (novelty.json: distance to the %d-th nearest training image, threshold %.4f); "
+    log.info("stored the knn OoD detector (novelty.json: distance to the nearest training images, k = %d, threshold %.4f); "
              "pipnet predict uses it for 'unknown' (--detector paper: the paper's score thresholds)", detector.k,
              detector.threshold)
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:
