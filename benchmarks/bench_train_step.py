@@ -10,12 +10,15 @@ and batches in every variant and prints the largest relative difference of the l
 
     python benchmarks/bench_train_step.py --backbones resnet18 resnet50 convnext_tiny_26 efficientnet_lite0 --sizes 112 224
     python benchmarks/bench_train_step.py --backbones convnext_tiny_26 --variants fp32 bf16 bf16+cl --batch 16 --loss-check 5
+    python benchmarks/bench_train_step.py --backbones efficientnet_lite0 --backbone-kwargs '{"stages": 6, "output_stride": 16}' \
+        --grid dilate --sizes 160 --batch 16 --phase frozen_backbone --variants fp32 fp32+cl    # cpu-small's step
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +71,11 @@ def loader(batch: int, size: int, steps: int) -> DataLoader:
     return DataLoader(data, batch_size=batch, drop_last=True)
 
 
-def build(name: str, variant: Variant) -> tuple[pipnet.PIPNet, torch.nn.Module]:
+def build(name: str, variant: Variant, grid: str = "stride", backbone_kwargs: dict | None = None
+          ) -> tuple[pipnet.PIPNet, torch.nn.Module]:
     """The model (same random weights for every variant) and what the loop calls (compiled or not)."""
     torch.manual_seed(0)
-    model = pipnet.create_model(name, 10)
+    model = pipnet.create_model(name, 10, grid=grid, **(backbone_kwargs or {}))
     if variant.channels_last:
         model.to(memory_format=torch.channels_last)
     return model, torch.compile(model) if variant.compile else model
@@ -91,15 +95,17 @@ def floor_epoch(model: pipnet.PIPNet, backbone: torch.nn.Module, data: DataLoade
         model.zero_grad(set_to_none=True)
 
 
-def time_variant(name: str, size: int, batch: int, steps: int, repeats: int, variant: Variant) -> list[object]:
-    model, wrapped = build(name, variant)
+def time_variant(name: str, size: int, batch: int, steps: int, repeats: int, variant: Variant,
+                 phase: str = "full", grid: str = "stride", backbone_kwargs: dict | None = None) -> list[object]:
+    model, wrapped = build(name, variant, grid, backbone_kwargs)
     data = loader(batch, size, steps)
     config = variant.config()
     backbone = torch.compile(model.backbone) if variant.compile else model.backbone
     floor = median_seconds(lambda: floor_epoch(model, backbone, data, variant), repeats)
     row: list[object] = [name, size, batch, str(variant), floor / steps]
     plans = plan_epochs(config.schedule)
-    for plan in (plans[0], plans[-1]):  # pretraining; classification with everything trained
+    classify = next(p for p in plans if p.name == phase)
+    for plan in (plans[0], classify):  # pretraining; classification in the chosen phase
         optim = make_stage_optim(model, plan, config, len(data))
         set_trainable(model, plan)
         t = median_seconds(lambda: run_epoch(wrapped, model, data, plan, optim, config, CPU, DistInfo(), None), repeats)
@@ -107,9 +113,10 @@ def time_variant(name: str, size: int, batch: int, steps: int, repeats: int, var
     return row
 
 
-def loss_curve(name: str, size: int, batch: int, steps: int, variant: Variant) -> list[float]:
+def loss_curve(name: str, size: int, batch: int, steps: int, variant: Variant, grid: str = "stride",
+               backbone_kwargs: dict | None = None) -> list[float]:
     """Total loss of ``steps`` successive classification steps (all groups trained) from the same weights."""
-    model, wrapped = build(name, variant)
+    model, wrapped = build(name, variant, grid, backbone_kwargs)
     config = variant.config()
     plan = plan_epochs(config.schedule)[-1]
     data = loader(batch, size, steps)
@@ -131,6 +138,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="images per batch (each gives two views)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--phase", choices=["full", "frozen_backbone"], default="full",
+                    help="the classification phase timed: everything trained (full, the default) or the early "
+                         "backbone frozen (frozen_backbone, all of cpu-small's classification)")
+    ap.add_argument("--grid", choices=["stride", "dilate"], default="stride", help="how the backbone keeps its grid")
+    ap.add_argument("--backbone-kwargs", type=json.loads, default={}, metavar="JSON",
+                    help='the backbone builder\'s arguments, e.g. \'{"stages": 6, "output_stride": 16}\' (cpu-small\'s)')
     ap.add_argument("--loss-check", type=int, default=0, metavar="N",
                     help="also compare the losses of N classification steps of every variant with the first")
     args = ap.parse_args()
@@ -139,12 +152,14 @@ def main() -> None:
         for size in args.sizes:
             reference = None
             for variant in args.variants:
-                row = time_variant(name, size, args.batch, args.steps, args.repeats, variant)
+                row = time_variant(name, size, args.batch, args.steps, args.repeats, variant, args.phase, args.grid,
+                                   args.backbone_kwargs)
                 reference = reference or row[6]
                 rows.append(row + [reference / row[6]])
                 print_table(HEADERS, rows[-1:])
             if args.loss_check:
-                curves = [loss_curve(name, size, args.batch, args.loss_check, v) for v in args.variants]
+                curves = [loss_curve(name, size, args.batch, args.loss_check, v, args.grid, args.backbone_kwargs)
+                          for v in args.variants]
                 for variant, curve in zip(args.variants[1:], curves[1:]):
                     diff = max(abs(a - b) / abs(b) for a, b in zip(curve, curves[0]))
                     checks.append([name, size, str(variant), " ".join(f"{v:.4f}" for v in curve),

@@ -11,7 +11,8 @@ makes three folders of PNG files, each a valid ``--ood`` / ``--data.ood`` folder
   gray, as RGB), from Debian's ``dataset-fashion-mnist`` (``apt install dataset-fashion-mnist``);
 - ``OUT/faces/images``: the 100 face crops of scikit-image's ``lfw_subset`` (25x25 gray, as RGB).
 
-Everything is local (bundled with the libraries or a Debian package): nothing is downloaded.
+Everything is local (bundled with the libraries or a Debian package): nothing is downloaded. Needs
+``pip install scikit-image scikit-learn`` (not among pipnet's extras).
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def as_rgb(array: np.ndarray) -> Image.Image:
 
 
 def natural(out: Path) -> int:
-    from skimage import data
-    from sklearn.datasets import load_sample_image
+    try:
+        from skimage import data
+        from sklearn.datasets import load_sample_image
+    except ImportError as error:
+        sys.exit(f"error: {error.name} is missing: pip install scikit-image scikit-learn (their bundled photos)")
 
     folder = out / "natural" / "photos"
     folder.mkdir(parents=True, exist_ok=True)
