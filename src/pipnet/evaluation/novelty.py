@@ -42,13 +42,13 @@ from tqdm.auto import tqdm
 
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
+from pipnet.model.run_folder import NOVELTY_FILE, NOVELTY_TENSORS, RunFolder
 from pipnet.core.utils import atomic_write
 
 __all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "NoveltyExplanation", "compare_rules",
            "fit_detector", "format_rules", "held_out_unknown", "load_detector", "model_features"]
 
 DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-class score thresholds, or this
-NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"
 RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the prototype logits, max over the grid "
         "(pool 'max'; 'mean' averages); unknown above the threshold")
 POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (docs/results/real-photos.md)
@@ -183,15 +183,15 @@ class NoveltyDetector:
         """Write ``novelty.json`` and ``novelty.safetensors`` to ``directory`` (atomically); the json's path."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
+        folder = RunFolder(Path(directory))
         tensors = {"reference": self.reference, "presence": self.presence, "mean": self.mean, "std": self.std}
-        with atomic_write(directory / NOVELTY_TENSORS) as tmp:
+        with atomic_write(folder.novelty_tensors) as tmp:
             save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
         meta = {"rule": RULE, "pool": self.pool, "threshold": self.threshold, "k": self.k, "tpr": self.tpr, "data": self.data,
                 "created": self.created, "used": self.used, "image_ids": self.image_ids, "labels": self.labels}
-        with atomic_write(directory / NOVELTY_FILE) as tmp:
+        with atomic_write(folder.novelty) as tmp:
             tmp.write_text(json.dumps(meta, indent=1, allow_nan=False))
-        return directory / NOVELTY_FILE
+        return folder.novelty
 
 
 def load_detector(directory: str | Path, num_prototypes: int | None = None) -> NoveltyDetector | None:
@@ -202,8 +202,8 @@ def load_detector(directory: str | Path, num_prototypes: int | None = None) -> N
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    meta_path, tensor_path = directory / NOVELTY_FILE, directory / NOVELTY_TENSORS
+    folder = RunFolder(Path(directory))
+    meta_path, tensor_path = folder.novelty, folder.novelty_tensors
     if not meta_path.is_file():
         return None
     try:

@@ -42,9 +42,10 @@ from typing import Any
 from pipnet.model import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
 from pipnet.core.train_config import TrainConfig, load_config
 
-__all__ = ["THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
+__all__ = ["NOVELTY_FILE", "NOVELTY_TENSORS", "THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
 
 THRESHOLDS_FILE = "thresholds.json"  # named in messages (``pipnet.evaluation.thresholds`` re-exports it)
+NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"  # ``pipnet.evaluation.novelty`` re-exports them
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,14 @@ class RunFolder:
     @property
     def thresholds(self) -> Path:
         return self.path / THRESHOLDS_FILE
+
+    @property
+    def novelty(self) -> Path:
+        return self.path / NOVELTY_FILE
+
+    @property
+    def novelty_tensors(self) -> Path:
+        return self.path / NOVELTY_TENSORS
 
     @property
     def edits(self) -> Path:
