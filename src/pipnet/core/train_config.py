@@ -116,11 +116,10 @@ class RuntimeConfig:
             CPU and CUDA; on a CPU without avx512_bf16/AMX it is emulated, ~3x slower, and warns) or
             ``fp16`` (CUDA, with a gradient scaler). Evaluation inside the run uses the same precision,
             except the galleries (always fp32).
-        channels_last: NHWC memory format; ``auto`` (default) turns it on where it measured faster training
-            steps on the CPU: ResNet backbones (4-22%, benchmarks/README.md) and EfficientNet-Lite0 in fp32
-            on a CPU (1.21-1.22x on an AVX2-only EPYC, the demo's and cpu-small's steps); ConvNeXt gained
-            nothing and EfficientNet-Lite0 in bf16 became 25% slower, so they stay NCHW. The numbers do not
-            change beyond float rounding.
+        channels_last: NHWC memory format; ``auto`` (default) turns it on for ResNet backbones only, where
+            it measured 4-22% faster training steps on the CPU (benchmarks/README.md); ConvNeXt gained
+            nothing and EfficientNet-Lite0 in bf16 became 25% slower. The numbers do not change beyond
+            float rounding.
         compile: ``torch.compile`` the model.
         num_workers: DataLoader worker processes (0 is fastest on a 2-core machine).
         prefetch: batches prepared ahead in a background thread while the model trains (0: none); the

@@ -65,15 +65,11 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def uses_channels_last(config: TrainConfig, device: torch.device | None = None) -> bool:
-    """``runtime.channels_last``, with ``auto`` = on where it measured faster: ResNet backbones, and
-    EfficientNet-Lite0 training in fp32 on a CPU (``runtime.precision`` as resolved; in bf16 it was slower)."""
+def uses_channels_last(config: TrainConfig) -> bool:
+    """``runtime.channels_last``, with ``auto`` = on for ResNet backbones (where it measured faster)."""
     setting = config.runtime.channels_last
     if setting == "auto":
-        backbone = config.model.backbone.removeprefix("timm/")
-        lite0_fp32_cpu = (backbone == "efficientnet_lite0" and config.runtime.precision == "fp32"
-                          and device is not None and device.type == "cpu")
-        return backbone.startswith("resnet") or lite0_fp32_cpu
+        return config.model.backbone.removeprefix("timm/").startswith("resnet")
     return bool(setting)
 
 
@@ -105,7 +101,7 @@ def run_epoch(
     correct = torch.zeros((), device=device)
     seen = skipped = images = 0
     skip = rt.on_nonfinite == "skip"
-    channels_last = uses_channels_last(config, device)
+    channels_last = uses_channels_last(config)
     progress = Progress(iters, f"{plan.name} {plan.stage} epoch {plan.epoch}", rt.progress and info.is_main, rt.log_every)
     guard = NonFiniteGuard(device)
     for step, (x1, x2, y) in enumerate(prefetch(batches(loader), rt.prefetch)):
@@ -216,7 +212,7 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     if checkpoint:
         load_state_dict_checked(model, checkpoint["model"], source=str(run.checkpoint_path))
     model.to(device)
-    if uses_channels_last(config, device):
+    if uses_channels_last(config):
         model.to(memory_format=torch.channels_last)
     plans = plan_epochs(config.schedule, pretrained_pipnet=bool(config.model.init))
     start = int(checkpoint["epochs_done"]) if checkpoint else 0
