@@ -328,6 +328,8 @@ def _save_detector(directory: Path, model: PIPNet, data: DataBundle, config: Tra
     log.info("stored the knn OoD detector (novelty.json: distance to the nearest training images, k = %d, threshold %.4f); "
              "pipnet predict uses it for 'unknown' (--detector paper: the paper's score thresholds)", detector.k,
              detector.threshold)
+
+
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:
     """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
     m = model.config
