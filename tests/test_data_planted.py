@@ -197,7 +197,7 @@ def test_a_tiny_cnn_learns_the_classes():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Variants: one more planted fact each, for the prototype-quality metrics (pipnet.quality)
+# Variants: one more planted fact each, for the prototype-quality metrics (pipnet.evaluation.quality)
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Device choice has one owner (:func:`pipnet.inference.choose_device`): ``auto`` and the names it accepts,
+"""Device choice has one owner (:func:`pipnet.evaluation.inference.choose_device`): ``auto`` and the names it accepts,
 and a device the machine lacks refused with one line by every command that takes one."""
 
 from __future__ import annotations

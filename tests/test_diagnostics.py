@@ -1,4 +1,4 @@
-"""Training diagnostics (pipnet.diagnostics.diagnose) on hand-made histories, configs and metrics."""
+"""Training diagnostics (pipnet.train.diagnostics.diagnose) on hand-made histories, configs and metrics."""
 
 from __future__ import annotations
 

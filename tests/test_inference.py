@@ -1,4 +1,4 @@
-"""The model's input contract (pipnet.inference): image size and preset recorded in config.json, one owner."""
+"""The model's input contract (pipnet.evaluation.inference): image size and preset recorded in config.json, one owner."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def test_the_recorded_preset_and_size_shape_the_inputs(tmp_path):
     assert not torch.allclose(colour_pixels[0], colour_pixels[2], atol=1e-2)
 
 
-def test_a_model_without_a_recorded_preset_uses_the_fallback():
-    old = create_model("resnet18", 2, image_size=32)  # preset None: saved before presets were recorded
-    x = input_transform(old, fallback_preset="grayscale")(_colour_image())
-    assert torch.allclose(x[0] * 0.229 + 0.485, x[2] * 0.225 + 0.406, atol=1e-5)
+def test_a_model_without_a_preset_takes_colour_inputs():
+    plain = create_model("resnet18", 2, image_size=32)  # preset None: the default colour handling
+    x = input_transform(plain)(_colour_image())
+    assert not torch.allclose(x[0] * 0.229 + 0.485, x[2] * 0.225 + 0.406, atol=1e-2)
 
 
 def test_data_of_another_size_is_fitted_to_the_model_with_a_warning(caplog):

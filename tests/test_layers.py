@@ -53,22 +53,10 @@ def test_package_map_is_current():
     assert result.returncode == 0, result.stderr
 
 
-def test_old_module_paths_are_the_new_modules():
-    import importlib
-
+def test_pipnet_predict_is_the_function():
     import pipnet
-    from pipnet._aliases import MOVED
 
-    for old, new in MOVED.items():
-        assert importlib.import_module(old) is importlib.import_module(new), old
-    import pipnet.quality.parts
-    from pipnet.evaluate import evaluate
-
-    assert pipnet.quality.parts is sys.modules["pipnet.evaluation.quality.parts"]
-    assert evaluate.__module__ == "pipnet.evaluation.evaluate"
-    assert sys.modules["pipnet.evaluate"].__spec__.name == "pipnet.evaluation.evaluate"
-    assert pipnet.PIPNet.from_pretrained
-    assert pipnet.predict is sys.modules["pipnet.use.predict"].predict  # the function, not the old module
+    assert callable(pipnet.predict) and pipnet.predict is sys.modules["pipnet.use.predict"].predict
     assert pipnet.losses is sys.modules["pipnet.model.losses"]
 
 

@@ -1,4 +1,4 @@
-"""Duplicates and everywhere-prototypes (pipnet.quality.overlap): the rule by hand and on hand-built models."""
+"""Duplicates and everywhere-prototypes (pipnet.evaluation.quality.overlap): the rule by hand and on hand-built models."""
 
 from __future__ import annotations
 

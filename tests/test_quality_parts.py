@@ -1,4 +1,4 @@
-"""Consistency and stability (pipnet.quality.parts): regions and shares by hand, a hand-built model with known answers."""
+"""Consistency and stability (pipnet.evaluation.quality.parts): regions and shares by hand, a hand-built model with known answers."""
 
 from __future__ import annotations
 

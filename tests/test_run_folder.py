@@ -1,4 +1,4 @@
-"""The run folder's one owner (:mod:`pipnet.run_folder`): its documented layout, what training writes there,
+"""The run folder's one owner (:mod:`pipnet.model.run_folder`): its documented layout, what training writes there,
 reading a folder that lacks files, and the edits of the web page recorded once."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_config_file_takes_a_run_folder_or_a_yaml(tmp_path):
 
 
 def test_edits_json_holds_the_switch_offs_once_and_old_files_still_load(tmp_path):
-    pytest.importorskip("fastapi", reason="pipnet.serve needs the serve extra")
+    pytest.importorskip("fastapi", reason="pipnet.use.serve needs the serve extra")
     from pipnet.use.serve.editing import ModelEditor
 
     torch.manual_seed(0)

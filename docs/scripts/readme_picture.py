@@ -3,7 +3,7 @@
 One held-out test image explained as the paper's Figure 3 does: the predicted class and its score, and for
 each contributing prototype its box on the image, presence p, weight w, evidence p·w and its most typical
 training patches (the prototype's top patches). Drawn with the project's own renderers
-(``pipnet.render.png``), so the picture is what ``pipnet explain`` and the report show.
+(``pipnet.explanation.render.png``), so the picture is what ``pipnet explain`` and the report show.
 
     pipnet demo --out /tmp/demo --no-progress
     python docs/scripts/readme_picture.py /tmp/demo docs/demo-explained.png

@@ -99,19 +99,6 @@ def render() -> str:
                 out.append(f"- `{module}`" + (f": {line}" if line else ""))
             out.append("")
 
-    sys.path.insert(0, str(ROOT / "src"))
-    from pipnet._aliases import MOVED
-
-    out += [
-        "## Old module paths",
-        "",
-        "Modules of earlier releases are aliases of their new place (`pipnet/_aliases.py`): "
-        "`import pipnet.evaluate` gives the module `pipnet.evaluation.evaluate` itself.",
-        "",
-        "| Old path | Now |",
-        "|---|---|",
-    ]
-    out += [f"| `{old}` | `{new}` |" for old, new in sorted(MOVED.items())]
     return "\n".join(out) + "\n"
 
 

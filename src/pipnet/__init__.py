@@ -3,17 +3,11 @@
 Nauta, Schlötterer, van Keulen, Seifert, CVPR 2023. See README.md for the tour.
 """
 
-from pipnet import _aliases
-
-_aliases.install()  # the module paths of earlier releases (pipnet.evaluate, pipnet.quality, ...) keep working
-
-from pipnet.model import losses  # noqa: E402
-from pipnet.model.backbones import BackboneError, create_backbone, list_models  # noqa: E402
-from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, PIPNetOutput, create_model  # noqa: E402
-from pipnet.model.official import load_official_checkpoint  # noqa: E402
-from pipnet.use.predict import Prediction, predict  # noqa: E402
-
-_aliases.register_loaded()  # after the imports: pipnet.predict stays the function
+from pipnet.model import losses
+from pipnet.model.backbones import BackboneError, create_backbone, list_models
+from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, PIPNetOutput, create_model
+from pipnet.model.official import load_official_checkpoint
+from pipnet.use.predict import Prediction, predict
 
 __version__ = "0.1.0"
 

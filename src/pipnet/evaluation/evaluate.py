@@ -7,12 +7,12 @@ every test batch), and returns a frozen :class:`Metrics` that serialises to ``me
 Two protocols (``protocol=``), recorded in the metrics:
 
 - ``default`` (spec section 6): OoD thresholds on the scores of ``model.predict`` (presence < 0.1 set to
-  0) by the per-class ceil rule of :func:`pipnet.metrics.ood_thresholds`; purity of the prototypes with a
-  weight > 1e-3, with the faithful boxes of :func:`pipnet.patches.patch_boxes` and a half-open keypoint test.
+  0) by the per-class ceil rule of :func:`pipnet.evaluation.metrics.ood_thresholds`; purity of the prototypes with a
+  weight > 1e-3, with the faithful boxes of :func:`pipnet.model.patches.patch_boxes` and a half-open keypoint test.
 - ``paper`` (spec section 10, how the published numbers were made): OoD thresholds and FPR on the
-  unclamped training-time scores by :func:`pipnet.metrics.ood_thresholds_paper` (5th percentile, then the
+  unclamped training-time scores by :func:`pipnet.evaluation.metrics.ood_thresholds_paper` (5th percentile, then the
   x0.999 loop), AUROC on the same scores; purity of the prototypes with a weight > 1e-5, with
-  :func:`pipnet.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
+  :func:`pipnet.model.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
 
 Both report purity with the paper's denominator (per part, over the images that show it) under
 ``purity`` and the stricter all-patches variant under ``purity_all_patches``. The published
@@ -21,7 +21,7 @@ training under the ``paper`` protocol applies them as an explicit step of its lo
 
 Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
 projection pass per purity set. With a training set, the prototype report card (``quality``, issue #16:
-:func:`pipnet.quality.quality_card`) reuses that set's projection and adds one noisy pass for stability.
+:func:`pipnet.evaluation.quality.quality_card`) reuses that set's projection and adds one noisy pass for stability.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Metrics:
     the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``);
     ``saturation`` counts the used prototypes whose k-th best presence on the training set is >= 0.99
     (``{"saturated", "num_used", "share", "presence", "rank"}``). ``quality`` is the prototype report card
-    of the training set (:func:`pipnet.quality.quality_card`: consistency, stability, duplicates,
+    of the training set (:func:`pipnet.evaluation.quality.quality_card`: consistency, stability, duplicates,
     everywhere), None when not computed.
     Undefined values are NaN here and ``null`` in JSON.
     """
@@ -183,8 +183,8 @@ def purity_of_projection(
         projection: the projection of ``dataset``.
         dataset: the projected data set, with part keypoints in the model's input frame.
         prototypes: the prototypes to summarise.
-        metric: :func:`pipnet.metrics.purity` (the paper's denominator) or
-            :func:`pipnet.metrics.purity_all_patches`.
+        metric: :func:`pipnet.evaluation.metrics.purity` (the paper's denominator) or
+            :func:`pipnet.evaluation.metrics.purity_all_patches`.
         protocol: ``default`` (boxes of :func:`patch_boxes`, half-open keypoint test) or ``paper``
             (:func:`patch_boxes_paper`, closed test).
     """
@@ -221,7 +221,7 @@ def on_object_of_projection(
 
     Keys: ``top{k}`` (share of those patches whose centre pixel is object in the image's mask),
     ``chance`` (the share a grid cell drawn at random in the same images would get), ``num_patches`` and
-    ``num_prototypes``; see :func:`pipnet.metrics.on_object`. The data set gives ``mask(i)``: the bool
+    ``num_prototypes``; see :func:`pipnet.evaluation.metrics.on_object`. The data set gives ``mask(i)``: the bool
     (S, S) object mask of image i in the model input's frame.
     """
     prototypes = prototypes.long().cpu()
@@ -244,7 +244,7 @@ def saturation_of_projection(projection: Projection, prototypes: torch.Tensor) -
     """How many of ``prototypes`` have their k-th best presence >= 0.99: their top-k are all (almost) 1.
 
     For such a prototype presence no longer tells its typical images apart (the gallery is ranked by
-    log-odds, see :mod:`pipnet.projection`); many of them mean the softmax over prototypes has saturated.
+    log-odds, see :mod:`pipnet.evaluation.projection`); many of them mean the softmax over prototypes has saturated.
     """
     prototypes = prototypes.long().cpu()
     kth = projection.presence[prototypes, -1] if len(prototypes) else torch.zeros(0)

@@ -120,16 +120,15 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor([int(t) for t in targets], dtype=torch.long)
 
 
-def input_transform(model: torch.nn.Module, fallback_preset: str = "default") -> Callable:
+def input_transform(model: torch.nn.Module) -> Callable:
     """The transform that turns a PIL image into the model's input: its size, its preset's colour handling
     and its normalisation.
 
     Args:
-        model: a PIP-Net (reads ``config.image_size``, ``config.preset`` and ``normalization``).
-        fallback_preset: the preset for a model that did not record one (saved before presets were
-            recorded), e.g. its run folder's ``data.preset``.
+        model: a PIP-Net (reads ``config.image_size``, ``config.preset`` (None: ``default``, RGB inputs)
+            and ``normalization``).
     """
-    return eval_transform(model.config.image_size, model.config.preset or fallback_preset, model.normalization)
+    return eval_transform(model.config.image_size, model.config.preset or "default", model.normalization)
 
 
 def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:

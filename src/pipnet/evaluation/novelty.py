@@ -33,14 +33,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
+from pipnet.evaluation.features import Features, model_features
 from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
 from pipnet.model.run_folder import NOVELTY_FILE, NOVELTY_TENSORS, RunFolder
 from pipnet.core.utils import atomic_write
@@ -52,29 +51,6 @@ DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-cla
 RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the prototype logits, max over the grid "
         "(pool 'max'; 'mean' averages); unknown above the threshold")
 POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (docs/results/real-photos.md)
-
-
-class Features(NamedTuple):
-    logits: torch.Tensor  # (N, P) prototype logits pooled over the grid (max or mean)
-    presence: torch.Tensor  # (N, P) raw presence (max of each softmax map; switched-off prototypes 0)
-    scores: torch.Tensor  # (N, C) inference scores (model.predict)
-
-
-def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int = 64, pool: str = "max",
-                   device: torch.device | str | None = None, progress: bool = False) -> Features:
-    """The detector's inputs (and the class scores) for every image, in data-set order, in one pass under
-    ``torch.inference_mode()``; the model is not changed."""
-    logits, presence, scores = [], [], []
-    with eval_mode(model, device) as dev:
-        for batch in tqdm(make_loader(data, batch_size), desc="novelty", disable=not progress, leave=False):
-            a = model.prototype_logits(model.forward_features(inputs_of(batch).to(dev)))  # (B, P, h, w)
-            maps = torch.softmax(a, dim=1)  # (B, P, h, w)
-            logits.append((a.float().amax(dim=(2, 3)) if pool == "max" else a.float().mean(dim=(2, 3))).cpu())
-            presence.append(model.raw_presence(maps).float().cpu())
-            scores.append(model.forward_head(maps, inference=True).scores.float().cpu())  # as model.predict
-    if not logits:
-        raise ValueError("the detector got an empty data set")
-    return Features(torch.cat(logits), torch.cat(presence), torch.cat(scores))
 
 
 @dataclass(frozen=True)

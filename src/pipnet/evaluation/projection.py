@@ -223,7 +223,7 @@ def everywhere_prototypes(
         share: the fraction of every class's images (0.9).
 
     Returns:
-        The prototype indices (sorted) and the (P, C) share matrix of :func:`pipnet.metrics.presence_share_per_class`.
+        The prototype indices (sorted) and the (P, C) share matrix of :func:`pipnet.evaluation.metrics.presence_share_per_class`.
     """
     labels = torch.as_tensor(labels).long().cpu()
     if len(labels) != projection.num_images:

@@ -1,6 +1,6 @@
 """Per-class out-of-distribution thresholds, kept with the model as ``thresholds.json`` (spec section 6).
 
-Evaluation measures OoD detection with one score threshold per class (:func:`pipnet.metrics.ood_thresholds`:
+Evaluation measures OoD detection with one score threshold per class (:func:`pipnet.evaluation.metrics.ood_thresholds`:
 the largest t that keeps a fraction ``tpr`` of the in-distribution images predicted as the class at a max
 score >= t). This module computes those same thresholds, saves them beside the model with the TPR they were
 set at and the data they came from, and applies them: an image is **unknown** when the model abstains (every
@@ -141,7 +141,7 @@ def fit_thresholds(
 ) -> Thresholds:
     """Per-class thresholds of ``model`` on in-distribution images, by the rule evaluation uses.
 
-    One batched ``model.predict`` pass, like :func:`pipnet.evaluate.evaluate`; the model is not changed.
+    One batched ``model.predict`` pass, like :func:`pipnet.evaluation.evaluate.evaluate`; the model is not changed.
 
     Args:
         model: the PIP-Net.

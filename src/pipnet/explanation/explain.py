@@ -5,7 +5,7 @@ lists the terms of that sum that are not zero, each with where the prototype was
 map and the matching image box). Because the presence used here is exactly the one the classifier used
 (zeroed below 0.1 at inference), the explanation is complete: a class score equals the sum of its evidence
 (plus its bias). Everything here is a plain dataclass that round-trips through JSON; drawing lives in
-:mod:`pipnet.render`.
+:mod:`pipnet.explanation.render`.
 """
 
 from __future__ import annotations

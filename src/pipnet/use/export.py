@@ -22,7 +22,7 @@ from torch import nn
 
 from pipnet.model import PIPNet
 
-__all__ = ["FORMATS", "ExportError", "InferenceGraph", "check_export", "export_model"]
+__all__ = ["FORMATS", "ExportError", "InferenceGraph", "check_export", "check_images", "export_model"]
 
 FORMATS = ("torchscript", "onnx")
 Format = Literal["torchscript", "onnx"]
@@ -145,3 +145,21 @@ def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, forma
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = [torch.from_numpy(a) for a in session.run(["scores", "presence"], {"images": images.numpy()})]
     return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(("scores", "presence"), got, want)}
+
+
+def check_images(model_dir: str | Path, model: PIPNet, count: int) -> tuple[torch.Tensor, str]:
+    """Up to ``count`` test images of the model's run (its config.yaml) and ``"test images"``, else seeded
+    random inputs and ``"random inputs"``: what ``pipnet export`` checks the exported file on."""
+    from pipnet.model.run_folder import RunFolder
+
+    run_config = RunFolder(model_dir).training_config()
+    if run_config is not None:
+        from pipnet.evaluation.inference import build_model_data
+
+        config = run_config.data
+        config.image_size = model.config.image_size
+        test = build_model_data(config, model).test
+        if test is not None and len(test) >= count:
+            return torch.stack([test[i][0] for i in range(count)]), "test images"
+    S = model.config.image_size
+    return torch.randn(count, 3, S, S, generator=torch.Generator().manual_seed(0)), "random inputs"

@@ -145,7 +145,6 @@ def predict(
     top: int = 3,
     evidence: int = 3,
     batch_size: int = 32,
-    preset: str = "default",
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> list[Prediction]:
@@ -162,8 +161,6 @@ def predict(
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
-        preset: files only: the evaluation preset for a model whose config.json does not record its own
-            (``grayscale`` for gray data); a recorded one wins (:func:`pipnet.evaluation.inference.input_transform`).
         device: where to run a model loaded from a folder (:func:`pipnet.evaluation.inference.choose_device`; default
             ``auto``: CUDA when present); a ``PIPNet`` given runs where it is (it is never moved).
         progress: show a progress bar.
@@ -184,7 +181,7 @@ def predict(
         total = -(-len(inputs) // batch_size)  # type: ignore[arg-type]
     else:
         files = find_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
-        batches = _file_batches(files, input_transform(model, fallback_preset=preset), batch_size)
+        batches = _file_batches(files, input_transform(model), batch_size)
         total = -(-len(files) // batch_size)
     limits = thresholds.tensor() if isinstance(thresholds, Thresholds) else None
     knn = _knn_detector(source, model, detector)

@@ -2,16 +2,16 @@
 
 :func:`quality_card` measures, on a labelled data set, the ``quality`` block of ``metrics.json``:
 
-- ``consistency`` and ``stability`` (Huang et al., ICCV 2023, adapted to PIP-Net: :mod:`pipnet.quality.parts`),
+- ``consistency`` and ``stability`` (Huang et al., ICCV 2023, adapted to PIP-Net: :mod:`pipnet.evaluation.quality.parts`),
   ``null`` when the data has no part keypoints;
 - ``duplicates``: pairs of used prototypes firing on the same images at the same places;
 - ``everywhere``: used prototypes present on >= 90% of the images of every class
-  (:mod:`pipnet.quality.overlap`);
+  (:mod:`pipnet.evaluation.quality.overlap`);
 - ``sensitivity``: how much each one's presence drops on its top images when the hue, contrast,
   saturation, texture or shape of the image is changed (after Nauta et al. 2021:
-  :mod:`pipnet.quality.sensitivity`); :func:`pipnet.quality.verdict.verdicts` turns the block into words.
+  :mod:`pipnet.evaluation.quality.sensitivity`); :func:`pipnet.evaluation.quality.verdict.verdicts` turns the block into words.
 
-Like :func:`pipnet.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
+Like :func:`pipnet.evaluation.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
 ``str(int)`` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
 over the union of the used prototypes' top-k images for stability, plus six forward passes (the original and
@@ -80,7 +80,7 @@ def quality_card(
         model: the PIP-Net (never changed).
         dataset: labelled images (``(x, label)``, labels in [0, C)), e.g. the projection (training) set;
             with ``keypoints(i)`` and ``num_parts`` for consistency and stability.
-        projection: :func:`pipnet.projection.project` of ``dataset`` with presence threshold 0.5 (computed
+        projection: :func:`pipnet.evaluation.projection.project` of ``dataset`` with presence threshold 0.5 (computed
             when not given).
         device: where to run (default: the model's device).
         batch_size: images per forward pass.

@@ -1,6 +1,6 @@
 """Prototypes that overlap: duplicates (two prototypes, one detector) and prototypes present everywhere.
 
-Both read a :class:`~pipnet.projection.Projection`; neither runs the model.
+Both read a :class:`~pipnet.evaluation.projection.Projection`; neither runs the model.
 
 - *Duplicates*: two used prototypes are duplicates when at least ``DUPLICATE_SHARE`` = half of their
   top-k images (k = 10: the projection's galleries) are the same images, where both have presence
@@ -13,7 +13,7 @@ Both read a :class:`~pipnet.projection.Projection`; neither runs the model.
   images, random cells): near 1 when k is close to the number of images and the grid is tiny, where the
   rule cannot tell prototypes apart.
 - *Everywhere*: used prototypes present (> 0.5) on at least 90% of the images of every class
-  (:func:`pipnet.projection.everywhere_prototypes`): they carry no class information and usually encode
+  (:func:`pipnet.evaluation.projection.everywhere_prototypes`): they carry no class information and usually encode
   background or colour.
 """
 
@@ -109,7 +109,7 @@ def duplicates_block(projection: Projection, prototypes: torch.Tensor, *, min_sh
 
 def everywhere_block(model: PIPNet, projection: Projection, labels: torch.Tensor,
                      share: float = M.EVERYWHERE_SHARE) -> dict[str, Any]:
-    """The ``everywhere`` entry of the quality block (:func:`pipnet.projection.everywhere_prototypes`).
+    """The ``everywhere`` entry of the quality block (:func:`pipnet.evaluation.projection.everywhere_prototypes`).
 
     Each found prototype maps to ``share_min`` (its smallest share over classes with images) and
     ``per_class`` (its share of each class's images; NaN for a class without images).

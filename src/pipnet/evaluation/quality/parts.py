@@ -7,9 +7,9 @@ parameter is stated and can be changed.
 
 - The *region* of a prototype in an image is a box of fixed size (``REGION_FRACTION`` = 72/224 of the
   image side: 72 x 72 pixels at 224) centred on its highest activation: the centre pixel of the faithful
-  patch of its argmax cell (:func:`pipnet.metrics.patch_centres`), clipped to the image.
+  patch of its argmax cell (:func:`pipnet.evaluation.metrics.patch_centres`), clipped to the image.
 - Its *part vector* in that image says which annotated parts have a (visible) keypoint in the region
-  (half-open box test, parts merged by ``part_groups`` as for purity: :func:`pipnet.metrics.part_membership`).
+  (half-open box test, parts merged by ``part_groups`` as for purity: :func:`pipnet.evaluation.metrics.part_membership`).
 - *Consistency*: a prototype is consistent when one part is in its region on at least ``mu`` = 0.8 of its
   evaluation images; the score is the share of consistent prototypes.
 - *Stability*: Gaussian noise (``sigma`` = 0.2 in the model's normalised input, about 0.045 of the [0, 1]
@@ -21,13 +21,13 @@ Adaptation to PIP-Net. Huang et al. evaluate ProtoPNet's class-specific prototyp
 class. PIP-Net's prototypes are shared between classes and absent from most images (presence near 0,
 where the argmax cell means nothing), so a prototype's *evaluation images* here are the images of the
 classes it has a relevant weight for (relu(W) > 1e-3) on which it is present (presence > 0.5: the
-``above_*`` rows of a :class:`~pipnet.projection.Projection`, which therefore also give the clean cells).
+``above_*`` rows of a :class:`~pipnet.evaluation.projection.Projection`, which therefore also give the clean cells).
 A prototype with no evaluation image gets no score and is counted in neither number (``unscored``).
 Stability uses only the evaluation images among the prototype's top-k (its gallery, k = 10), so that its
 noisy pass covers the same union of gallery images as the other perturbations of the card
-(``pipnet.quality.sensitivity``); consistency uses them all.
+(``pipnet.evaluation.quality.sensitivity``); consistency uses them all.
 Only used prototypes are scored. Note that consistency is purity's all-patches variant
-(:func:`pipnet.metrics.purity_all_patches`) with a larger box and these evaluation images, so the two agree
+(:func:`pipnet.evaluation.metrics.purity_all_patches`) with a larger box and these evaluation images, so the two agree
 in spirit but not in value.
 
 Cost: the clean part vectors come from the projection (no pass); stability costs one batched forward pass
@@ -158,7 +158,7 @@ def noisy_cells(model: PIPNet, dataset: Dataset, images: Sequence[int], *, std: 
     """Every prototype's argmax cell on each of ``images`` after adding Gaussian noise to the model input.
 
     The noise of image i is drawn from a generator seeded with ``(seed, i)``, so it does not depend on the
-    batch size or on which other images are scored. The argmax is the one of :func:`pipnet.projection.best_cells`
+    batch size or on which other images are scored. The argmax is the one of :func:`pipnet.evaluation.projection.best_cells`
     (log-odds; the first maximal cell wins a tie). One batched pass under ``torch.inference_mode()`` in eval
     mode; the model is not changed.
 

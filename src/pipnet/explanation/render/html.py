@@ -191,7 +191,7 @@ def render_report(
         model: the trained PIP-Net (only read).
         metrics: ``Metrics.to_dict()`` (or a ``Metrics``), shown as a table; nested OoD and purity included.
         history: per-epoch rows of the training log, for the sparsity curve (see :func:`sparsity_curve`).
-        projection: :func:`pipnet.projection.project` of ``projection_dataset``, for the prototype gallery.
+        projection: :func:`pipnet.evaluation.projection.project` of ``projection_dataset``, for the prototype gallery.
         projection_dataset: the projected data set, with ``raw_image(index)``.
         explanations: (explanation, image to draw on, section) triples; sections ``test``, ``ood`` and
             ``multi`` get a title and a caption, any other name is shown under its own name.
@@ -199,7 +199,7 @@ def render_report(
         gallery_k: patches per prototype in the gallery.
         patch_px: side of a gallery patch.
         edits: the model's edit log (records of ``edits.jsonl``), shown as a table when not empty.
-        diagnostics: findings of :func:`pipnet.diagnostics.diagnose`, shown in plain words.
+        diagnostics: findings of :func:`pipnet.train.diagnostics.diagnose`, shown in plain words.
     """
     if metrics is not None and hasattr(metrics, "to_dict"):
         metrics = metrics.to_dict()

@@ -1,7 +1,7 @@
 """Pictures of PIP-Net's explanations (paper Figures 2, 3 and 4), drawn with PIL.
 
-Every function takes data (an :class:`~pipnet.explain.ImageExplanation`, a
-:class:`~pipnet.projection.Projection`, a training history) and returns a new image; nothing is computed
+Every function takes data (an :class:`~pipnet.explanation.explain.ImageExplanation`, a
+:class:`~pipnet.evaluation.projection.Projection`, a training history) and returns a new image; nothing is computed
 with the model here. Patches are cropped from the data set's untransformed originals (``raw_image(i)``),
 the model-input box scaled to the original's size (spec section 7), so they keep their full resolution
 whatever the original's shape or colour mode.
@@ -223,7 +223,7 @@ def prototype_gallery(
     """Paper Figure 4: one row of top-k patches per prototype (its id on the left, presences below).
 
     Args:
-        projection: :func:`pipnet.projection.project` of ``dataset``.
+        projection: :func:`pipnet.evaluation.projection.project` of ``dataset``.
         dataset: the projected data set; needs ``raw_image(index) -> PIL.Image``.
         prototypes: which prototypes, in this order (e.g. ``model.used_prototypes().tolist()``).
         k: patches per row (at most the projection's k).
@@ -253,7 +253,7 @@ def explanation_figure(
     image, presence p, weight w, evidence p·w, and (with a projection) the prototype's typical patches.
 
     Args:
-        explanation: from :func:`pipnet.explain.explain`.
+        explanation: from :func:`pipnet.explanation.explain.explain`.
         image: the explained image, at any size (its original, say); boxes are scaled to it.
         projection: optional projection, for the typical patches beside each prototype.
         dataset: the projected data set (with ``raw_image``).
