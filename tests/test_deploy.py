@@ -34,9 +34,17 @@ from pipnet.evaluation.inference import eval_mode
 from pipnet.evaluation.projection import project
 from pipnet.explanation.report import build_report
 from pipnet.train.refit import fit_scoring_sheet, presence_table, read_edit_log, refit, sheet_accuracy
-from pipnet.evaluation.thresholds import THRESHOLDS_FILE, Thresholds, fit_thresholds, load_thresholds, unknown_mask
+from pipnet.evaluation.features import Features, model_features
+from pipnet.evaluation.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
 from pipnet.train import TrainConfig, train
 from pipnet.core.train_config import ModelOptions, OptimConfig, RuntimeConfig, ScheduleConfig
+
+def unknown_mask(scores: torch.Tensor, thresholds: Thresholds | None) -> torch.Tensor:
+    """(N,) the paper detector's unknown on scores, abstaining images included (its own ``predict``)."""
+    if thresholds is None:
+        return scores.amax(dim=1) <= 0
+    return thresholds.predict(Features(scores, scores, scores)) < 0
+
 
 PLANTED = PlantedConfig(train_per_class=20, test_per_class=10, ood_images=30, multi_images=0, size=64)
 
@@ -108,7 +116,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
     assert [(Path(r["path"]).name, r["status"]) for r in every if r["status"] == "error"] == [("cut.png", "error"), ("notes.txt", "error")]
     rows = [r for r in every if r["status"] != "error"]
     assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "img5.jpg"]
-    assert set(rows[0]) >= {"path", "predicted_class", "score", "abstained", "unknown", "top_classes", "evidence"}
+    assert set(rows[0]) >= {"path", "predicted_class", "score", "verdict", "detector", "reason", "top_classes", "evidence"}
 
     # The table says what the model says: same classes and scores as a plain batched forward pass.
     model = PIPNet.from_pretrained(run)
@@ -124,7 +132,7 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
         # Thresholds stored by training; a threshold is one test image's score, which another batch may
         # reproduce a float rounding below or above it: only scores clear of it are checked.
         if abs(float(s.max()) - limit) > 1e-4 * limit:
-            assert r["unknown"] == str(float(s.max()) < limit).lower()
+            assert r["verdict"] == ("unknown" if float(s.max()) < limit else "known") and r["detector"] == "paper"
 
     # JSON lines, and the Python API on the same files (bad ones carry their error).
     assert main(["predict", str(run), str(folder), "--format", "jsonl", "--no-progress", "--top", "2", "--skip-errors"]) == 0
@@ -138,10 +146,10 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(run, data, tmp
 def test_training_stores_the_knn_detector_and_predict_uses_it_by_default(run, data, tmp_path):
     # Training writes novelty.json beside thresholds.json; predict's default (auto) then decides "unknown"
     # with it and explains it, and --detector paper still gives the paper's rule.
-    from pipnet.evaluation.novelty import load_detector, model_features
+    from pipnet.evaluation.novelty import load_knn_detector
 
     model = PIPNet.from_pretrained(run)
-    detector = load_detector(run, model.num_prototypes)
+    detector = load_knn_detector(run, model.num_prototypes)
     assert detector is not None and detector.used == model.used_prototypes().tolist()
     assert len(detector.reference) == len(data.projection)
     planted_ood, ood = PlantedParts(PLANTED, "ood"), data.ood["planted_ood"]
@@ -150,14 +158,14 @@ def test_training_stores_the_knn_detector_and_predict_uses_it_by_default(run, da
         planted_ood.image(i).save(path)
     preds = pipnet.predict(run, files)
     paper = pipnet.predict(run, files, detector="paper")
-    assert all(p.novelty is not None for p in preds) and all(p.novelty is None for p in paper)
+    assert all(p.detector == "knn" for p in preds) and all(p.detector == "paper" for p in paper)
     for p in preds:
-        assert p.unknown == (p.abstained or p.novelty["unknown"])
-        assert p.novelty["unknown"] == (p.novelty["distance"] > detector.threshold)
+        assert p.abstained or p.unknown == (p.reason["distance"] > detector.threshold)
     # The distances are the detector's own on the same inputs.
     x = torch.stack([ood[i][0] for i in range(6)])
     d = detector.distances(model_features(model, torch.utils.data.TensorDataset(x)).logits)[0]
-    assert [p.novelty["distance"] for p in preds] == pytest.approx(d.tolist(), abs=1e-4)
+    assert [p.reason["distance"] for p in preds if not p.abstained] == pytest.approx(
+        [v for v, p in zip(d.tolist(), preds) if not p.abstained], abs=1e-4)
 
 
 def test_predict_errors_are_one_line(run, tmp_path, capsys):
@@ -182,7 +190,7 @@ def test_thresholds_are_evaluations_rule_and_round_trip(run, data, tmp_path):
     expected = ood_thresholds(scores.amax(dim=1), predictions(scores), model.num_classes, tpr=0.95)
     assert torch.allclose(stored.tensor(), expected, rtol=1e-5)  # batch sizes differ: float rounding only
 
-    stricter = fit_thresholds(model, data.test, tpr=0.8, description="test")  # keeps fewer: higher thresholds
+    stricter = Thresholds.fit(model_features(model, data.test), tpr=0.8, description="test")  # keeps fewer: higher thresholds
     stricter.save(tmp_path)
     again = load_thresholds(tmp_path)
     assert again == stricter and (again.tensor() >= stored.tensor() - 1e-5).all()
@@ -198,7 +206,7 @@ def test_thresholds_are_evaluations_rule_and_round_trip(run, data, tmp_path):
 
 def test_unknown_rule_by_hand():
     scores = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 2.0], [0.5, 2.5]])
-    t = torch.tensor([2.0, 2.5], dtype=torch.float64)
+    t = Thresholds([2.0, 2.5], 0.95, "by hand", 4, [1, 2])
     assert unknown_mask(scores, t).tolist() == [True, False, True, False]  # abstained; 3>=2; 2<2.5; 2.5>=2.5
     assert unknown_mask(scores, None).tolist() == [True, False, False, False]
 
@@ -231,10 +239,12 @@ def test_explain_says_unknown_below_the_threshold(run, tmp_path, capsys):
     scores = scores_of(model, Subset(EvalDataset(planted, 64, normalization=model.normalization), range(6)))
     pick = int(unknown_mask(scores, thresholds).nonzero()[0])  # an OoD image the thresholds reject
     planted.image(pick).save(tmp_path / "ood.png")
-    assert main(["explain", str(run), str(tmp_path / "ood.png"), "--out", str(tmp_path / "x")]) == 0
-    assert "ood.png: unknown (score" in capsys.readouterr().out
+    assert main(["explain", str(run), str(tmp_path / "ood.png"), "--out", str(tmp_path / "x"), "--detector", "paper"]) == 0
+    assert "ood.png: unknown: " in capsys.readouterr().out
     record = json.loads((tmp_path / "x" / "ood.json").read_text())
-    assert record["unknown"] is True and record["threshold"] == pytest.approx(thresholds.values[record["predicted"]])
+    verdict = record["verdict"]
+    assert verdict["kind"] == "unknown" and verdict["detector"] == "paper"
+    assert verdict["reason"]["threshold"] == pytest.approx(thresholds.values[record["predicted"]])
 
 
 def test_a_model_without_thresholds_says_so_once(run, tmp_path, caplog):
@@ -245,8 +255,9 @@ def test_a_model_without_thresholds_says_so_once(run, tmp_path, caplog):
         planted.image(i).save(tmp_path / f"o{i}.png")
     with caplog.at_level("WARNING"):
         preds = pipnet.predict(tmp_path / "bare", [tmp_path / f"o{i}.png" for i in range(3)])
-    assert sum("has no thresholds.json" in r.message for r in caplog.records) == 1
-    assert all(p.threshold is None and p.unknown == p.abstained for p in preds)
+    assert sum("stores no out-of-distribution detector" in r.message for r in caplog.records) == 1
+    assert all(p.detector is None and not p.unknown for p in preds)
+    assert all(p.abstained or "stores no detector" in p.sentence for p in preds)
 
 
 # ---- refit --------------------------------------------------------------------------------------------
@@ -294,12 +305,13 @@ def test_refit_after_switching_off_a_part_prototype_recovers_accuracy(run, data,
     before_bytes = (run / "model.safetensors").read_bytes()
     out = tmp_path / "refit"
     assert main(["refit", str(run), "--disable", str(worst), "--out", str(out), "--reason", "test: a shortcut", "--no-progress"]) == 0
-    # The knn detector travels with the refit model (its distances do not depend on the sheet), naming the
-    # refit model's used prototypes.
-    from pipnet.evaluation.novelty import load_detector
+    # The refit model's detectors are fitted again: the knn reference (prototype logits, which the sheet does
+    # not change) is the source's, and its explanations name the refit model's used prototypes.
+    from pipnet.evaluation.novelty import load_knn_detector
 
-    carried, source = load_detector(out), load_detector(run)
-    assert carried.threshold == source.threshold and torch.equal(carried.reference, source.reference)
+    carried, source = load_knn_detector(out), load_knn_detector(run)
+    assert torch.allclose(carried.reference, source.reference, atol=1e-5)
+    assert json.loads((out / "detectors.json").read_text())["decides"] == "knn"
     assert carried.used == PIPNet.from_pretrained(out).used_prototypes().tolist() and worst not in carried.used
     printed = capsys.readouterr().out
     result = refit(model, data.projection, data.test, [worst])
@@ -360,7 +372,8 @@ def test_export_equals_pytorch_on_test_images_for_dynamic_and_fixed_batches(run,
     # A fixed batch size, from the command, which checks the file on the run's test images (exit 2 past 1e-4).
     fixed = tmp_path / f"four.{fmt}"
     assert main(["export", str(run), "--format", fmt, "--out", str(fixed), "--batch-size", "4"]) == 0
-    assert "checked on 4 test images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checked on 4 test images" in printed and "verdicts (knn): 4 of 4 the same as pipnet predict's" in printed
     assert max(check_export(model, fixed, images[3:7], format=fmt).values()) <= 1e-4
 
 
@@ -369,13 +382,13 @@ def test_torchscript_export_runs_without_pipnet(run, tmp_path):
     code = (
         "import sys; sys.modules['pipnet'] = None\n"  # importing pipnet would fail
         "import torch\n"
-        f"scores, presence = torch.jit.load({str(path)!r})(torch.zeros(3, 3, 64, 64))\n"
-        "print(tuple(scores.shape), tuple(presence.shape))\n"
+        f"scores, presence, logits = torch.jit.load({str(path)!r})(torch.zeros(3, 3, 64, 64))\n"
+        "print(tuple(scores.shape), tuple(presence.shape), tuple(logits.shape))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "(3, 6) (3, 32)"
+    assert done.stdout.split("\n")[0] == "(3, 6) (3, 32) (3, 32)"
 
 
 @pytest.mark.parametrize("backbone", ["demo", "resnet18"])

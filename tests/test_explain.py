@@ -170,7 +170,8 @@ def test_explain_says_in_words_what_it_predicts_and_when_the_model_abstains(tmp_
     capsys.readouterr()
     assert main(["explain", str(tmp_path / "model"), str(image)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert re.fullmatch(rf"{re.escape(str(image))}: predicted (cat|dog) \(score \d+\.\d{{3}}\)", first), first
+    # No detector stored (a bare save_pretrained): the verdict is "known" and the sentence says why.
+    assert re.fullmatch(rf"{re.escape(str(image))}: known: (cat|dog) \(score \d+\.\d{{3}}\); this model folder stores "
+                        r"no detector, so no image is called unknown", first), first
     assert main(["explain", str(tmp_path / "silent"), str(image)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"{image}: no prototype is present: the model abstains (every class scores 0)"]
+    assert capsys.readouterr().out.splitlines() == [f"{image}: abstained: no prototype is present, every class scores 0"]

@@ -13,16 +13,18 @@ import pipnet
 from pipnet.data import DataConfig, PlantedConfig
 from pipnet.evaluation.inference import build_model_data
 from pipnet.model import ModelLoadError
-from pipnet.evaluation.novelty import (NOVELTY_FILE, NoveltyDetector, compare_rules, distance_threshold, fit_detector, held_out_unknown, load_detector,
+from pipnet.evaluation.detectors import fit_detectors, load_detectors, verdicts
+from pipnet.evaluation.features import Features
+from pipnet.evaluation.novelty import (NOVELTY_FILE, KnnDetector, compare_rules, distance_threshold, held_out_unknown, load_knn_detector,
                             model_features)
 from pipnet.use.predict import predict
 
 
-def hand_detector(k: int = 2) -> NoveltyDetector:
+def hand_detector(k: int = 2) -> KnnDetector:
     # Three training images on the unit circle of a 2-d feature space (no standardisation: mean 0, std 1).
     reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     presence = torch.tensor([[0.9, 0.0], [0.9, 0.5], [0.0, 0.9]])  # prototype 0 present in images 0 and 1
-    return NoveltyDetector(reference=reference, presence=presence, mean=torch.zeros(2), std=torch.ones(2),
+    return KnnDetector(reference=reference, presence=presence, mean=torch.zeros(2), std=torch.ones(2),
                            threshold=0.5, k=k, image_ids=["a.png", "b.png", "c.png"], labels=[0, 0, 1], used=[0, 1])
 
 
@@ -34,7 +36,9 @@ def test_distance_to_the_kth_nearest_training_image_by_hand():
     assert sorted(nearest[0].tolist()) == [0, 1]
     # (-1, 0) is training image c itself (distance 0); its 2nd nearest is b at 90 degrees: distance 1.
     assert d[1].item() == pytest.approx(1.0) and nearest[1, 0].item() == 2
-    assert det.unknown(torch.tensor([[3.0, 3.0], [-1.0, 0.0]])).tolist() == [False, True]
+    f = Features(torch.tensor([[3.0, 3.0], [-1.0, 0.0]]), torch.zeros(2, 2), torch.ones(2, 2))
+    assert det.predict(f).tolist() == [1, -1]
+    assert det.score_samples(f).tolist() == pytest.approx([-(1 - 2 ** -0.5), -1.0])
 
 
 def test_threshold_keeps_the_ceil_of_tpr_of_the_test_images():
@@ -52,7 +56,11 @@ def test_explanation_names_neighbours_and_the_prototypes_they_share_and_it_lacks
     (e,) = det.explain(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.05, 0.8]]))
     assert [n["image"] for n in sorted(e.nearest, key=lambda n: n["image"])] == ["a.png", "b.png"]
     assert e.lacks == [0] and e.shared == [] and e.only_it_has == []  # b has prototype 1 too (0.5): not "only"
-    assert not e.unknown and "nearest training images" in e.sentence() and "it lacks: [0]" in e.sentence()
+    assert e.distance <= e.threshold and e.k == 2
+    f = Features(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.05, 0.8]]), torch.tensor([[0.0, 2.0]]))
+    (v,) = verdicts(f, det, ["cat", "dog"])
+    assert v.kind == "known" and v.detector == "knn" and v.reason["lacks"] == [0]
+    assert v.sentence.startswith("known: dog (score 2.000); distance") and "it lacks: [0]" in v.sentence
 
 
 def test_fit_save_load_and_compare_on_a_tiny_model(tmp_path):
@@ -60,7 +68,9 @@ def test_fit_save_load_and_compare_on_a_tiny_model(tmp_path):
     model = pipnet.create_model("efficientnet_lite0", 3, stages=3, image_size=32)
     data = build_model_data(DataConfig(source="planted", image_size=32, planted=PlantedConfig(
         num_classes=3, train_per_class=6, test_per_class=4, ood_images=6, multi_images=0)), model)
-    det = fit_detector(model, data.projection, data.test, k=3)
+    stored = fit_detectors(model, data.projection, data.test, k=3)
+    det, paper = stored.detectors["knn"], stored.detectors["paper"]
+    assert stored.decides == "knn" and det.precision == paper.precision == "fp32"
     # The threshold keeps 95% of the test images: ceil(0.95 * 12) = 12 of 12.
     test_logits = model_features(model, data.test).logits
     assert int((det.distances(test_logits)[0] <= det.threshold).sum()) == 12
@@ -69,12 +79,14 @@ def test_fit_save_load_and_compare_on_a_tiny_model(tmp_path):
     d1 = F.normalize((train_logits - det.mean) / det.std, dim=1) @ det.reference.T
     assert torch.allclose(d1.diagonal(), torch.ones(len(d1)), atol=1e-5)
     det.save(tmp_path)
-    back = load_detector(tmp_path, model.num_prototypes)
+    back = load_knn_detector(tmp_path, model.num_prototypes)
     assert back.threshold == det.threshold and back.k == 3 and torch.allclose(back.reference, det.reference.float())
-    assert load_detector(tmp_path / "none") is None
+    assert load_knn_detector(tmp_path / "none") is None
     with pytest.raises(ModelLoadError, match="prototypes"):
-        load_detector(tmp_path, model.num_prototypes + 1)
-    rows = compare_rules(model, det, None, data.test, data.ood)
+        load_knn_detector(tmp_path, model.num_prototypes + 1)
+    stored.save(tmp_path)
+    assert load_detectors(tmp_path, model).decides == "knn" and load_detectors(tmp_path, model).detectors["paper"] == paper
+    rows = compare_rules(model, det, paper, data.test, data.ood)
     assert rows[0]["knn_unknown"] == 0.0 and rows[0]["images"] == 12
     ood = rows[1]
     assert ood["set"] == "planted_ood" and ood["knn_fpr95"] == pytest.approx(1 - ood["knn_unknown"])
@@ -83,27 +95,28 @@ def test_fit_save_load_and_compare_on_a_tiny_model(tmp_path):
 
 def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path):
     torch.manual_seed(0)
-    model = pipnet.create_model("efficientnet_lite0", 2, stages=3, image_size=32)
-    folder = tmp_path / "model"
+    model = pipnet.create_model("efficientnet_lite0", 2, stages=3, image_size=32, num_features=4)  # 4 prototypes:
+    folder = tmp_path / "model"  # a presence >= 1/4 on every image, so none abstains
     model.save_pretrained(folder)
     images = []
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200), (30, 200, 30)]):
         images.append(tmp_path / f"{i}.png")
         Image.new("RGB", (32, 32), colour).save(images[-1])
-    with pytest.raises(FileNotFoundError, match=NOVELTY_FILE):
-        predict(folder, images, detector="knn", thresholds=None)
+    with pytest.raises(ModelLoadError, match="no knn detector"):
+        predict(folder, images, detector="knn")
     logits = model_features(model, torch.utils.data.TensorDataset(
         torch.stack([pipnet.evaluation.inference.input_transform(model)(Image.open(p)) for p in images[:2]]))).logits
     # A detector whose reference is the first two images and whose threshold keeps exactly those.
     ref = F.normalize(logits, dim=1)
-    det = NoveltyDetector(reference=ref, presence=torch.zeros_like(ref), mean=torch.zeros(ref.shape[1]),
+    det = KnnDetector(reference=ref, presence=torch.zeros_like(ref), mean=torch.zeros(ref.shape[1]),
                           std=torch.ones(ref.shape[1]), threshold=1e-4, k=1, image_ids=["red", "blue"], labels=[0, 1])
     det.save(folder)
-    out = predict(folder, images, thresholds=None)  # auto: the stored detector
-    assert [p.novelty["nearest"][0]["image"] for p in out[:2]] == ["red", "blue"]
-    assert [p.unknown for p in out] == [p.abstained for p in out[:2]] + [True]  # green is far from both
-    assert out[2].novelty["unknown"] and "unknown: distance" in out[2].novelty["explanation"]
-    assert all(p.novelty is None for p in predict(folder, images, thresholds=None, detector="paper"))
+    out = predict(folder, images)  # auto: the stored detector
+    assert [p.reason["nearest"][0]["image"] for p in out[:2]] == ["red", "blue"]
+    assert [p.verdict for p in out] == ["known", "known", "unknown"]  # green is far from both
+    assert out[2].detector == "knn" and "distance" in out[2].sentence and out[2].sentence.startswith("unknown: ")
+    with pytest.raises(ModelLoadError, match="no paper detector"):
+        predict(folder, images, detector="paper")
     assert json.loads((folder / NOVELTY_FILE).read_text())["k"] == 1
     # The web page's verdict for an upload: the stored detector decides and explains it (serve's page context).
     pytest.importorskip("fastapi", reason="the 'serve' extra")
@@ -113,9 +126,9 @@ def test_predict_calls_unknown_with_the_stored_detector_and_explains_it(tmp_path
     explorer = Explorer(folder, device="cpu")
     visitor = explorer.new_visitor()
     explorer.show_upload(visitor, "green.png", images[2].read_bytes())
-    assert page_context(explorer, visitor)["shown"]["unknown"].startswith("Unknown (unknown: distance")
+    assert page_context(explorer, visitor)["shown"]["judgement"] == {"kind": "unknown", "sentence": out[2].sentence}
     explorer.show_upload(visitor, "red.png", images[0].read_bytes())
-    assert page_context(explorer, visitor)["shown"]["unknown"] is None
+    assert page_context(explorer, visitor)["shown"]["judgement"]["kind"] == out[0].verdict
 
 
 def test_held_out_unknown_counts_each_half_with_the_other_halfs_thresholds():

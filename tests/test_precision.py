@@ -9,7 +9,6 @@ read when torch starts).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -183,33 +182,26 @@ def test_inference_auto_scores_the_way_the_thresholds_were_set():
     assert r("auto", CPU, "fp32").precision == "fp32"  # fp32 thresholds: fp32 scores, whatever the machine
     native, _ = P.native_bf16(CPU)
     bf16 = r("auto", CPU, "bf16")
-    assert bf16.precision == ("bf16" if native else "fp32") and "thresholds were set on bf16" in bf16.reason
-    assert r("auto", CPU, None) == P.resolve_precision("auto", CPU)  # no thresholds: the machine decides
+    assert bf16.precision == ("bf16" if native else "fp32") and "detectors were set on bf16" in bf16.reason
+    assert r("auto", CPU, None).precision == "fp32"  # no detectors: fp32, the same verdict on every machine
     assert r("fp32", CPU, "bf16").precision == "fp32"  # an explicit choice is kept
 
 
-def test_thresholds_record_the_precision_they_were_set_in(tmp_path):
-    from pipnet.evaluation.thresholds import Thresholds, fit_thresholds, load_thresholds
+def test_detectors_are_set_on_fp32_scores_even_inside_a_bf16_block(tmp_path):
+    from pipnet.evaluation.detectors import fit_detectors, load_detectors
+    from pipnet.explanation.predictor import Predictor
 
     torch.manual_seed(0)
     model = create_model("timm/test_convnext", num_classes=3, pretrained=False, num_features=8, image_size=32)
     data = [(torch.randn(3, 32, 32), i % 3) for i in range(6)]
-    assert fit_thresholds(model, data, batch_size=3).precision == "fp32"
+    with P.inference_precision("bf16"):  # as at the end of a bf16 training run
+        stored = fit_detectors(model, data, data, batch_size=3)
+    assert stored.precision == "fp32" and {d.precision for d in stored.detectors.values()} == {"fp32"}
+    model.save_pretrained(tmp_path)
+    stored.save(tmp_path)
+    assert load_detectors(tmp_path, model).precision == "fp32"
+    assert Predictor.load(tmp_path, device="cpu").precision == "fp32"  # auto: the detectors' precision
+    assert Predictor.load(tmp_path, device="cpu", precision="fp32").precision_reason == "asked for"
     with P.inference_precision("bf16"):
-        fit_thresholds(model, data, batch_size=3).save(tmp_path)
-    assert load_thresholds(tmp_path).precision == "bf16"
-    old = json.loads((tmp_path / "thresholds.json").read_text())
-    del old["precision"]  # a file written before thresholds recorded it: scores were fp32 then
-    assert Thresholds.from_dict(old).precision == "fp32"
-
-
-def test_a_model_folders_auto_follows_its_stored_thresholds(tmp_path):
-    from pipnet.evaluation.thresholds import fit_thresholds, precision_for_model
-
-    torch.manual_seed(0)
-    model = create_model("timm/test_convnext", num_classes=3, pretrained=False, num_features=8, image_size=32)
-    data = [(torch.randn(3, 32, 32), i % 3) for i in range(6)]
-    assert precision_for_model("auto", CPU, tmp_path) == P.resolve_precision("auto", CPU)  # no thresholds yet
-    fit_thresholds(model, data, batch_size=3).save(tmp_path)  # fp32 scores
-    assert precision_for_model("auto", CPU, tmp_path).precision == "fp32"
-    assert precision_for_model("fp32", CPU, tmp_path).reason == "asked for"
+        asked = fit_detectors(model, data, data, batch_size=3, precision="bf16")
+    assert asked.precision == "bf16"  # on request

@@ -15,7 +15,7 @@ from pipnet.model import create_model
 from pipnet.model.official import pipnet_to_official_state
 from pipnet.train.checkpoint import save_checkpoint
 from pipnet.core.train_config import dump_config
-from pipnet.train.run_dir import RunDir
+from pipnet.train.training_run import TrainingRun
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pipnet"
 
@@ -85,7 +85,7 @@ def test_corrupt_model_files(capsys, saved_model, image, damage):
 
 def _run_folder(tmp_path: Path, model_state: dict) -> Path:
     config = tiny_config(tmp_path / "run")
-    run = RunDir.create(config.out, config)
+    run = TrainingRun.create(config.out, config)
     save_checkpoint(run.checkpoint_path, {"epochs_done": 1, "stage": "pretrain", "model": model_state, "optim": {}})
     return run.path
 

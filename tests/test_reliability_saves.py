@@ -23,7 +23,8 @@ from pipnet.model.run_folder import remove_partial_folders, write_model_folder
 from pipnet.use.serve.editing import ModelEditor
 
 SAVED_FILES = {"model.safetensors", "config.json", "edits.json", "edits.jsonl"}
-REFIT_FILES = {"model.safetensors", "config.json", "config.yaml", "thresholds.json", "edits.jsonl"}
+REFIT_FILES = {"model.safetensors", "config.json", "config.yaml", "thresholds.json", "novelty.json", "novelty.safetensors",
+               "detectors.json", "edits.jsonl"}
 
 # Imports once, then forks one writer per "go" line: each writer saves edited models and refits in a loop
 # until it is killed (fork keeps a kill cheap: no interpreter start per kill).
@@ -57,7 +58,7 @@ WRITER = textwrap.dedent(
                 editor.save(name + "-saved", edit_log=[edit_record("switch_off", prototypes=[n % 8])])
             else:
                 result = refit(model, data, data, [n % 8], epochs=2)
-                save_refit(result, name + "-refit", source="original", test_data=data, data_description="random",
+                save_refit(result, name + "-refit", source="original", test_data=data, train_data=data, data_description="random",
                            records=[edit_record("refit", prototypes=[n % 8])], config_path=config_yaml)
     """
 ).replace("BACKBONE", TINY_BACKBONE)

@@ -15,7 +15,7 @@ from pipnet.model import ModelLoadError, PIPNet, create_model
 from pipnet.train.refit import class_edit_mask
 from pipnet.model.run_folder import RunFolder, config_file
 from pipnet.train.checkpoint import CheckpointError
-from pipnet.train.run_dir import RunDir
+from pipnet.train.training_run import TrainingRun
 
 from reliability_helpers import TINY_BACKBONE, tiny_config
 
@@ -36,7 +36,7 @@ def test_every_documented_file_is_a_property_and_every_property_is_documented(tm
 
 def test_training_writes_where_the_folder_says_and_reads_back(tmp_path):
     config = tiny_config(tmp_path / "run")
-    run = RunDir.create(config.out, config)
+    run = TrainingRun.create(config.out, config)
     folder = RunFolder(tmp_path / "run")
     assert run.folder == folder and folder.config.is_file()
     assert folder.training_config().data.image_size == 32
@@ -46,12 +46,12 @@ def test_training_writes_where_the_folder_says_and_reads_back(tmp_path):
     assert folder.read_history() == [{"epoch": 1, "stage": "pretrain", "loss": 0.5, "lr": ""},
                                      {"epoch": 2, "stage": "classify", "loss": 0.25, "lr": 0.001}]
     with pytest.raises(CheckpointError, match=r"has no checkpoint yet \(checkpoints/last.pt\)"):
-        RunDir.resume(folder.path)
+        TrainingRun.resume(folder.path)
     folder.checkpoint.write_bytes(b"")
     with pytest.raises(FileExistsError, match="already holds a run"):
-        RunDir.create(config.out, config)
+        TrainingRun.create(config.out, config)
     with pytest.raises(CheckpointError, match=r"is not a run folder \(no config.yaml\)"):
-        RunDir.resume(tmp_path)
+        TrainingRun.resume(tmp_path)
 
 
 def test_a_folder_without_the_files_reads_as_empty(tmp_path):

@@ -163,7 +163,9 @@ def test_explain_switch_off_see_the_change_save_and_reload(page, server, run_dir
     assert before and set(before) <= set(SCORING_SHEET[predicted])
     assert top.locator("tr.evidence").first.locator("img").count() == 3  # boxed image, heat map, typical patches
     score_before = float(top.locator(".score").inner_text())
-    expect(page.locator("#unknown")).to_contain_text("Unknown: the score")  # below the stored threshold
+    # Below the stored threshold: the page's verdict and sentence are the paper detector's, as pipnet predict's.
+    expect(page.locator("#judgement")).to_have_attribute("data-kind", "unknown")
+    expect(page.locator("#judgement")).to_contain_text("the paper's rule")
     expect(page.locator("#verdict-before")).to_have_count(0)  # nothing edited yet
 
     # Switch the strongest prototype off for every class: it leaves the explanation, the score drops.

@@ -31,6 +31,14 @@ def test_train_on_an_image_folder_then_evaluate_and_explain(tmp_path, capsys):
     rc, err = run_cli(capsys, "evaluate", str(run))
     assert rc == 0, err
     assert json.loads((run / "evaluation.json").read_text())["num_images"] == 3
+    # --data takes a run's config.yaml (or the run folder) whole, model settings and all, as documented.
+    for given in (str(run / "config.yaml"), str(run)):
+        out = tmp_path / "again.json"
+        rc, err = run_cli(capsys, "evaluate", str(run), "--data", given, "--no-quality", "--out", str(out))
+        assert rc == 0, err
+        assert json.loads(out.read_text())["num_images"] == 3
+    stored = json.loads((run / "detectors.json").read_text())
+    assert stored["decides"] == "knn" and stored["precision"] == "fp32" and stored["stored"] == ["knn", "paper"]
     image = next((root / "train" / "rose").iterdir())
     rc, err = run_cli(capsys, "explain", str(run), str(image), "--out", str(tmp_path / "explained"))
     assert rc == 0, err

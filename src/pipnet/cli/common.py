@@ -17,9 +17,9 @@ log = logging.getLogger("pipnet")
 DEVICE_HELP = "where to run: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
 PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it natively: CPUs with AMX or "
                   "avx512_bf16, recent GPUs; fp32 elsewhere), fp32, bf16 or fp16 (CUDA only)")
-INFERENCE_PRECISION_HELP = ("numeric precision: auto (the precision the model's thresholds.json was set in, where "
-                            "this machine computes it natively; else fp32; without thresholds, as training's auto), "
-                            "fp32, bf16 or fp16 (CUDA only)")
+INFERENCE_PRECISION_HELP = ("numeric precision: auto (the precision the model folder's detectors were set in: fp32 "
+                            "unless their fitting asked otherwise, so every machine gives the same verdict), fp32, "
+                            "bf16 or fp16 (CUDA only)")
 DETECTOR_HELP = ("what calls an image unknown: knn (distance to the nearest training images in prototype logits, "
                  "novelty.json), paper (per-class score thresholds, thresholds.json), auto (the model folder's "
                  "stored choice: knn where it stores one, else paper)")
@@ -83,11 +83,16 @@ def out(line: str = "") -> None:
 
 
 def resolve_precision(requested: str, device, model_dir: str | None = None) -> str:
-    """``--precision`` resolved for ``device`` and the model folder (``auto``: see
-    [precision_for_model][pipnet.evaluation.thresholds.precision_for_model]); logged once, with why."""
-    from pipnet.evaluation.thresholds import precision_for_model
+    """``--precision`` resolved for ``device`` and the model folder (``auto``: the precision its deciding
+    detector was set in, fp32 without one); logged once, with why."""
+    from pipnet.core.precision import resolve_inference_precision
+    from pipnet.evaluation.detectors import load_detectors
+    from pipnet.model import PIPNet
 
-    choice = precision_for_model(requested, device, model_dir)
+    recorded = None
+    if model_dir is not None and requested == "auto":
+        recorded = load_detectors(model_dir, PIPNet.from_pretrained(model_dir)).precision
+    choice = resolve_inference_precision(requested, device, recorded)
     log.info("precision %s (%s)", choice.precision, choice.reason)
     return choice.precision
 

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from pipnet.cli.common import device_args, inference_precision, inference_precision_args, model_args, out, progress_args
+from pipnet.cli.common import (DETECTORS, device_args, inference_precision, inference_precision_args, model_args, out, progress_args,
+                               resolve_precision)
 
 DESCRIPTION = "accuracy, sparsity, explanation sizes, OoD detection and purity of a saved model"
 
@@ -19,7 +20,8 @@ def build_parser():
 
     parser = ArgumentParser(prog="pipnet evaluate", description=DESCRIPTION,
                             parents=[model_args(), progress_args(), device_args(), inference_precision_args()])
-    parser.add_class_arguments(DataConfig, "data", help="the data to evaluate on (default: the run's own data)")
+    parser.add_class_arguments(DataConfig, "data", help="the data to evaluate on (default: the run's own data); "
+                               "--data RUN_OR_CONFIG takes a run folder's or a training config YAML's data")
     parser.add_argument("--ood", action="append", default=[], metavar="DIR",
                         help="an image folder to use as an out-of-distribution set (repeat for several)")
     parser.add_argument("--protocol", choices=["default", "paper"], default=None,
@@ -33,13 +35,45 @@ def build_parser():
     parser.add_argument("--novelty-k", type=int, default=5,
                         help="k of the knn OoD detector stored in MODEL/novelty.json (distance to the k-th nearest "
                              "training image in prototype logits; pipnet.evaluation.novelty), used by predict --detector knn")
+    parser.add_argument("--detector", choices=DETECTORS, default="auto",
+                        help="the detector the model folder's verdicts use from now on (stored in MODEL/detectors.json): "
+                             "knn, paper (the per-class score thresholds), auto (knn)")
     parser.add_argument("--no-quality", action="store_true",
                         help="skip the prototype report card (consistency, stability, duplicates, everywhere, sensitivity)")
     return parser
 
 
+def _data_config_argument(argv: list[str]) -> tuple[list[str], Path | None]:
+    """``--data RUN_OR_CONFIG`` (a run folder or a training config YAML) taken out of ``argv``: its ``data``
+    block is read whole, model settings and all (the ``--data.*`` options stay with the parser)."""
+    from pipnet.model.run_folder import config_file
+
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--data" and i + 1 < len(argv) else arg[7:] if arg.startswith("--data=") else None
+        if value is None:
+            continue
+        path = config_file(value)
+        if Path(value).is_dir() and not path.is_file():
+            raise FileNotFoundError(f"{value} has no config.yaml to take the data from")
+        if path.is_file() and _is_training_config(path):  # else a file of data options, for jsonargparse
+            return argv[:i] + argv[i + (2 if arg == "--data" else 1):], path
+    return argv, None
+
+
+def _is_training_config(path: Path) -> bool:
+    """Whether ``path`` is a YAML file with a top-level ``data`` block (a run's config.yaml, a training preset)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(loaded, dict) and isinstance(loaded.get("data"), dict)
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    argv, given_config = _data_config_argument(argv)
     raw = parser.parse_args(argv)
     if not 0.0 < raw.tpr <= 1.0:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
@@ -56,7 +90,12 @@ def main(argv: list[str]) -> int:
     saved = folder.training_config()
     protocol = raw.protocol or (saved.protocol if saved is not None else "default")
     data_given = any(a.startswith("--data") for a in argv)
-    data_config = saved.data if saved is not None and not data_given else parser.instantiate(raw).data
+    if given_config is not None:
+        from pipnet.core.train_config import load_config
+
+        data_config = load_config(str(given_config)).data
+    else:
+        data_config = saved.data if saved is not None and not data_given else parser.instantiate(raw).data
     # --ood adds to the run's own OoD folders; a folder named twice (same real path) is evaluated once.
     ood_dirs: dict[str, str] = {}
     for ood_dir in [*data_config.ood, *raw.ood]:
@@ -77,20 +116,23 @@ def main(argv: list[str]) -> int:
         path = Path(raw.out) if raw.out else folder.evaluation
         path.write_text(metrics.to_json())
         out(str(path))
-        from pipnet.evaluation.thresholds import describe_data, fit_thresholds
+    from pipnet.core.precision import inference_precision as precision_block
+    from pipnet.evaluation.detectors import describe_data, fit_detectors
+    from pipnet.evaluation.novelty import compare_rules, format_rules
 
-        thresholds = fit_thresholds(model, data.test, tpr=raw.tpr, batch_size=raw.batch_size, device=device,
-                                    description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
-        out(str(thresholds.save(raw.model)))
-        from pipnet.evaluation.novelty import compare_rules, fit_detector, format_rules
-
-        detector = fit_detector(model, data.projection, data.test, k=raw.novelty_k, tpr=raw.tpr, batch_size=raw.batch_size,
-                                device=device, description=thresholds.data)
-        rows = compare_rules(model, detector, thresholds, data.test, data.ood, batch_size=raw.batch_size, device=device)
+    # The detectors are set on fp32 scores (the same verdict on every machine) unless --precision asks otherwise.
+    fit_precision = "fp32" if raw.precision == "auto" else resolve_precision(raw.precision, device)
+    stored = fit_detectors(model, data.projection, data.test, tpr=raw.tpr, k=raw.novelty_k, batch_size=raw.batch_size,
+                           device=device, progress=not raw.no_progress, precision=fit_precision,
+                           decides="knn" if raw.detector == "auto" else raw.detector,
+                           description=describe_data(data_config.source, data_config.root, "test", len(data.test)))
+    knn, paper = stored.detectors["knn"], stored.detectors["paper"]
+    with precision_block(fit_precision):
+        rows = compare_rules(model, knn, paper, data.test, data.ood, batch_size=raw.batch_size, device=device)
     out(f"OoD detectors (thresholds keep {raw.tpr:g} of the test images): the paper's rule (per-class score "
         f"thresholds) and knn (k = {raw.novelty_k} nearest training images in prototype logits)\n" + format_rules(rows))
     evaluation = json.loads(path.read_text())
-    path.write_text(json.dumps({**evaluation, "novelty": {"k": raw.novelty_k, "threshold": detector.threshold, "rows": rows}},
+    path.write_text(json.dumps({**evaluation, "novelty": {"k": raw.novelty_k, "threshold": knn.threshold, "rows": rows}},
                                indent=2))
-    out(str(detector.save(raw.model)))
+    out(str(stored.save(raw.model)))
     return 0

@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipnet.cli.common import (command_parser, device_args, inference_precision, model_args, out, progress_args,
-                               verdict_args)
+from pipnet.cli.common import command_parser, device_args, model_args, out, progress_args, verdict_args
 
-DESCRIPTION = "predict files and folders of images into a CSV or JSON-lines table (with 'unknown')"
+DESCRIPTION = "predict files and folders of images into a CSV or JSON-lines table (with the verdict: known, unknown or abstained)"
 INTERRUPTED = "no table was written (--out keeps its previous file, if any); run it again"
 
 
@@ -32,15 +31,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
-    from pipnet.evaluation.inference import choose_device
     from pipnet.use.predict import predict, printable_path, to_csv, to_jsonl
 
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
-    with inference_precision(args.precision, choose_device(args.device), args.model):
-        predictions = predict(
-            args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
-            device=args.device, progress=not args.no_progress, detector=args.detector,
-        )  # fmt: skip
+    predictions = predict(args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
+                          device=args.device, precision=args.precision, detector=args.detector,
+                          progress=not args.no_progress)
     good = [p for p in predictions if p.error is None]
     bad = [p for p in predictions if p.error is not None]
     for p in bad:
@@ -57,9 +53,10 @@ def main(argv: list[str]) -> int:
             tmp.write_text(table, encoding="utf-8")
     else:
         sys.stdout.write(table)
-    unknown = sum(p.unknown for p in good)
+    unknown, abstained = sum(p.unknown for p in good), sum(p.abstained for p in good)
     rows = "left out of the table (--skip-errors)" if args.skip_errors else "in the table with status 'error'"
-    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown); {len(bad)} files could not be read ({rows})\n")
+    sys.stderr.write(f"predicted {len(good)} images ({unknown} unknown, {abstained} abstained); {len(bad)} files "
+                     f"could not be read ({rows})\n")
     if args.out:
         out(args.out)
     return 0

@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:
             edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
                         **result.summary(), settings=settings),
         ]
-        save_refit(result, target, source=args.model, test_data=data.test, records=records, config_path=data_config, tpr=args.tpr,
+        save_refit(result, target, source=args.model, test_data=data.test, train_data=data.projection, records=records,
+                   config_path=data_config, tpr=args.tpr,
                    data_description=describe_data(config.source, config.root, "test", len(data.test)),
                    batch_size=args.batch_size, device=device)
     rows = [

@@ -110,22 +110,24 @@ def resolve_precision(requested: str, device: torch.device | str) -> PrecisionCh
 
 
 def resolve_inference_precision(requested: str, device: torch.device | str, recorded: str | None) -> PrecisionChoice:
-    """The precision of an inference command for a model whose stored thresholds were set in ``recorded``.
+    """The precision of an inference door for a model whose stored detectors were set on ``recorded`` scores.
 
-    A class score is compared with a threshold set on scores of the same kind, and bf16 moves scores by about
-    1-2%, so ``auto`` computes in the precision the thresholds were set in: fp32 for fp32 thresholds, bf16 for
-    bf16 thresholds where this machine computes bf16 natively (elsewhere fp32, saying so). A model without
-    thresholds (``recorded`` None) gets :func:`resolve_precision`'s ``auto``. An explicit precision is kept.
+    A score is compared with a threshold set on scores of the same kind, and bf16 moves scores by about 1-2%,
+    so ``auto`` computes in the precision the detectors were set in: fp32 (the default of their fitting, the
+    scores every CPU and GPU reproduce) for fp32 detectors and for a model without any (``recorded`` None);
+    bf16 or fp16 for detectors set that way on request, where this machine computes it natively (elsewhere
+    fp32, saying so). An explicit precision is kept.
     """
-    if requested != "auto" or recorded is None:
+    if requested != "auto":
         return resolve_precision(requested, device)
-    if recorded == "fp32":
-        return PrecisionChoice("fp32", "auto", "auto: the model's thresholds were set on fp32 scores")
+    if recorded is None or recorded == "fp32":
+        why = "the model's detectors were set on fp32 scores" if recorded else "the model stores no detector"
+        return PrecisionChoice("fp32", "auto", f"auto: {why}; fp32 gives the same verdict on every machine")
     device = torch.device(device)
     native, why = (device.type == "cuda", "fp16 needs CUDA") if recorded == "fp16" else native_bf16(device)
     if native:
-        return PrecisionChoice(recorded, "auto", f"auto: the model's thresholds were set on {recorded} scores, and {why}")
-    return PrecisionChoice("fp32", "auto", f"auto: the model's thresholds were set on {recorded} scores, but {why}; "
+        return PrecisionChoice(recorded, "auto", f"auto: the model's detectors were set on {recorded} scores, and {why}")
+    return PrecisionChoice("fp32", "auto", f"auto: the model's detectors were set on {recorded} scores, but {why}; "
                                            f"fp32 scores may differ from them by rounding (about 1-2%)")
 
 

@@ -5,7 +5,7 @@ scikit-learn's outlier detectors (``sklearn.neighbors.LocalOutlierFactor(novelty
 
 - ``paper`` ([Thresholds][pipnet.evaluation.thresholds.Thresholds], ``thresholds.json``): the paper's
   per-class thresholds on the predicted class's score;
-- ``knn`` ([NoveltyDetector][pipnet.evaluation.novelty.NoveltyDetector], ``novelty.json``): the distance
+- ``knn`` ([KnnDetector][pipnet.evaluation.novelty.KnnDetector], ``novelty.json``): the distance
   to the k-th nearest training image in prototype logits.
 
 Each has ``fit`` (a class method here: the fitted detector is a frozen record), ``score_samples`` (higher =
@@ -34,10 +34,10 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from pipnet.core.precision import PrecisionChoice, inference_precision, resolve_inference_precision
+from pipnet.core.precision import inference_precision
 from pipnet.core.utils import atomic_write
 from pipnet.evaluation.features import Features, model_features
-from pipnet.evaluation.novelty import NoveltyDetector, load_detector
+from pipnet.evaluation.novelty import KnnDetector, load_knn_detector
 from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresholds
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.model.run_folder import RunFolder
@@ -124,7 +124,9 @@ def _sentence(kind: str, name: str, score: float, detector: Detector | None, rea
     """The verdict in words (the one formatter: predict's table, explain, the page and the report print it)."""
     head = f"{kind}: {name} (score {score:.3f})"
     if detector is None:
-        return f"{head}; this model folder stores no detector, so only an image without any prototype is called unknown"
+        return f"{head}; this model folder stores no detector, so no image is called unknown"
+    if detector.name == "paper" and reason["threshold"] is None:
+        return f"{head}; unknown because no in-distribution image was predicted as {name} when the thresholds were set"
     if detector.name == "paper":
         cmp = ">=" if kind == "known" else "<"
         return (f"{head}, {cmp} the {name} threshold {reason['threshold']:.3f} (the paper's rule: "
@@ -191,7 +193,7 @@ def load_detectors(directory: str | Path, model: PIPNet) -> StoredDetectors:
         ModelLoadError: a detector file is not valid or does not fit the model.
     """
     stored: dict[str, Detector] = {}
-    knn = load_detector(directory, model.num_prototypes)
+    knn = load_knn_detector(directory, model.num_prototypes)
     paper = load_thresholds(directory, model.num_classes)
     if knn is not None:
         stored["knn"] = knn
@@ -207,16 +209,11 @@ def load_detectors(directory: str | Path, model: PIPNet) -> StoredDetectors:
     decides = record.get("decides", next((name for name in DETECTORS if name in stored), None))
     if decides is not None and decides not in stored:
         raise ModelLoadError(f"{path} names the {decides} detector, which the folder does not store")
-    if decides is None and not record:
-        log.warning("%s stores no out-of-distribution detector (run `pipnet evaluate` on it): only images without "
-                    "any prototype are called unknown", directory)
+    if decides is None:
+        why = f" ({record['note']})" if record.get("note") else ""
+        log.warning("%s stores no out-of-distribution detector%s; run `pipnet evaluate` on it: until then no image is "
+                    "called unknown, only those without any prototype get no class (abstained)", directory, why)
     return StoredDetectors(stored, decides, str(record.get("note", "")))
-
-
-def inference_precision_for(requested: str, device: torch.device | str, detectors: StoredDetectors) -> PrecisionChoice:
-    """The precision a door computes a verdict in: ``auto`` is the precision the deciding detector was set
-    in (fp32 unless its fitting asked otherwise; fp32 without a detector), so every machine reproduces it."""
-    return resolve_inference_precision(requested, device, detectors.precision)
 
 
 def fit_detectors(model: PIPNet, train: Dataset, test: Dataset, *, tpr: float = 0.95, k: int = 5, description: str = "",
@@ -256,7 +253,7 @@ def fit_detectors(model: PIPNet, train: Dataset, test: Dataset, *, tpr: float = 
     ids = ([str(s[0]) for s in samples] if samples is not None and len(samples) == len(reference.scores)
            else [str(i) for i in range(len(reference.scores))])
     labels = [int(y) for y in getattr(train, "targets", [])] or [-1] * len(ids)
-    knn = NoveltyDetector.fit(reference, calibration, k=k, tpr=tpr, image_ids=ids, labels=labels,
+    knn = KnnDetector.fit(reference, calibration, k=k, tpr=tpr, image_ids=ids, labels=labels,
                               used=model.used_prototypes().tolist(), description=description, precision=precision)
     log.info("fitted the OoD detectors in %s: knn (k = %d, distance threshold %.4f) and the paper's per-class score "
              "thresholds; %s decides", precision, k, knn.threshold, decides)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from pipnet.model.losses import output_logits
+
 from pipnet.model import RELEVANCE_THRESHOLD
 from pipnet.model.patches import PATCH_SIZE, central_boxes, patch_boxes
 
@@ -107,7 +109,7 @@ def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, multiplier: float
     fn = int((~positive_pred & positive).sum())
     tn = int((~positive_pred & ~positive).sum())
     sensitivity, specificity = _rate(tp, tp + fn), _rate(tn, tn + fp)
-    o = torch.log1p(scores.double().pow(multiplier))  # (N, 2)
+    o = output_logits(scores.double(), multiplier)  # (N, 2)
     margin = o[:, 1] - o[:, 0]
     return {
         "f1": _rate(2 * tp, 2 * tp + fp + fn),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +39,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pipnet.evaluation.features import Features, model_features
+from pipnet.evaluation.features import Features, margin, model_features
 from pipnet.model import PRESENCE_THRESHOLD, ModelLoadError, PIPNet
 from pipnet.model.run_folder import NOVELTY_FILE, NOVELTY_TENSORS, RunFolder
 from pipnet.core.utils import atomic_write
 
-__all__ = ["DETECTORS", "NOVELTY_FILE", "NOVELTY_TENSORS", "NoveltyDetector", "NoveltyExplanation", "compare_rules",
-           "fit_detector", "format_rules", "held_out_unknown", "load_detector", "model_features"]
+__all__ = ["NOVELTY_FILE", "NOVELTY_TENSORS", "KnnDetector", "KnnExplanation", "compare_rules",
+           "format_rules", "held_out_unknown", "load_knn_detector"]
 
-DETECTORS = ("paper", "knn")  # what calls an image unknown: the paper's per-class score thresholds, or this
 RULE = ("knn: 1 - cosine similarity to the k-th nearest training image of the prototype logits, max over the grid "
         "(pool 'max'; 'mean' averages); unknown above the threshold")
 POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (docs/results/real-photos.md)
 
 
 @dataclass(frozen=True)
-class NoveltyExplanation:
+class KnnExplanation:
     """Why the detector calls an image known or unknown, in prototypes (plain data; JSON via ``asdict``).
 
     Args:
         distance: d(x), the cosine distance to the k-th nearest training image.
-        threshold: t; the image is unknown when ``distance > threshold``.
-        unknown: that decision.
+        threshold: t; the image is unknown when ``distance > threshold`` (beyond the rounding slack).
+        k: the neighbour whose distance counts.
         nearest: up to k nearest training images as ``{"image", "label", "distance"}``, nearest first.
         shared: used prototypes present in the image and in most of those neighbours.
         lacks: used prototypes present in most neighbours but not in the image.
@@ -69,24 +68,15 @@ class NoveltyExplanation:
 
     distance: float
     threshold: float
-    unknown: bool
+    k: int
     nearest: list[dict[str, Any]]
     shared: list[int]
     lacks: list[int]
     only_it_has: list[int]
 
-    def sentence(self) -> str:
-        """One line for a person, e.g. 'unknown: distance 0.41 > 0.22 to its 5th nearest training image ...'."""
-        verdict = "unknown" if self.unknown else "known"
-        cmp = ">" if self.unknown else "<="
-        names = ", ".join(Path(n["image"]).name for n in self.nearest[:3])
-        return (f"{verdict}: distance {self.distance:.3f} {cmp} {self.threshold:.3f}; nearest training images: {names}; "
-                f"prototypes they share: {self.shared or 'none'}; it lacks: {self.lacks or 'none'}; "
-                f"only it has: {self.only_it_has or 'none'}")
-
 
 @dataclass(frozen=True)
-class NoveltyDetector:
+class KnnDetector:
     """The ``knn`` detector: reference features of the training images and a distance threshold.
 
     Args:
@@ -101,8 +91,12 @@ class NoveltyDetector:
         labels: their labels.
         data: a description of the images t was set on.
         used: the used prototypes when fitted (the explanation speaks of these only).
+        pool: how the logits were pooled over the grid (``max``).
         created: UTC time, ISO 8601.
+        precision: the inference precision the features were computed in (``fp32`` unless asked otherwise).
     """
+
+    name = "knn"  # a class attribute: the detector's name in --detector and detectors.json
 
     reference: torch.Tensor
     presence: torch.Tensor
@@ -117,6 +111,7 @@ class NoveltyDetector:
     used: list[int] = field(default_factory=list)
     pool: str = "max"
     created: str = ""
+    precision: str = "fp32"
 
     def embed(self, logits: torch.Tensor) -> torch.Tensor:
         """(M, P) pooled prototype logits -> unit-length features."""
@@ -130,12 +125,43 @@ class NoveltyDetector:
         top, nearest = similarity.topk(k, dim=1)  # (M, k), descending similarity
         return 1.0 - top[:, -1], nearest
 
-    def unknown(self, logits: torch.Tensor) -> torch.Tensor:
-        """(M,) True where an image is unknown: its distance exceeds the threshold."""
-        return self.distances(logits)[0] > self.threshold
+    @classmethod
+    def fit(cls, reference: Features, calibration: Features, *, k: int = 5, tpr: float = 0.95, image_ids: list[str] | None = None,
+            labels: list[int] | None = None, used: list[int] | None = None, description: str = "",
+            precision: str = "fp32") -> KnnDetector:
+        """The detector with ``reference`` (the training images) as neighbours and its threshold at ``tpr``
+        of ``calibration`` (in-distribution images), both passes pooled with ``max``."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        n = len(reference.logits)
+        mean, std = torch.zeros_like(reference.logits[0]), torch.ones_like(reference.logits[0])
+        partial = cls(reference=F.normalize(reference.logits, dim=1), presence=reference.presence, mean=mean, std=std,
+                      threshold=math.inf, k=k, tpr=tpr, image_ids=list(image_ids or [str(i) for i in range(n)]),
+                      labels=list(labels or [-1] * n), used=list(used if used is not None else range(reference.logits.shape[1])),
+                      pool="max", precision=precision)
+        threshold = distance_threshold(partial.distances(calibration.logits)[0], tpr)
+        return replace(partial, threshold=threshold, data=description or f"{len(calibration.logits)} images",
+                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    def explain(self, logits: torch.Tensor, presence: torch.Tensor) -> list[NoveltyExplanation]:
-        """One :class:`NoveltyExplanation` per image ((M, P) logits and raw presences)."""
+    def score_samples(self, features: Features) -> torch.Tensor:
+        """(N,) minus the distance: higher is more like the training images."""
+        return -self.distances(features.logits)[0]
+
+    def decision_function(self, features: Features) -> torch.Tensor:
+        """(N,) threshold minus distance (with the rounding slack of :func:`pipnet.evaluation.features.margin`):
+        below 0 is unknown."""
+        return self.score_samples(features) + self.threshold + margin(self.threshold)
+
+    def predict(self, features: Features) -> torch.Tensor:
+        """(N,) +1 known, -1 unknown."""
+        return torch.where(self.decision_function(features) >= 0, 1, -1)
+
+    def reasons(self, features: Features, class_names: list[str]) -> list[dict[str, Any]]:
+        """Per image: the distance, threshold, nearest training images and the prototypes they share (:meth:`explain`)."""
+        return [asdict(e) for e in self.explain(features.logits, features.presence)]
+
+    def explain(self, logits: torch.Tensor, presence: torch.Tensor) -> list[KnnExplanation]:
+        """One :class:`KnnExplanation` per image ((M, P) logits and raw presences)."""
         d, nearest = self.distances(logits)
         used = torch.tensor(self.used, dtype=torch.long) if self.used else torch.arange(presence.shape[1])
         out = []
@@ -144,8 +170,8 @@ class NoveltyDetector:
             mine = presence[i, used] >= PRESENCE_THRESHOLD  # (U,)
             most = theirs.float().mean(dim=0) > 0.5
             sims = 1.0 - self.embed(logits[i : i + 1]) @ self.reference[nearest[i]].double().T  # (1, k)
-            out.append(NoveltyExplanation(
-                distance=float(d[i]), threshold=self.threshold, unknown=bool(d[i] > self.threshold),
+            out.append(KnnExplanation(
+                distance=float(d[i]), threshold=self.threshold, k=self.k,
                 nearest=[{"image": self.image_ids[j] if j < len(self.image_ids) else str(j),
                           "label": self.labels[j] if j < len(self.labels) else -1, "distance": float(s)}
                          for j, s in zip(nearest[i].tolist(), sims[0].tolist())],
@@ -164,13 +190,13 @@ class NoveltyDetector:
         with atomic_write(folder.novelty_tensors) as tmp:
             save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp))
         meta = {"rule": RULE, "pool": self.pool, "threshold": self.threshold, "k": self.k, "tpr": self.tpr, "data": self.data,
-                "created": self.created, "used": self.used, "image_ids": self.image_ids, "labels": self.labels}
+                "created": self.created, "precision": self.precision, "used": self.used, "image_ids": self.image_ids, "labels": self.labels}
         with atomic_write(folder.novelty) as tmp:
             tmp.write_text(json.dumps(meta, indent=1, allow_nan=False))
         return folder.novelty
 
 
-def load_detector(directory: str | Path, num_prototypes: int | None = None) -> NoveltyDetector | None:
+def load_knn_detector(directory: str | Path, num_prototypes: int | None = None) -> KnnDetector | None:
     """The detector stored in ``directory``, or None when it has none.
 
     Raises:
@@ -185,10 +211,10 @@ def load_detector(directory: str | Path, num_prototypes: int | None = None) -> N
     try:
         meta = json.loads(meta_path.read_text())
         tensors = load_file(str(tensor_path))
-        detector = NoveltyDetector(
+        detector = KnnDetector(
             reference=tensors["reference"], presence=tensors["presence"], mean=tensors["mean"], std=tensors["std"],
             threshold=float(meta["threshold"]), k=int(meta["k"]), tpr=float(meta["tpr"]), data=str(meta["data"]),
-            created=str(meta.get("created", "")), used=[int(u) for u in meta["used"]], pool=str(meta["pool"]),
+            created=str(meta["created"]), precision=str(meta["precision"]), used=[int(u) for u in meta["used"]], pool=str(meta["pool"]),
             image_ids=[str(i) for i in meta["image_ids"]], labels=[int(y) for y in meta["labels"]])
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file for the user
         raise ModelLoadError(f"{meta_path} (with {tensor_path.name}) is not a valid novelty detector: {e}") from e
@@ -207,44 +233,7 @@ def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
     return float(distances.double().sort().values[keep - 1])
 
 
-def fit_detector(model: PIPNet, train: Dataset, test: Dataset, *, k: int = 5, tpr: float = 0.95, pool: str = "max",
-                 description: str = "", batch_size: int = 64, device: torch.device | str | None = None,
-                 progress: bool = False) -> NoveltyDetector:
-    """The ``knn`` detector of ``model``: reference = ``train`` (the training images through the evaluation
-    transform, e.g. ``DataBundle.projection``), threshold at ``tpr`` of ``test`` (in-distribution images).
-
-    Args:
-        model: the PIP-Net (not changed).
-        train: items ``(x, label)``; file ids from ``train.base.samples`` when it has them.
-        test: items ``(x, label)``.
-        k: the neighbour whose distance counts (5).
-        pool: ``max`` (each prototype's largest logit over the grid) or ``mean``.
-        tpr: the fraction of ``test`` kept (0.95).
-        description: what ``test`` is, recorded.
-        batch_size: images per forward pass.
-        device: where to run.
-        progress: show progress bars.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    logits, presence, _ = model_features(model, train, batch_size=batch_size, pool=pool, device=device, progress=progress)
-    mean, std = torch.zeros_like(logits[0]), torch.ones_like(logits[0])
-    reference = F.normalize(logits, dim=1)
-    samples = getattr(getattr(train, "base", None), "samples", None)
-    ids = [str(s[0]) for s in samples] if samples is not None and len(samples) == len(logits) else [str(i) for i in range(len(logits))]
-    labels = [int(y) for y in getattr(train, "targets", [])] or [-1] * len(logits)
-    partial = NoveltyDetector(reference=reference, presence=presence, mean=mean, std=std, threshold=math.inf, k=k, tpr=tpr,
-                              image_ids=ids, labels=labels, used=model.used_prototypes().tolist(), pool=pool)
-    test_logits = model_features(model, test, batch_size=batch_size, pool=pool, device=device, progress=progress).logits
-    threshold = distance_threshold(partial.distances(test_logits)[0], tpr)
-    return NoveltyDetector(**{**partial.__dict__, "threshold": threshold,
-                              "data": description or f"{len(test_logits)} images",
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-
-
-def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, test: Dataset, ood: dict[str, Dataset], *,
+def compare_rules(model: PIPNet, detector: KnnDetector, thresholds: Any, test: Dataset, ood: dict[str, Dataset], *,
                   batch_size: int = 64, device: torch.device | str | None = None) -> list[dict[str, Any]]:
     """The ``knn`` detector beside the paper's rule (per-class score thresholds, :mod:`pipnet.evaluation.thresholds`).
 
@@ -256,12 +245,11 @@ def compare_rules(model: PIPNet, detector: NoveltyDetector, thresholds: Any, tes
         OoD images not called unknown; AUROC of -distance).
     """
     from pipnet.evaluation import metrics as M
-    from pipnet.evaluation.thresholds import unknown_mask
 
     def rule_outputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f = model_features(model, data, batch_size=batch_size, pool=detector.pool, device=device)
         d = detector.distances(f.logits)[0]
-        return f.scores.amax(dim=1), unknown_mask(f.scores, thresholds), d, d > detector.threshold, f.scores
+        return f.scores.amax(dim=1), thresholds.predict(f) < 0, d, detector.predict(f) < 0, f.scores
 
     test_max, test_paper, test_d, test_knn, test_scores = rule_outputs(test)
     held_paper, held_knn = held_out_unknown(test_scores, test_d, detector.tpr)
@@ -297,22 +285,21 @@ def held_out_unknown(scores: torch.Tensor, distances: torch.Tensor, tpr: float, 
     Returns:
         (paper rule, knn): the mean held-out share called unknown.
     """
-    from pipnet.evaluation import metrics as M
-    from pipnet.evaluation.thresholds import unknown_mask
+    from pipnet.evaluation.thresholds import Thresholds
 
     n = len(distances)
     if n < 4:
         return math.nan, math.nan
     generator = torch.Generator().manual_seed(seed)
     scores, distances = scores.float().cpu(), distances.double().cpu()
-    max_scores, preds = scores.amax(dim=1), M.predictions(scores).cpu()
     paper, knn = [], []
     for _ in range(repeats):
         order = torch.randperm(n, generator=generator)
         for fit, check in ((order[: n // 2], order[n // 2:]), (order[n // 2:], order[: n // 2])):
-            t = M.ood_thresholds(max_scores[fit], preds[fit], scores.shape[1], tpr=tpr)
-            paper.append(unknown_mask(scores[check], t).double().mean().item())
-            knn.append((distances[check] > distance_threshold(distances[fit], tpr)).double().mean().item())
+            rule = Thresholds.fit(Features(scores[fit], scores[fit], scores[fit]), tpr=tpr)
+            paper.append((rule.predict(Features(scores[check], scores[check], scores[check])) < 0).double().mean().item())
+            t = distance_threshold(distances[fit], tpr)
+            knn.append((distances[check] > t + margin(t)).double().mean().item())
     return sum(paper) / len(paper), sum(knn) / len(knn)
 
 

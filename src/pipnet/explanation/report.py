@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from pipnet.train.diagnostics import diagnose
-from pipnet.explanation.explain import explain
-from pipnet.model import PIPNet
-from pipnet.evaluation.inference import build_model_data, eval_mode
+from pipnet.explanation.predictor import Predictor
+from pipnet.evaluation.inference import build_model_data
 from pipnet.evaluation.projection import project
 from pipnet.train.refit import read_edit_log
 from pipnet.explanation.render.html import write_report
@@ -27,17 +26,17 @@ __all__ = ["build_report", "write_sparsity_plot"]
 log = logging.getLogger(__name__)
 
 
-def _sample(dataset, count: int, section: str, model: PIPNet, device) -> list:
-    """Explain the first ``count`` images of an eval dataset (items (x, label), with ``raw_image``)."""
+def _sample(dataset, count: int, section: str, predictor: Predictor) -> list:
+    """Decide on ``count`` images of an eval dataset (items (x, label), with ``raw_image``), spread over it:
+    (explanation, raw image, section, verdict) each."""
     if dataset is None or len(dataset) == 0:
         return []
     n = min(count, len(dataset))
     # Spread the picks over the data set so that several classes show up.
     indices = sorted({round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)})
     images = torch.stack([dataset[i][0] for i in indices])
-    with eval_mode(model, device) as dev:
-        explanations = explain(model, images.to(dev), image_ids=[f"{section}-{i}" for i in indices])
-    return [(e, dataset.raw_image(i), section) for e, i in zip(explanations, indices)]
+    decisions = predictor.decide(images, image_ids=[f"{section}-{i}" for i in indices])
+    return [(d.explanation, dataset.raw_image(i), section, d.verdict) for d, i in zip(decisions, indices)]
 
 
 def _latest_evaluation(folder: RunFolder) -> dict | None:
@@ -69,20 +68,25 @@ def write_sparsity_plot(run_dir: str | Path) -> Path | None:
     return path
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False) -> Path:
-    """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path."""
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False,
+                 detector: str = "auto", precision: str = "auto") -> Path:
+    """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path.
+
+    The explained images carry the verdicts of the run folder's [Predictor][pipnet.Predictor] (``detector``
+    and ``precision`` as there), the same as every other door gives.
+    """
     folder = RunFolder(run_dir)
-    model = PIPNet.from_pretrained(folder.path).eval()
+    predictor = Predictor.load(folder.path, device="cpu", detector=detector, precision=precision)  # the explained images' verdicts, as every door gives them
+    model = predictor.model
     config = folder.training_config()
     if config is None:
         raise FileNotFoundError(f"{folder.path} is not a run folder: {folder.config.name} is missing")
     data = build_model_data(config.data, model)
-    device = torch.device("cpu")
     projection = project(model, data.projection, k=10, batch_size=config.schedule.batch_size, progress=progress)
-    explained = _sample(data.test, samples, "test", model, device)
+    explained = _sample(data.test, samples, "test", predictor)
     for name, ood in data.ood.items():
-        explained += _sample(ood, max(2, samples // 2), "ood", model, device)
-    explained += _sample(data.multi, max(2, samples // 2), "multi", model, device)
+        explained += _sample(ood, max(2, samples // 2), "ood", predictor)
+    explained += _sample(data.multi, max(2, samples // 2), "multi", predictor)
     metrics = folder.read_metrics()
     latest = _latest_evaluation(folder)
     if latest is not None:

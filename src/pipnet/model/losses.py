@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["alignment_loss", "tanh_loss", "classification_loss"]
+__all__ = ["alignment_loss", "classification_loss", "output_logits", "tanh_loss"]
 
 
 def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -31,14 +31,28 @@ def alignment_loss(maps1: torch.Tensor, maps2: torch.Tensor) -> torch.Tensor:
     return (_align(z1, z2.detach()) + _align(z2, z1.detach())) / 2
 
 
-def tanh_loss(presence: torch.Tensor) -> torch.Tensor:
+def tanh_loss(global_presence: torch.Tensor) -> torch.Tensor:
     """L_T of one view = -mean_k log(tanh(sum_b p[b,k]) + 1e-8): every prototype present once per batch.
 
+    The sum runs over the *global* batch, so the argument is the presences of every image of it: under
+    multi-process training, those gathered from every process (``pipnet.train.distributed.gather_presence``),
+    not one process's share (which would ask each prototype to be present on every process).
+
     Args:
-        presence: (B, P) presence scores of one view; the sum runs over the whole batch (under
-            multi-process training, pass the globally gathered presence).
+        global_presence: (B, P) presence scores of one view, B the global batch.
     """
-    return -torch.log(torch.tanh(presence.sum(dim=0)) + 1e-8).mean()
+    return -torch.log(torch.tanh(global_presence.sum(dim=0)) + 1e-8).mean()
+
+
+def output_logits(scores: torch.Tensor, multiplier: torch.Tensor | float = 2.0) -> torch.Tensor:
+    """log(out^m + 1), the paper's class logits from the non-negative scores ``out`` (m = 2); the one place
+    this formula lives (the loss, the class probabilities and the binary metrics' margin read it).
+
+    Args:
+        scores: (N, C) non-negative class scores.
+        multiplier: the exponent m.
+    """
+    return torch.log1p(scores.pow(multiplier))
 
 
 def classification_loss(
@@ -51,4 +65,4 @@ def classification_loss(
         labels: (N,) class indices (repeated for the two views).
         multiplier: the exponent m.
     """
-    return F.nll_loss(F.log_softmax(torch.log1p(scores.pow(multiplier)), dim=1), labels)
+    return F.nll_loss(F.log_softmax(output_logits(scores, multiplier), dim=1), labels)

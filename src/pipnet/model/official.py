@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from pipnet.model.backbones import create_backbone
-from pipnet.model import ModelLoadError, PIPNet, PIPNetConfig, load_state_dict_checked
+from pipnet.model.config import PIPNetConfig
+from pipnet.model.pipnet import PIPNet
+from pipnet.model.saving import ModelLoadError, load_state_dict_checked
 from pipnet.core.utils import load_tensors
 
 __all__ = ["load_official_checkpoint", "official_to_pipnet_state", "pipnet_to_official_state"]

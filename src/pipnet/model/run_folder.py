@@ -10,6 +10,8 @@
     RUN/thresholds.json        per-class out-of-distribution thresholds (:mod:`pipnet.evaluation.thresholds`)
     RUN/novelty.json           the ``knn`` out-of-distribution detector, with RUN/novelty.safetensors
                                (:mod:`pipnet.evaluation.novelty`)
+    RUN/detectors.json         which detector decides a verdict, or why the folder has none
+                               (:mod:`pipnet.evaluation.detectors`)
     RUN/edits.json             the per-class switch-offs of an edited model (:mod:`pipnet.use.serve.editing`)
     RUN/edits.jsonl            the edit log, one JSON record a line (:mod:`pipnet.train.refit`)
     RUN/sparsity.png           sparsity and test accuracy per epoch (paper Figure 2), drawn from history.csv
@@ -20,7 +22,7 @@ same layout with the files that apply to it. It is written all or nothing by :fu
 a hidden temporary folder beside it, renamed into place once complete, so that a folder under its final name
 is always a whole model; what a killed write leaves behind is hidden, never blocks a name, and is removed by
 the next write beside it. :class:`RunFolder` names these paths and reads the files;
-the modules that write them (training's :class:`pipnet.train.run_dir.RunDir`, thresholds, edits) take
+the modules that write them (training's :class:`pipnet.train.training_run.TrainingRun`, thresholds, edits) take
 their paths from it. The model's own two files are named by :mod:`pipnet.model` (its save format).
 """
 
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipnet.model import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
+from pipnet.model.saving import CONFIG_FILE, WEIGHTS_FILE, ModelLoadError
 from pipnet.core.train_config import TrainConfig, load_config
 
 __all__ = ["NOVELTY_FILE", "NOVELTY_TENSORS", "THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
@@ -106,6 +108,10 @@ class RunFolder:
     @property
     def novelty_tensors(self) -> Path:
         return self.path / NOVELTY_TENSORS
+
+    @property
+    def detectors(self) -> Path:
+        return self.path / "detectors.json"
 
     @property
     def edits(self) -> Path:

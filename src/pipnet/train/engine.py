@@ -47,7 +47,7 @@ from pipnet.train.protocol import (
     paper_extra_steps,
     sparsify_counts,
 )
-from pipnet.train.run_dir import RunDir
+from pipnet.train.training_run import TrainingRun
 from pipnet.train.step import STOPPED, NonFiniteGuard, NonFiniteLossError, train_step, training_step_losses
 from pipnet.core.utils import MissingExtraError
 
@@ -173,7 +173,7 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     info = init_distributed(choose_device(rt.device).type)
     resuming = bool(config.resume)
     if resuming:
-        run = RunDir.resume(config.resume)
+        run = TrainingRun.resume(config.resume)
         config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
         for name, value in (resume_runtime or {}).items():
             if name not in RESUME_RUNTIME:
@@ -197,7 +197,7 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     choice = resolve_precision(rt.precision, device)
     rt.precision = choice.precision  # config.yaml records what ran, so a resume and a re-run are the same
     if not resuming:
-        run = RunDir.create(config.out, config, main=info.is_main)
+        run = TrainingRun.create(config.out, config, main=info.is_main)
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if info.is_main:
@@ -276,7 +276,7 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
 
 
 def _finish(
-    run: RunDir, model: PIPNet, data: DataBundle, config: TrainConfig, device, info: DistInfo, history, optim: StageOptim | None
+    run: TrainingRun, model: PIPNet, data: DataBundle, config: TrainConfig, device, info: DistInfo, history, optim: StageOptim | None
 ) -> TrainResult:
     """Prune never-present prototypes, save the model, evaluate on held-out data, write metrics.json."""
     batch = config.schedule.batch_size
@@ -300,34 +300,24 @@ def _finish(
                                    progress=config.runtime.progress, mask_sets=data.mask_sets() or None,
                                    train_set=data.projection, protocol=config.protocol)
                 run.write_metrics(metrics, into=final)
-                _save_thresholds(final, model, data, config, device)
-                _save_detector(final, model, data, config, device)
+                _save_detectors(final, model, data, config, device)
+            else:
+                from pipnet.evaluation.detectors import StoredDetectors
+
+                StoredDetectors(note="the data has no test split to set the detectors on").save(final)
         for finding in diagnose(history, config, metrics, num_train_images=len(data.train)):
             (log.warning if finding.level == "warning" else log.info)("diagnostics: %s", finding.message)
     return TrainResult(run.path, model, metrics, data, history)
 
 
-def _save_thresholds(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
-    """Store the per-class OoD thresholds (95% TPR on the test data) beside the model, for ``pipnet predict``."""
-    from pipnet.evaluation.thresholds import describe_data, fit_thresholds
+def _save_detectors(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
+    """Store the OoD detectors beside the model (the training images as the knn reference, 95% TPR on the test
+    data, fp32 scores whatever the training precision), for every door's verdict."""
+    from pipnet.evaluation.detectors import describe_data, fit_detectors
 
     description = describe_data(config.data.source, config.data.root, "test", len(data.test))
-    fit_thresholds(model, data.test, batch_size=config.schedule.batch_size, device=device, description=description).save(directory)
-
-
-def _save_detector(directory: Path, model: PIPNet, data: DataBundle, config: TrainConfig, device) -> None:
-    """Store the ``knn`` OoD detector (the training images as reference, 95% TPR on the test data) beside the
-    model: ``pipnet predict`` then calls an image unknown in the model's own terms (:mod:`pipnet.evaluation.novelty`)."""
-    from pipnet.evaluation.novelty import fit_detector
-    from pipnet.evaluation.thresholds import describe_data
-
-    description = describe_data(config.data.source, config.data.root, "test", len(data.test))
-    detector = fit_detector(model, data.projection, data.test, batch_size=config.schedule.batch_size, device=device,
-                            description=description)
-    detector.save(directory)
-    log.info("stored the knn OoD detector (novelty.json: distance to the nearest training images, k = %d, threshold %.4f); "
-             "pipnet predict uses it for 'unknown' (--detector paper: the paper's score thresholds)", detector.k,
-             detector.threshold)
+    fit_detectors(model, data.projection, data.test, batch_size=config.schedule.batch_size, device=device,
+                  description=description).save(directory)
 
 
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:

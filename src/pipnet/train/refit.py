@@ -19,7 +19,7 @@ import getpass
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipnet.evaluation import metrics as M
 from pipnet.model import PRESENCE_THRESHOLD, PIPNet
+from pipnet.model.losses import classification_loss
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model.run_folder import RunFolder, write_model_folder
 
@@ -169,7 +170,7 @@ def fit_scoring_sheet(
     for _ in range(epochs):
         for idx in torch.randperm(len(y_all), generator=generator).split(batch_size):
             out = x_all[idx] @ torch.relu(w).T + (b if b is not None else 0.0)  # (B, C)
-            loss = torch.nn.functional.nll_loss(torch.log_softmax(torch.log1p(out.pow(multiplier)), dim=1), y_all[idx])
+            loss = classification_loss(out, y_all[idx], multiplier)  # the training's L_C
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -249,24 +250,27 @@ def save_refit(
     test_data: Dataset | DataLoader,
     data_description: str,
     records: list[dict[str, Any]],
+    train_data: Dataset | None = None,
     config_path: str | Path | None = None,
     tpr: float = 0.95,
     batch_size: int = 64,
     device=None,
 ) -> Path:
-    """Write a refit model to a NEW folder: the model, its data config, re-set thresholds and the edit log.
+    """Write a refit model to a NEW folder: the model, its data config, its detectors and the edit log.
 
-    The scores change with the sheet, so the OoD thresholds are set again on ``test_data`` (same rule and
-    ``tpr``); the source's ``knn`` detector (``novelty.json``) is carried over, as its distances do not
-    depend on the sheet. The log starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
+    The scores change with the sheet, so the detectors are fitted again
+    ([fit_detectors][pipnet.evaluation.detectors.fit_detectors]: ``train_data`` as the knn reference, the
+    thresholds at ``tpr`` of ``test_data``); without ``train_data`` the folder says it has none. The log
+    starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
 
     Args:
         result: what :func:`refit` returned.
         directory: the new folder (must not exist).
         source: the folder of the model that was refit.
         test_data: in-distribution images for the thresholds.
-        data_description: what ``test_data`` is, for ``thresholds.json``.
+        data_description: what ``test_data`` is, for the detectors' files.
         records: edit-log records to append (e.g. the switch-offs, then the refit).
+        train_data: the training images through the evaluation transform (the knn reference).
         config_path: a training config YAML to copy as ``config.yaml`` (so the data travels with the model).
         tpr: TPR of the thresholds.
         batch_size: images per forward pass.
@@ -275,29 +279,20 @@ def save_refit(
     Raises:
         FileExistsError: ``directory`` exists.
     """
-    from pipnet.evaluation.thresholds import fit_thresholds
+    from pipnet.evaluation.detectors import StoredDetectors, fit_detectors
 
     directory = Path(directory)
     with write_model_folder(directory) as tmp:  # all or nothing: a killed refit leaves no half folder
         result.model.save_pretrained(tmp)
         if config_path is not None:
             shutil.copyfile(config_path, RunFolder(tmp).config)
-        thresholds = fit_thresholds(result.model, test_data, tpr=tpr, description=data_description,
-                                    batch_size=batch_size, device=device)  # fmt: skip
-        thresholds.save(tmp)
-        _carry_detector(source, tmp, result.model)
+        if train_data is not None:
+            fit_detectors(result.model, train_data, test_data, tpr=tpr, description=data_description,
+                          batch_size=batch_size, device=device).save(tmp)
+        else:
+            StoredDetectors(note="saved without its training images, which the detectors need").save(tmp)
         append_edits(tmp, records, inherited_from=source)
     return directory
-
-
-def _carry_detector(source: str | Path, directory: Path, model) -> None:
-    """Copy the source's ``knn`` OoD detector: its distances use the prototype logits, which a refit does not
-    change, so its reference and threshold still hold; only the used prototypes its explanations name change."""
-    from pipnet.evaluation.novelty import load_detector
-
-    detector = load_detector(source, model.num_prototypes)
-    if detector is not None:
-        replace(detector, used=model.used_prototypes().tolist()).save(directory)
 
 
 # ---- the edit log -----------------------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 The exported graph is the inference forward (:meth:`PIPNet.predict`: presence < 0.1 set to 0 before the
 classifier, switched-off prototypes masked): one input ``images`` (B, 3, S, S), normalised as in training
 (resize to S x S, then the model's ``normalization``: its backbone's mean and std, recorded in
-config.json), and two outputs ``scores`` (B, C) and ``presence`` (B, P). The batch
-size is dynamic by default or fixed on request. :func:`check_export` runs the file with its own runtime
-(``torch.jit.load`` or onnxruntime) and returns the largest difference from PyTorch.
+config.json), and three outputs ``scores`` (B, C), ``presence`` (B, P) and ``logits`` (B, P): each
+prototype's largest logit over the grid, what the ``knn`` detector reads. The batch size is dynamic by
+default or fixed on request. :func:`check_export` runs the file with its own runtime (``torch.jit.load``
+or onnxruntime) and returns the largest difference from PyTorch; :func:`export_verdicts` turns the file's
+outputs into the model folder's verdicts, the same as [Predictor][pipnet.Predictor] gives (the deploy
+guide shows the same in a few lines of NumPy, for a machine without pipnet).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from torch import nn
 
 from pipnet.model import PIPNet
 
-__all__ = ["FORMATS", "ExportError", "InferenceGraph", "check_export", "check_images", "export_model"]
+__all__ = ["FORMATS", "OUTPUTS", "ExportError", "InferenceGraph", "check_export", "check_images", "export_model",
+           "export_verdicts", "run_export"]
 
 FORMATS = ("torchscript", "onnx")
+OUTPUTS = ("scores", "presence", "logits")
 Format = Literal["torchscript", "onnx"]
 
 
@@ -33,15 +38,16 @@ class ExportError(RuntimeError):
 
 
 class InferenceGraph(nn.Module):
-    """``PIPNet.predict`` as a plain module: images (B, 3, S, S) -> (scores (B, C), presence (B, P))."""
+    """``PIPNet.predict`` as a plain module: images (B, 3, S, S) -> (scores (B, C), presence (B, P), logits (B, P))."""
 
     def __init__(self, model: PIPNet):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.predict(images)
-        return out.scores, out.presence
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.model.prototype_logits(self.model.forward_features(images))  # (B, P, h, w)
+        out = self.model.forward_head(torch.softmax(logits, dim=1), inference=True)  # as PIPNet.predict
+        return out.scores, out.presence, logits.amax(dim=(2, 3))
 
 
 def _example(model: PIPNet, batch_size: int) -> torch.Tensor:
@@ -86,7 +92,7 @@ def export_model(
     try:
         with torch.no_grad(), _quiet("onnxscript", "onnx_ir", "torch.onnx"):
             program = torch.onnx.export(
-                graph, (example,), input_names=["images"], output_names=["scores", "presence"], opset_version=opset,
+                graph, (example,), input_names=["images"], output_names=list(OUTPUTS), opset_version=opset,
                 dynamic_shapes=dynamic, dynamo=True, verbose=False,
             )  # fmt: skip
         program.save(str(path))
@@ -117,22 +123,9 @@ def _cpu_copy(model: PIPNet) -> PIPNet:
     return copy_
 
 
-def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, format: Format = "torchscript") -> dict[str, float]:
-    """Largest absolute difference between the exported file and PyTorch on ``images``.
-
-    Args:
-        model: the PIP-Net that was exported.
-        path: the exported file.
-        images: (B, 3, S, S) model inputs.
-        format: the file's format.
-
-    Returns:
-        ``{"scores": max |diff|, "presence": max |diff|}``.
-    """
-    reference = InferenceGraph(_cpu_copy(model)).eval()
+def run_export(path: str | Path, images: torch.Tensor, *, format: Format = "torchscript") -> dict[str, torch.Tensor]:
+    """The exported file's outputs on ``images`` (B, 3, S, S), run with its own runtime: ``{"scores", "presence", "logits"}``."""
     images = images.detach().float().cpu()
-    with torch.no_grad():
-        want = reference(images)
     if format == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)
@@ -143,8 +136,38 @@ def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, forma
         except ImportError as e:
             raise ExportError(f"checking an ONNX file needs onnxruntime: pip install 'pipnet[export]' ({e})") from e
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = [torch.from_numpy(a) for a in session.run(["scores", "presence"], {"images": images.numpy()})]
-    return {name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(("scores", "presence"), got, want)}
+        got = [torch.from_numpy(a) for a in session.run(list(OUTPUTS), {"images": images.numpy()})]
+    return dict(zip(OUTPUTS, got))
+
+
+def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, format: Format = "torchscript") -> dict[str, float]:
+    """Largest absolute difference between the exported file and PyTorch on ``images``.
+
+    Args:
+        model: the PIP-Net that was exported.
+        path: the exported file.
+        images: (B, 3, S, S) model inputs.
+        format: the file's format.
+
+    Returns:
+        ``{"scores": max |diff|, "presence": max |diff|, "logits": max |diff|}``.
+    """
+    reference = InferenceGraph(_cpu_copy(model)).eval()
+    with torch.no_grad():
+        want = dict(zip(OUTPUTS, reference(images.detach().float().cpu())))
+    got = run_export(path, images, format=format)
+    return {name: (got[name].float() - want[name].float()).abs().max().item() for name in OUTPUTS}
+
+
+def export_verdicts(outputs: dict[str, torch.Tensor], detector, class_names: list[str]) -> list:
+    """The verdicts on the images an exported model's ``outputs`` (:func:`run_export`) came from, decided by
+    ``detector`` (a [Predictor][pipnet.Predictor]'s ``detector``; None: none stored), as every door decides
+    them ([verdicts][pipnet.evaluation.detectors.verdicts])."""
+    from pipnet.evaluation.detectors import verdicts
+    from pipnet.evaluation.features import Features
+
+    features = Features(outputs["logits"].float(), outputs["presence"].float(), outputs["scores"].float())
+    return verdicts(features, detector, class_names)
 
 
 def check_images(model_dir: str | Path, model: PIPNet, count: int) -> tuple[torch.Tensor, str]:

@@ -1,13 +1,13 @@
 """Batch prediction: run a saved PIP-Net on files, folders or a data set, one record per image.
 
-Each :class:`Prediction` holds the predicted class and its score, whether the model abstained (every score
-0) or calls the image **unknown** (abstained, or max score below its class's OoD threshold; see
-:mod:`pipnet.evaluation.thresholds`), the top classes with their scores, and the evidence for the predicted class
-(prototype, presence p, weight w, p·w), largest first. The numbers are those of :func:`pipnet.explanation.explain.explain`
-on the same batch, so a prediction and an explanation never disagree. Every file found gets one record:
-one that cannot be read (not an image, another format, truncated, unreadable, a broken link, not a regular
-file) has ``error`` set to the reason and no prediction; the others are predicted in batches. Tables give
-each record a ``status`` (``ok``, ``unknown`` or ``error``) and write any file name, even one that is not
+Each :class:`Prediction` holds what the model folder's [Predictor][pipnet.Predictor] decides: the predicted
+class and its score, the verdict (``known``, ``unknown`` or ``abstained``) with the detector that gave it and
+its reason in one sentence, the top classes with their scores, and the evidence for the predicted class
+(prototype, presence p, weight w, p·w), largest first. The web page, ``pipnet explain`` and the report ask
+the same predictor, so they never disagree with the table. Every file found gets one record: one that
+cannot be read (not an image, another format, truncated, unreadable, a broken link, not a regular file) has
+``error`` set to the reason and no prediction; the others are predicted in batches. Tables give each record
+a ``status`` (``ok``, ``unknown``, ``abstained`` or ``error``) and write any file name, even one that is not
 valid UTF-8 (its odd bytes escaped as ``\\xNN``).
 """
 
@@ -28,15 +28,13 @@ from tqdm.auto import tqdm
 
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
-from pipnet.explanation.explain import explain
-from pipnet.evaluation.inference import choose_device, input_transform
+from pipnet.explanation.predictor import Decision, Predictor
 from pipnet.model import PIPNet
-from pipnet.evaluation.thresholds import Thresholds, load_thresholds, warn_without_thresholds
 
 __all__ = ["CSV_COLUMNS", "Prediction", "find_files", "predict", "printable_path", "to_csv", "to_jsonl"]
 
-CSV_COLUMNS = ("path", "status", "error", "predicted_class", "score", "abstained", "unknown", "threshold", "top_classes",
-               "evidence", "novelty")  # fmt: skip
+CSV_COLUMNS = ("path", "status", "error", "predicted_class", "score", "verdict", "detector", "reason", "top_classes",
+               "evidence")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,12 @@ class Prediction:
         predicted_class: the class name, None when the model abstains or the file could not be read.
         predicted_index: its index, or None.
         score: the predicted class's score (0 when abstaining).
-        abstained: every class score is 0 (no prototype present).
-        unknown: abstained, or ``score`` is below the predicted class's threshold.
-        threshold: that threshold (None without thresholds; +inf for a class never predicted when they were set).
+        verdict: ``known``, ``unknown`` or ``abstained`` (None for a file that could not be read).
+        detector: the detector that decided (``knn``, ``paper``; None when the model folder stores none).
+        reason: why, as data (:class:`pipnet.evaluation.detectors.Verdict`).
+        sentence: why, in one sentence.
         top_classes: up to ``top`` (class name, score) pairs, highest first (empty when abstaining).
         evidence: the predicted class's largest terms ``{"prototype", "presence", "weight", "evidence"}``.
-        novelty: with the ``knn`` detector (:mod:`pipnet.evaluation.novelty`), which then decides ``unknown`` instead of
-            the threshold: its distance, threshold, nearest training images and the prototypes they share /
-            the image lacks, and ``explanation`` in words; None otherwise.
         error: why the file could not be read (then nothing else is filled in).
     """
 
@@ -63,27 +59,48 @@ class Prediction:
     predicted_class: str | None = None
     predicted_index: int | None = None
     score: float = 0.0
-    abstained: bool = False
-    unknown: bool = False
-    threshold: float | None = None
+    verdict: str | None = None
+    detector: str | None = None
+    reason: dict[str, Any] = field(default_factory=dict)
+    sentence: str = ""
     top_classes: list[tuple[str, float]] = field(default_factory=list)
     evidence: list[dict[str, float | int]] = field(default_factory=list)
-    novelty: dict[str, Any] | None = None
     error: str | None = None
 
     @property
+    def abstained(self) -> bool:
+        """The model abstains: no prototype is present, every class scores 0."""
+        return self.verdict == "abstained"
+
+    @property
+    def unknown(self) -> bool:
+        """The deciding detector finds the image unlike the training images."""
+        return self.verdict == "unknown"
+
+    @property
     def status(self) -> str:
-        """``error`` (the file could not be read), ``unknown`` or ``ok``."""
-        return "error" if self.error is not None else "unknown" if self.unknown else "ok"
+        """``error`` (the file could not be read), ``unknown``, ``abstained`` or ``ok``."""
+        return "error" if self.error is not None else "ok" if self.verdict == "known" else str(self.verdict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = printable_path(self.path)
         d["status"] = self.status
         d["top_classes"] = [{"class": name, "score": score} for name, score in self.top_classes]
-        if d["threshold"] is not None and d["threshold"] == float("inf"):
-            d["threshold"] = None  # JSON has no infinity; "unknown" already says what it means
         return d
+
+    @classmethod
+    def of(cls, decision: Decision, evidence: int = 3) -> Prediction:
+        """The record of a [Predictor][pipnet.Predictor]'s decision, with ``evidence`` terms of the predicted class."""
+        e, v = decision.explanation, decision.verdict
+        common = {"path": e.image_id, "verdict": v.kind, "detector": v.detector, "reason": v.reason, "sentence": v.sentence}
+        if e.abstained:
+            return cls(**common)
+        best = e.top_classes[0]
+        return cls(**common, predicted_class=best.class_name, predicted_index=best.class_index, score=best.score,
+                   top_classes=[(c.class_name, c.score) for c in e.top_classes],
+                   evidence=[{"prototype": ev.prototype, "presence": ev.presence, "weight": ev.weight, "evidence": ev.evidence}
+                             for ev in best.evidence[:evidence]])
 
 
 def find_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -137,11 +154,11 @@ def printable_path(path: str) -> str:
 
 
 def predict(
-    model: PIPNet | str | Path,
+    model: Predictor | PIPNet | str | Path,
     inputs: Sequence[str | Path] | str | Path | Dataset,
     *,
-    thresholds: Thresholds | None | str = "auto",
     detector: str = "auto",
+    precision: str = "auto",
     top: int = 3,
     evidence: int = 3,
     batch_size: int = 32,
@@ -151,95 +168,47 @@ def predict(
     """Predict images in batches; the model is not changed.
 
     Args:
-        model: a PIP-Net, or the folder of a saved one (then its ``thresholds.json`` is used, if any).
+        model: a [Predictor][pipnet.Predictor], the folder of a saved model (loaded with its stored
+            detectors) or a PIP-Net (no detectors: only abstaining images get no class).
         inputs: image files and folders (walked recursively), or a data set of ``(x, label)`` model inputs.
-        thresholds: per-class OoD thresholds; ``"auto"`` = the model folder's ``thresholds.json`` when
-            ``model`` is a folder, else none. Without thresholds only abstaining images are unknown (said once).
-        detector: what calls an image unknown besides abstaining: ``paper`` (the thresholds), ``knn`` (the
-            model folder's ``novelty.json``, stored by training and ``pipnet evaluate``: distance to the nearest training
-            images in prototype logits) or ``auto`` (``knn`` when the folder stores it, else ``paper``).
+        detector: a folder only: ``auto`` (its stored choice: ``knn`` where stored, else ``paper``), ``knn``
+            or ``paper`` (:mod:`pipnet.evaluation.detectors`).
+        precision: a folder only: ``auto`` (the precision its detectors were set in, fp32 unless asked
+            otherwise), ``fp32``, ``bf16`` or ``fp16``.
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
-        device: where to run a model loaded from a folder (:func:`pipnet.evaluation.inference.choose_device`; default
-            ``auto``: CUDA when present); a ``PIPNet`` given runs where it is (it is never moved).
+        device: where to run a model loaded from a folder (default ``auto``: CUDA when present); a model
+            given runs where it is.
         progress: show a progress bar.
 
     Returns:
         One :class:`Prediction` per input, in order (files that cannot be read have ``error`` set).
+
+    Examples:
+        >>> import pipnet
+        >>> rows = pipnet.predict("runs/demo", ["photo.jpg"])  # doctest: +SKIP
+        >>> rows[0].verdict, rows[0].sentence  # doctest: +SKIP
     """
-    source = None
-    if not isinstance(model, PIPNet):
-        source = Path(model)
-        model = PIPNet.from_pretrained(source).to(choose_device(device))
-    if thresholds == "auto":
-        thresholds = load_thresholds(source, model.num_classes) if source is not None else None
-        if thresholds is None:
-            warn_without_thresholds(str(source) if source is not None else "the model")
+    if isinstance(model, PIPNet):
+        predictor = Predictor(model, device=None)
+    elif isinstance(model, Predictor):
+        predictor = model
+    else:
+        predictor = Predictor.load(model, device=device or "auto", precision=precision, detector=detector)
     if isinstance(inputs, Dataset):
         batches = _dataset_batches(inputs, batch_size)
         total = -(-len(inputs) // batch_size)  # type: ignore[arg-type]
     else:
         files = find_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
-        batches = _file_batches(files, input_transform(model), batch_size)
+        batches = _file_batches(files, predictor.transform, batch_size)
         total = -(-len(files) // batch_size)
-    limits = thresholds.tensor() if isinstance(thresholds, Thresholds) else None
-    knn = _knn_detector(source, model, detector)
     results: list[Prediction] = []
     for ids, x, errors in tqdm(batches, total=total, desc="predict", disable=not progress, unit="batch"):
-        explained = iter(explain(model, x, top_classes=top, image_ids=ids) if len(ids) else [])
-        novel = iter(_novelty(knn, model, x) if knn is not None and len(ids) else [])
-        for path, error in errors:  # keep the input order: readable ones come from ``explained``
-            results.append(Prediction(path=path, error=error) if error else
-                           _record(next(explained), limits, evidence, next(novel, None)))
+        decided = iter(predictor.decide(x, image_ids=ids, top=top))
+        for path, error in errors:  # keep the input order: readable ones come from ``decided``
+            results.append(Prediction(path=path, error=error) if error else Prediction.of(next(decided), evidence))
     return results
-
-
-def _knn_detector(source: Path | None, model: PIPNet, detector: str):
-    """The stored ``knn`` detector when ``detector`` asks for it (``auto``: when there is one), else None."""
-    from pipnet.evaluation.novelty import DETECTORS, NOVELTY_FILE, load_detector
-
-    if detector not in (*DETECTORS, "auto"):
-        raise ValueError(f"detector must be one of {(*DETECTORS, 'auto')}, got {detector!r}")
-    if detector == "paper":
-        return None
-    knn = load_detector(source, model.num_prototypes) if source is not None else None
-    if knn is None and detector == "knn":
-        raise FileNotFoundError(f"{source or 'the model'} has no {NOVELTY_FILE}: run `pipnet evaluate` on it first")
-    return knn
-
-
-def _novelty(knn, model: PIPNet, x: torch.Tensor) -> list:
-    from torch.utils.data import TensorDataset
-
-    from pipnet.evaluation.novelty import model_features
-
-    f = model_features(model, TensorDataset(x), batch_size=len(x), pool=knn.pool)  # one batch
-    return knn.explain(f.logits, f.presence)
-
-
-def _record(e, limits: torch.Tensor | None, evidence: int, novel=None) -> Prediction:
-    novelty = {**asdict(novel), "explanation": novel.sentence()} if novel is not None else None
-    if e.abstained:
-        return Prediction(path=e.image_id, abstained=True, unknown=True, novelty=novelty)
-    best = e.top_classes[0]
-    threshold = float(limits[best.class_index]) if limits is not None else None
-    below = threshold is not None and best.score < threshold
-    return Prediction(
-        path=e.image_id,
-        predicted_class=best.class_name,
-        predicted_index=best.class_index,
-        score=best.score,
-        abstained=False,
-        unknown=novel.unknown if novel is not None else below,
-        threshold=threshold,
-        top_classes=[(c.class_name, c.score) for c in e.top_classes],
-        evidence=[
-            {"prototype": ev.prototype, "presence": ev.presence, "weight": ev.weight, "evidence": ev.evidence}
-            for ev in best.evidence[:evidence]
-        ],
-        novelty=novelty,
-    )
 
 
 Batch = tuple[list[str], torch.Tensor, list[tuple[str, str | None]]]  # readable ids, inputs, every (path, error)
@@ -278,12 +247,11 @@ def _cells(p: Prediction) -> dict[str, Any]:
         "error": p.error or "",
         "predicted_class": p.predicted_class if p.predicted_class is not None else "",
         "score": f"{p.score:.6g}",
-        "abstained": str(p.abstained).lower(),
-        "unknown": str(p.unknown).lower(),
-        "threshold": "" if d["threshold"] is None else f"{p.threshold:.6g}",
+        "verdict": p.verdict or "",
+        "detector": p.detector or "",
+        "reason": p.sentence,
         "top_classes": json.dumps(d["top_classes"]),
         "evidence": json.dumps(p.evidence),
-        "novelty": p.novelty["explanation"] if p.novelty else "",
     }
 
 

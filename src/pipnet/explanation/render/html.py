@@ -134,9 +134,10 @@ def _summary(model: PIPNet, used: list[int]) -> list[tuple[str, str]]:
 
 
 def _explained(
-    item: tuple[ImageExplanation, Image.Image, str], projection: Projection | None, dataset: RawImageDataset | None
+    item: tuple, projection: Projection | None, dataset: RawImageDataset | None
 ) -> dict[str, Any]:
-    explanation, image, _ = item
+    explanation, image, _, *rest = item  # (explanation, image, section[, verdict])
+    verdict = rest[0] if rest else None
     classes = [
         {
             "name": c.class_name,
@@ -152,7 +153,8 @@ def _explained(
         "id": explanation.image_id,
         "abstained": explanation.abstained,
         "predicted": explanation.top_classes[0].class_name if not explanation.abstained else None,
-        "figure": data_uri(explanation_figure(explanation, image, projection, dataset), "jpeg"),
+        "verdict": verdict.sentence if verdict is not None else None,
+        "figure": data_uri(explanation_figure(explanation, image, projection, dataset, verdict=verdict), "jpeg"),
         "classes": classes,
     }
 

@@ -10,6 +10,7 @@ whatever the original's shape or colour mode.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipnet.data.images import to_rgb
 from pipnet.explanation.explain import ImageExplanation, ScoringSheet
 from pipnet.model.patches import patch_box, scale_box, upsample_map
+from pipnet.evaluation.detectors import Verdict
 from pipnet.evaluation.projection import Projection
 
 __all__ = [
@@ -248,6 +250,7 @@ def explanation_figure(
     k: int = 5,
     image_px: int = 160,
     patch_px: int = 48,
+    verdict: Verdict | None = None,
 ) -> Image.Image:
     """Paper Figure 3: the top classes with their scores; per contributing prototype the patch boxed on the
     image, presence p, weight w, evidence p·w, and (with a projection) the prototype's typical patches.
@@ -261,15 +264,19 @@ def explanation_figure(
         k: typical patches per prototype.
         image_px: longer side of the image thumbnails.
         patch_px: side of the typical patches.
+        verdict: the model's verdict on the image ([Predictor][pipnet.Predictor]); its sentence heads the
+            figure (without it, the predicted class or that the model abstains).
     """
     thumb = fit(to_rgb(image), image_px)
     originals = OriginalImages(dataset) if dataset is not None else None
-    if explanation.abstained:
-        verdict = "abstains: no prototype is present (every presence below the threshold), all scores 0"
+    if verdict is not None:
+        heading = textwrap.wrap(verdict.sentence, 90)
+    elif explanation.abstained:
+        heading = ["abstained: no prototype is present, every class scores 0"]
     else:
         top = explanation.top_classes[0]
-        verdict = f"predicted: {top.class_name} (score {top.score:.3f})"
-    blocks = [text_block([f"image {explanation.image_id}", verdict], size=15)]
+        heading = [f"predicted: {top.class_name} (score {top.score:.3f})"]
+    blocks = [text_block([f"image {explanation.image_id}", *heading], size=15)]
     if explanation.abstained:
         blocks.append(thumb)
     for rank, cls in enumerate(explanation.top_classes, start=1):

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from pipnet.core.precision import PRECISIONS
+from pipnet.evaluation.detectors import CHOICES
 from pipnet.use.serve.app import LOCAL_HOSTS, MAX_PIXELS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main", "serve_parser"]
@@ -45,8 +46,13 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-minutes", type=float, default=60.0, help="a visitor's state is forgotten after this long idle")
     parser.add_argument("--device", help="where to run the model (default: CUDA when present, else the CPU)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="numeric precision of the explanations: auto (the precision the model's thresholds "
-                             "were set in where this machine computes it natively, else fp32), fp32, bf16 or fp16 (CUDA)")
+                        help="numeric precision of the explanations and verdicts: auto (the precision the model "
+                             "folder's detectors were set in: fp32 unless their fitting asked otherwise, so every "
+                             "machine gives the same verdict), fp32, bf16 or fp16 (CUDA)")
+    parser.add_argument("--detector", choices=CHOICES, default="auto",
+                        help="what calls an image unknown: knn (distance to the nearest training images in prototype "
+                             "logits, novelty.json), paper (per-class score thresholds, thresholds.json), auto (the "
+                             "model folder's stored choice: knn where it stores one, else paper)")
     return parser
 
 
@@ -59,12 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from pipnet.core.precision import set_default_inference_precision
-    from pipnet.evaluation.inference import choose_device
-    from pipnet.evaluation.thresholds import precision_for_model
-
-    choice = precision_for_model(args.precision, choose_device(args.device), args.model)
-    log.info("precision %s (%s)", choice.precision, choice.reason)
-    set_default_inference_precision(choice.precision)
 
     local = args.host in LOCAL_HOSTS
     app = create_app(
@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         max_visitors=args.max_visitors,
         idle_minutes=args.idle_minutes,
         allowed_hosts=LOCAL_HOSTS if local else ["*"],
+        detector=args.detector,
+        precision=args.precision,
     )
+    predictor = app.state.explorer.predictor  # the page's explanations in the precision of its verdicts
+    log.info("precision %s (%s)", predictor.precision, predictor.precision_reason)
+    set_default_inference_precision(predictor.precision)
     if not local:
         log.warning("listening on %s: anyone who can reach it can use the page and save models under %s",
                     args.host, app.state.explorer.out_dir)

@@ -86,6 +86,8 @@ def create_app(
     workers: int = 2,
     max_visitors: int = 32,
     idle_minutes: float = 60.0,
+    detector: str = "auto",
+    precision: str = "auto",
 ) -> FastAPI:
     """The web app of one model.
 
@@ -101,8 +103,12 @@ def create_app(
         workers: threads that decode, explain and draw (the pages of that many visitors are made at once).
         max_visitors: visitor states kept (the least recent is forgotten first).
         idle_minutes: a visitor's state is forgotten after this long without a request.
+        detector: which stored detector gives the verdicts: ``auto`` (the folder's choice), ``knn`` or ``paper``.
+        precision: the precision of the verdicts: ``auto`` (the detectors', fp32 unless set otherwise), ``fp32``,
+            ``bf16`` or ``fp16``.
     """
-    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, max_pixels=max_pixels)
+    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, max_pixels=max_pixels, detector=detector,
+                        precision=precision)
     visitors = Visitors(explorer.new_visitor, limit=max_visitors, idle_seconds=idle_minutes * 60)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipnet-serve")
     refits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipnet-refit")  # one at a time, queued

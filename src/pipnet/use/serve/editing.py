@@ -157,13 +157,15 @@ class ModelEditor:
         return {"source": self.source, "data_config": self.data_config, "class_edits": [asdict(e) for e in edits]}
 
     def save(self, directory: str | Path, *, edit_log: list[dict] | None = None,
-             inherited_from: str | Path | None = None) -> Path:
+             inherited_from: str | Path | None = None, detectors=None) -> Path:
         """Write the edited model (``model.safetensors``, ``config.json``, ``edits.json``) to a NEW folder, all or nothing.
 
         Args:
             directory: the new folder.
             edit_log: records for its ``edits.jsonl`` (:func:`pipnet.train.refit.append_edits`), if any.
             inherited_from: a model folder whose ``edits.jsonl`` comes first.
+            detectors: the edited model's [StoredDetectors][pipnet.evaluation.detectors.StoredDetectors]
+                (fitted again: edits change the scores), or one saying it has none.
 
         Raises:
             FileExistsError: ``directory`` exists already (nothing is ever overwritten).
@@ -175,6 +177,8 @@ class ModelEditor:
             RunFolder(tmp).edits.write_text(json.dumps(self.record(), indent=2))
             if edit_log is not None:
                 append_edits(tmp, edit_log, inherited_from=inherited_from)
+            if detectors is not None:
+                detectors.save(tmp)
         return Path(directory)
 
 

@@ -36,15 +36,15 @@ from pipnet.data.errors import ImageLoadError
 from pipnet.evaluation.evaluate import Metrics, evaluate
 from pipnet.explanation.explain import ImageExplanation, explain
 from pipnet.model import PIPNet
-from pipnet.evaluation.inference import build_model_data, choose_device, eval_mode, fit_data_to_model, input_transform
+from pipnet.evaluation.inference import build_model_data, choose_device, eval_mode, fit_data_to_model
 from pipnet.evaluation.projection import Projection, project
 from pipnet.explanation.render.png import fit, prototype_row
 from pipnet.train.refit import RefitResult, append_edits, edit_record, read_edit_log, refit, save_refit
 from pipnet.model.run_folder import RunFolder, config_file, remove_partial_folders
 from pipnet.use.serve.editing import ModelEditor, safe_folder_name
 from pipnet.core.utils import release_free_memory
-from pipnet.evaluation.novelty import load_detector
-from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresholds, warn_without_thresholds
+from pipnet.evaluation.detectors import StoredDetectors, describe_data, fit_detectors, load_detectors
+from pipnet.explanation.predictor import Predictor
 
 __all__ = ["Explorer", "Shown", "UploadError", "Visitor", "Visitors"]
 
@@ -108,6 +108,8 @@ class Explorer:
         device: str | torch.device | None = None,
         gallery_k: int = 8,
         max_pixels: int = MAX_PIXELS,
+        detector: str = "auto",
+        precision: str = "auto",
     ):
         self.model_dir = Path(model_dir).resolve()
         self.device = choose_device(device)
@@ -119,15 +121,15 @@ class Explorer:
         self.max_pixels = max_pixels
         self.data = self._load_data(data)
         self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
-        self.transform = input_transform(self.model, fallback_preset=self.data.config.preset if self.data else "default")
+        self.detectors = load_detectors(self.model_dir, self.model)
+        # The verdicts' owner: the same predictor as pipnet predict and explain (the model as loaded).
+        self.predictor = Predictor(self.editor.original, self.detectors, detector=detector, precision=precision,
+                                   device=self.device)
+        self.transform = self.predictor.transform
         self._cache: dict[tuple, object] = {}  # what every visitor shares (the unedited model's numbers, patches)
         self._cache_lock = threading.Lock()
         self._names_lock = threading.Lock()
         self._reserved: set[Path] = set()  # folders being written (a refit runs for seconds)
-        self.thresholds: Thresholds | None = load_thresholds(self.model_dir, self.model.num_classes)
-        if self.thresholds is None:
-            warn_without_thresholds(str(self.model_dir))
-        self.novelty = load_detector(self.model_dir, self.model.num_prototypes)  # knn OoD detector, if stored
         self.history = read_edit_log(self.model_dir)  # the loaded model's edit log (edits.jsonl)
         self.quality = _read_quality(self.model_dir)  # metrics.json's report card, for the gallery
         remove_partial_folders(self.out_dir)  # what killed saves left behind
@@ -321,8 +323,8 @@ class Explorer:
         record = edit_record("refit", prototypes=result.disabled, reason=reason, tool="pipnet serve",
                              source=str(self.model_dir), **result.summary())  # fmt: skip
         save_refit(
-            result, path, source=self.model_dir, test_data=self.data.test, records=[*session_edits, record],
-            config_path=self.data.config_path, tpr=self.thresholds.tpr if self.thresholds is not None else 0.95,
+            result, path, source=self.model_dir, test_data=self.data.test, train_data=self.data.projection_set,
+            records=[*session_edits, record], config_path=self.data.config_path, tpr=self._tpr(),
             data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
         )  # fmt: skip
         return result
@@ -348,10 +350,24 @@ class Explorer:
             FileExistsError: that folder exists (nothing is overwritten).
         """
         path = self.reserve(name, "edited")
-        try:  # no thresholds.json: edits change the scores (`pipnet evaluate` sets new ones)
-            return visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir)
+        try:  # edits change the scores: the detectors are fitted again for the saved model, where the data is here
+            return visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir,
+                                       detectors=self._fit_detectors(visitor.editor.model))
         finally:
             self.release(path)
+
+    def _tpr(self) -> float:
+        paper = self.detectors.detectors.get("paper")
+        return paper.tpr if paper is not None else 0.95
+
+    def _fit_detectors(self, model: PIPNet) -> StoredDetectors:
+        """The detectors of an edited model (as ``pipnet refit`` fits them), or a note that it has none."""
+        if self.data is None or self.data.test is None:
+            return StoredDetectors(note="saved from the web page without its data (start it with --data RUN_OR_CONFIG "
+                                        "to store detectors, or run `pipnet evaluate` on this folder)")
+        config = self.data.config
+        return fit_detectors(model, self.data.projection_set, self.data.test, tpr=self._tpr(), device=self.device,
+                             description=describe_data(config.source, config.root, "test", len(self.data.test)))
 
 
 class Visitor:

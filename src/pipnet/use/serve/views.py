@@ -118,8 +118,9 @@ def _edit_log(explorer: Explorer, visitor: Visitor) -> list[dict[str, Any]]:
 
 
 def _thresholds(explorer: Explorer) -> dict[str, Any] | None:
-    t = explorer.thresholds
-    return None if t is None else {"tpr": f"{t.tpr:.0%}", "data": t.data}
+    """The detector that gives the verdicts, or None when the model folder stores none."""
+    d = explorer.predictor.detector
+    return None if d is None else {"name": d.name, "tpr": f"{d.tpr:.0%}", "data": d.data, "precision": explorer.predictor.precision}
 
 
 # ---- the image on show -----------------------------------------------------------------------------
@@ -145,8 +146,8 @@ def _shown(explorer: Explorer, visitor: Visitor) -> dict[str, Any] | None:
         "index": shown.index,
         "overview": visitor.cached(("overview", shown.serial, visitor.editor.version), overview, one_of_kind=True),
         "verdict": _verdict(now),
-        # The knn detector decides when the model folder stores one (as predict's --detector auto), else the thresholds.
-        "unknown": _novel(explorer, shown.x) if getattr(explorer, "novelty", None) is not None else _unknown(explorer, now),
+        "judgement": visitor.cached(("judgement", shown.serial, visitor.editor.version),
+                                    lambda: _judgement(explorer, visitor, shown.x), one_of_kind=True),
         "verdict_before": _verdict(before),
         "changed": _verdict(now) != _verdict(before) or now_scores != before_scores,
         "classes": [_class(explorer, visitor, thumb, now, c, before_scores.get(c.class_index)) for c in now.top_classes],
@@ -160,29 +161,11 @@ def _verdict(e: ImageExplanation) -> str:
     return f"{top.class_name} (score {top.score:.3f})"
 
 
-def _novel(explorer: Explorer, x) -> str | None:
-    """With the stored knn detector (novelty.json): why the image counts as unknown, in prototypes, or None."""
-    from torch.utils.data import TensorDataset
-
-    from pipnet.evaluation.novelty import model_features
-
-    f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, pool=explorer.novelty.pool,
-                       device=explorer.device)
-    (e,) = explorer.novelty.explain(f.logits, f.presence)
-    return f"Unknown ({e.sentence()})" if e.unknown else None
-
-
-def _unknown(explorer: Explorer, e: ImageExplanation) -> str | None:
-    """Why the image counts as unknown (below its class's OoD threshold), or None."""
-    t = explorer.thresholds
-    if t is None or e.abstained:
-        return None
-    top = e.top_classes[0]
-    limit = t.values[top.class_index]
-    if top.score >= limit:
-        return None
-    return (f"Unknown: the score {top.score:.3f} is below the threshold of {top.class_name}, {limit:.3f} "
-            f"(thresholds.json: {t.tpr:.0%} of its in-distribution images reach it)")
+def _judgement(explorer: Explorer, visitor: Visitor, x) -> dict[str, str]:
+    """The verdict on the image as the model now stands (the visitor's edits applied), from the same
+    [Predictor][pipnet.Predictor] as ``pipnet predict``: its kind and its sentence."""
+    (decision,) = explorer.predictor.for_model(visitor.editor.model).decide(x[None])
+    return {"kind": decision.verdict.kind, "sentence": decision.verdict.sentence}
 
 
 def _box(box: tuple[int, int, int, int], e: ImageExplanation, thumb: Image.Image) -> tuple[int, int, int, int]:

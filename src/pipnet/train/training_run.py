@@ -1,4 +1,4 @@
-"""Writing a run folder during training: create or resume it, rewrite ``history.csv``, write ``metrics.json``.
+"""A training run writing its run folder: create or resume it, rewrite ``history.csv``, write ``metrics.json``.
 
 The layout (which file is where) and the reading belong to :class:`pipnet.model.run_folder.RunFolder`; the picture
 ``sparsity.png`` is drawn from ``history.csv`` by ``pipnet train`` / ``pipnet report``
@@ -19,13 +19,13 @@ from pipnet.train.checkpoint import CheckpointError
 from pipnet.core.train_config import TrainConfig, dump_config
 from pipnet.core.utils import atomic_write
 
-__all__ = ["RunDir"]
+__all__ = ["TrainingRun"]
 
 log = logging.getLogger(__name__)
 
 
-class RunDir:
-    """The folder a training run writes to, with the run's config.
+class TrainingRun:
+    """A training run: its :class:`~pipnet.model.run_folder.RunFolder` (the one name of the folder) and its config.
 
     Args:
         path: the run folder.
@@ -45,7 +45,7 @@ class RunDir:
         return self.folder.checkpoint
 
     @classmethod
-    def create(cls, out: str | None, config: TrainConfig, main: bool = True) -> RunDir:
+    def create(cls, out: str | None, config: TrainConfig, main: bool = True) -> TrainingRun:
         """A new run folder (``out``, or ``runs/<time>`` by default); refuses to overwrite another run."""
         folder = RunFolder(Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         if folder.checkpoint.exists() or folder.weights.exists():
@@ -57,7 +57,7 @@ class RunDir:
         return cls(folder.path, config)
 
     @classmethod
-    def resume(cls, path: str | Path) -> RunDir:
+    def resume(cls, path: str | Path) -> TrainingRun:
         folder = RunFolder(path)
         config = folder.training_config()
         if config is None:
