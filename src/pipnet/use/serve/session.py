@@ -54,6 +54,8 @@ T = TypeVar("T")
 DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
 TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
 MAX_PIXELS = 90_000_000  # uploads with more pixels are refused before decoding (``--max-megapixels``)
+MAX_NOTICES = 16  # messages kept per visitor for pages not yet loaded
+FORGOTTEN_KEPT = 4096  # keys of visitors forgotten with work, remembered to tell them why
 
 
 class UploadError(ValueError):
@@ -349,7 +351,9 @@ class Explorer:
         """
         path = self.reserve(name, "edited")
         try:  # no thresholds.json: edits change the scores (`pipnet evaluate` sets new ones)
-            return visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir)
+            saved = visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir)
+            visitor.mark_saved()
+            return saved
         finally:
             self.release(path)
 
@@ -370,9 +374,11 @@ class Visitor:
         self.serial = 0
         self.cache: dict[tuple, object] = {}  # this visitor's explanations, accuracy and pictures
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
-        self.notices: list[str] = []  # shown once, on the next page
+        self.notices: OrderedDict[str, str] = OrderedDict()  # id -> message, shown once, by the page that asks for it
         self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
         self.last_seen = time.monotonic()
+        self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
+        self._saved_edits = self.edit_state()  # the edits as last saved (at first: as loaded)
 
     def cached(self, key: tuple, make: Callable[[], T], *, one_of_kind: bool = False) -> T:
         """``make()``, computed once per ``key`` (emptied when a new image is shown).
@@ -393,9 +399,50 @@ class Visitor:
             edit_record(action, prototypes=prototypes, class_index=class_index, reason=reason, tool="pipnet serve")
         )
 
+    def notify(self, message: str, notice: str | None = None) -> str:
+        """Keep ``message`` for the page that asks for ``notice`` (a new id by default); returns the id.
+
+        A notice answers one action, so it is shown by the page that action leads to (its URL names the id),
+        not by whichever tab of the browser happens to load next. At most ``MAX_NOTICES`` wait; older ones go.
+        """
+        notice = notice or secrets.token_urlsafe(8)
+        self.notices[notice] = message
+        while len(self.notices) > MAX_NOTICES:
+            self.notices.popitem(last=False)
+        return notice
+
+    def take_notice(self, notice: str | None) -> str | None:
+        """The message kept for ``notice``, once (None when there is none, or it was shown already)."""
+        return self.notices.pop(notice, None) if notice else None
+
+    def edit_state(self) -> tuple:
+        """What a save writes: the prototypes switched off, for every class and per class."""
+        return tuple(self.editor.disabled), frozenset(self.editor.class_edits)
+
+    def mark_saved(self, state: tuple | None = None) -> None:
+        """The edits as they are now (or as in ``state``, an earlier :meth:`edit_state`) are in a saved folder."""
+        self._saved_edits = self.edit_state() if state is None else state
+
+    @property
+    def unsaved(self) -> bool:
+        """Edits that no saved folder holds (or a refit still writing them)."""
+        return self.edit_state() != self._saved_edits or self.refit is not None
+
+    @property
+    def has_work(self) -> bool:
+        """Something a person would miss: an image on show or unsaved edits."""
+        return self.shown is not None or self.unsaved
+
 
 class Visitors:
-    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request (least recent first when full).
+    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request.
+
+    A visitor is made only by :meth:`create` (the app calls it for an action from the page itself, never for a
+    plain visit), so requests that another site's page makes a browser send (they carry no cookie) make none.
+    When the table is full, the visitor forgotten to make room is, in this order: one whose cookie never came
+    back (a client that keeps no cookies), then one with no unsaved edits, then one with unsaved edits; the
+    least recently seen first within each. A visitor forgotten with an image or edits is remembered by key
+    (:meth:`forgotten`), so that its next page can say what happened.
 
     Args:
         make: makes a new visitor.
@@ -405,26 +452,56 @@ class Visitors:
 
     def __init__(self, make: Callable[[], Visitor], limit: int = 32, idle_seconds: float = 3600.0):
         self.make, self.limit, self.idle_seconds = make, limit, idle_seconds
-        self._visitors: OrderedDict[str, Visitor] = OrderedDict()
+        self._visitors: OrderedDict[str, Visitor] = OrderedDict()  # least recently seen first
+        self._gone: OrderedDict[str, str] = OrderedDict()  # key -> why a visitor with work was forgotten
         self._lock = threading.Lock()
 
-    def get(self, key: str | None) -> tuple[Visitor, bool]:
-        """(the visitor of ``key``, False), or (a new visitor, True) when the key is unknown or expired."""
+    def find(self, key: str | None) -> Visitor | None:
+        """The visitor of ``key`` (now seen, and known to keep its cookie), or None when unknown or forgotten."""
         now = time.monotonic()
         with self._lock:
-            for old in [k for k, v in self._visitors.items() if now - v.last_seen > self.idle_seconds]:
-                del self._visitors[old]
+            self._forget_idle(now)
             visitor = self._visitors.get(key) if key else None
             if visitor is not None:
                 self._visitors.move_to_end(key)
-                visitor.last_seen = now
-                return visitor, False
+                visitor.last_seen, visitor.returned = now, True
+            return visitor
+
+    def create(self) -> Visitor:
+        """A new visitor, kept; when the table is full, another is forgotten first (see the class)."""
         visitor = self.make()
         with self._lock:
+            self._forget_idle(time.monotonic())
             while len(self._visitors) >= self.limit:
-                self._visitors.popitem(last=False)
+                self._evict()
             self._visitors[visitor.key] = visitor
-        return visitor, True
+        return visitor
+
+    def forgotten(self, key: str | None) -> str | None:
+        """Why the visitor of ``key`` was forgotten with an image or edits, once; None for another key."""
+        with self._lock:
+            return self._gone.pop(key, None) if key else None
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, v in self._visitors.items() if now - v.last_seen > self.idle_seconds]:
+            self._forget(key, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
+
+    def _evict(self) -> None:
+        visitors = list(self._visitors.values())  # least recently seen first
+        for tier in (lambda v: not v.returned, lambda v: not v.unsaved, lambda v: True):
+            victim = next((v for v in visitors if tier(v)), None)
+            if victim is not None:
+                self._forget(victim.key, f"more than {self.limit} visitors used the page at once "
+                                         "(pipnet serve --max-visitors sets how many are kept)")  # fmt: skip
+                return
+
+    def _forget(self, key: str, why: str) -> None:
+        visitor = self._visitors.pop(key)
+        if visitor.returned and visitor.has_work:
+            lost = " and ".join(w for w, had in (("the image on show", visitor.shown), ("unsaved edits", visitor.unsaved)) if had)
+            self._gone[key] = f"This page forgot your earlier work ({lost}): {why}."
+            while len(self._gone) > FORGOTTEN_KEPT:
+                self._gone.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._visitors)
