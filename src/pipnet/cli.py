@@ -264,10 +264,14 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 def explain_parser() -> argparse.ArgumentParser:
     """The parser of ``pipnet explain``."""
-    parser = argparse.ArgumentParser(prog="pipnet explain", description=COMMANDS["explain"])
+    parser = argparse.ArgumentParser(prog="pipnet explain", description=COMMANDS["explain"],
+                                     epilog="exit status: 0 every image explained, 1 some files could not be read "
+                                            "(the others explained), 2 none could be read or another error")  # fmt: skip
     parser.add_argument("model", help="a model folder (model.safetensors + config.json)")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--out", help="folder for one PNG and one JSON per image (default: print only)")
+    parser.add_argument("images", nargs="+", help="image files (one that cannot be read is reported, the rest explained)")
+    parser.add_argument("--out", help="folder for NAME.png and NAME.json per image, NAME the file's stem, or as much of "
+                                      "its path as tells it apart from the other images; refused when that would "
+                                      "write over an input (default: print only)")
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
     parser.add_argument("--box", choices=["patch", "heatmap"], default="patch", help="32x32 patch (faithful) or heat-map box")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
@@ -279,7 +283,6 @@ def cmd_explain(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from pipnet.data.images import load_image
     from pipnet.explanation.explain import explain
     from pipnet.evaluation.inference import input_transform
     from pipnet.model import PIPNet
@@ -292,30 +295,35 @@ def cmd_explain(argv: list[str]) -> int:
     thresholds = load_thresholds(args.model, model.num_classes)
     if thresholds is None:
         warn_without_thresholds(args.model)
+    from pipnet.use.explain_files import ExplanationFolder, finish, read_images, report_error
+
     transform = input_transform(model, fallback_preset=_run_preset(args.model))
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    out = ExplanationFolder(args.out, args.images, protect=[args.model]) if args.out else None
     precision = _resolve_precision(args.precision, next(model.parameters()).device, args.model)
-    for path in args.images:
-        image = load_image(path)
+    failed = []
+    for item in read_images(args.images):
+        if item.error is not None:
+            report_error(item)
+            failed.append(item)
+            if out:
+                out.write_error(item)
+            continue
+        path, image = item.path, item.image
         with torch.inference_mode(), inference_precision(precision):
             (e,) = explain(model, transform(image)[None], top_classes=args.top, image_ids=[str(path)], box=args.box)
         threshold = thresholds.values[e.predicted] if thresholds is not None and e.predicted is not None else None
         unknown = e.abstained or (threshold is not None and e.top_classes[0].score < threshold)
-        _out(f"{path}: {_verdict(e, threshold)}")
+        _out(f"{item.printable}: {_verdict(e, threshold)}")
         for c in e.top_classes:
             _out(f"  {c.class_name}: score {c.score:.3f}")
             for ev in c.evidence[:5]:
                 _out(f"    prototype {ev.prototype}: p={ev.presence:.3f} w={ev.weight:.3f} p*w={ev.evidence:.3f} box={ev.box}")
         if out:
-            stem = Path(path).stem
             record = {**e.to_dict(), "unknown": unknown, "threshold": threshold if threshold != float("inf") else None}
-            (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-            explanation_figure(e, image).save(out / f"{stem}.png")
+            out.write(item, record, explanation_figure(e, image))
     if out:
-        _out(str(out))
-    return 0
+        _out(str(out.path))
+    return finish(failed, len(args.images))
 
 
 def _verdict(e, threshold: float | None) -> str:
@@ -342,7 +350,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipnet predict", description=COMMANDS["predict"])
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
-    parser.add_argument("--out", help="the table to write (default: print to standard output)")
+    parser.add_argument("--out", help="the table to write, refused when it is one of the inputs (default: print to standard output)")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
@@ -366,8 +374,11 @@ def cmd_predict(argv: list[str]) -> int:
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
     from pipnet.evaluation.inference import choose_device
-    from pipnet.use.predict import predict, printable_path, to_csv, to_jsonl
+    from pipnet.use.outputs import refuse_overwriting
+    from pipnet.use.predict import find_files, predict, printable_path, to_csv, to_jsonl
 
+    if args.out:
+        refuse_overwriting([args.out], [args.model, *find_files(args.paths)])
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     with _inference_precision(args.precision, choose_device(args.device), args.model):
         predictions = predict(
