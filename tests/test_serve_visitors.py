@@ -79,9 +79,11 @@ def serving(app):
 def server(run_dir: Path, tmp_path_factory):
     """(base URL, output folder, app) of the app on a free port of 127.0.0.1, in a thread."""
     out_dir = tmp_path_factory.mktemp("edited")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     app = create_app(run_dir, out_dir=out_dir, device="cpu", workers=2, max_visitors=64, max_pixels=2_000_000)
     with serving(app) as base:
         yield base, out_dir, app
+    Image.MAX_IMAGE_PIXELS = pillow_limit  # the limit is the process's: give the other tests theirs back
 
 
 class Client:
@@ -191,8 +193,9 @@ def test_headers_cookie_bad_forms_and_pixel_limit(server):
     assert len(cookie.split(";")[0].split("=", 1)[1]) >= 40  # 32 random bytes
     status, html, _ = client.upload("x.png", png((1, 2, 3)), close=False)
     assert status == 400 and "closing boundary is missing" in html
+    assert "at most 10 MB and 2 megapixels)" in html  # the limit in force, as set
     status, html, _ = client.upload("big.png", png((1, 2, 3), size=1500))  # 2.25 MP, the limit here is 2
-    assert status == 400 and "too many pixels" in html and "--max-megapixels" in html
+    assert status == 400 and "too many pixels" in html and "more than the limit of 2 " in html and "--max-megapixels" in html
     status, html, _ = client.upload("fine.png", png((1, 2, 3)))
     assert status == 200 and "uploaded image fine.png" in html
 

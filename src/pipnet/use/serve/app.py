@@ -2,14 +2,18 @@
 
 Pages are rendered on the server (Jinja2, autoescaped) from ``templates/``; every change is a plain HTML
 form POST answered by a redirect to the page, so the browser needs no script (a few lines filter the gallery
-and the scoring sheet). Each browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
-image, messages) through a random session cookie (HttpOnly, SameSite=Strict); what one visitor does is never
-seen or saved by another. Heavy work (decoding, explanations, pages, saves) runs in a bounded pool of worker
-threads, refits in their own, so that a page is answered while a refit runs. Safe by default: the app answers
-only to local host names unless told otherwise, refuses POSTs from other sites' pages, cannot be framed
-(``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB) and
-their pixels (90 megapixels), and decodes them only as common image formats. Images from the data set are
-chosen by index; no file-system path ever comes from the browser.
+and the scoring sheet). A browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
+image, messages) with its first action on the page (an upload, a pick, an edit), through a random session
+cookie (HttpOnly, SameSite=Strict); a request that only looks (a page, a 404, a refused request, whatever
+site's page made the browser send it) makes none, so no number of them pushes out a visitor's work. What one
+visitor does is never seen or saved by another. The tabs of one browser share its state; a message that
+answers an action ("Saved to ...") is shown by the page that action leads to, not by another tab. Heavy
+work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits in their own,
+so that a page is answered while a refit runs. Safe by default: the app answers only to local host names
+unless told otherwise, refuses POSTs from other sites' pages (by their ``Origin``, or ``Referer``), cannot be
+framed (``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB)
+and their pixels (Pillow's limit, 89.48 megapixels, unless set), and decodes them only as common image
+formats. Images from the data set are chosen by index; no file-system path ever comes from the browser.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipnet.core.data_config import DataConfig
 from pipnet.train.refit import RefitResult
-from pipnet.use.serve.session import MAX_PIXELS, Explorer, UploadError, Visitor, Visitors
+from pipnet.data.images import max_pixels as pixel_limit, megapixels, set_max_pixels
+from pipnet.use.serve.session import Explorer, UploadError, Visitor, Visitors
 from pipnet.use.serve.views import page_context
 
-__all__ = ["LOCAL_HOSTS", "MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app"]
+__all__ = ["LOCAL_HOSTS", "MAX_UPLOAD_BYTES", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def create_app(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     allowed_hosts: tuple[str, ...] | list[str] = LOCAL_HOSTS,
     workers: int = 2,
     max_visitors: int = 32,
@@ -99,13 +104,17 @@ def create_app(
         out_dir: where edited models are saved, each in a new folder (default: beside ``model_dir``).
         device: where to run the model (default: CUDA when present).
         max_upload_bytes: the largest image file accepted.
-        max_pixels: the most pixels (width x height) an uploaded image may have.
+        max_pixels: the most pixels (width x height) an image may have, for this whole process
+            (:func:`pipnet.data.images.set_max_pixels`: Pillow's guard, raised or lowered); None keeps the
+            current limit (Pillow's default: 89.48 megapixels).
         allowed_hosts: host names the app answers to (``["*"]`` for any, when served on a network).
         workers: threads that decode, explain and draw (the pages of that many visitors are made at once).
         max_visitors: visitor states kept (the least recent is forgotten first).
         idle_minutes: a visitor's state is forgotten after this long without a request.
     """
-    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, max_pixels=max_pixels)
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
+    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device)
     visitors = Visitors(explorer.new_visitor, limit=max_visitors, idle_seconds=idle_minutes * 60)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipnet-serve")
     refits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipnet-refit")  # one at a time, queued
@@ -138,7 +147,7 @@ def create_app(
             context = page_context(explorer, visitor)
         html = _ENV.get_template("index.html.j2").render(
             **context, error=error, notice=notice, notice_id=notice_id, max_upload_mb=max_upload_bytes / 2**20,
-            max_megapixels=f"{max_pixels / 1e6:g}",
+            pixel_limit=f"{megapixels(limit)} megapixels" if (limit := pixel_limit()) else "any number of pixels",
         )  # fmt: skip
         return HTMLResponse(html, status_code=status)
 

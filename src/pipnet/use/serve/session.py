@@ -53,7 +53,6 @@ T = TypeVar("T")
 
 DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
 TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
-MAX_PIXELS = 90_000_000  # uploads with more pixels are refused before decoding (``--max-megapixels``)
 MAX_NOTICES = 16  # messages kept per visitor for pages not yet loaded
 FORGOTTEN_KEPT = 4096  # keys of visitors forgotten with work, remembered to tell them why
 
@@ -98,7 +97,6 @@ class Explorer:
         out_dir: where edited models are saved (default: beside ``model_dir``).
         device: where to run the model (:func:`pipnet.evaluation.inference.choose_device`; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
-        max_pixels: uploads with more pixels are refused (before they are decoded).
     """
 
     def __init__(
@@ -109,7 +107,6 @@ class Explorer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         gallery_k: int = 8,
-        max_pixels: int = MAX_PIXELS,
     ):
         self.model_dir = Path(model_dir).resolve()
         self.device = choose_device(device)
@@ -118,7 +115,6 @@ class Explorer:
             model.eval()  # and eval_mode's save-and-restore of training flags is not safe across threads
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
         self.gallery_k = gallery_k
-        self.max_pixels = max_pixels
         self.data = self._load_data(data)
         self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
         self.transform = input_transform(self.model, fallback_preset=self.data.config.preset if self.data else "default")
@@ -188,7 +184,8 @@ class Explorer:
         A large image is reduced while decoding to what the page needs (the model input and the display).
 
         Raises:
-            UploadError: not one of those formats, truncated or corrupt, or more than ``max_pixels`` pixels.
+            UploadError: not one of those formats, truncated or corrupt, or more pixels than the limit
+                (:func:`pipnet.data.images.set_max_pixels`).
         """
         if not content:
             raise UploadError("the file is empty")
@@ -196,8 +193,7 @@ class Explorer:
             path = Path(tmp) / "upload"
             path.write_bytes(content)
             try:
-                image = load_image(path, max_pixels=self.max_pixels,
-                                   reduce_to=max(DISPLAY_PX, self.model.config.image_size))  # fmt: skip
+                image = load_image(path, reduce_to=max(DISPLAY_PX, self.model.config.image_size))
             except ImageLoadError as e:
                 reason = e.reason
                 if reason.startswith("too many pixels"):
