@@ -1,5 +1,7 @@
-"""``pipnet serve`` with many visitors at once (issue 24): each browser has its own state (cookie), pages and
-uploads are answered while a refit runs, the security headers are sent, and a cut-off form is named.
+"""``pipnet serve`` with many visitors at once: each browser has its own state (cookie), made by its first
+action and never by a request without a cookie; a full table forgets the visitors who lose least first and
+tells them; pages and uploads are answered while a refit runs; the security headers are sent; a cut-off
+form is named and a client that goes away is a line in the log.
 
 Real HTTP: the app runs under uvicorn in a thread on a free port; each client is a urllib opener with its
 own cookie jar (a separate browser), many of them in threads.
@@ -11,8 +13,11 @@ import contextlib
 import http.client
 import http.cookiejar
 import io
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -306,3 +311,39 @@ def test_a_notice_is_shown_by_the_tab_whose_action_it_answers(server):
     status, _, html = raw(base, "GET", location, headers={"Cookie": cookie})
     assert status == 200 and f"Saved the edited model to {out_dir / 'tab-save'}" in html
     assert 'id="notice"' not in raw(base, "GET", location, headers={"Cookie": cookie})[2]  # once
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(run_dir, tmp_path):
+    """``pipnet serve`` as a real process: uploads and forms cut off by the client leave a line each, no traceback."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    server = subprocess.Popen([sys.executable, "-m", "pipnet", "serve", str(run_dir), "--port", str(port),
+                               "--out-dir", str(tmp_path), "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)  # fmt: skip
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if raw(base, "GET", "/page.js")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        for path in ("/upload", "/edit"):
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000000\r\n"
+                    "Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\nContent-Disposition: form-data; "
+                    'name="image"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + bytes(20_000)
+                )  # fmt: skip
+                time.sleep(0.3)  # the server is reading the body when the client goes
+        time.sleep(1.0)
+        assert raw(base, "GET", "/")[0] == 200  # and it goes on serving
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    for path in ("/upload", "/edit"):
+        assert len(re.findall(rf"POST {path}: 127\.0\.0\.1:\d+ disconnected before its request was read", log)) == 1, log

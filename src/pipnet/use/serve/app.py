@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipnet.core.data_config import DataConfig
@@ -130,6 +131,13 @@ def create_app(
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.explorer = explorer
     app.state.visitors = visitors
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_went_away(request: Request, _: ClientDisconnect) -> Response:
+        """A browser closed (a tab, a stopped upload) before its request was read: a line in the log, no traceback."""
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s %s: %s disconnected before its request was read", request.method, request.url.path, client)
+        return Response(status_code=400)  # nobody is there to read it
 
     async def work(fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on a worker thread of the pool."""

@@ -169,7 +169,7 @@ def _novel(explorer: Explorer, x) -> str | None:
     f = model_features(explorer.editor.original, TensorDataset(x[None]), batch_size=1, pool=explorer.novelty.pool,
                        device=explorer.device)
     (e,) = explorer.novelty.explain(f.logits, f.presence)
-    return f"Unknown ({e.sentence()})" if e.unknown else None
+    return f"Unknown: {e.sentence().removeprefix('unknown: ')}" if e.unknown else None  # the sentence starts with its verdict
 
 
 def _unknown(explorer: Explorer, e: ImageExplanation) -> str | None:
