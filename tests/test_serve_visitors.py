@@ -347,3 +347,18 @@ def test_a_client_that_disconnects_mid_upload_is_one_log_line(run_dir, tmp_path)
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
     for path in ("/upload", "/edit"):
         assert len(re.findall(rf"POST {path}: 127\.0\.0\.1:\d+ disconnected before its request was read", log)) == 1, log
+
+
+def test_a_visitor_whose_first_upload_is_still_being_read_is_not_pushed_out(run_dir):
+    """A browser's first action (a large upload takes seconds) makes its visitor before the browser has the cookie:
+    cookie-less actions arriving meanwhile push out others first."""
+    from pipnet.use.serve.editing import ModelEditor
+    from pipnet.use.serve.session import Visitor, Visitors
+
+    model = PIPNet.from_pretrained(run_dir)
+    visitors = Visitors(lambda: Visitor(uuid.uuid4().hex, ModelEditor(model)), limit=2)
+    uploading = visitors.create()  # its request is still being answered
+    for _ in range(5):  # a script's cookie-less actions, each answered at once
+        visitors.answered(visitors.create())
+    assert visitors.find(uploading.key) is uploading and len(visitors) == 2
+

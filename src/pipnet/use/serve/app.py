@@ -192,7 +192,11 @@ def create_app(
             request.state.visitor = visitors.find(key)
             request.state.forgotten = visitors.forgotten(key) if request.state.visitor is None else None
             request.state.new = False
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            finally:
+                if request.state.new:
+                    visitors.answered(request.state.visitor)
             if request.state.new:
                 response.set_cookie(COOKIE, request.state.visitor.key, httponly=True, samesite="strict", path="/")
             elif key and request.state.visitor is None:  # a key this server no longer knows: stop sending it

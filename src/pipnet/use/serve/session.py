@@ -54,6 +54,7 @@ T = TypeVar("T")
 DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
 TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
 MAX_NOTICES = 16  # messages kept per visitor for pages not yet loaded
+GRACE_SECONDS = 5.0  # a browser comes back with its new cookie within this (the redirect after its first action)
 FORGOTTEN_KEPT = 4096  # keys of visitors forgotten with work, remembered to tell them why
 
 
@@ -374,6 +375,7 @@ class Visitor:
         self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
         self.last_seen = time.monotonic()
         self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
+        self.pending = False  # the request that made this visitor is still being answered (e.g. a large upload)
         self._saved_edits = self.edit_state()  # the edits as last saved (at first: as loaded)
 
     def cached(self, key: tuple, make: Callable[[], T], *, one_of_kind: bool = False) -> T:
@@ -436,8 +438,10 @@ class Visitors:
     A visitor is made only by :meth:`create` (the app calls it for an action from the page itself, never for a
     plain visit), so requests that another site's page makes a browser send (they carry no cookie) make none.
     When the table is full, the visitor forgotten to make room is, in this order: one whose cookie never came
-    back (a client that keeps no cookies), then one with no unsaved edits, then one with unsaved edits; the
-    least recently seen first within each. A visitor forgotten with an image or edits is remembered by key
+    back (a client that keeps no cookies) for ``GRACE_SECONDS`` after its first answer, then any other whose
+    cookie never came back, then one with no unsaved edits, then one with unsaved edits; the least recently
+    seen first within each. A visitor whose first request is still being answered (a large upload) goes only
+    when every other is in the same case. A visitor forgotten with an image or edits is remembered by key
     (:meth:`forgotten`), so that its next page can say what happened.
 
     Args:
@@ -464,14 +468,21 @@ class Visitors:
             return visitor
 
     def create(self) -> Visitor:
-        """A new visitor, kept; when the table is full, another is forgotten first (see the class)."""
+        """A new visitor, kept, and :attr:`Visitor.pending` until :meth:`answered`; when the table is full, another
+        is forgotten first (see the class)."""
         visitor = self.make()
+        visitor.pending = True
         with self._lock:
             self._forget_idle(time.monotonic())
             while len(self._visitors) >= self.limit:
                 self._evict()
             self._visitors[visitor.key] = visitor
         return visitor
+
+    def answered(self, visitor: Visitor) -> None:
+        """The request that made ``visitor`` is answered: its browser has the cookie from now on."""
+        with self._lock:
+            visitor.pending, visitor.last_seen = False, time.monotonic()
 
     def forgotten(self, key: str | None) -> str | None:
         """Why the visitor of ``key`` was forgotten with an image or edits, once; None for another key."""
@@ -483,8 +494,15 @@ class Visitors:
             self._forget(key, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
 
     def _evict(self) -> None:
-        visitors = list(self._visitors.values())  # least recently seen first
-        for tier in (lambda v: not v.returned, lambda v: not v.unsaved, lambda v: True):
+        visitors, now = list(self._visitors.values()), time.monotonic()  # least recently seen first
+        tiers = (
+            lambda v: not v.returned and not v.pending and now - v.last_seen > GRACE_SECONDS,
+            lambda v: not v.returned and not v.pending,
+            lambda v: not v.unsaved and not v.pending,
+            lambda v: not v.pending,
+            lambda v: True,
+        )
+        for tier in tiers:
             victim = next((v for v in visitors if tier(v)), None)
             if victim is not None:
                 self._forget(victim.key, f"more than {self.limit} visitors used the page at once "
