@@ -42,8 +42,8 @@ from starlette.requests import ClientDisconnect
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipnet.core.data_config import DataConfig
-from pipnet.train.refit import RefitResult
 from pipnet.data.images import max_pixels as pixel_limit, megapixels, set_max_pixels
+from pipnet.train.refit import RefitResult
 from pipnet.use.serve.session import Explorer, UploadError, Visitor, Visitors
 from pipnet.use.serve.views import page_context
 
@@ -165,8 +165,15 @@ def create_app(
         notice_id = request.query_params.get("notice")
         notice_id = notice_id if notice_id and _NOTICE_ID.fullmatch(notice_id) else None
         notice = visitor.take_notice(notice_id) if visitor is not None else None
-        notice = " ".join(m for m in (request.state.forgotten, notice) if m) or None
+        notice = " ".join(m for m in (forgotten(request), notice) if m) or None
         return await work(render, visitor or explorer.new_visitor(), error, status, notice, notice_id)
+
+    def forgotten(request: Request) -> str | None:
+        """Why this browser's earlier state is gone (once: for the page or redirect that shows it), or None."""
+        if not request.state.dead_key or request.state.told:
+            return None
+        request.state.told = True
+        return visitors.forgotten(request.state.dead_key)
 
     def visitor_for_action(request: Request) -> Visitor:
         """The visitor of this request; an action from a browser without one (a first upload, pick or edit) makes it."""
@@ -176,7 +183,7 @@ def create_app(
 
     def back_to(request: Request, anchor: str = "", notice: str | None = None) -> RedirectResponse:
         """The redirect to the page after an action; a notice is shown by that page only (not by other tabs)."""
-        message = " ".join(m for m in (request.state.forgotten, notice) if m)
+        message = " ".join(m for m in (forgotten(request), notice) if m)
         query = f"?notice={request.state.visitor.notify(message)}" if message else ""
         return RedirectResponse(f"/{query}" + (f"#{anchor}" if anchor in ANCHORS else ""), status_code=303)
 
@@ -190,8 +197,8 @@ def create_app(
         else:
             key = request.cookies.get(COOKIE)
             request.state.visitor = visitors.find(key)
-            request.state.forgotten = visitors.forgotten(key) if request.state.visitor is None else None
-            request.state.new = False
+            request.state.dead_key = key if key and request.state.visitor is None else None  # a forgotten visitor's cookie
+            request.state.new = request.state.told = False
             try:
                 response = await call_next(request)
             finally:
@@ -199,7 +206,7 @@ def create_app(
                     visitors.answered(request.state.visitor)
             if request.state.new:
                 response.set_cookie(COOKIE, request.state.visitor.key, httponly=True, samesite="strict", path="/")
-            elif key and request.state.visitor is None:  # a key this server no longer knows: stop sending it
+            elif request.state.dead_key and request.state.told:  # said why it is gone: stop sending the key
                 response.delete_cookie(COOKIE, httponly=True, samesite="strict", path="/")
         response.headers.update(SECURITY_HEADERS)
         return response
@@ -299,8 +306,8 @@ def create_app(
         except (ValueError, FileExistsError) as e:
             return await page(request, f"Not refit: {e}", 400)
         refits.submit(job).add_done_callback(lambda done: _refit_done(explorer, visitor, path, notice, done))
-        if request.state.forgotten:
-            await work(as_visitor(lambda v: v.notify(request.state.forgotten, notice)), visitor)
+        if message := forgotten(request):
+            visitor.notify(message, notice)
         return RedirectResponse(f"/?notice={notice}#edits", status_code=303)
 
     @app.get("/prototypes/{prototype}/patches.png")

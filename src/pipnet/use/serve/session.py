@@ -6,9 +6,10 @@ kept as tensors, so that the accuracy after each edit is one quick :func:`~pipne
 thresholds and the edit history. A :class:`Visitor` holds one person's edits (a
 :class:`~pipnet.use.serve.editing.ModelEditor` whose edited model shares every tensor but the scoring sheet's
 with the loaded one, so a visitor costs kilobytes, not a model), the image on show, this session's edit log
-and the messages waiting for the next page. :class:`Visitors` keeps a bounded number of them and forgets
-those idle too long. Nothing here knows about HTTP; the web app gives each browser its visitor by a cookie
-and holds :attr:`Visitor.lock` while working on one.
+and the messages waiting for the page that shows them. :class:`Visitors` keeps a bounded number of them,
+forgets those idle too long, and when full forgets first those who lose least (a client that never came
+back with its cookie, then a visitor without unsaved edits). Nothing here knows about HTTP; the web app gives
+each browser its visitor by a cookie and holds :attr:`Visitor.lock` while working on one.
 """
 
 from __future__ import annotations
@@ -372,6 +373,7 @@ class Visitor:
         self.cache: dict[tuple, object] = {}  # this visitor's explanations, accuracy and pictures
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
         self.notices: OrderedDict[str, str] = OrderedDict()  # id -> message, shown once, by the page that asks for it
+        self._notices_lock = threading.Lock()  # not `lock`: the app reads notices without waiting for a page being drawn
         self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
         self.last_seen = time.monotonic()
         self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
@@ -404,14 +406,16 @@ class Visitor:
         not by whichever tab of the browser happens to load next. At most ``MAX_NOTICES`` wait; older ones go.
         """
         notice = notice or secrets.token_urlsafe(8)
-        self.notices[notice] = message
-        while len(self.notices) > MAX_NOTICES:
-            self.notices.popitem(last=False)
+        with self._notices_lock:
+            self.notices[notice] = message
+            while len(self.notices) > MAX_NOTICES:
+                self.notices.popitem(last=False)
         return notice
 
     def take_notice(self, notice: str | None) -> str | None:
         """The message kept for ``notice``, once (None when there is none, or it was shown already)."""
-        return self.notices.pop(notice, None) if notice else None
+        with self._notices_lock:
+            return self.notices.pop(notice, None) if notice else None
 
     def edit_state(self) -> tuple:
         """What a save writes: the prototypes switched off, for every class and per class."""
