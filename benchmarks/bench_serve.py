@@ -10,12 +10,20 @@ is counted as "wrong". At the last level, ``--large`` of the uploads are 80-mega
 ~240 KB each, decoded in full by the server: PNG has no reduced decoding).
 The server's resident memory (VmRSS) is sampled every 20 ms: before, peak during the level, and 3 s after.
 
+Beside the clients of the last level, ``--flood-threads`` threads send requests without a cookie until the
+clients are done, as another site's page makes a browser send them (the cookie is SameSite=Strict) and as a
+script that keeps no cookie would: pages, ``/favicon.ico`` and other 404s, a foreign ``Host``, POSTs with a
+foreign ``Origin`` or (without one) a foreign ``Referer``, and cookie-less POSTs with neither (each makes a
+visitor that never comes back). The server keeps ``--max-visitors`` states, fewer than the flood's requests.
+A client whose page no longer shows its own image or edit, or says that its work was forgotten, is "lost".
+
     python benchmarks/bench_serve.py --requests 200 200 1000 --large 40
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import http.cookiejar
 import io
 import os
@@ -100,11 +108,47 @@ def png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def run_level(base: str, pid: int, clients: int, requests: int, large: int, big: bytes) -> dict:
+FLOOD = [  # (what, method, path, headers, body): requests that carry no cookie
+    ("page", "GET", "/", {}, None),
+    ("favicon 404", "GET", "/favicon.ico", {}, None),
+    ("404", "GET", "/no/such/page", {}, None),
+    ("foreign Host", "GET", "/", {"Host": "evil.example"}, None),
+    ("foreign Origin POST", "POST", "/edit", {"Origin": "http://evil.example"}, b"prototype=0&action=off"),
+    ("foreign Referer POST", "POST", "/upload", {"Referer": "http://evil.example/page.html"}, b"x"),
+    ("script POST", "POST", "/edit", {}, b"prototype=0&action=off"),
+]
+
+
+def flood(base: str, stop: threading.Event, counts: dict, lock: threading.Lock) -> None:
+    """Cookie-less requests, one kind after another, until ``stop``; ``counts[(what, status)]`` += 1."""
+    host, port = base.removeprefix("http://").split(":")
+    n = 0
+    while not stop.is_set():
+        what, method, path, headers, body = FLOOD[n % len(FLOOD)]
+        n += 1
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+        connection = http.client.HTTPConnection(host, int(port), timeout=300)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            status = response.status
+        except OSError:
+            status = 0
+        finally:
+            connection.close()
+        with lock:
+            counts[(what, status)] = counts.get((what, status), 0) + 1
+
+
+def run_level(base: str, pid: int, clients: int, requests: int, large: int, big: bytes, flood_threads: int = 0) -> dict:
     lock = threading.Lock()
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     wrong = [0]
+    lost: set[int] = set()
+    flooded: dict[tuple[str, int], int] = {}
     peak = [rss_mb(pid)]
     stop = threading.Event()
 
@@ -145,18 +189,29 @@ def run_level(base: str, pid: int, clients: int, requests: int, large: int, big:
             titles = set(re.findall(r"uploaded image ((?:big-)?[0-9a-f]{8}-\d+\.png)", body))
             bad = status == 200 and ((edits != ({str(mine)} if off else set())) or (check_image and shown and titles != {shown})
                                      or any(tag not in t for t in titles))  # fmt: skip
+            gone = status == 200 and ("forgot your earlier work" in body or (off and not edits) or (shown and not titles))
             with lock:
                 statuses[status] = statuses.get(status, 0) + 1
                 latencies.append(dt)
                 wrong[0] += bad
+                if gone:
+                    lost.add(c)
 
     sampler = threading.Thread(target=sample, daemon=True)
     before = rss_mb(pid)
     sampler.start()
+    flood_stop = threading.Event()
+    flooders = [threading.Thread(target=flood, args=(base, flood_stop, flooded, lock), daemon=True)
+                for _ in range(flood_threads)]  # fmt: skip
     started = time.perf_counter()
+    for thread in flooders:
+        thread.start()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(visit, range(clients)))
     seconds = time.perf_counter() - started
+    flood_stop.set()
+    for thread in flooders:
+        thread.join()
     time.sleep(3)
     stop.set()
     sampler.join()
@@ -165,6 +220,7 @@ def run_level(base: str, pid: int, clients: int, requests: int, large: int, big:
         "clients": clients, "requests": len(latencies), "large": large, "statuses": statuses, "wrong": wrong[0],
         "p50": latencies[len(latencies) // 2], "p95": latencies[int(0.95 * (len(latencies) - 1))],
         "rps": len(latencies) / seconds, "before": before, "peak": peak[0], "after": rss_mb(pid),
+        "lost": len(lost), "flood": flooded,
     }  # fmt: skip
 
 
@@ -176,6 +232,9 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=40, help="80-megapixel uploads in the last level")
     parser.add_argument("--megapixels", type=float, default=80.0, help="size of the large uploads")
     parser.add_argument("--workers", type=int, default=2, help="pipnet serve --workers")
+    parser.add_argument("--max-visitors", type=int, default=64, help="pipnet serve --max-visitors")
+    parser.add_argument("--flood-threads", type=int, default=2,
+                        help="threads sending cookie-less requests beside the last level's clients (0: none)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = Path(args.model) if args.model else small_model(tmp / "model")
@@ -185,7 +244,7 @@ def main() -> None:
     sock.close()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     server = subprocess.Popen([sys.executable, "-m", "pipnet", "serve", str(model), "--port", str(port), "--out-dir", str(tmp / "out"),
-                               "--workers", str(args.workers), "--max-visitors", "64"], env=env,
+                               "--workers", str(args.workers), "--max-visitors", str(args.max_visitors)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -197,12 +256,15 @@ def main() -> None:
         side = int((args.megapixels * 1e6) ** 0.5)
         big = png((200, 120, 40), (side, side))
         baseline = rss_mb(server.pid)
-        rows = []
+        rows, floods = [], []
         for n, (clients, requests) in enumerate(zip(args.clients, args.requests)):
-            large = args.large if n == len(args.clients) - 1 else 0
-            r = run_level(base, server.pid, clients, requests, large, big)
+            last = n == len(args.clients) - 1
+            r = run_level(base, server.pid, clients, requests, args.large if last else 0, big,
+                          args.flood_threads if last else 0)  # fmt: skip
+            flooded = sum(r["flood"].values())
+            floods.append(r["flood"])
             rows.append([r["clients"], r["requests"], r["large"], " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items())),
-                         r["wrong"], f"{1000 * r['p50']:.0f}", f"{1000 * r['p95']:.0f}", f"{r['rps']:.1f}",
+                         r["wrong"], flooded, r["lost"], f"{1000 * r['p50']:.0f}", f"{1000 * r['p95']:.0f}", f"{r['rps']:.1f}",
                          f"{r['before']:.0f}", f"{r['peak']:.0f}", f"{r['after']:.0f}", f"{r['after'] - baseline:+.0f}"])  # fmt: skip
             print(f"level {clients}: {r}", flush=True)
     finally:
@@ -210,8 +272,16 @@ def main() -> None:
         server.wait(timeout=30)
     print(f"\nmodel: {model} ({'given' if args.model else 'random-weight ResNet-18, 64 px, planted data'}); "
           f"large uploads: {side} x {side} PNG, {len(big) / 1024:.0f} KB; workers {args.workers}")
-    print_table(["clients", "requests", "large images", "statuses", "wrong state", "p50 ms", "p95 ms", "req/s",
-                 "RSS before MB", "peak MB", "after MB", "after - first baseline MB"], rows)  # fmt: skip
+    print_table(["clients", "requests", "large images", "statuses", "wrong state", "cookie-less requests", "visitors lost",
+                 "p50 ms", "p95 ms", "req/s", "RSS before MB", "peak MB", "after MB", "after - first baseline MB"],
+                rows)  # fmt: skip
+    counts: dict[tuple[str, int], int] = {}
+    for level in floods:
+        for key, count in level.items():
+            counts[key] = counts.get(key, 0) + count
+    if counts:
+        print(f"\ncookie-less requests (--max-visitors {args.max_visitors}):")
+        print_table(["request", "status", "count"], [[what, status, n] for (what, status), n in sorted(counts.items())])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from reliability_helpers import TINY_BACKBONE, one_thread  # noqa: F401 (one_thr
 from pipnet import create_model
 from pipnet.cli import main
 from pipnet.data.errors import ImageLoadError
-from pipnet.data.images import load_image
+from pipnet.data.images import load_image, max_pixels, megapixels, set_max_pixels
 
 ROOT = os.geteuid() == 0  # root reads any file: "permission denied" cannot be made real with chmod
 
@@ -114,5 +114,19 @@ def test_large_images_are_reduced_while_decoding_and_the_pixel_limit_is_checked_
         assert 256 <= min(image.size) < 512 and abs(image.width / image.height - full[0] / full[1]) < 0.01, image.size
         assert image.getpixel((5, 5)) == pytest.approx((10, 200, 30), abs=3)
     assert load_image(tmp_path / "big.png").size == (3000, 2000)  # no reduction unless asked
-    with pytest.raises(ImageLoadError, match="6.0 megapixels, more than the limit of 5"):
-        load_image(tmp_path / "big.png", max_pixels=5_000_000)
+
+
+def test_the_pixel_limit_is_pillows_guard_raised_or_lowered(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the test
+    assert megapixels(89_478_485) == "89.48" and megapixels(200_000_000) == "200"  # Pillow's default, shown as it is
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(big)  # 6 megapixels
+    set_max_pixels(5_000_000)  # lowered: refused from the header, with the real numbers
+    assert max_pixels() == Image.MAX_IMAGE_PIXELS == 5_000_000
+    with pytest.raises(ImageLoadError, match=r"3000 x 2000 = 6.0 megapixels, more than the limit of 5 "):
+        load_image(big)
+    Image.MAX_IMAGE_PIXELS = 2_500_000  # as if Pillow's own limit were this: 6 MP is more than twice it,
+    with pytest.raises(ImageLoadError, match=r"6.0 megapixels, more than the limit of 2.5 "):  # which Pillow
+        load_image(big)  # itself refuses while opening
+    set_max_pixels(7_000_000)  # raised above it: accepted, decoded whole
+    assert load_image(big).size == (3000, 2000)

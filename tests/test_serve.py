@@ -283,3 +283,76 @@ def test_bad_uploads_are_refused_and_the_page_keeps_working(page, server, run_di
     expect(page.locator("#error")).to_have_count(0)
     expect(page.locator("#explanation h2")).to_contain_text("uploaded image fine.png")
     expect(page.locator("#verdict")).to_be_visible()
+
+
+ANOTHER_SITE = """<!DOCTYPE html><html><body>
+<iframe name="sink" style="display:none"></iframe>
+<form id="post" method="post" action="{target}/edit" target="sink">
+  <input name="prototype" value="0"><input name="action" value="off"><input name="class_index" value="">
+</form>
+<div id="images"></div>
+<script>
+  let done = 0;
+  const paths = ["/favicon.ico", "/", "/no/such/page"];
+  for (let i = 0; i < {count}; i++) {{
+    const img = new Image();
+    img.onload = img.onerror = () => {{ done += 1; document.title = "done " + done; }};
+    img.src = "{target}" + paths[i % paths.length] + "?n=" + i;
+    document.getElementById("images").appendChild(img);
+  }}
+  document.getElementById("post").submit();
+</script></body></html>"""
+
+
+@pytest.fixture
+def another_site(server):
+    """A page on another site (``localhost`` on another port: not the ``127.0.0.1`` of the app, so the browser
+    sends the app's SameSite=Strict cookie with none of its requests) that fires 80 requests at the app (more than the 32 visitors it keeps)."""
+    import http.server
+
+    html = ANOTHER_SITE.format(target=server[0], count=80).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{site.server_address[1]}/"
+    site.shutdown()
+    site.server_close()
+
+
+def test_another_sites_requests_do_not_cost_a_visitor_the_image_and_edits(browser, server, another_site):
+    """More cookie-less requests than the page keeps visitors (and a cross-site form POST) leave the visitor's
+    image and edits in place."""
+    expect = sync_api.expect
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto(server[0])
+    upload(page, "kept.png", png_bytes(Image.new("RGB", (64, 64), (30, 160, 90))))
+    top = page.locator("#explanation .class-block").first
+    off = evidence_prototypes(page, top)[0]
+    submit(page, top.locator(f'tr.evidence[data-prototype="{off}"] button', has_text="all classes"))
+    expect(page.locator(f'#edit-list tr.edit[data-prototype="{off}"]')).to_be_visible()
+
+    other = context.new_page()  # another tab of the same browser, on another site
+    other.goto(another_site)
+    expect(other).to_have_title("done 80", timeout=60_000)  # every request was answered (or refused)
+    other.close()
+
+    page.reload()
+    expect(page.locator("#explanation h2")).to_contain_text("uploaded image kept.png")
+    expect(page.locator("#edit-list tr.edit")).to_have_count(1)
+    expect(page.locator(f'#edit-list tr.edit[data-prototype="{off}"]')).to_contain_text("off for every class")
+    expect(page.locator("#notice")).to_have_count(0)
+    context.close()

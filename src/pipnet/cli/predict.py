@@ -15,7 +15,7 @@ def build_parser():
     """The parser of ``pipnet predict``."""
     parser = command_parser("predict", DESCRIPTION, model_args(), verdict_args(), device_args(), progress_args())
     parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
-    parser.add_argument("--out", help="the table to write (default: print to standard output)")
+    parser.add_argument("--out", help="the table to write, refused when it is one of the inputs (default: print to standard output)")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="csv or jsonl (default: from --out's suffix, else csv)")
     parser.add_argument("--top", type=int, default=3, help="classes listed per image (top_classes)")
     parser.add_argument("--evidence", type=int, default=3, help="prototypes of the predicted class listed (evidence)")
@@ -31,8 +31,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
-    from pipnet.use.predict import predict, printable_path, to_csv, to_jsonl
+    from pipnet.use.outputs import refuse_overwriting
+    from pipnet.use.predict import find_files, predict, printable_path, to_csv, to_jsonl
 
+    if args.out:
+        refuse_overwriting([args.out], [args.model, *find_files(args.paths)])
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     predictions = predict(args.model, args.paths, top=args.top, evidence=args.evidence, batch_size=args.batch_size,
                           device=args.device, precision=args.precision, detector=args.detector,

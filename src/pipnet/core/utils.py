@@ -1,4 +1,4 @@
-"""Small helpers shared across layers: atomic file writes and safe tensor loading."""
+"""Small helpers shared across layers: atomic file writes, safe tensor loading, CSV cells safe to open in a spreadsheet."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MissingExtraError", "atomic_write", "load_tensors", "release_free_memory"]
+__all__ = ["FORMULA_STARTS", "MissingExtraError", "atomic_write", "load_tensors", "release_free_memory", "spreadsheet_safe"]
 
 
 class MissingExtraError(ImportError):
@@ -82,3 +82,29 @@ def release_free_memory() -> None:
 
 
 _MALLOC_TRIM: Any = None
+
+
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` with a single quote in front when a spreadsheet would run it as a formula (OWASP's rule).
+
+    A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'``, which
+    spreadsheets show as text and do not display; numbers (``-0.5``, ``+3``) are left as they are, so that
+    they stay numbers. The raw text is what the JSON Lines output keeps.
+
+    Examples:
+        >>> spreadsheet_safe('=HYPERLINK("http://x", "y").png')
+        '\\'=HYPERLINK("http://x", "y").png'
+        >>> spreadsheet_safe("-0.25"), spreadsheet_safe("photos/a.png")
+        ('-0.25', 'photos/a.png')
+    """
+    if not cell.startswith(FORMULA_STARTS):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell

@@ -3,15 +3,16 @@
 Handles grayscale, palette, transparency (composited over white), CMYK and 16-bit / float grayscale.
 Only the formats of :data:`IMAGE_FORMATS` are decoded (the web page and ``pipnet predict`` share this
 list). Truncated, corrupt, empty and non-image files, files of other formats, unreadable files, broken
-links, and images with more pixels than a limit (PIL's ``MAX_IMAGE_PIXELS`` decompression-bomb guard by
-default) all raise an ``ImageLoadError`` whose ``reason`` says which. A caller that needs the image only at
-a small size can ask for it reduced while decoding (JPEG's draft mode, else ``Image.reduce``), so that a
-large photo costs a fraction of its full size in memory.
+links, and images with more pixels than the limit (:func:`set_max_pixels`, which moves Pillow's own
+decompression-bomb guard) all raise an ``ImageLoadError`` whose ``reason`` says which. A caller that needs
+the image only at a small size can ask for it reduced while decoding (JPEG's draft mode, else
+``Image.reduce``), so that a large photo costs a fraction of its full size in memory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import warnings
 
@@ -20,7 +21,8 @@ from PIL import Image
 
 from pipnet.data.errors import ImageLoadError
 
-__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "FORMAT_NAMES", "is_image_file", "load_image", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_FORMATS", "FORMAT_NAMES", "is_image_file", "load_image", "max_pixels", "megapixels",
+           "set_max_pixels", "to_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: The formats decoded (Pillow's names; JPEG includes MPO, the JPEG that cameras write with a preview
@@ -71,13 +73,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, reduce_to: int | None = None) -> Image.Image:
+def set_max_pixels(pixels: int | None) -> None:
+    """Set the one limit on an image's pixels (width x height) for every image this process opens.
+
+    It is Pillow's own decompression-bomb guard, ``PIL.Image.MAX_IMAGE_PIXELS``, raised or lowered: so a limit
+    above Pillow's default (89,478,485 pixels, 89.48 megapixels) is really accepted, and one below it really
+    refuses. :func:`load_image` refuses a larger image from its header, before decoding it. ``None``
+    removes the limit.
+    """
+    Image.MAX_IMAGE_PIXELS = pixels
+
+
+def max_pixels() -> int | None:
+    """The limit that :func:`set_max_pixels` sets (Pillow's default until then)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def megapixels(pixels: int) -> str:
+    """A pixel count as megapixels, as precise as a limit needs: ``89.48``, ``200``, ``2``."""
+    return f"{pixels / 1e6:.4g}"
+
+
+def load_image(path: str | os.PathLike[str], *, reduce_to: int | None = None) -> Image.Image:
     """Open, fully decode and convert one image file to RGB.
 
     Args:
         path: the image file.
-        max_pixels: refuse images with more pixels (width x height) than this, before decoding them;
-            default: ``PIL.Image.MAX_IMAGE_PIXELS`` (read at each call).
         reduce_to: the smallest side the caller needs; a larger image is reduced while decoding to at
             most about twice that (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: ``Image.reduce`` after
             decoding). None keeps the full size.
@@ -87,21 +108,20 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, r
 
     Raises:
         ImageLoadError: the file is missing, a broken link, not a regular file, unreadable, empty, not an
-            image, of a format outside ``IMAGE_FORMATS``, truncated or corrupt, or has too many pixels.
+            image, of a format outside ``IMAGE_FORMATS``, truncated or corrupt, or has more pixels than
+            :func:`max_pixels` (checked from its header, before decoding).
     """
     path = os.fspath(path)
     _check_file(path)
     Image.init()  # registers every plugin (once), so that each of IMAGE_FORMATS is known to ``open``
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the numbers
             with Image.open(path, formats=IMAGE_FORMATS) as img:
                 width, height = img.size
                 if limit is not None and width * height > limit:
-                    raise ImageLoadError(path, f"too many pixels: {width} x {height} = {width * height / 1e6:.1f} "
-                                               f"megapixels, more than the limit of {limit / 1e6:g} "
-                                               "(possibly a decompression bomb)")  # fmt: skip
+                    raise ImageLoadError(path, _too_many_pixels(width * height, limit, f"{width} x {height} = "))
                 if reduce_to is not None and img.format in ("JPEG", "MPO"):
                     img.draft("RGB", (2 * reduce_to, 2 * reduce_to))
                 img.load()  # decode now, so that truncation is detected here
@@ -109,8 +129,10 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, r
                 return rgb.copy() if rgb is img else rgb  # closing the file closes ``img`` too
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageLoadError(path, f"too many pixels, possibly a decompression bomb ({e})") from e
+    except Image.DecompressionBombError as e:  # more than twice the limit: Pillow refuses it while opening
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageLoadError(path, _too_many_pixels(int(found.group(1)), limit) if found and limit
+                             else f"too many pixels, possibly a decompression bomb ({e})") from e  # fmt: skip
     except Image.UnidentifiedImageError as e:
         raise ImageLoadError(path, _not_an_image(path)) from e
     except FileNotFoundError as e:
@@ -119,6 +141,11 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, r
         raise ImageLoadError(path, "unreadable: permission denied") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(path, f"corrupt or truncated image ({e})") from e
+
+
+def _too_many_pixels(pixels: int, limit: int, size: str = "") -> str:
+    return (f"too many pixels: {size}{pixels / 1e6:.1f} megapixels, more than the limit of {megapixels(limit)} "
+            "(possibly a decompression bomb)")
 
 
 def _check_file(path: str) -> None:

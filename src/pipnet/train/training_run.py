@@ -17,7 +17,7 @@ from typing import Any
 from pipnet.model.run_folder import RunFolder
 from pipnet.train.checkpoint import CheckpointError
 from pipnet.core.train_config import TrainConfig, dump_config
-from pipnet.core.utils import atomic_write
+from pipnet.core.utils import atomic_write, spreadsheet_safe
 
 __all__ = ["TrainingRun"]
 
@@ -80,7 +80,7 @@ class TrainingRun:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows({k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in row.items()} for row in history)
         with atomic_write(self.folder.history) as tmp:
             tmp.write_text(buf.getvalue())
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from pipnet.core.utils import spreadsheet_safe
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
 from pipnet.explanation.predictor import Decision, Predictor
@@ -256,12 +257,16 @@ def _cells(p: Prediction) -> dict[str, Any]:
 
 
 def to_csv(predictions: Sequence[Prediction]) -> str:
-    """CSV text with :data:`CSV_COLUMNS`; ``top_classes`` and ``evidence`` cells hold JSON lists."""
+    """CSV text with :data:`CSV_COLUMNS`; ``top_classes`` and ``evidence`` cells hold JSON lists.
+
+    A cell that a spreadsheet would run as a formula (a file or class named ``=HYPERLINK(...)``) starts with a
+    single quote (:func:`~pipnet.core.utils.spreadsheet_safe`); :func:`to_jsonl` keeps every name as it is.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for p in predictions:
-        writer.writerow(_cells(p))
+        writer.writerow({k: spreadsheet_safe(v) for k, v in _cells(p).items()})
     return buffer.getvalue()
 
 

@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 
 from pipnet.core.precision import PRECISIONS
+from pipnet.data.images import max_pixels, megapixels
 from pipnet.evaluation.detectors import CHOICES
-from pipnet.use.serve.app import LOCAL_HOSTS, MAX_PIXELS, MAX_UPLOAD_BYTES, create_app
+from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main", "serve_parser"]
 
@@ -37,8 +38,9 @@ def serve_parser() -> argparse.ArgumentParser:
         "--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="largest image file accepted"
     )
     parser.add_argument(
-        "--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
-        help="largest image accepted, in millions of pixels (width x height), refused before decoding",
+        "--max-megapixels", type=float,
+        help="largest image accepted, in millions of pixels (width x height), refused from its header before "
+             f"decoding; raises or lowers Pillow's own limit (default: Pillow's, {megapixels(max_pixels())})",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="threads that decode, explain and draw pages (refits run in one more)")
     parser.add_argument("--max-visitors", type=int, default=32,
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
     parser = serve_parser()
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.max_visitors < 1 or args.idle_minutes <= 0 or args.max_megapixels <= 0:
+    if args.workers < 1 or args.max_visitors < 1 or args.idle_minutes <= 0 or (args.max_megapixels or 1) <= 0:
         parser.error("--workers and --max-visitors must be at least 1, --idle-minutes and --max-megapixels positive")
     import uvicorn
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out_dir,
         device=args.device,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=int(args.max_megapixels * 1e6),
+        max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels is not None else None,
         workers=args.workers,
         max_visitors=args.max_visitors,
         idle_minutes=args.idle_minutes,

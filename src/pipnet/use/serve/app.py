@@ -2,14 +2,18 @@
 
 Pages are rendered on the server (Jinja2, autoescaped) from ``templates/``; every change is a plain HTML
 form POST answered by a redirect to the page, so the browser needs no script (a few lines filter the gallery
-and the scoring sheet). Each browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
-image, messages) through a random session cookie (HttpOnly, SameSite=Strict); what one visitor does is never
-seen or saved by another. Heavy work (decoding, explanations, pages, saves) runs in a bounded pool of worker
-threads, refits in their own, so that a page is answered while a refit runs. Safe by default: the app answers
-only to local host names unless told otherwise, refuses POSTs from other sites' pages, cannot be framed
-(``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB) and
-their pixels (90 megapixels), and decodes them only as common image formats. Images from the data set are
-chosen by index; no file-system path ever comes from the browser.
+and the scoring sheet). A browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
+image, messages) with its first action on the page (an upload, a pick, an edit), through a random session
+cookie (HttpOnly, SameSite=Strict); a request that only looks (a page, a 404, a refused request, whatever
+site's page made the browser send it) makes none, so no number of them pushes out a visitor's work. What one
+visitor does is never seen or saved by another. The tabs of one browser share its state; a message that
+answers an action ("Saved to ...") is shown by the page that action leads to, not by another tab. Heavy
+work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits in their own,
+so that a page is answered while a refit runs. Safe by default: the app answers only to local host names
+unless told otherwise, refuses POSTs from other sites' pages (by their ``Origin``, or ``Referer``), cannot be
+framed (``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB)
+and their pixels (Pillow's limit, 89.48 megapixels, unless set), and decodes them only as common image
+formats. Images from the data set are chosen by index; no file-system path ever comes from the browser.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,14 +38,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipnet.core.data_config import DataConfig
+from pipnet.data.images import max_pixels as pixel_limit, megapixels, set_max_pixels
 from pipnet.train.refit import RefitResult
-from pipnet.use.serve.session import MAX_PIXELS, Explorer, UploadError, Visitor, Visitors
+from pipnet.use.serve.session import Explorer, UploadError, Visitor, Visitors
 from pipnet.use.serve.views import page_context
 
-__all__ = ["LOCAL_HOSTS", "MAX_PIXELS", "MAX_UPLOAD_BYTES", "create_app"]
+__all__ = ["LOCAL_HOSTS", "MAX_UPLOAD_BYTES", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ DRAIN_LIMIT = 256 * 2**20  # an oversized upload is read to its end (up to this)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 ANCHORS = ("explanation", "gallery", "sheet", "edits")
 COOKIE = "pipnet_session"
+_NOTICE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the ids of Visitor.notify, in the page's URL
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -81,7 +90,7 @@ def create_app(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     allowed_hosts: tuple[str, ...] | list[str] = LOCAL_HOSTS,
     workers: int = 2,
     max_visitors: int = 32,
@@ -98,7 +107,9 @@ def create_app(
         out_dir: where edited models are saved, each in a new folder (default: beside ``model_dir``).
         device: where to run the model (default: CUDA when present).
         max_upload_bytes: the largest image file accepted.
-        max_pixels: the most pixels (width x height) an uploaded image may have.
+        max_pixels: the most pixels (width x height) an image may have, for this whole process
+            (:func:`pipnet.data.images.set_max_pixels`: Pillow's guard, raised or lowered); None keeps the
+            current limit (Pillow's default: 89.48 megapixels).
         allowed_hosts: host names the app answers to (``["*"]`` for any, when served on a network).
         workers: threads that decode, explain and draw (the pages of that many visitors are made at once).
         max_visitors: visitor states kept (the least recent is forgotten first).
@@ -107,8 +118,9 @@ def create_app(
         precision: the precision of the verdicts: ``auto`` (the detectors', fp32 unless set otherwise), ``fp32``,
             ``bf16`` or ``fp16``.
     """
-    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, max_pixels=max_pixels, detector=detector,
-                        precision=precision)
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
+    explorer = Explorer(model_dir, data, out_dir=out_dir, device=device, detector=detector, precision=precision)
     visitors = Visitors(explorer.new_visitor, limit=max_visitors, idle_seconds=idle_minutes * 60)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipnet-serve")
     refits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipnet-refit")  # one at a time, queued
@@ -125,6 +137,13 @@ def create_app(
     app.state.explorer = explorer
     app.state.visitors = visitors
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_went_away(request: Request, _: ClientDisconnect) -> Response:
+        """A browser closed (a tab, a stopped upload) before its request was read: a line in the log, no traceback."""
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s %s: %s disconnected before its request was read", request.method, request.url.path, client)
+        return Response(status_code=400)  # nobody is there to read it
+
     async def work(fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on a worker thread of the pool."""
         return await asyncio.wrap_future(pool.submit(fn, *args))
@@ -136,37 +155,64 @@ def create_app(
 
         return run
 
-    def render(visitor: Visitor, error: str | None = None, status: int = 200) -> HTMLResponse:
+    def render(visitor: Visitor, error: str | None, status: int, notice: str | None, notice_id: str | None) -> HTMLResponse:
         with visitor.lock:
             context = page_context(explorer, visitor)
-            notice = " ".join(visitor.notices) or None
-            visitor.notices.clear()
         html = _ENV.get_template("index.html.j2").render(
-            **context, error=error, notice=notice, max_upload_mb=max_upload_bytes / 2**20,
-            max_megapixels=f"{max_pixels / 1e6:g}",
+            **context, error=error, notice=notice, notice_id=notice_id, max_upload_mb=max_upload_bytes / 2**20,
+            pixel_limit=f"{megapixels(limit)} megapixels" if (limit := pixel_limit()) else "any number of pixels",
         )  # fmt: skip
         return HTMLResponse(html, status_code=status)
 
     async def page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
-        return await work(render, request.state.visitor, error, status)
+        """The page for this request: its visitor's state (or the model as loaded, for a browser that has none)."""
+        visitor: Visitor | None = request.state.visitor
+        notice_id = request.query_params.get("notice")
+        notice_id = notice_id if notice_id and _NOTICE_ID.fullmatch(notice_id) else None
+        notice = visitor.take_notice(notice_id) if visitor is not None else None
+        notice = " ".join(m for m in (forgotten(request), notice) if m) or None
+        return await work(render, visitor or explorer.new_visitor(), error, status, notice, notice_id)
 
-    def back_to(anchor: str = "") -> RedirectResponse:
-        return RedirectResponse("/" + (f"#{anchor}" if anchor in ANCHORS else ""), status_code=303)
+    def forgotten(request: Request) -> str | None:
+        """Why this browser's earlier state is gone (once: for the page or redirect that shows it), or None."""
+        if not request.state.dead_key or request.state.told:
+            return None
+        request.state.told = True
+        return visitors.forgotten(request.state.dead_key)
+
+    def visitor_for_action(request: Request) -> Visitor:
+        """The visitor of this request; an action from a browser without one (a first upload, pick or edit) makes it."""
+        if request.state.visitor is None:
+            request.state.visitor, request.state.new = visitors.create(), True
+        return request.state.visitor
+
+    def back_to(request: Request, anchor: str = "", notice: str | None = None) -> RedirectResponse:
+        """The redirect to the page after an action; a notice is shown by that page only (not by other tabs)."""
+        message = " ".join(m for m in (forgotten(request), notice) if m)
+        query = f"?notice={request.state.visitor.notify(message)}" if message else ""
+        return RedirectResponse(f"/{query}" + (f"#{anchor}" if anchor in ANCHORS else ""), status_code=303)
 
     @app.middleware("http")
     async def visitor_and_headers(request: Request, call_next):
-        """Refuse cross-site POSTs; give the request its visitor (a new one sets the cookie); add the security headers."""
-        origin = request.headers.get("origin")
-        if request.method == "POST" and origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        """Refuse cross-site POSTs; find the request's visitor (made only by an action); add the security headers."""
+        if request.method == "POST" and _from_another_site(request):
             response = Response("cross-site request refused", status_code=403, media_type="text/plain")
         elif request.url.path == "/page.js" or request.url.path.startswith("/prototypes/"):
             response = await call_next(request)  # the same for everyone: no visitor state made for these
         else:
-            visitor, new = visitors.get(request.cookies.get(COOKIE))
-            request.state.visitor = visitor
-            response = await call_next(request)
-            if new:
-                response.set_cookie(COOKIE, visitor.key, httponly=True, samesite="strict", path="/")
+            key = request.cookies.get(COOKIE)
+            request.state.visitor = visitors.find(key)
+            request.state.dead_key = key if key and request.state.visitor is None else None  # a forgotten visitor's cookie
+            request.state.new = request.state.told = False
+            try:
+                response = await call_next(request)
+            finally:
+                if request.state.new:
+                    visitors.answered(request.state.visitor)
+            if request.state.new:
+                response.set_cookie(COOKIE, request.state.visitor.key, httponly=True, samesite="strict", path="/")
+            elif request.state.dead_key and request.state.told:  # said why it is gone: stop sending the key
+                response.delete_cookie(COOKIE, httponly=True, samesite="strict", path="/")
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -183,11 +229,11 @@ def create_app(
     async def upload(request: Request) -> Response:
         try:
             filename, content = await _read_upload(request, max_upload_bytes)
-            await work(as_visitor(explorer.show_upload), request.state.visitor, filename, content)
+            await work(as_visitor(explorer.show_upload), visitor_for_action(request), filename, content)
         except UploadError as e:
             status = 413 if isinstance(e, UploadTooLarge) else 400
             return await page(request, f"Upload refused: {e}", status)
-        return back_to("explanation")
+        return back_to(request, "explanation")
 
     @app.post("/pick")
     async def pick(request: Request) -> Response:
@@ -195,15 +241,15 @@ def create_app(
         try:
             step = {"previous": -1, "next": 1}.get(str(form.get("step")), 0)
             index = _integer(form.get("index"), "image index") + step
-            await work(as_visitor(explorer.show_item), request.state.visitor, str(form.get("split", "")), index)
+            await work(as_visitor(explorer.show_item), visitor_for_action(request), str(form.get("split", "")), index)
         except (ValueError, IndexError) as e:
             return await page(request, str(e), 400)
-        return back_to("explanation")
+        return back_to(request, "explanation")
 
     @app.post("/edit")
     async def edit(request: Request) -> Response:
         form = await request.form()
-        visitor: Visitor = request.state.visitor
+        visitor = visitor_for_action(request)
         try:
             prototype = _integer(form.get("prototype"), "prototype")
             raw_class = str(form.get("class_index", "")).strip()
@@ -219,36 +265,34 @@ def create_app(
             await work(as_visitor(switch), visitor)
         except (ValueError, IndexError) as e:
             return await page(request, str(e), 400)
-        return back_to(str(form.get("back", "")))
+        return back_to(request, str(form.get("back", "")))
 
     @app.post("/reset")
     def reset(request: Request) -> Response:
-        visitor: Visitor = request.state.visitor
+        visitor = visitor_for_action(request)
         with visitor.lock:
             off = visitor.editor.disabled + [p for _, p in visitor.editor.class_edits]
             visitor.editor.reset()
             visitor.log_edit("reset", off)
-            visitor.notices.append("Every edit was undone: this is the model as loaded.")
-        return back_to("edits")
+        return back_to(request, "edits", "Every edit was undone: this is the model as loaded.")
 
     @app.post("/save")
     async def save(request: Request) -> Response:
         form = await request.form()
-        visitor: Visitor = request.state.visitor
+        visitor = visitor_for_action(request)
         try:
             path = await work(as_visitor(explorer.save), visitor, str(form.get("name", "")))
         except (ValueError, OSError) as e:
             return await page(request, f"Not saved: {e}", 400)
-        await work(as_visitor(lambda v: v.notices.append(f"Saved the edited model to {path}")), visitor)
-        return back_to("edits")
+        return back_to(request, "edits", f"Saved the edited model to {path}")
 
     @app.post("/refit")
     async def refit(request: Request) -> Response:
         form = await request.form()
-        visitor: Visitor = request.state.visitor
+        visitor = visitor_for_action(request)
         reason = str(form.get("reason", "")).strip()[:500] or None
 
-        def start(visitor: Visitor) -> tuple[Path, Callable[[], tuple[Path, RefitResult]]]:
+        def start(visitor: Visitor) -> tuple[Path, str, Callable[[], tuple[Path, RefitResult]]]:
             if visitor.refit is not None:
                 raise ValueError(f"a refit into {visitor.refit[0]} is running: wait until it is done")
             path = explorer.reserve(str(form.get("name", "")), "refit")
@@ -258,14 +302,18 @@ def create_app(
                 explorer.release(path)
                 raise
             visitor.refit = (path, time.monotonic())
-            return path, job
+            notice = secrets.token_urlsafe(8)  # the page that shows how it ended: the one this action leads to
+            state = visitor.edit_state()
+            return path, notice, lambda: (state, *job())
 
         try:
-            path, job = await work(as_visitor(start), visitor)
+            path, notice, job = await work(as_visitor(start), visitor)
         except (ValueError, FileExistsError) as e:
             return await page(request, f"Not refit: {e}", 400)
-        refits.submit(job).add_done_callback(lambda done: _refit_done(explorer, visitor, path, done))
-        return back_to("edits")
+        refits.submit(job).add_done_callback(lambda done: _refit_done(explorer, visitor, path, notice, done))
+        if message := forgotten(request):
+            visitor.notify(message, notice)
+        return RedirectResponse(f"/?notice={notice}#edits", status_code=303)
 
     @app.get("/prototypes/{prototype}/patches.png")
     async def patches(prototype: int) -> Response:
@@ -277,11 +325,12 @@ def create_app(
     return app
 
 
-def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, done: Future) -> None:
-    """Tell the visitor how the refit ended (on their next page), and free its folder name."""
+def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, done: Future) -> None:
+    """Tell the visitor how the refit ended (on the page that asks for ``notice``), and free its folder name."""
     explorer.release(path)
+    state = None
     try:
-        _, result = done.result()
+        state, _, result = done.result()
     except (ValueError, OSError) as e:
         message = f"Not refit: {e}"
     except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
@@ -291,7 +340,9 @@ def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, done: Future) 
         message = _refit_message(path, result)
     with visitor.lock:
         visitor.refit = None
-        visitor.notices.append(message)
+        if state is not None:
+            visitor.mark_saved(state)
+        visitor.notify(message, notice)
 
 
 def _refit_message(path: Path, result: RefitResult) -> str:
@@ -300,6 +351,14 @@ def _refit_message(path: Path, result: RefitResult) -> str:
         f"{result.accuracy_before:.1%} before the edit, {result.accuracy_switched_off:.1%} switched off, "
         f"{result.accuracy_refit:.1%} after the refit ({result.seconds:.1f} s)."
     )
+
+
+def _from_another_site(request: Request) -> bool:
+    """A request that another site's page made the browser send: its ``Origin``, or without one its ``Referer``,
+    names another host than the request's own (``Origin: null``, sent by sandboxed and privacy-minded pages, too).
+    A request with neither (a script, ``curl``) is not a browser's cross-site request and passes."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    return source is not None and urlsplit(source).netloc != request.headers.get("host")
 
 
 def _integer(value: object, what: str) -> int:

@@ -6,9 +6,10 @@ kept as tensors, so that the accuracy after each edit is one quick :func:`~pipne
 thresholds and the edit history. A :class:`Visitor` holds one person's edits (a
 :class:`~pipnet.use.serve.editing.ModelEditor` whose edited model shares every tensor but the scoring sheet's
 with the loaded one, so a visitor costs kilobytes, not a model), the image on show, this session's edit log
-and the messages waiting for the next page. :class:`Visitors` keeps a bounded number of them and forgets
-those idle too long. Nothing here knows about HTTP; the web app gives each browser its visitor by a cookie
-and holds :attr:`Visitor.lock` while working on one.
+and the messages waiting for the page that shows them. :class:`Visitors` keeps a bounded number of them,
+forgets those idle too long, and when full forgets first those who lose least (a client that never came
+back with its cookie, then a visitor without unsaved edits). Nothing here knows about HTTP; the web app gives
+each browser its visitor by a cookie and holds :attr:`Visitor.lock` while working on one.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ T = TypeVar("T")
 
 DISPLAY_PX = 512  # images on show are kept at most this large (the model input is made from the full image)
 TEST_CACHE_BYTES = 512 * 2**20  # a test set up to this size is kept in memory as tensors
-MAX_PIXELS = 90_000_000  # uploads with more pixels are refused before decoding (``--max-megapixels``)
+MAX_NOTICES = 16  # messages kept per visitor for pages not yet loaded
+GRACE_SECONDS = 5.0  # a browser comes back with its new cookie within this (the redirect after its first action)
+FORGOTTEN_KEPT = 4096  # keys of visitors forgotten with work, remembered to tell them why
 
 
 class UploadError(ValueError):
@@ -96,7 +99,6 @@ class Explorer:
         out_dir: where edited models are saved (default: beside ``model_dir``).
         device: where to run the model (:func:`pipnet.evaluation.inference.choose_device`; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
-        max_pixels: uploads with more pixels are refused (before they are decoded).
     """
 
     def __init__(
@@ -107,7 +109,6 @@ class Explorer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         gallery_k: int = 8,
-        max_pixels: int = MAX_PIXELS,
         detector: str = "auto",
         precision: str = "auto",
     ):
@@ -118,7 +119,6 @@ class Explorer:
             model.eval()  # and eval_mode's save-and-restore of training flags is not safe across threads
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else self.model_dir.parent
         self.gallery_k = gallery_k
-        self.max_pixels = max_pixels
         self.data = self._load_data(data)
         self.editor.data_config = str(self.data.config_path) if self.data and self.data.config_path else None
         self.detectors = load_detectors(self.model_dir, self.model)
@@ -188,7 +188,8 @@ class Explorer:
         A large image is reduced while decoding to what the page needs (the model input and the display).
 
         Raises:
-            UploadError: not one of those formats, truncated or corrupt, or more than ``max_pixels`` pixels.
+            UploadError: not one of those formats, truncated or corrupt, or more pixels than the limit
+                (:func:`pipnet.data.images.set_max_pixels`).
         """
         if not content:
             raise UploadError("the file is empty")
@@ -196,8 +197,7 @@ class Explorer:
             path = Path(tmp) / "upload"
             path.write_bytes(content)
             try:
-                image = load_image(path, max_pixels=self.max_pixels,
-                                   reduce_to=max(DISPLAY_PX, self.model.config.image_size))  # fmt: skip
+                image = load_image(path, reduce_to=max(DISPLAY_PX, self.model.config.image_size))
             except ImageLoadError as e:
                 reason = e.reason
                 if reason.startswith("too many pixels"):
@@ -351,8 +351,10 @@ class Explorer:
         """
         path = self.reserve(name, "edited")
         try:  # edits change the scores: the detectors are fitted again for the saved model, where the data is here
-            return visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir,
-                                       detectors=self._fit_detectors(visitor.editor.model))
+            saved = visitor.editor.save(path, edit_log=visitor.session_edits, inherited_from=self.model_dir,
+                                        detectors=self._fit_detectors(visitor.editor.model))
+            visitor.mark_saved()
+            return saved
         finally:
             self.release(path)
 
@@ -386,9 +388,13 @@ class Visitor:
         self.serial = 0
         self.cache: dict[tuple, object] = {}  # this visitor's explanations, accuracy and pictures
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
-        self.notices: list[str] = []  # shown once, on the next page
+        self.notices: OrderedDict[str, str] = OrderedDict()  # id -> message, shown once, by the page that asks for it
+        self._notices_lock = threading.Lock()  # not `lock`: the app reads notices without waiting for a page being drawn
         self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
         self.last_seen = time.monotonic()
+        self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
+        self.pending = False  # the request that made this visitor is still being answered (e.g. a large upload)
+        self._saved_edits = self.edit_state()  # the edits as last saved (at first: as loaded)
 
     def cached(self, key: tuple, make: Callable[[], T], *, one_of_kind: bool = False) -> T:
         """``make()``, computed once per ``key`` (emptied when a new image is shown).
@@ -409,9 +415,54 @@ class Visitor:
             edit_record(action, prototypes=prototypes, class_index=class_index, reason=reason, tool="pipnet serve")
         )
 
+    def notify(self, message: str, notice: str | None = None) -> str:
+        """Keep ``message`` for the page that asks for ``notice`` (a new id by default); returns the id.
+
+        A notice answers one action, so it is shown by the page that action leads to (its URL names the id),
+        not by whichever tab of the browser happens to load next. At most ``MAX_NOTICES`` wait; older ones go.
+        """
+        notice = notice or secrets.token_urlsafe(8)
+        with self._notices_lock:
+            self.notices[notice] = message
+            while len(self.notices) > MAX_NOTICES:
+                self.notices.popitem(last=False)
+        return notice
+
+    def take_notice(self, notice: str | None) -> str | None:
+        """The message kept for ``notice``, once (None when there is none, or it was shown already)."""
+        with self._notices_lock:
+            return self.notices.pop(notice, None) if notice else None
+
+    def edit_state(self) -> tuple:
+        """What a save writes: the prototypes switched off, for every class and per class."""
+        return tuple(self.editor.disabled), frozenset(self.editor.class_edits)
+
+    def mark_saved(self, state: tuple | None = None) -> None:
+        """The edits as they are now (or as in ``state``, an earlier :meth:`edit_state`) are in a saved folder."""
+        self._saved_edits = self.edit_state() if state is None else state
+
+    @property
+    def unsaved(self) -> bool:
+        """Edits that no saved folder holds (or a refit still writing them)."""
+        return self.edit_state() != self._saved_edits or self.refit is not None
+
+    @property
+    def has_work(self) -> bool:
+        """Something a person would miss: an image on show or unsaved edits."""
+        return self.shown is not None or self.unsaved
+
 
 class Visitors:
-    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request (least recent first when full).
+    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request.
+
+    A visitor is made only by :meth:`create` (the app calls it for an action from the page itself, never for a
+    plain visit), so requests that another site's page makes a browser send (they carry no cookie) make none.
+    When the table is full, the visitor forgotten to make room is, in this order: one whose cookie never came
+    back (a client that keeps no cookies) for ``GRACE_SECONDS`` after its first answer, then any other whose
+    cookie never came back, then one with no unsaved edits, then one with unsaved edits; the least recently
+    seen first within each. A visitor whose first request is still being answered (a large upload) goes only
+    when every other is in the same case. A visitor forgotten with an image or edits is remembered by key
+    (:meth:`forgotten`), so that its next page can say what happened.
 
     Args:
         make: makes a new visitor.
@@ -421,26 +472,70 @@ class Visitors:
 
     def __init__(self, make: Callable[[], Visitor], limit: int = 32, idle_seconds: float = 3600.0):
         self.make, self.limit, self.idle_seconds = make, limit, idle_seconds
-        self._visitors: OrderedDict[str, Visitor] = OrderedDict()
+        self._visitors: OrderedDict[str, Visitor] = OrderedDict()  # least recently seen first
+        self._gone: OrderedDict[str, str] = OrderedDict()  # key -> why a visitor with work was forgotten
         self._lock = threading.Lock()
 
-    def get(self, key: str | None) -> tuple[Visitor, bool]:
-        """(the visitor of ``key``, False), or (a new visitor, True) when the key is unknown or expired."""
+    def find(self, key: str | None) -> Visitor | None:
+        """The visitor of ``key`` (now seen, and known to keep its cookie), or None when unknown or forgotten."""
         now = time.monotonic()
         with self._lock:
-            for old in [k for k, v in self._visitors.items() if now - v.last_seen > self.idle_seconds]:
-                del self._visitors[old]
+            self._forget_idle(now)
             visitor = self._visitors.get(key) if key else None
             if visitor is not None:
                 self._visitors.move_to_end(key)
-                visitor.last_seen = now
-                return visitor, False
+                visitor.last_seen, visitor.returned = now, True
+            return visitor
+
+    def create(self) -> Visitor:
+        """A new visitor, kept, and :attr:`Visitor.pending` until :meth:`answered`; when the table is full, another
+        is forgotten first (see the class)."""
         visitor = self.make()
+        visitor.pending = True
         with self._lock:
+            self._forget_idle(time.monotonic())
             while len(self._visitors) >= self.limit:
-                self._visitors.popitem(last=False)
+                self._evict()
             self._visitors[visitor.key] = visitor
-        return visitor, True
+        return visitor
+
+    def answered(self, visitor: Visitor) -> None:
+        """The request that made ``visitor`` is answered: its browser has the cookie from now on."""
+        with self._lock:
+            visitor.pending, visitor.last_seen = False, time.monotonic()
+
+    def forgotten(self, key: str | None) -> str | None:
+        """Why the visitor of ``key`` was forgotten with an image or edits, once; None for another key."""
+        with self._lock:
+            return self._gone.pop(key, None) if key else None
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, v in self._visitors.items() if now - v.last_seen > self.idle_seconds]:
+            self._forget(key, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
+
+    def _evict(self) -> None:
+        visitors, now = list(self._visitors.values()), time.monotonic()  # least recently seen first
+        tiers = (
+            lambda v: not v.returned and not v.pending and now - v.last_seen > GRACE_SECONDS,
+            lambda v: not v.returned and not v.pending,
+            lambda v: not v.unsaved and not v.pending,
+            lambda v: not v.pending,
+            lambda v: True,
+        )
+        for tier in tiers:
+            victim = next((v for v in visitors if tier(v)), None)
+            if victim is not None:
+                self._forget(victim.key, f"more than {self.limit} visitors used the page at once "
+                                         "(pipnet serve --max-visitors sets how many are kept)")  # fmt: skip
+                return
+
+    def _forget(self, key: str, why: str) -> None:
+        visitor = self._visitors.pop(key)
+        if visitor.returned and visitor.has_work:
+            lost = " and ".join(w for w, had in (("the image on show", visitor.shown), ("unsaved edits", visitor.unsaved)) if had)
+            self._gone[key] = f"This page forgot your earlier work ({lost}): {why}."
+            while len(self._gone) > FORGOTTEN_KEPT:
+                self._gone.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._visitors)
