@@ -89,6 +89,22 @@ def test_cli_reference_is_every_parsers_own_help(site):
                 assert flag in html, f"pipnet {command} {flag} is missing from the CLI reference"
 
 
+def test_cli_reference_says_what_each_command_is_for_with_examples_before_its_flags(site):
+    sys.path.insert(0, str(DOCS / "hooks"))
+    import cli_reference
+
+    written = cli_reference.examples()
+    html = (site / "reference" / "cli.html").read_text(encoding="utf-8")
+    for command in COMMANDS:
+        assert command in written, f"docs/hooks/cli_examples.md has no section for pipnet {command}"
+        purpose, _, rest = written[command].partition("```")
+        assert len(purpose.split()) >= 8, f"pipnet {command}: say what it is for"
+        assert re.search(rf"^pipnet {command}\b", rest, re.M), f"pipnet {command}: no example runs it"
+        section = html[html.index(f'id="pipnet-{command}"'):]
+        assert section.index("Examples") < section.index("Usage")  # then the flags, read from the parser
+    assert set(written) == set(COMMANDS)
+
+
 def test_config_reference_lists_every_key_with_its_default(site):
     import dataclasses
 

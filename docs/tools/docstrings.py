@@ -21,7 +21,7 @@ Usage (from the repository root, with the package importable, e.g. ``PYTHONPATH=
 
     python docs/tools/docstrings.py            # rewrite src/pipnet in place, print what changed and the report
     python docs/tools/docstrings.py --check    # change nothing; exit 1 when some file would change
-    python docs/tools/docstrings.py --src /tmp/copy/src/pipnet   # another tree (its parent must be importable)
+    python docs/tools/docstrings.py --src COPY/src/pipnet        # another tree (its parent must be importable)
 
 After a rewrite, ``mkdocs build --strict`` fails on any cross-reference the site cannot resolve.
 """
