@@ -321,8 +321,9 @@ def rendered(site) -> dict[str, dict]:
                 page.goto(html.as_uri(), wait_until="load")
                 # prose only: code blocks may show `|` tables and ``` fences on purpose (a shell session)
                 article = page.locator("article.md-content__inner")
-                text = article.evaluate("a => { const c = a.cloneNode(true);"
-                                        " c.querySelectorAll('pre, code').forEach(e => e.remove()); return c.innerText; }")
+                text = article.evaluate("a => { const c = a.cloneNode(true); "
+                                        "c.querySelectorAll('pre, code').forEach(e => e.remove()); "
+                                        "return c.innerText; }")
                 out[name] = {**record, "text": text, "all_text": article.inner_text()}
         finally:
             browser.close()
@@ -401,7 +402,8 @@ def test_the_docstring_tool_writes_cross_references_the_site_can_resolve():
     assert docstrings.convert(":func:`pipnet.core.utils.nothing_here`", resolve) == "`pipnet.core.utils.nothing_here`"
     assert docstrings.convert(":class:`the model <pipnet.PIPNet>`", resolve) == "[`the model`][pipnet.PIPNet]"
     assert docstrings.convert(":func:`~pipnet.PIPNet.predict`") == "`predict`"  # --help text: code spans only
-    source = '@dataclass\nclass C:\n    """Args:\n        a: see :class:`pipnet.PIPNet`."""\n\n\ndef f():\n    """:class:`pipnet.PIPNet`."""\n'
+    source = ('@dataclass\nclass C:\n    """Args:\n        a: see :class:`pipnet.PIPNet`."""\n\n\n'
+              'def f():\n    """:class:`pipnet.PIPNet`."""\n')
     out = docstrings.rewrite_source(source, "m", resolve)
     assert "a: see `pipnet.PIPNet`." in out and '"""[`pipnet.PIPNet`][pipnet.PIPNet]."""' in out
 
@@ -414,7 +416,7 @@ def test_search_works_offline_and_the_package_map_is_a_picture(site):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(15_000)
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(LOCAL) else route.abort())
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(LOCAL) else r.abort())
             page.goto((site / "index.html").as_uri())
             page.locator("label.md-search__icon, .md-search__input").first.click()
             page.locator("input.md-search__input").press_sequentially("prototype", delay=30)  # keys, as a reader types

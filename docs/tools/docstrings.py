@@ -13,9 +13,9 @@ the same text reads well in an editor, on the documentation site (mkdocstrings) 
   span `` `x` ``. Strings that end up in ``--help`` get code spans only: the docstrings of dataclasses (the
   config types jsonargparse reads), every string that is not a docstring (``help=...``) and comments.
 
-It also reports, without changing them, the mentions of the internal specification ("spec section N") and of
-issue numbers, in docstrings, strings and comments, with the paper's section or the faithfulness page
-(``docs/guides/faithfulness.md``) that a reader can follow instead: a person rewords those.
+It also reports, without changing them, the mentions of the internal specification (the word "spec" with a
+section number) and of issue numbers, in docstrings, strings and comments, with the paper's section or the
+faithfulness page (``docs/design/faithfulness.md``) that a reader can follow instead: a person rewords those.
 
 Usage (from the repository root, with the package importable, e.g. ``PYTHONPATH=src``)::
 
@@ -151,7 +151,8 @@ class Resolver:
                 continue
             parent = _import(candidate.rsplit(".", 1)[0]) if "." in candidate else None
             name = candidate.rsplit(".", 1)[-1]
-            canonical = _canonical(obj, f"{_canonical(parent, candidate.rsplit('.', 1)[0])}.{name}" if parent else candidate)
+            fallback = f"{_canonical(parent, candidate.rsplit('.', 1)[0])}.{name}" if parent else candidate
+            canonical = _canonical(obj, fallback)
             return self.targets.get(canonical)  # found the object: documented on the site or not
         return None
 
@@ -206,8 +207,9 @@ def _docstring_contexts(tree: ast.Module) -> dict[tuple[int, int], tuple[str, bo
         if isinstance(node, ast.ClassDef):
             # attribute docstrings (a string after a field) are read by jsonargparse too
             for stmt in node.body[1:]:
-                if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
-                    out[stmt.value.lineno, stmt.value.col_offset] = (".".join(classes + [node.name]), is_dataclass(node))
+                value = stmt.value if isinstance(stmt, ast.Expr) else None
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    out[value.lineno, value.col_offset] = (".".join(classes + [node.name]), is_dataclass(node))
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef):
                 visit(child, classes + [child.name], is_dataclass(child))
@@ -247,7 +249,8 @@ def rewrite_source(source: str, module: str, resolve) -> str:
 
 
 def mentions(path: Path, root: Path) -> list[str]:
-    """``file:line: text  -> suggestion`` for each "spec section N" and issue number in a file."""
+    """``file:line: text  -> suggestion`` for each mention of the internal specification's sections or of an
+    issue number in a file."""
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         for match in SPEC.finditer(line):
