@@ -44,8 +44,8 @@ PACKAGE = "pipnet"
 
 ROLE = re.compile(r":(?:py:)?(func|meth|class|attr|mod|data|exc|obj|const):`([^`]+)`")
 LITERAL = re.compile(r"``(?!`)((?:(?!``).)+?)``(?!`)", re.S)
-SPEC = re.compile(r"spec(?:ification)? sections? [0-9][0-9.,\- and]*", re.I)
-ISSUE = re.compile(r"[Ii]ssue #?[0-9]+")
+SPEC = re.compile(r"spec(?:ification)?\s+sections?\s+[0-9][0-9.,\- and]*", re.I)  # across a line break too
+ISSUE = re.compile(r"[Ii]ssue\s+#?[0-9]+")
 DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
 
 # Where a reader outside the project finds what each section of the internal specification covers.
@@ -250,15 +250,19 @@ def rewrite_source(source: str, module: str, resolve) -> str:
 
 def mentions(path: Path, root: Path) -> list[str]:
     """``file:line: text  -> suggestion`` for each mention of the internal specification's sections or of an
-    issue number in a file."""
+    issue number in a file (a mention may run over a line break)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        for match in SPEC.finditer(line):
-            first = re.match(r"[^0-9]*([0-9]+)", match.group(0)).group(1)
+    for match in sorted([*SPEC.finditer(text), *ISSUE.finditer(text)], key=lambda m: m.start()):
+        number = text.count("\n", 0, match.start()) + 1
+        said = " ".join(match.group(0).split())
+        if match.re is SPEC:
+            first = re.search(r"[0-9]+", said).group(0)
             hint = SPEC_SECTIONS.get(first, "the faithfulness page")
-            out.append(f"{path.relative_to(root)}:{number}: {line.strip()}\n    -> {match.group(0)!r}: {hint}")
-        for match in ISSUE.finditer(line):
-            out.append(f"{path.relative_to(root)}:{number}: {line.strip()}\n    -> {match.group(0)!r}: drop it")
+        else:
+            hint = "drop it"
+        out.append(f"{path.relative_to(root)}:{number}: {lines[number - 1].strip()}\n    -> {said!r}: {hint}")
     return out
 
 
