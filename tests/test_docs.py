@@ -480,21 +480,41 @@ def test_the_docstring_tool_writes_cross_references_the_site_can_resolve():
     assert "a: see `pipnet.PIPNet`." in out and '"""[`pipnet.PIPNet`][pipnet.PIPNet]."""' in out
 
 
+@contextlib.contextmanager
+def served(folder: Path):
+    """``folder`` over HTTP on a free local port, as a plain static file server would serve the site."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.slow
-def test_search_works_offline_and_the_package_map_is_a_picture(site):
+def test_search_works_from_files_and_from_a_server_and_the_package_map_is_a_picture(site):
     sync_api = _needs_chromium()
-    with sync_api.sync_playwright() as pw:
+    with sync_api.sync_playwright() as pw, served(site) as url:
         browser = _browser(sync_api, pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(15_000)
             page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(LOCAL) else r.abort())
-            page.goto((site / "index.html").as_uri())
-            page.locator("label.md-search__icon, .md-search__input").first.click()
-            page.locator("input.md-search__input").press_sequentially("prototype", delay=30)  # keys, as a reader types
-            results = page.locator(".md-search-result__item")
-            results.first.wait_for(state="visible")
-            assert results.count() > 3
+            for home in [(site / "index.html").as_uri(), f"{url}/index.html"]:
+                page.goto(home)
+                page.locator("label.md-search__icon, .md-search__input").first.click()
+                page.locator("input.md-search__input").press_sequentially("prototype", delay=30)  # keys, as typed
+                results = page.locator(".md-search-result__item")
+                results.first.wait_for(state="visible")
+                assert results.count() > 3, home
 
             page.goto((site / "design" / "package-map.html").as_uri())
             picture = page.locator("article img[src$='package-map.svg']")
