@@ -5,8 +5,8 @@ each contributing prototype its box on the image, presence p, weight w, evidence
 training patches (the prototype's top patches). Drawn with the project's own renderers
 (``pipnet.explanation.render.png``), so the picture is what ``pipnet explain`` and the report show.
 
-    pipnet demo --out /tmp/demo --no-progress
-    python docs/scripts/readme_picture.py /tmp/demo docs/demo-explained.png
+    pipnet demo --out runs/demo --no-progress
+    python docs/scripts/readme_picture.py runs/demo docs/demo-explained.png
 """
 
 from __future__ import annotations
