@@ -165,3 +165,15 @@ def test_predict_csv_escapes_formulas_and_jsonl_keeps_the_names(model_dir, tmp_p
     assert rc == 0, err
     lines = [json.loads(line) for line in (tmp_path / "table.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["path"] for x in lines] == names and {x["predicted_class"] for x in lines} == {c[1:] for c in classes}
+
+
+def test_history_csv_quotes_text_a_spreadsheet_would_run_and_keeps_numbers(tmp_path):
+    from pipnet.core.train_config import TrainConfig
+    from pipnet.model.run_folder import RunFolder
+    from pipnet.train.run_dir import RunDir
+
+    run = RunDir(tmp_path, TrainConfig(out=str(tmp_path)))
+    run.append_history([{"epoch": 1, "phase": "=cmd|' /C calc'!A0", "loss": -0.25}, {"epoch": 2, "phase": "joint", "loss": 0.5}])
+    rows = list(csv.DictReader(io.StringIO(run.folder.history.read_text())))
+    assert [r["phase"] for r in rows] == ["'=cmd|' /C calc'!A0", "joint"] and rows[0]["loss"] == "-0.25"
+    assert RunFolder(tmp_path).read_history()[0]["loss"] == -0.25  # numbers read back as numbers
