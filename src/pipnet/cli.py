@@ -208,9 +208,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     if raw.novelty_k < 1:
         parser.error(f"--novelty-k must be at least 1, got {raw.novelty_k}")
-    from pipnet.use.outputs import model_files, refuse_overwriting
+    from pipnet.use.outputs import refuse_overwriting
 
-    refuse_overwriting([raw.out] if raw.out else [], model_files(raw.model))
+    refuse_overwriting([raw.out] if raw.out else [], [raw.model])
     from pipnet.evaluation.evaluate import evaluate, format_metrics_table
     from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet
@@ -301,7 +301,7 @@ def cmd_explain(argv: list[str]) -> int:
     from pipnet.use.explain_files import ExplanationFolder, finish, read_images, report_error
 
     transform = input_transform(model, fallback_preset=_run_preset(args.model))
-    out = ExplanationFolder(args.out, args.images, model_dir=args.model) if args.out else None
+    out = ExplanationFolder(args.out, args.images, protect=[args.model]) if args.out else None
     precision = _resolve_precision(args.precision, next(model.parameters()).device, args.model)
     failed = []
     for item in read_images(args.images):
@@ -377,11 +377,11 @@ def cmd_predict(argv: list[str]) -> int:
     if args.top < 1 or args.evidence < 0 or args.batch_size < 1:
         parser.error("--top and --batch-size must be at least 1, --evidence at least 0")
     from pipnet.evaluation.inference import choose_device
-    from pipnet.use.outputs import model_files, refuse_overwriting
+    from pipnet.use.outputs import refuse_overwriting
     from pipnet.use.predict import find_files, predict, printable_path, to_csv, to_jsonl
 
     if args.out:
-        refuse_overwriting([args.out], [*model_files(args.model), *find_files(args.paths)])
+        refuse_overwriting([args.out], [args.model, *find_files(args.paths)])
     fmt = args.format or ("jsonl" if args.out and args.out.endswith((".jsonl", ".json")) else "csv")
     with _inference_precision(args.precision, choose_device(args.device), args.model):
         predictions = predict(
@@ -515,9 +515,9 @@ def cmd_report(argv: list[str]) -> int:
     import torch
 
     from pipnet.explanation.report import build_report
-    from pipnet.use.outputs import model_files, refuse_overwriting
+    from pipnet.use.outputs import refuse_overwriting
 
-    refuse_overwriting([args.out] if args.out else [], model_files(args.run_dir))
+    refuse_overwriting([args.out] if args.out else [], [args.run_dir])
     with _inference_precision(args.precision, torch.device("cpu"), args.run_dir):  # the report explains samples on the CPU
         _out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress)))
     return 0
@@ -565,9 +565,9 @@ def cmd_export(argv: list[str]) -> int:
 
     from pipnet.use.export import ExportError, check_export, export_model
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.use.outputs import model_files, refuse_overwriting
+    from pipnet.use.outputs import refuse_overwriting
 
-    refuse_overwriting([args.out], model_files(args.model))
+    refuse_overwriting([args.out], [args.model])
     model = PIPNet.from_pretrained(args.model)
     try:
         path = export_model(model, args.out, format=args.format, batch_size=args.batch_size)

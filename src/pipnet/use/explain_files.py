@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipnet.data.errors import ImageLoadError
 from pipnet.data.images import load_image
-from pipnet.use.outputs import model_files, refuse_overwriting, unique_names
+from pipnet.use.outputs import refuse_overwriting, unique_names
 from pipnet.use.predict import printable_path
 
 __all__ = ["EXIT_SOME_FAILED", "ExplanationFolder", "ImageFile", "finish", "read_images", "report_error"]
@@ -61,17 +61,17 @@ class ExplanationFolder:
     Args:
         out: the folder (made when missing).
         paths: the inputs, in the order :func:`read_images` reads them.
-        model_dir: the model folder, whose files (:func:`~pipnet.use.outputs.model_files`) are inputs too.
+        protect: more inputs that must not be written over: files, or a model folder (its own files,
+            :func:`~pipnet.use.outputs.model_files`).
 
     Raises:
         FileExistsError: one of the files to write is one of the inputs (nothing is written then).
     """
 
     def __init__(self, out: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]],
-                 model_dir: str | os.PathLike[str] | None = None):  # fmt: skip
+                 protect: Sequence[str | os.PathLike[str]] = ()):  # fmt: skip
         self.path = Path(out)
         self.files = [(self.path / f"{name}.json", self.path / f"{name}.png") for name in unique_names(paths)]
-        protect = model_files(model_dir) if model_dir is not None else []
         refuse_overwriting([f for pair in self.files for f in pair], [*paths, *protect])
         self.path.mkdir(parents=True, exist_ok=True)
 

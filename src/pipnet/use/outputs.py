@@ -84,13 +84,16 @@ def refuse_overwriting(outputs: Iterable[str | os.PathLike[str]], inputs: Iterab
 
     Args:
         outputs: the files a command is about to write.
-        inputs: the files it reads (images; :func:`model_files` for a model folder).
+        inputs: the files it reads (images); a folder stands for a model folder's own files (:func:`model_files`),
+            not every file in it, so that a command's outputs of an earlier run there are no inputs.
         flag: the option that chose the outputs, for the message.
 
     Raises:
         FileExistsError: with a one-line message naming the output, the input and the option.
     """
-    files = [Path(p) for p in inputs]
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        files += model_files(p) if p.is_dir() else [p]
     by_path = {os.path.realpath(f): f for f in files}
     by_identity = {key: f for f in files if (key := _identity(f)) is not None}
     for out in outputs:
