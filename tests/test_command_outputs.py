@@ -84,6 +84,28 @@ def test_explain_refuses_an_out_that_would_write_over_an_input(model_dir, tmp_pa
     assert json.loads((model_dir / "config.json").read_text())["class_names"][0] == HOSTILE_CLASS
 
 
+@pytest.mark.parametrize("command, args, name", [
+    ("export", ["--format", "torchscript"], "model.safetensors"),
+    ("evaluate", [], "config.json"),
+    ("report", [], "thresholds.json"),  # a file the model folder would be read from, even before it exists
+])
+def test_commands_refuse_an_out_that_is_a_file_of_the_model(model_dir, capsys, command, args, name):
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    rc, err = run_cli(capsys, command, model_dir, *args, "--out", model_dir / name)
+    assert_one_error_line(rc, err, "--out would write over the input", name)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
+def test_explain_into_the_model_folder_writes_beside_its_files_and_again(model_dir, tmp_path, capsys):
+    image = _image(tmp_path / "photo.png", (5, 50, 150))
+    for _ in range(2):  # its own outputs of a first run are no inputs of the second
+        rc, err = run_cli(capsys, "explain", model_dir, image, "--out", model_dir)
+        assert rc == 0, err
+    assert (model_dir / "photo.json").is_file() and (model_dir / "photo.png").is_file()
+    (model_dir / "photo.json").unlink()
+    (model_dir / "photo.png").unlink()
+
+
 def test_predict_refuses_an_out_that_is_an_input(model_dir, tmp_path, capsys):
     image = _image(tmp_path / "photos" / "x.png", (10, 20, 30))
     before = image.read_bytes()
@@ -145,3 +167,15 @@ def test_predict_csv_escapes_formulas_and_jsonl_keeps_the_names(model_dir, tmp_p
     assert rc == 0, err
     lines = [json.loads(line) for line in (tmp_path / "table.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["path"] for x in lines] == names and {x["predicted_class"] for x in lines} == {c[1:] for c in classes}
+
+
+def test_history_csv_quotes_text_a_spreadsheet_would_run_and_keeps_numbers(tmp_path):
+    from pipnet.core.train_config import TrainConfig
+    from pipnet.model.run_folder import RunFolder
+    from pipnet.train.training_run import TrainingRun as RunDir
+
+    run = RunDir(tmp_path, TrainConfig(out=str(tmp_path)))
+    run.append_history([{"epoch": 1, "phase": "=cmd|' /C calc'!A0", "loss": -0.25}, {"epoch": 2, "phase": "joint", "loss": 0.5}])
+    rows = list(csv.DictReader(io.StringIO(run.folder.history.read_text())))
+    assert [r["phase"] for r in rows] == ["'=cmd|' /C calc'!A0", "joint"] and rows[0]["loss"] == "-0.25"
+    assert RunFolder(tmp_path).read_history()[0]["loss"] == -0.25  # numbers read back as numbers

@@ -79,6 +79,9 @@ def main(argv: list[str]) -> int:
         parser.error(f"--tpr must be in (0, 1], got {raw.tpr}")
     if raw.novelty_k < 1:
         parser.error(f"--novelty-k must be at least 1, got {raw.novelty_k}")
+    from pipnet.use.outputs import refuse_overwriting
+
+    refuse_overwriting([raw.out] if raw.out else [], [raw.model])
     from pipnet.evaluation.evaluate import evaluate, format_metrics_table
     from pipnet.evaluation.inference import build_model_data, choose_device
     from pipnet.model import ModelLoadError, PIPNet

@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
     from pipnet.explanation.predictor import Predictor
     from pipnet.model import ModelLoadError
     from pipnet.use.export import ExportError, check_export, check_images, export_model, export_verdicts, run_export
+    from pipnet.use.outputs import refuse_overwriting
 
+    refuse_overwriting([args.out], [args.model])
     predictor = Predictor.load(args.model, device="cpu", precision="fp32", detector=args.detector)
     model = predictor.model
     try:

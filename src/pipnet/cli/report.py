@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     from pipnet.explanation.report import build_report
+    from pipnet.use.outputs import refuse_overwriting
 
+    refuse_overwriting([args.out] if args.out else [], [args.run_dir])
     with inference_precision(args.precision, torch.device("cpu"), args.run_dir):  # the report explains samples on the CPU
         out(str(build_report(args.run_dir, args.out, samples=args.samples, progress=not args.no_progress,
                              detector=args.detector, precision=args.precision)))

@@ -61,7 +61,8 @@ class ExplanationFolder:
     Args:
         out: the folder (made when missing).
         paths: the inputs, in the order :func:`read_images` reads them.
-        protect: more inputs that must not be written over (e.g. the model folder: every file in it).
+        protect: more inputs that must not be written over: files, or a model folder (its own files,
+            :func:`~pipnet.use.outputs.model_files`).
 
     Raises:
         FileExistsError: one of the files to write is one of the inputs (nothing is written then).

@@ -3,7 +3,7 @@ would run escaped.
 
 :func:`unique_names` gives each input file a name that no other input of the same run gets (``a/x.png``,
 ``b/x.png`` and ``a/x.jpg`` get three); :func:`refuse_overwriting` stops a command before it writes over one
-of its inputs (an image, a file of the model folder); :func:`spreadsheet_safe` is the OWASP rule against
+of its inputs (an image, a file of the model folder: :func:`model_files`); :func:`spreadsheet_safe` is the OWASP rule against
 formula injection for a CSV cell (a file named ``=HYPERLINK(...).png`` is text, not a formula, when the
 table is opened in a spreadsheet).
 """
@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pipnet.core.utils import FORMULA_STARTS, spreadsheet_safe
+from pipnet.model.run_folder import RunFolder
 
-__all__ = ["FORMULA_STARTS", "refuse_overwriting", "spreadsheet_safe", "unique_names"]
+__all__ = ["FORMULA_STARTS", "model_files", "refuse_overwriting", "spreadsheet_safe", "unique_names"]
 
 def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """A name per input path, different for every path of ``paths`` (without a case difference counting).
@@ -65,6 +66,15 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def model_files(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files of a model folder (or run folder) that commands read: the weights and their config, the
+    training config, history and checkpoint, the thresholds, the knn detector, the edits and edit log, and
+    ``metrics.json``. Not the outputs that commands rewrite there (``evaluation.json``, ``report.html``, pictures)."""
+    folder = RunFolder(Path(model_dir))
+    return [folder.weights, folder.model_config, folder.config, folder.history, folder.checkpoint, folder.metrics,
+            folder.thresholds, folder.novelty, folder.novelty_tensors, folder.edits, folder.edit_log]  # fmt: skip
+
+
 def refuse_overwriting(outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]],
                        flag: str = "--out") -> None:  # fmt: skip
     """Raise before anything is written when one of ``outputs`` is one of ``inputs``.
@@ -74,16 +84,16 @@ def refuse_overwriting(outputs: Iterable[str | os.PathLike[str]], inputs: Iterab
 
     Args:
         outputs: the files a command is about to write.
-        inputs: the files it reads (images, a model folder's files; a folder stands for every file in it).
+        inputs: the files it reads (images); a folder stands for a model folder's own files (:func:`model_files`),
+            not every file in it, so that a command's outputs of an earlier run there are no inputs.
         flag: the option that chose the outputs, for the message.
 
     Raises:
         FileExistsError: with a one-line message naming the output, the input and the option.
     """
     files: list[Path] = []
-    for p in inputs:
-        p = Path(p)
-        files += [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
+    for p in map(Path, inputs):
+        files += model_files(p) if p.is_dir() else [p]
     by_path = {os.path.realpath(f): f for f in files}
     by_identity = {key: f for f in files if (key := _identity(f)) is not None}
     for out in outputs:
