@@ -468,8 +468,10 @@ def test_the_docstring_tool_writes_cross_references_the_site_can_resolve():
     assert docstrings.convert(":meth:`~pipnet.PIPNet.predict` and ``x``", resolve) == \
         "[`predict`][pipnet.PIPNet.predict] and `x`"
     # a name in the current class, then the current module, as Sphinx looks it up
+    assert docstrings.convert(":meth:`predict`", resolve, "pipnet.model", "PIPNet") == \
+        "[`predict`][pipnet.PIPNet.predict]"
     assert docstrings.convert(":meth:`save_pretrained`", resolve, "pipnet.model", "PIPNet") == \
-        "[`save_pretrained`][pipnet.PIPNet.save_pretrained]"
+        "[`save_pretrained`][pipnet.PIPNet.save_pretrained]"  # listed for the page if inherited
     # an object the site does not show, or a module path that is no object: a code span, never a broken link
     assert docstrings.convert(":func:`pipnet.core.utils.nothing_here`", resolve) == "`pipnet.core.utils.nothing_here`"
     assert docstrings.convert(":class:`the model <pipnet.PIPNet>`", resolve) == "[`the model`][pipnet.PIPNet]"

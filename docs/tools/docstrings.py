@@ -46,7 +46,8 @@ ROLE = re.compile(r":(?:py:)?(func|meth|class|attr|mod|data|exc|obj|const):`([^`
 LITERAL = re.compile(r"``(?!`)((?:(?!``).)+?)``(?!`)", re.S)
 SPEC = re.compile(r"spec(?:ification)?\s+sections?\s+[0-9][0-9.,\- and]*", re.I)  # across a line break too
 ISSUE = re.compile(r"[Ii]ssue\s+#?[0-9]+")
-DIRECTIVE = re.compile(r"^:::\s+([\w.]+)", re.M)
+DIRECTIVE = re.compile(r"^:::\s+([\w.]+)[ \t]*\n((?:[ \t]+\S.*\n?)*)", re.M)  # the name, its indented options
+INHERITED = re.compile(r"inherited_members:\s*\[([^\]]*)\]")
 
 # Where a reader outside the project finds what each section of the internal specification covers.
 SPEC_SECTIONS = {
@@ -101,18 +102,22 @@ def documented(docs: Path) -> dict[str, str]:
     """Canonical path -> the identifier the site renders it under, for every ``::: name`` and its members."""
     out: dict[str, str] = {}
     for page in sorted(docs.rglob("*.md")):
-        for ident in DIRECTIVE.findall(page.read_text(encoding="utf-8")):
+        for ident, options in DIRECTIVE.findall(page.read_text(encoding="utf-8")):
             obj = _import(ident)
             if obj is None:
                 continue
             out.setdefault(_canonical(obj, ident), ident)
             if inspect.isclass(obj):
-                for name, member in vars(obj).items():
-                    if name.startswith("_"):
-                        continue
-                    target = getattr(member, "fget", None) or getattr(member, "__func__", None) or member
-                    if callable(target) and _has_doc(target):
-                        out.setdefault(f"{_canonical(obj, ident)}.{name}", f"{ident}.{name}")
+                inherited = INHERITED.search(options)
+                shown = {n.strip(" '\"") for n in inherited.group(1).split(",")} if inherited else set()
+                for klass in obj.__mro__:  # its own members, and the inherited ones the page lists
+                    for name, member in vars(klass).items():
+                        if name.startswith("_") or (klass is not obj and name not in shown):
+                            continue
+                        target = getattr(member, "fget", None) or getattr(member, "__func__", None) or member
+                        if callable(target) and _has_doc(target):
+                            out.setdefault(f"{_canonical(klass, ident)}.{name}", f"{ident}.{name}")
+                            out.setdefault(f"{_canonical(obj, ident)}.{name}", f"{ident}.{name}")
             elif inspect.ismodule(obj):
                 names = getattr(obj, "__all__", None) or [n for n in vars(obj) if not n.startswith("_")]
                 for name in names:
