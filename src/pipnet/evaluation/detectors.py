@@ -42,7 +42,7 @@ from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresho
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.model.run_folder import RunFolder
 
-__all__ = ["CHOICES", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
+__all__ = ["ABSTAINED", "CHOICES", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
            "load_detectors", "verdicts"]
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DETECTORS = ("knn", "paper")  # the detectors a model folder can store, the preferred first
 CHOICES = ("auto", *DETECTORS)  # what --detector accepts: auto = the folder's stored choice
 VERDICTS = ("known", "unknown", "abstained")
+ABSTAINED = "abstained: no prototype is present, every class scores 0"  # the sentence of every abstention
 
 
 class Detector(Protocol):
@@ -111,8 +112,7 @@ def verdicts(features: Features, detector: Detector | None, class_names: list[st
     for i, (gave_up, ok, reason) in enumerate(zip(abstained, known, reasons)):
         name, score = class_names[int(predicted[i])], float(top[i])
         if gave_up:
-            out.append(Verdict("abstained", detector.name if detector else None, {},
-                               "abstained: no prototype is present, every class scores 0"))
+            out.append(Verdict("abstained", detector.name if detector else None, {}, ABSTAINED))
             continue
         kind = "known" if ok else "unknown"
         out.append(Verdict(kind, detector.name if detector else None, {"class": name, "score": score, **reason},
