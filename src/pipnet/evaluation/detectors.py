@@ -10,7 +10,7 @@ scikit-learn's outlier detectors (``sklearn.neighbors.LocalOutlierFactor(novelty
 
 Each has ``fit`` (a class method here: the fitted detector is a frozen record), ``score_samples`` (higher =
 more like the in-distribution images), ``decision_function`` (below 0: unknown), ``predict`` (+1 known,
--1 unknown), ``reasons`` (why, as data), ``save`` and ``load``. All read the [Features][pipnet.evaluation.features.Features]
+-1 unknown), ``reasons`` (why, as data), ``save`` and ``load``. All read the ``Features`` (``pipnet.evaluation.features``)
 of one model pass.
 
 [fit_detectors][pipnet.evaluation.detectors.fit_detectors] is the one place detectors are fitted (training,
