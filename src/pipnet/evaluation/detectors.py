@@ -42,13 +42,16 @@ from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresho
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.model.run_folder import RunFolder
 
-__all__ = ["ABSTAINED", "CHOICES", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
+__all__ = ["ABSTAINED", "CHOICES", "CHOICES_HELP", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
            "load_detectors", "verdicts"]
 
 log = logging.getLogger(__name__)
 
 DETECTORS = ("knn", "paper")  # the detectors a model folder can store, the preferred first
 CHOICES = ("auto", *DETECTORS)  # what --detector accepts: auto = the folder's stored choice
+CHOICES_HELP = ("what calls an image unknown: knn (distance to the nearest training images in prototype logits, "
+                "novelty.json), paper (per-class score thresholds, thresholds.json), auto (the model folder's "
+                "stored choice: knn where it stores one, else paper)")  # --help of every door's --detector
 VERDICTS = ("known", "unknown", "abstained")
 ABSTAINED = "abstained: no prototype is present, every class scores 0"  # the sentence of every abstention
 
