@@ -20,7 +20,7 @@ from pipnet.train.training_run import TrainingRun
 from reliability_helpers import TINY_BACKBONE, tiny_config
 
 PATH_PROPERTIES = ["config", "history", "checkpoint", "pretrained", "weights", "model_config", "metrics", "evaluation",
-                   "thresholds", "novelty", "novelty_tensors", "edits", "edit_log", "sparsity_plot", "report"]
+                   "thresholds", "novelty", "novelty_tensors", "detectors", "edits", "edit_log", "sparsity_plot", "report"]
 
 
 def test_every_documented_file_is_a_property_and_every_property_is_documented(tmp_path):
@@ -28,7 +28,7 @@ def test_every_documented_file_is_a_property_and_every_property_is_documented(tm
     folder = RunFolder(tmp_path)
     named = {getattr(folder, name).relative_to(tmp_path).as_posix() for name in PATH_PROPERTIES}
     assert named == documented
-    assert len(named) == len(PATH_PROPERTIES) == 15  # no two properties name the same file
+    assert len(named) == len(PATH_PROPERTIES) == 16  # no two properties name the same file
     assert folder.checkpoint.relative_to(tmp_path).as_posix() == "checkpoints/last.pt"
     assert (folder.weights.name, folder.model_config.name) == ("model.safetensors", "config.json")
     assert RunFolder(str(tmp_path)).path == tmp_path  # a string is taken as a path

@@ -20,11 +20,7 @@ PRECISION_HELP = ("numeric precision: auto (bf16 where this machine computes it 
 INFERENCE_PRECISION_HELP = ("numeric precision: auto (the precision the model folder's detectors were set in: fp32 "
                             "unless their fitting asked otherwise, so every machine gives the same verdict), fp32, "
                             "bf16 or fp16 (CUDA only)")
-DETECTOR_HELP = ("what calls an image unknown: knn (distance to the nearest training images in prototype logits, "
-                 "novelty.json), paper (per-class score thresholds, thresholds.json), auto (the model folder's "
-                 "stored choice: knn where it stores one, else paper)")
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-DETECTORS = ["auto", "knn", "paper"]
 MODEL_HELP = "a model folder (model.safetensors + config.json), e.g. a run folder"
 
 
@@ -56,11 +52,19 @@ def training_precision_args() -> argparse.ArgumentParser:
     return parser
 
 
+def detector_choices() -> tuple[tuple[str, ...], str]:
+    """``--detector``'s choices and help (the library's, which the web page's parser uses too)."""
+    from pipnet.evaluation.detectors import CHOICES, CHOICES_HELP
+
+    return CHOICES, CHOICES_HELP
+
+
 def verdict_args() -> argparse.ArgumentParser:
     """``--precision`` and ``--detector`` of a command that gives a saved model's verdicts."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
-    parser.add_argument("--detector", choices=DETECTORS, default="auto", help=DETECTOR_HELP)
+    choices, help_text = detector_choices()
+    parser.add_argument("--detector", choices=choices, default="auto", help=help_text)
     return parser
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from pipnet.cli.common import (DETECTORS, device_args, inference_precision, inference_precision_args, model_args, out, progress_args,
+from pipnet.cli.common import (detector_choices, device_args, inference_precision, inference_precision_args, model_args, out, progress_args,
                                resolve_precision)
 
 DESCRIPTION = "accuracy, sparsity, explanation sizes, OoD detection and purity of a saved model"
@@ -35,7 +35,7 @@ def build_parser():
     parser.add_argument("--novelty-k", type=int, default=5,
                         help="k of the knn OoD detector stored in MODEL/novelty.json (distance to the k-th nearest "
                              "training image in prototype logits; pipnet.evaluation.novelty), used by predict --detector knn")
-    parser.add_argument("--detector", choices=DETECTORS, default="auto",
+    parser.add_argument("--detector", choices=detector_choices()[0], default="auto",
                         help="the detector the model folder's verdicts use from now on (stored in MODEL/detectors.json): "
                              "knn, paper (the per-class score thresholds), auto (knn)")
     parser.add_argument("--no-quality", action="store_true",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipnet.cli.common import DETECTOR_HELP, DETECTORS, command_parser, model_args, out
+from pipnet.cli.common import command_parser, detector_choices, model_args, out
 
 DESCRIPTION = "export a model to TorchScript or ONNX (scores, presence, logits), checked against PyTorch, verdicts included"
 
@@ -14,7 +14,8 @@ def build_parser():
                         help="torchscript (built in) or onnx (pip install 'pipnet[export]')")
     parser.add_argument("--out", required=True, help="the file to write, e.g. model.onnx or model.pt")
     parser.add_argument("--batch-size", type=int, default=None, help="a fixed batch size (default: any batch size)")
-    parser.add_argument("--detector", choices=DETECTORS, default="auto", help=DETECTOR_HELP + "; the check compares its verdicts")
+    choices, help_text = detector_choices()
+    parser.add_argument("--detector", choices=choices, default="auto", help=help_text + "; the check compares its verdicts")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest difference from PyTorch accepted when the file is checked on test images")
     return parser

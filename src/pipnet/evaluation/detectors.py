@@ -10,7 +10,7 @@ scikit-learn's outlier detectors (``sklearn.neighbors.LocalOutlierFactor(novelty
 
 Each has ``fit`` (a class method here: the fitted detector is a frozen record), ``score_samples`` (higher =
 more like the in-distribution images), ``decision_function`` (below 0: unknown), ``predict`` (+1 known,
--1 unknown), ``reasons`` (why, as data), ``save`` and ``load``. All read the [Features][pipnet.evaluation.features.Features]
+-1 unknown), ``reasons`` (why, as data), ``save`` and ``load``. All read the ``Features`` (``pipnet.evaluation.features``)
 of one model pass.
 
 [fit_detectors][pipnet.evaluation.detectors.fit_detectors] is the one place detectors are fitted (training,
@@ -42,14 +42,18 @@ from pipnet.evaluation.thresholds import Thresholds, describe_data, load_thresho
 from pipnet.model import ModelLoadError, PIPNet
 from pipnet.model.run_folder import RunFolder
 
-__all__ = ["CHOICES", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
+__all__ = ["ABSTAINED", "CHOICES", "CHOICES_HELP", "DETECTORS", "Detector", "StoredDetectors", "Verdict", "describe_data", "fit_detectors",
            "load_detectors", "verdicts"]
 
 log = logging.getLogger(__name__)
 
 DETECTORS = ("knn", "paper")  # the detectors a model folder can store, the preferred first
 CHOICES = ("auto", *DETECTORS)  # what --detector accepts: auto = the folder's stored choice
+CHOICES_HELP = ("what calls an image unknown: knn (distance to the nearest training images in prototype logits, "
+                "novelty.json), paper (per-class score thresholds, thresholds.json), auto (the model folder's "
+                "stored choice: knn where it stores one, else paper)")  # --help of every door's --detector
 VERDICTS = ("known", "unknown", "abstained")
+ABSTAINED = "abstained: no prototype is present, every class scores 0"  # the sentence of every abstention
 
 
 class Detector(Protocol):
@@ -111,8 +115,7 @@ def verdicts(features: Features, detector: Detector | None, class_names: list[st
     for i, (gave_up, ok, reason) in enumerate(zip(abstained, known, reasons)):
         name, score = class_names[int(predicted[i])], float(top[i])
         if gave_up:
-            out.append(Verdict("abstained", detector.name if detector else None, {},
-                               "abstained: no prototype is present, every class scores 0"))
+            out.append(Verdict("abstained", detector.name if detector else None, {}, ABSTAINED))
             continue
         kind = "known" if ok else "unknown"
         out.append(Verdict(kind, detector.name if detector else None, {"class": name, "score": score, **reason},

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipnet.data.images import to_rgb
 from pipnet.explanation.explain import ImageExplanation, ScoringSheet
 from pipnet.model.patches import patch_box, scale_box, upsample_map
-from pipnet.evaluation.detectors import Verdict
+from pipnet.evaluation.detectors import ABSTAINED, Verdict
 from pipnet.evaluation.projection import Projection
 
 __all__ = [
@@ -272,7 +272,7 @@ def explanation_figure(
     if verdict is not None:
         heading = textwrap.wrap(verdict.sentence, 90)
     elif explanation.abstained:
-        heading = ["abstained: no prototype is present, every class scores 0"]
+        heading = [ABSTAINED]
     else:
         top = explanation.top_classes[0]
         heading = [f"predicted: {top.class_name} (score {top.score:.3f})"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipnet.core.precision import PRECISIONS
 from pipnet.data.images import max_pixels, megapixels
-from pipnet.evaluation.detectors import CHOICES
+from pipnet.evaluation.detectors import CHOICES, CHOICES_HELP
 from pipnet.use.serve.app import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
 
 __all__ = ["create_app", "main", "serve_parser"]
@@ -51,10 +51,7 @@ def serve_parser() -> argparse.ArgumentParser:
                         help="numeric precision of the explanations and verdicts: auto (the precision the model "
                              "folder's detectors were set in: fp32 unless their fitting asked otherwise, so every "
                              "machine gives the same verdict), fp32, bf16 or fp16 (CUDA)")
-    parser.add_argument("--detector", choices=CHOICES, default="auto",
-                        help="what calls an image unknown: knn (distance to the nearest training images in prototype "
-                             "logits, novelty.json), paper (per-class score thresholds, thresholds.json), auto (the "
-                             "model folder's stored choice: knn where it stores one, else paper)")
+    parser.add_argument("--detector", choices=CHOICES, default="auto", help=CHOICES_HELP)
     return parser
 
 
