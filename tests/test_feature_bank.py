@@ -123,3 +123,20 @@ def test_the_bank_refuses_a_schedule_that_trains_the_early_backbone(tmp_path, ca
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pipnet train: error: schedule.feature_bank_views needs"), err
     assert not (tmp_path / "run").exists()  # refused before a run folder was made
+
+
+@pytest.mark.parametrize("name, kwargs", [("efficientnet_lite0", {}), ("resnet18", {}), ("convnext_tiny_13", {})])
+def test_each_chain_backbone_is_its_sequence(name, kwargs):
+    model = create_model(name, 2, pretrained=False, image_size=64, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    z = x
+    with torch.no_grad():
+        for _, module in model.backbone.sequence():
+            z = module(z)
+        torch.testing.assert_close(z, model.forward_features(x))
+
+
+def test_a_backbone_that_is_not_a_chain_is_refused():
+    model = create_model("timm/test_convnext", 2, pretrained=False, image_size=32)
+    with pytest.raises(FeatureBankError, match="not a chain"):
+        split_frozen(model, plan_epochs(FROZEN))
