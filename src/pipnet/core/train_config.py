@@ -94,6 +94,12 @@ class ScheduleConfig:
         batch_size_pretrain: images per pretraining batch (each gives two views).
         batch_size: images per classification batch (each gives two views).
         eval_every: evaluate on the test set every this many classification epochs (0 = only at the end).
+        feature_bank_views: 0 (default) runs the whole backbone on freshly augmented views every epoch. N > 0
+            computes the output of the backbone's frozen first part once, for N augmented views of every
+            training image (the same augmentation, seeded), keeps it in memory, and trains the rest of the
+            model over it, each epoch reading one stored view per image. Needs the ``backbone`` group frozen
+            in every epoch (``freeze_epochs >= epochs``); the frozen part then also keeps its pretrained
+            BatchNorm statistics (``pipnet.train.feature_bank``).
     """
 
     epochs_pretrain: int = 10
@@ -103,6 +109,7 @@ class ScheduleConfig:
     batch_size_pretrain: int = 128
     batch_size: int = 64
     eval_every: int = 1
+    feature_bank_views: int = 0
 
 
 @dataclass

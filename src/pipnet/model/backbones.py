@@ -75,6 +75,15 @@ class Backbone(nn.Module):
                 return group
         return None
 
+    def sequence(self) -> list[tuple[str, nn.Module]] | None:
+        """The backbone as modules applied one after the other, with their names (prefixes of the parameter
+        names ``group_of`` takes), or None where ``forward`` is not such a chain.
+
+        Applying the modules in order equals ``forward``; training uses it to run a frozen first part of
+        the chain once and store its output (``pipnet.train.feature_bank``).
+        """
+        return None
+
 
 # --------------------------------------------------------------------------------------------------
 # Registry
@@ -220,6 +229,9 @@ class ConvNeXtBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, 768, h, w)
 
+    def sequence(self) -> list[tuple[str, nn.Module]]:
+        return [(f"features.{i}", m) for i, m in enumerate(self.features)]
+
 
 def _convnext_tiny(pretrained: bool | str | Path, stride_threshold: float, grid: str) -> ConvNeXtBackbone:
     from torchvision.models import ConvNeXt_Tiny_Weights, convnext_tiny
@@ -282,6 +294,10 @@ class ResNetBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, h, w)
+
+    def sequence(self) -> list[tuple[str, nn.Module]]:
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return [(name, getattr(self, name)) for name in names]
 
 
 def _dilation(depth: int, grid: str) -> dict[str, Any]:
@@ -381,6 +397,18 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)
+
+    def sequence(self) -> list[tuple[str, nn.Module]] | None:
+        """timm's EfficientNet family: stem conv, its BatchNorm, every block stage, head conv, its BatchNorm
+        (``forward_features``); None for other timm models."""
+        from timm.models.efficientnet import EfficientNet
+
+        net = self.net
+        if not isinstance(net, EfficientNet) or net.grad_checkpointing:
+            return None
+        stages = [(f"net.blocks.{i}", stage) for i, stage in enumerate(net.blocks)]
+        return [("net.conv_stem", net.conv_stem), ("net.bn1", net.bn1), *stages, ("net.conv_head", net.conv_head),
+                ("net.bn2", net.bn2)]
 
 
 def _timm_groups(net: nn.Module) -> ParameterGroups:

@@ -19,12 +19,17 @@ from pipnet.data.errors import DataError, ImageLoadError
 from pipnet.core.train_config import TrainConfig
 from pipnet.train.distributed import DistInfo, GlobalBatchSampler, class_balanced_weights
 
-__all__ = ["Progress", "batches", "epoch_loader", "seed_epoch"]
+__all__ = ["Progress", "batches", "epoch_loader", "epoch_seed", "seed_epoch"]
+
+
+def epoch_seed(seed: int, epoch_index: int) -> int:
+    """The one number every random source of epoch ``epoch_index`` (0: before the first) is seeded from."""
+    return seed * 1_000_003 + epoch_index
 
 
 def seed_epoch(seed: int, epoch_index: int) -> torch.Generator:
     """Seed every random source from (seed, epoch): a resumed run draws the same numbers."""
-    s = seed * 1_000_003 + epoch_index
+    s = epoch_seed(seed, epoch_index)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -37,8 +42,12 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def epoch_loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, device) -> DataLoader:
-    """The epoch's loader: the same global batches for any number of processes (each takes its slice)."""
+def epoch_loader(dataset, batch_size: int, config: TrainConfig, generator: torch.Generator, info: DistInfo, device,
+                 *, in_memory: bool = False) -> DataLoader:
+    """The epoch's loader: the same global batches for any number of processes (each takes its slice).
+
+    ``in_memory``: the items are tensors already in memory (a feature bank): no worker processes, no pinning.
+    """
     rt = config.runtime
     weights = None
     if config.data.balanced:  # spec 10.6: draws with replacement, each image weighted 1 / (its class's size)
@@ -49,10 +58,10 @@ def epoch_loader(dataset, batch_size: int, config: TrainConfig, generator: torch
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=rt.num_workers,
+        num_workers=0 if in_memory else rt.num_workers,
         generator=generator,
         worker_init_fn=_worker_init,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and not in_memory,
         persistent_workers=False,
     )
 

@@ -35,6 +35,7 @@ from pipnet.train.batches import Progress, batches, epoch_loader, seed_epoch
 from pipnet.train.checkpoint import load_checkpoint, save_checkpoint
 from pipnet.core.train_config import RESUME_RUNTIME, TrainConfig
 from pipnet.train.distributed import DistInfo, all_reduce_sum, init_distributed
+from pipnet.train.feature_bank import BankedTraining, check_schedule
 from pipnet.train.init import load_init_model
 from pipnet.train.optim import SPARSIFIERS, StageOptim, make_stage_optim, set_trainable
 from pipnet.train.phases import EpochPlan, plan_epochs
@@ -193,6 +194,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         _describe_model(config, initial)  # config.yaml describes the architecture that was loaded
         if built_here and initial.normalization != getattr(data.projection, "normalization", None):  # the loaded model's own inputs
             data = build_data(config.data, config.protocol, normalization=initial.normalization)
+    plans = plan_epochs(config.schedule, pretrained_pipnet=bool(config.model.init))
+    check_schedule(config.schedule.feature_bank_views, plans)  # before a run folder is made
     device = _resolve_device(rt.device, info)
     choice = resolve_precision(rt.precision, device)
     rt.precision = choice.precision  # config.yaml records what ran, so a resume and a re-run are the same
@@ -214,7 +217,8 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     model.to(device)
     if uses_channels_last(config):
         model.to(memory_format=torch.channels_last)
-    plans = plan_epochs(config.schedule, pretrained_pipnet=bool(config.model.init))
+    banked = BankedTraining(model, plans, config, device, channels_last=uses_channels_last(config)) \
+        if config.schedule.feature_bank_views else None
     start = int(checkpoint["epochs_done"]) if checkpoint else 0
     history = run.read_history()[:start]
     scaler = torch.amp.GradScaler(device.type) if rt.precision == "fp16" else None
@@ -226,9 +230,13 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         plan = plans[index]
         generator = seed_epoch(rt.seed, index + 1)
         dataset, batch = getattr(data, plan.data), plan.batch_size
-        if hasattr(dataset, "set_seed"):  # per-image augmentation seeds (see TwoViewDataset.set_seed)
+        bank_started = time.perf_counter()
+        if banked is not None:  # the frozen prefix's stored outputs (pipnet.train.feature_bank)
+            dataset = banked.dataset(dataset, index, batch)
+        elif hasattr(dataset, "set_seed"):  # per-image augmentation seeds (see TwoViewDataset.set_seed)
             dataset.set_seed(generator.initial_seed())
-        loader = epoch_loader(dataset, batch, config, generator, info, device)
+        bank_seconds = time.perf_counter() - bank_started
+        loader = epoch_loader(dataset, batch, config, generator, info, device, in_memory=banked is not None)
         if plan.stage != stage:
             optim = make_stage_optim(model, plan, config, len(loader))
             if checkpoint and checkpoint["stage"] == plan.stage and index == start:
@@ -237,9 +245,11 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
                     scaler.load_state_dict(checkpoint["scaler"])
             stage = plan.stage
         set_trainable(model, plan)
-        wrapped = _wrap(model, info, rt.compile, device)
+        wrapped = _wrap(banked.forward if banked is not None else model, info, rt.compile, device)
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": index + 1, "stage": plan.stage, "stage_epoch": plan.epoch, "phase": plan.name}
+        if banked is not None:
+            row["bank_seconds"] = bank_seconds  # building the bank (the epoch that first reads it), else ~0
         extra_before, extra_after = paper_extra_steps(config, plan, len(data.test) if data.test is not None else 0)
         apply_soft_threshold_steps(model.classifier, extra_before, decrement_per_step(config, optim))
         row.update(run_epoch(wrapped, model, loader, plan, optim, config, device, info, scaler))
