@@ -27,6 +27,7 @@ COMMANDS = {
     "explain": "explain the predictions of a saved model for some images (text, PNG and JSON)",
     "predict": "predict files and folders of images into a CSV or JSON-lines table (with 'unknown')",
     "refit": "switch prototypes off and re-fit only the scoring sheet (seconds); logs the edit",
+    "repair": "forbid prototypes' patches, fine-tune, re-fit the scoring sheet (a shortcut repair); logs the edit",
     "report": "write the self-contained HTML report of a run folder",
     "convert": "convert an official PIP-Net checkpoint to this project's format",
     "serve": "a local web page to explore a model and switch prototypes off",
@@ -484,6 +485,45 @@ def cmd_refit(argv: list[str]) -> int:
     return 0
 
 
+def repair_parser() -> argparse.ArgumentParser:
+    """The parser of ``pipnet repair``."""
+    parser = argparse.ArgumentParser(prog="pipnet repair", description=COMMANDS["repair"])
+    parser.add_argument("model", help="a model folder with its training config (config.yaml), e.g. a run folder")
+    parser.add_argument("--forbid", type=_prototype_list, required=True,
+                        help="prototypes whose patches no prototype may answer to any more, e.g. 12,40 (switched off)")
+    parser.add_argument("--remember", type=_prototype_list, default=None,
+                        help="prototypes that must keep their response (default: every used one not forbidden)")
+    parser.add_argument("--out", required=True, help="a new folder for the repaired model (never overwritten)")
+    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
+    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning passes over the training images (0: switch off + re-fit only)")
+    parser.add_argument("--no-backbone", action="store_true", help="fine-tune only the add-on layer (cheaper; needs num_features > 0)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the backbone")
+    parser.add_argument("--lr-head", type=float, default=2e-3, help="AdamW learning rate of the add-on layer")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per fine-tuning step and forward pass")
+    parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the repaired model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return parser
+
+
+def cmd_repair(argv: list[str]) -> int:
+    parser = repair_parser()
+    args = parser.parse_args(argv)
+    if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0 or args.lr_head <= 0 or not 0 < args.tpr <= 1:
+        parser.error("--epochs must be at least 0, --batch-size at least 1, --lr and --lr-head positive, --tpr in (0, 1]")
+    from pipnet.train.repair import RepairSettings
+    from pipnet.train.repair_folder import repair_lines, repair_model_folder
+
+    settings = RepairSettings(epochs=args.epochs, batch_size=args.batch_size, lr_backbone=args.lr, lr_head=args.lr_head,
+                              train_backbone=not args.no_backbone)
+    result = repair_model_folder(args.model, args.out, forbid=args.forbid, remember=args.remember, settings=settings,
+                                 data=args.data, reason=args.reason, tpr=args.tpr, device=args.device,
+                                 progress=not args.no_progress)
+    _out("\n".join([*repair_lines(result), args.out]))
+    return 0
+
+
 def report_parser() -> argparse.ArgumentParser:
     """The parser of ``pipnet report``."""
     parser = argparse.ArgumentParser(prog="pipnet report", description=COMMANDS["report"])
@@ -626,6 +666,7 @@ HANDLERS = {
     "explain": cmd_explain,
     "predict": cmd_predict,
     "refit": cmd_refit,
+    "repair": cmd_repair,
     "report": cmd_report,
     "convert": cmd_convert,
     "serve": cmd_serve,
@@ -640,6 +681,7 @@ INTERRUPTED = {
     "demo": "run pipnet demo again",
     "predict": "no table was written (--out keeps its previous file, if any); run it again",
     "refit": "no model folder was written (a refit's folder appears only when complete); run it again",
+    "repair": "no model folder was written (a repair's folder appears only when complete); run it again",
 }
 
 
@@ -650,6 +692,7 @@ PARSERS = {
     "explain": explain_parser,
     "predict": predict_parser,
     "refit": refit_parser,
+    "repair": repair_parser,
     "report": report_parser,
     "convert": convert_parser,
     "serve": serve_parser,

@@ -23,6 +23,10 @@ certain answers; every variant draws the same random numbers as ``standard``, so
   In the ``deconfounded`` split the colour is that of a class drawn uniformly at random from a separate
   random stream (``deconfounded_background_class``), so the background carries no information about the
   class and a model that learnt the shortcut is caught out.
+- ``unconfounded``: the shortcut's clean control: every split's background is tinted as in ``shortcut`` with
+  the colour of a class drawn at random (``deconfounded_background_class``), so a model trained on it sees the
+  same kind of images without the shortcut; its ``test`` split is the ``shortcut`` variant's ``deconfounded``
+  split byte for byte.
 - ``twins``: two part types are drawn identically (``twin_part_types``), chosen so that every class still
   looks different from every other.
 """
@@ -77,7 +81,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 TEXTURES = ("solid", "striped")
 _DISTRACTOR_SHAPES = ("disc", "square", "triangle", "diamond", "hexagon", "star")
 _MAX_PART_TYPES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
-_VARIANTS = ("standard", "colour", "shortcut", "twins")
+_VARIANTS = ("standard", "colour", "shortcut", "unconfounded", "twins")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def _hue_distance(a: str, b: str) -> float:
 def part_styles(config: PlantedConfig) -> list[tuple[str, str, str]]:
     """(shape, colour, texture) of every part type under ``config.variant``.
 
-    ``standard`` and ``shortcut``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
+    ``standard``, ``shortcut`` and ``unconfounded``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
     style of type ``a``. ``colour``: the types of class 1 that class 0 lacks are paired, in sorted order, with
     the types of class 0 that class 1 lacks; each takes its partner's shape and texture and, of the saturated
     colours (not white) that no other type has with that shape and texture, the one whose hue is farthest
@@ -222,11 +226,13 @@ def class_background(config: PlantedConfig, label: int) -> tuple[int, int, int]:
     return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
 
 
-def deconfounded_background_class(config: PlantedConfig, index: int) -> int:
-    """The class whose background colour image ``index`` of the ``deconfounded`` split gets: uniform over the
-    classes, from a random stream of its own (``[seed, 4, index]``), so it is independent of the image's class
-    and the image's layout stays that of the ``test`` image ``index``."""
-    return int(np.random.default_rng([config.seed, _BACKGROUND_STREAM, index]).integers(config.num_classes))
+def deconfounded_background_class(config: PlantedConfig, split: str, index: int) -> int:
+    """The class whose background colour image ``index`` of ``split`` gets where the colour is drawn at random
+    (the ``deconfounded`` split, every split of the ``unconfounded`` variant): uniform over the classes, from a
+    random stream of its own (``[seed, 4, split code, index]``, the ``deconfounded`` split using ``test``'s code),
+    so it is independent of the image's class and the image's layout is unchanged."""
+    stream = [config.seed, _BACKGROUND_STREAM, _SPLIT_CODES[split], index]
+    return int(np.random.default_rng(stream).integers(config.num_classes))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,8 +337,9 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
     parts = [t for c in classes for t in combos[c]]
     parts = [parts[j] for j in rng.permutation(len(parts))]
     img = _background(rng, size, d)
-    if config.variant == "shortcut" and classes:  # tinted, not redrawn: the same random numbers as standard
-        shown = deconfounded_background_class(config, index) if split == "deconfounded" else classes[0]
+    if config.variant in ("shortcut", "unconfounded") and classes:  # tinted, not redrawn: standard's random numbers
+        random_tint = split == "deconfounded" or config.variant == "unconfounded"
+        shown = deconfounded_background_class(config, split, index) if random_tint else classes[0]
         tint = Image.new("RGB", img.size, class_background(config, shown))
         img = Image.blend(img, tint, 0.7)
 
