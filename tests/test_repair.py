@@ -18,7 +18,10 @@ import pytest
 import torch
 from reliability_helpers import assert_one_error_line, one_thread, run_cli, subprocess_env, tiny_config  # noqa: F401
 
+from pipnet.evaluation.evaluate import quality_rows
 from pipnet.evaluation.inference import build_model_data
+from pipnet.evaluation.quality import quality_card
+from pipnet.evaluation.quality.verdict import verdicts
 from pipnet.evaluation.shortcuts import find_suspects, remove_shapes
 from pipnet.model import PIPNet
 from pipnet.model.losses import forbid_loss, remember_loss
@@ -82,6 +85,10 @@ def test_the_top_suspect_follows_the_background_colour(loaded):
     assert top.score >= 0.5 and top.signals["colour"] >= 0.5
     assert any("colour" in line for line in top.reasons)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # evaluation changes nothing
+    card = quality_card(model, data.projection, sensitivity=False)  # the report card carries the list ...
+    assert card["suspects"][0]["prototype"] == top.prototype
+    assert verdicts(card)[top.prototype][0].startswith("shortcut suspect")  # ... the page's and report's words
+    assert any(label == f"shortcut suspect #{top.prototype}" for label, _ in quality_rows(card))  # ... evaluate's table
 
 
 def test_a_repair_silences_the_forbidden_patches_and_keeps_the_kept_ones(loaded):

@@ -183,7 +183,9 @@ def _inconsistent(quality: Mapping[str, Any] | None) -> set[int]:
     per, threshold = block.get("per_prototype") or {}, block.get("threshold")
     if threshold is None:
         return set()
-    return {int(p) for p, v in per.items() if isinstance(v, (int, float)) and not math.isnan(v) and v < threshold}
+    scores = {int(p): (v.get("score") if isinstance(v, Mapping) else v) for p, v in per.items()}
+    return {p for p, v in scores.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) and v < threshold}
 
 
 def _reasons(signals: Mapping[str, float], class_share: float, cls_name: str, count: int) -> list[str]:
