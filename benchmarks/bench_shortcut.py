@@ -72,7 +72,7 @@ def train_once(out: Path, data: DataConfig, seed: int) -> float:
 
 def confounder_labels(data: DataConfig, dataset, args) -> list[int]:
     """For every clean-test image, the class the confounder shows (its background or tag colour)."""
-    if data.source == "planted":
+    if args.data == "planted":
         from pipnet.data.planted import deconfounded_background_class
 
         return [deconfounded_background_class(data.planted, "test", i) for i in range(len(dataset))]
@@ -167,6 +167,12 @@ def measure_seed(work: Path, seed: int, args) -> list[list]:
     clean = PIPNet.from_pretrained(clean_run)
     clean_seconds = json.loads((clean_run / "timing.json").read_text())["train_seconds"]
     rows.append(row("clean (trained without the confounder)", clean, [], clean_seconds))
+    lost = rows[-1][1] - rows[0][1]
+    for r in rows[1:-1]:
+        ratio = f"{r[1] / rows[-1][1]:.2f}x" if rows[-1][1] > 0 else "n/a"
+        print(f"seed {seed} {r[0]}: {ratio} the clean model's accuracy; recovers "
+              + (f"{(r[1] - rows[0][1]) / lost:.0%}" if lost > 0 else "n/a (nothing lost)")
+              + " of the accuracy lost to the confounder", flush=True)
     return rows
 
 
