@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import print_table
 
-from pipnet.core.data_config import DataConfig, PlantedConfig  # noqa: E402
-from pipnet.core.train_config import TrainConfig  # noqa: E402
-from pipnet.demo import demo_config  # noqa: E402
+from pipnet.core.data_config import DataConfig, PlantedConfig
+from pipnet.core.train_config import TrainConfig
+from pipnet.demo import demo_config
 
 IMAGE_SIZE = 64  # the demo's backbone at 64 px (an 8 x 8 grid) with a shortened schedule: a few minutes a run
 

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import assert_one_error_line, one_thread, run_cli, subprocess_env, tiny_config  # noqa: F401
+from reliability_helpers import (  # noqa: F401
+    assert_one_error_line,
+    one_thread,
+    run_cli,
+    subprocess_env,
+    tiny_config,
+)
 
 from pipnet.evaluation.evaluate import quality_rows
 from pipnet.evaluation.inference import build_model_data
@@ -28,7 +34,12 @@ from pipnet.model.losses import forbid_loss, remember_loss
 from pipnet.model.run_folder import RunFolder
 from pipnet.train import train
 from pipnet.train.refit import read_edit_log
-from pipnet.train.repair import RepairSettings, forbidden_cells, prototype_maps_of, repair
+from pipnet.train.repair import (
+    RepairSettings,
+    forbidden_cells,
+    prototype_maps_of,
+    repair,
+)
 
 
 @pytest.fixture(scope="module")

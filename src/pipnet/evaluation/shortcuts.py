@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from pipnet.evaluation.inference import eval_mode, inputs_of, make_loader
 from pipnet.model import PIPNet
 
-__all__ = ["Suspect", "find_suspects", "remove_shapes", "suspect_rows", "PRESENT", "SUSPICION_FLAG"]
+__all__ = ["PRESENT", "SUSPICION_FLAG", "Suspect", "find_suspects", "remove_shapes", "suspect_rows"]
 
 PRESENT = 0.5  # a prototype is present in an image from this presence on
 SUSPICION_FLAG = 0.5  # a signal at or above this is put into words

@@ -43,7 +43,7 @@ from pipnet.model.losses import forbid_loss, remember_loss
 from pipnet.model.run_folder import RunFolder, write_model_folder
 from pipnet.train.refit import RefitResult, append_edits, refit
 
-__all__ = ["RepairSettings", "RepairResult", "repair", "save_repair", "prototype_maps_of", "forbidden_cells"]
+__all__ = ["RepairResult", "RepairSettings", "forbidden_cells", "prototype_maps_of", "repair", "save_repair"]
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,9 @@ class RepairResult:
         }
 
 
-def _images(data: Dataset | DataLoader, batch_size: int) -> torch.Tensor:
-    """Every input of ``data`` stacked on the CPU: (N, 3, S, S)."""
-    xs = [inputs_of(batch).cpu() for batch in make_loader(data, batch_size)]
-    if not xs:
-        raise ValueError("repair() got an empty training set")
-    return torch.cat(xs)
+def _batch(data: Dataset, idx: torch.Tensor) -> torch.Tensor:
+    """The inputs of images ``idx`` of ``data`` stacked: (B, 3, S, S)."""
+    return torch.stack([data[int(i)][0] for i in idx])
 
 
 def prototype_maps_of(model: PIPNet, images: torch.Tensor, *, batch_size: int = 64, device=None) -> torch.Tensor:
@@ -164,17 +161,58 @@ def forbidden_cells(maps: torch.Tensor, forbidden: list[int], threshold: float =
     return maps[:, forbidden].amax(dim=1) >= threshold
 
 
-def _mean_at(values: torch.Tensor, cells: torch.Tensor) -> float:
-    return float(values[cells].mean()) if cells.any() else 0.0
+class _Responses:
+    """Running sums over batches: the forbidden prototypes' mean presence and the live mass at the forbidden
+    cells, the kept prototypes' mean presence at their remembered cells, and per prototype how many forbidden
+    cells it is present (>= 0.1) at."""
+
+    def __init__(self, num_prototypes: int) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64)
+        self.counts = torch.zeros(2, dtype=torch.float64)
+        self.present_at_forbidden = torch.zeros(num_prototypes, dtype=torch.float64)
+
+    def add(self, maps: torch.Tensor, forbid: list[int], kept: list[int], live: torch.Tensor, omega_f: torch.Tensor,
+            omega_k: torch.Tensor) -> None:
+        if omega_f.any():
+            self.sums[0] += float(maps[:, forbid].mean(dim=1)[omega_f].sum())
+            self.sums[1] += float((maps * live[None, :, None, None]).sum(dim=1)[omega_f].sum())
+            self.counts[0] += float(omega_f.sum())
+            self.present_at_forbidden += (maps >= PRESENCE_THRESHOLD).permute(1, 0, 2, 3)[:, omega_f].sum(dim=1).double()
+        if kept and omega_k.any():
+            self.sums[2] += float(maps[:, kept][omega_k].sum())
+            self.counts[1] += float(omega_k.sum())
+
+    def means(self) -> tuple[float, float, float]:
+        f, k = max(float(self.counts[0]), 1.0), max(float(self.counts[1]), 1.0)
+        return float(self.sums[0]) / f, float(self.sums[1]) / f, float(self.sums[2]) / k
+
+    def share_present(self) -> torch.Tensor:
+        """(P,) the share of the forbidden cells each prototype is present at."""
+        return self.present_at_forbidden / max(float(self.counts[0]), 1.0)
 
 
-def _responses(maps: torch.Tensor, forbidden: list[int], kept: list[int], live: torch.Tensor, omega_f: torch.Tensor,
-               omega_k: torch.Tensor) -> tuple[float, float, float]:
-    """(forbidden prototypes' mean presence at the forbidden cells, live mass there, kept ones' at their cells)."""
-    fp = _mean_at(maps[:, forbidden].mean(dim=1), omega_f) if forbidden else 0.0
-    lm = _mean_at((maps * live[None, :, None, None]).sum(dim=1), omega_f)
-    kp = float(maps[:, kept][omega_k].mean()) if kept and omega_k.any() else 0.0
-    return fp, lm, kp
+def _scan(model: PIPNet, data: Dataset, batch_size: int, dev, forbid: list[int], kept: list[int], live: torch.Tensor,
+          settings: RepairSettings, cells: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """One inference pass over ``data``: the cells (computed here when ``cells`` is None) and the responses."""
+    responses = _Responses(model.num_prototypes)
+    omega_f, omega_k = [], []
+    start = 0
+    with eval_mode(model, dev) as device:
+        for batch in make_loader(data, batch_size):
+            maps = model.prototype_maps(model.forward_features(inputs_of(batch).to(device))).float().cpu()
+            stop = start + len(maps)
+            if cells is None:
+                f = forbidden_cells(maps, forbid, settings.forbid_threshold)  # (B, h, w)
+                k = (maps[:, kept] >= settings.remember_threshold) & ~f[:, None]  # (B, K, h, w)
+                omega_f.append(f)
+                omega_k.append(k)
+            else:
+                f, k = cells[0][start:stop], cells[1][start:stop]
+            responses.add(maps, forbid, kept, live.float(), f, k)
+            start = stop
+    if cells is None:
+        cells = (torch.cat(omega_f), torch.cat(omega_k))
+    return cells, responses
 
 
 def _trainable(model: PIPNet, settings: RepairSettings) -> list[dict[str, Any]]:
@@ -189,7 +227,7 @@ def _trainable(model: PIPNet, settings: RepairSettings) -> list[dict[str, Any]]:
 
 def repair(
     model: PIPNet,
-    train_data: Dataset | DataLoader,
+    train_data: Dataset,
     test_data: Dataset | DataLoader,
     forbid: list[int],
     remember: list[int] | None = None,
@@ -205,7 +243,9 @@ def repair(
 
     Args:
         model: the PIP-Net.
-        train_data: the training images through the evaluation transform (``(x, label)``).
+        train_data: the training images through the evaluation transform (``(x, label)``, indexable: the
+            fine-tuning draws shuffled batches of it). Only boolean cell masks are kept per image
+            (N x h x w and N x K x h x w), never the images or their maps.
         test_data: held-out ``(x, label)`` for the accuracies.
         forbid: the forbidden prototypes (switched off in the result).
         remember: the prototypes to keep; None: every used prototype that is not forbidden.
@@ -236,16 +276,12 @@ def repair(
     if remember is not None and set(remember) & set(forbid):
         raise ValueError(f"prototypes both forbidden and remembered: {sorted(set(remember) & set(forbid))}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-
-    images = _images(train_data, settings.batch_size)  # (N, 3, S, S)
-    maps0 = prototype_maps_of(model, images, batch_size=settings.batch_size, device=dev)  # (N, P, h, w)
-    omega_f = forbidden_cells(maps0, forbid, settings.forbid_threshold)  # (N, h, w)
-    omega_k = (maps0[:, kept] >= settings.remember_threshold) & ~omega_f[:, None]  # (N, K, h, w)
     live = torch.zeros(model.num_prototypes, dtype=torch.bool)
     live[forbid + kept] = True
     if live.all():  # no free prototype to take the forbidden patches: the forbidden ones keep them (quarantine)
         live[forbid] = False
-    before = _responses(maps0, forbid, kept, live.float(), omega_f, omega_k)
+    (omega_f, omega_k), responses = _scan(model, train_data, settings.batch_size, dev, forbid, kept, live, settings)
+    before = responses.means()
 
     tuned = copy.deepcopy(model).to(dev)
     tuned.eval()  # batch norm statistics and dropout stay as trained; gradients still flow
@@ -264,8 +300,10 @@ def repair(
         for _ in tqdm(range(settings.epochs), desc="repair", disable=not progress, leave=False):
             sums = {"loss": 0.0, "forbid": 0.0, "remember": 0.0}
             steps = 0
-            for idx in torch.randperm(len(images), generator=generator).split(settings.batch_size):
-                maps = tuned.prototype_maps(tuned.forward_features(images[idx].to(dev)))  # (B, P, h, w)
+            for idx in torch.randperm(len(omega_f), generator=generator).split(settings.batch_size):
+                if not omega_f[idx].any() and not omega_k[idx].any():
+                    continue  # nothing to forbid or remember in these images
+                maps = tuned.prototype_maps(tuned.forward_features(_batch(train_data, idx).to(dev)))  # (B, P, h, w)
                 l_f = forbid_loss(maps, omega_f[idx].to(dev), live_d)
                 l_r = remember_loss(maps, kept_t, omega_k[idx].to(dev)) if kept else maps.sum() * 0.0
                 loss = settings.forbid_weight * l_f + settings.remember_weight * l_r
@@ -281,10 +319,9 @@ def repair(
         p.requires_grad_(False)
     tuned = tuned.cpu()
 
-    maps1 = prototype_maps_of(tuned, images, batch_size=settings.batch_size, device=dev)
-    after = _responses(maps1, forbid, kept, live.float(), omega_f, omega_k)
-    present = maps1 >= PRESENCE_THRESHOLD  # (N, P, h, w)
-    share = present.permute(1, 0, 2, 3)[:, omega_f].float().mean(dim=1) if omega_f.any() else torch.zeros(model.num_prototypes)
+    _, responses = _scan(tuned, train_data, settings.batch_size, dev, forbid, kept, live, settings, (omega_f, omega_k))
+    after = responses.means()
+    share = responses.share_present()
     sinks = [p for p in range(model.num_prototypes)
              if p not in forbid and p not in kept and float(share[p]) >= settings.sink_share]
     hold = torch.zeros(model.num_classes, model.num_prototypes, dtype=torch.bool)

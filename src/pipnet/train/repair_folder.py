@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipnet.train.repair import RepairResult, RepairSettings, repair, repair_records, save_repair
+from pipnet.train.repair import (
+    RepairResult,
+    RepairSettings,
+    repair,
+    repair_records,
+    save_repair,
+)
 
-__all__ = ["repair_model_folder", "repair_lines"]
+__all__ = ["repair_lines", "repair_model_folder"]
 
 
 def repair_model_folder(
