@@ -144,7 +144,7 @@ def measure_seed(work: Path, seed: int, args) -> list[list]:
                 seconds, seconds / train_seconds]
 
     suspects = find_suspects(model, data.projection)
-    forbid = [s.prototype for s in suspects[: args.forbid] if s.score >= 0.5]
+    forbid = [s.prototype for s in suspects[: args.forbid] if s.score >= args.min_score]
     presence, labels = presence_table(model, clean_test)
     truth = confounder_prototypes(presence, labels, shown, model)
     top5 = [s.prototype for s in suspects[:5]]
@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="runs/bench-shortcut", help="where the trained runs are kept (reused when present)")
     ap.add_argument("--forbid", type=int, default=5, help="how many of the top suspects to forbid")
+    ap.add_argument("--min-score", type=float, default=0.5, help="forbid only suspects scoring at least this")
     ap.add_argument("--train-only", action="store_true", help="train the runs and stop")
     ap.add_argument("--only", choices=["confounded", "clean"], help="train only these models (measuring skips missing ones)")
     args = ap.parse_args()
