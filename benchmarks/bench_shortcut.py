@@ -156,8 +156,8 @@ def measure_seed(work: Path, seed: int, args) -> list[list]:
         started = time.perf_counter()
         switched = refit(model, data.projection, clean_test, forbid)
         rows.append(row("switch off + refit", switched.model, forbid, time.perf_counter() - started))
-        for name, settings in (("forbid, add-on only", RepairSettings(train_backbone=False)),
-                               ("forbid + fine-tune", RepairSettings())):
+        for name, settings in (("forbid, add-on only", RepairSettings(train_backbone=False, similar=args.similar)),
+                               ("forbid + fine-tune", RepairSettings(similar=args.similar))):
             started = time.perf_counter()
             result = repair(model, data.projection, clean_test, forbid, settings=settings)
             rows.append(row(name, result.model, forbid, time.perf_counter() - started))
@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-shortcut", help="where the trained runs are kept (reused when present)")
     ap.add_argument("--forbid", type=int, default=5, help="how many of the top suspects to forbid")
     ap.add_argument("--min-score", type=float, default=0.5, help="forbid only suspects scoring at least this")
+    ap.add_argument("--similar", type=float, default=None,
+                    help="also forbid patches this cosine-similar to the forbidden prototypes' own (RepairSettings.similar)")
     ap.add_argument("--train-only", action="store_true", help="train the runs and stop")
     ap.add_argument("--only", choices=["confounded", "clean"], help="train only these models (measuring skips missing ones)")
     args = ap.parse_args()

@@ -121,6 +121,16 @@ def test_a_repair_silences_the_forbidden_patches_and_keeps_the_kept_ones(loaded)
     assert not (result.model.classifier_weights()[:, held] > 0).any() if held else True
 
 
+def test_similar_patches_widen_the_forbidden_cells(loaded):
+    model, data = loaded
+    forbid = [find_suspects(model, data.projection)[0].prototype]
+    plain = repair(model, data.projection, data.test, forbid, settings=RepairSettings(epochs=0))
+    everything = repair(model, data.projection, data.test, forbid, settings=RepairSettings(epochs=0, similar=-1.0))
+    images = torch.stack([data.projection[i][0] for i in range(len(data.projection))])
+    n, _, h, w = prototype_maps_of(model, images).shape
+    assert 0 < plain.forbidden_cells < everything.forbidden_cells == n * h * w  # cosine >= -1 holds everywhere
+
+
 def test_the_repair_command_logs_the_edit_and_never_overwrites(run, tmp_path, capsys):
     model = PIPNet.from_pretrained(run)
     forbid = model.used_prototypes().tolist()[:1]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -60,6 +61,8 @@ class RepairSettings:
         remember_weight: lambda_R.
         forbid_threshold: a cell is forbidden where a forbidden prototype's presence reaches this.
         remember_threshold: a kept prototype is remembered where its presence reaches this.
+        similar: also forbid the cells whose backbone feature has at least this cosine similarity to the mean
+            feature of some forbidden prototype's own patches (its presence >= 0.5); None: off.
         sink_share: a prototype present (>= 0.1) on at least this share of the forbidden cells after the
             fine-tuning is held at weight 0 by the re-fit.
         refit_epochs: passes of the scoring-sheet fit.
@@ -76,6 +79,7 @@ class RepairSettings:
     remember_weight: float = 1.0
     forbid_threshold: float = PRESENCE_THRESHOLD
     remember_threshold: float = 0.5
+    similar: float | None = None
     sink_share: float = 0.1
     refit_epochs: int = 30
     refit_lr: float = 0.05
@@ -191,18 +195,36 @@ class _Responses:
         return self.present_at_forbidden / max(float(self.counts[0]), 1.0)
 
 
+def _concepts(model: PIPNet, data: Dataset, batch_size: int, dev, forbid: list[int]) -> torch.Tensor:
+    """(F, D) unit mean backbone feature of each forbidden prototype's own patches (presence >= 0.5)."""
+    sums = None
+    with eval_mode(model, dev) as device:
+        for batch in make_loader(data, batch_size):
+            z = model.forward_features(inputs_of(batch).to(device)).float()  # (B, D, h, w)
+            maps = model.prototype_maps(z)[:, forbid] >= 0.5  # (B, F, h, w)
+            zn = F.normalize(z, dim=1)
+            part = torch.einsum("bfhw,bdhw->fd", maps.float(), zn).cpu()  # (F, D)
+            sums = part if sums is None else sums + part
+    return F.normalize(sums, dim=1)
+
+
 def _scan(model: PIPNet, data: Dataset, batch_size: int, dev, forbid: list[int], kept: list[int], live: torch.Tensor,
           settings: RepairSettings, cells: tuple[torch.Tensor, torch.Tensor] | None = None):
     """One inference pass over ``data``: the cells (computed here when ``cells`` is None) and the responses."""
     responses = _Responses(model.num_prototypes)
     omega_f, omega_k = [], []
+    concepts = _concepts(model, data, batch_size, dev, forbid) if cells is None and settings.similar is not None else None
     start = 0
     with eval_mode(model, dev) as device:
         for batch in make_loader(data, batch_size):
-            maps = model.prototype_maps(model.forward_features(inputs_of(batch).to(device))).float().cpu()
+            z = model.forward_features(inputs_of(batch).to(device))
+            maps = model.prototype_maps(z).float().cpu()
             stop = start + len(maps)
             if cells is None:
                 f = forbidden_cells(maps, forbid, settings.forbid_threshold)  # (B, h, w)
+                if concepts is not None:  # patches like the forbidden prototypes' own
+                    cos = torch.einsum("bdhw,fd->bfhw", F.normalize(z.float(), dim=1).cpu(), concepts)
+                    f |= cos.amax(dim=1) >= settings.similar
                 k = (maps[:, kept] >= settings.remember_threshold) & ~f[:, None]  # (B, K, h, w)
                 omega_f.append(f)
                 omega_k.append(k)
