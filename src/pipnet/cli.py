@@ -500,6 +500,9 @@ def repair_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-backbone", action="store_true", help="fine-tune only the add-on layer (cheaper; needs num_features > 0)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the backbone")
     parser.add_argument("--lr-head", type=float, default=2e-3, help="AdamW learning rate of the add-on layer")
+    parser.add_argument("--similar", type=float, default=None,
+                        help="also forbid patches whose backbone feature has at least this cosine similarity to the "
+                             "forbidden prototypes' own patches, e.g. 0.6 (default: only the patches they answer to)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per fine-tuning step and forward pass")
     parser.add_argument("--tpr", type=float, default=0.95, help="TPR of the OoD thresholds re-set for the repaired model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -516,7 +519,7 @@ def cmd_repair(argv: list[str]) -> int:
     from pipnet.train.repair_folder import repair_lines, repair_model_folder
 
     settings = RepairSettings(epochs=args.epochs, batch_size=args.batch_size, lr_backbone=args.lr, lr_head=args.lr_head,
-                              train_backbone=not args.no_backbone)
+                              train_backbone=not args.no_backbone, similar=args.similar)
     result = repair_model_folder(args.model, args.out, forbid=args.forbid, remember=args.remember, settings=settings,
                                  data=args.data, reason=args.reason, tpr=args.tpr, device=args.device,
                                  progress=not args.no_progress)
