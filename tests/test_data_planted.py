@@ -12,6 +12,7 @@ from pipnet.data.planted import (
     COLOURS,
     class_background,
     class_part_types,
+    deconfounded_background_class,
     generate_image,
     part_styles,
     part_type_style,
@@ -208,7 +209,7 @@ def _mean_colours(ds: PlantedParts) -> np.ndarray:
 def test_every_variant_keeps_the_layout_of_standard():
     """Variants draw the same random numbers: the same parts at the same places, so only appearance changes."""
     base = PlantedParts(PlantedConfig(), "train")
-    for variant in ("standard", "colour", "shortcut", "twins"):
+    for variant in ("standard", "colour", "shortcut", "unconfounded", "twins"):
         ds = PlantedParts(PlantedConfig(variant=variant), "train")
         assert ds.combos == base.combos
         for i in range(0, len(ds), 9):
@@ -255,6 +256,32 @@ def test_shortcut_variant_background_alone_predicts_the_class():
     assert len({class_background(config, c) for c in range(config.num_classes)}) == config.num_classes
     ood, plain = PlantedParts(config, "ood"), PlantedParts(PlantedConfig(), "ood")
     assert all(ood.image(i).tobytes() == plain.image(i).tobytes() for i in range(5))  # no class, no tint
+
+
+def test_deconfounded_split_keeps_test_layouts_and_breaks_the_background_shortcut():
+    """The deconfounded split is the test split with the background colour of a class drawn at random: the same
+    parts at the same places, the nearest-background-centroid rule falls to chance, and outside the shortcut
+    variant it is the test split byte for byte."""
+    config = PlantedConfig(variant="shortcut")
+    train, test, shifted = (PlantedParts(config, s) for s in ("train", "test", "deconfounded"))
+    assert len(shifted) == len(test) and shifted.targets == test.targets
+    for i in range(0, len(test), 7):
+        assert torch.equal(shifted.keypoints(i), test.keypoints(i))
+    drawn = np.array([deconfounded_background_class(config, "deconfounded", i) for i in range(len(shifted))])
+    assert len(set(drawn.tolist())) == config.num_classes  # every colour is used ...
+    assert (drawn != np.array(shifted.targets)).mean() > 0.6  # ... and mostly not the class's own
+    x, y = _mean_colours(train), np.array(train.targets)
+    centroids = np.stack([x[y == c].mean(0) for c in range(config.num_classes)])
+    guess = np.linalg.norm(_mean_colours(shifted)[:, None] - centroids[None], axis=-1).argmin(1)
+    assert float((guess == drawn).mean()) > 0.9  # the colour follows the drawn class ...
+    assert float((guess == np.array(shifted.targets)).mean()) < 0.4  # ... not the image's class
+    control = PlantedConfig(variant="unconfounded")  # the clean control: its test split is this split
+    assert all(PlantedParts(control, "test").image(i).tobytes() == shifted.image(i).tobytes() for i in range(0, 120, 11))
+    guess = np.linalg.norm(_mean_colours(PlantedParts(control, "train"))[:, None] - centroids[None], axis=-1).argmin(1)
+    assert float((guess == y).mean()) < 0.4  # its training backgrounds do not predict the class either
+    plain = PlantedConfig()
+    assert all(PlantedParts(plain, "deconfounded").image(i).tobytes() == PlantedParts(plain, "test").image(i).tobytes()
+               for i in range(4))
 
 
 def test_twins_variant_draws_two_part_types_alike_and_keeps_classes_apart():

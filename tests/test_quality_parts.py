@@ -158,7 +158,7 @@ def test_evaluate_writes_the_quality_block_and_reads_it_back():
     m = evaluate(model, data, train_set=data, purity_sets={"train": data}, batch_size=16)
     assert m.quality is not None and m.quality == quality_card(model, data)
     saved = json.loads(m.to_json())
-    assert set(saved["quality"]) == {"consistency", "stability", "duplicates", "everywhere", "sensitivity"}
+    assert set(saved["quality"]) == {"consistency", "stability", "duplicates", "everywhere", "sensitivity", "suspects"}
     assert saved["quality"]["consistency"]["per_prototype"]["1"]["part"] == "beak"
     back = Metrics.from_dict(saved)
     assert back.quality == saved["quality"] and back.to_dict() == saved

@@ -14,12 +14,13 @@ import sys
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-from pipnet.cli import convert, demo, evaluate, explain, export, models, predict, refit, report, serve, train  # noqa: E402
+from pipnet.cli import (convert, demo, evaluate, explain, export, models, predict, refit, repair, report, serve,  # noqa: E402
+                        train)
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 _MODULES = {"train": train, "demo": demo, "evaluate": evaluate, "explain": explain, "predict": predict, "refit": refit,
-            "report": report, "convert": convert, "serve": serve, "export": export, "models": models}
+            "repair": repair, "report": report, "convert": convert, "serve": serve, "export": export, "models": models}
 #: Each command and what it does (``pipnet --help``).
 COMMANDS = {name: module.DESCRIPTION for name, module in _MODULES.items()}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -25,7 +25,9 @@ class PlantedConfig:
         variant: what is planted besides the parts, to give prototype-quality metrics known answers:
             ``standard`` (the parts only), ``colour`` (classes 0 and 1 differ only in the colour of their
             parts), ``shortcut`` (the background is tinted with a colour set by the class: a deliberate
-            shortcut) or ``twins`` (two part types are drawn identically). See ``pipnet.data.planted``.
+            shortcut), ``unconfounded`` (the same tints drawn at random, independently of the class: the
+            shortcut's clean control) or ``twins`` (two part types are drawn identically). See
+            ``pipnet.data.planted``.
     """
 
     num_classes: int = 6
@@ -39,7 +41,7 @@ class PlantedConfig:
     seed: int = 0
     size: int = 96
     multi_images: int = 24
-    variant: Literal["standard", "colour", "shortcut", "twins"] = "standard"
+    variant: Literal["standard", "colour", "shortcut", "unconfounded", "twins"] = "standard"
 
 
 @dataclass

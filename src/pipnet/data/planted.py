@@ -8,7 +8,9 @@ prototype purity and part localisation have known answers.
 
 Image ``i`` of a split is a pure function of ``(seed, split, i)``: nothing is stored on disk, and the same
 seed gives the same images byte for byte. Splits: ``train``, ``test``, ``ood`` (background and distractors
-only) and ``multi`` (the parts of two classes in one image, for multi-object explanations).
+only), ``multi`` (the parts of two classes in one image, for multi-object explanations) and ``deconfounded``
+(the ``test`` images with the ``shortcut`` variant's background colour drawn at random, independently of the
+class; the same images as ``test`` in every other variant).
 
 Variants (``PlantedConfig.variant``) plant one more known fact, so that metrics of prototype quality have
 certain answers; every variant draws the same random numbers as ``standard``, so image ``i`` keeps its layout:
@@ -18,6 +20,13 @@ certain answers; every variant draws the same random numbers as ``standard``, so
   with the shape and texture of a part of class 0 and a new saturated colour (``part_styles``).
 - ``shortcut``: the background of each image is mixed 30:70 with a muted colour set by its class
   (``class_background``), so the background alone predicts the class; ``ood`` images keep plain backgrounds.
+  In the ``deconfounded`` split the colour is that of a class drawn uniformly at random from a separate
+  random stream (``deconfounded_background_class``), so the background carries no information about the
+  class and a model that learnt the shortcut is caught out.
+- ``unconfounded``: the shortcut's clean control: every split's background is tinted as in ``shortcut`` with
+  the colour of a class drawn at random (``deconfounded_background_class``), so a model trained on it sees the
+  same kind of images without the shortcut; its ``test`` split is the ``shortcut`` variant's ``deconfounded``
+  split byte for byte.
 - ``twins``: two part types are drawn identically (``twin_part_types``), chosen so that every class still
   looks different from every other.
 """
@@ -48,13 +57,15 @@ __all__ = [
     "part_styles",
     "twin_part_types",
     "class_background",
+    "deconfounded_background_class",
     "part_type_style",
     "class_part_types",
     "generate_image",
 ]
 
-Split = Literal["train", "test", "ood", "multi"]
-_SPLIT_CODES = {"train": 0, "test": 1, "ood": 2, "multi": 3}
+Split = Literal["train", "test", "ood", "multi", "deconfounded"]
+_SPLIT_CODES = {"train": 0, "test": 1, "ood": 2, "multi": 3, "deconfounded": 1}  # deconfounded: test's layouts
+_BACKGROUND_STREAM = 4  # the deconfounded split's own random stream for the background class
 
 SHAPES = ("disc", "square", "triangle", "cross", "bullseye", "diamond", "star", "bar")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -70,7 +81,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 TEXTURES = ("solid", "striped")
 _DISTRACTOR_SHAPES = ("disc", "square", "triangle", "diamond", "hexagon", "star")
 _MAX_PART_TYPES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
-_VARIANTS = ("standard", "colour", "shortcut", "twins")
+_VARIANTS = ("standard", "colour", "shortcut", "unconfounded", "twins")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,7 +193,7 @@ def _hue_distance(a: str, b: str) -> float:
 def part_styles(config: PlantedConfig) -> list[tuple[str, str, str]]:
     """(shape, colour, texture) of every part type under ``config.variant``.
 
-    ``standard`` and ``shortcut``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
+    ``standard``, ``shortcut`` and ``unconfounded``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
     style of type ``a``. ``colour``: the types of class 1 that class 0 lacks are paired, in sorted order, with
     the types of class 0 that class 1 lacks; each takes its partner's shape and texture and, of the saturated
     colours (not white) that no other type has with that shape and texture, the one whose hue is farthest
@@ -213,6 +224,15 @@ def class_background(config: PlantedConfig, label: int) -> tuple[int, int, int]:
     colour wheel at HSV saturation 0.5 and value 0.6 (muted: less saturated than any part colour)."""
     r, g, b = colorsys.hsv_to_rgb(label / config.num_classes, 0.5, 0.6)
     return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
+
+
+def deconfounded_background_class(config: PlantedConfig, split: str, index: int) -> int:
+    """The class whose background colour image ``index`` of ``split`` gets where the colour is drawn at random
+    (the ``deconfounded`` split, every split of the ``unconfounded`` variant): uniform over the classes, from a
+    random stream of its own (``[seed, 4, split code, index]``, the ``deconfounded`` split using ``test``'s code),
+    so it is independent of the image's class and the image's layout is unchanged."""
+    stream = [config.seed, _BACKGROUND_STREAM, _SPLIT_CODES[split], index]
+    return int(np.random.default_rng(stream).integers(config.num_classes))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,7 +322,7 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
 
     Args:
         config: the data set's settings.
-        split: ``train``, ``test``, ``ood`` or ``multi``.
+        split: ``train``, ``test``, ``ood``, ``multi`` or ``deconfounded``.
         index: the image's index in its split.
         combos: ``class_part_types(config)``, passed in to avoid recomputing it per image.
         styles: ``part_styles(config)``, likewise.
@@ -317,8 +337,10 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
     parts = [t for c in classes for t in combos[c]]
     parts = [parts[j] for j in rng.permutation(len(parts))]
     img = _background(rng, size, d)
-    if config.variant == "shortcut" and classes:  # tinted, not redrawn: the same random numbers as standard
-        tint = Image.new("RGB", img.size, class_background(config, classes[0]))
+    if config.variant in ("shortcut", "unconfounded") and classes:  # tinted, not redrawn: standard's random numbers
+        random_tint = split == "deconfounded" or config.variant == "unconfounded"
+        shown = deconfounded_background_class(config, split, index) if random_tint else classes[0]
+        tint = Image.new("RGB", img.size, class_background(config, shown))
         img = Image.blend(img, tint, 0.7)
 
     placed: list[tuple[float, float, float]] = []
@@ -369,7 +391,7 @@ class PlantedParts(Dataset):
 
     Args:
         config: the data set's settings.
-        split: ``train``, ``test``, ``ood`` or ``multi``.
+        split: ``train``, ``test``, ``ood``, ``multi`` or ``deconfounded`` (as many images as ``test``).
     """
 
     def __init__(self, config: PlantedConfig, split: Split) -> None:
@@ -384,6 +406,7 @@ class PlantedParts(Dataset):
         self._length = {
             "train": config.num_classes * config.train_per_class,
             "test": config.num_classes * config.test_per_class,
+            "deconfounded": config.num_classes * config.test_per_class,
             "ood": config.ood_images,
             "multi": config.multi_images,
         }[split]

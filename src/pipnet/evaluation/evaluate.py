@@ -442,6 +442,10 @@ def quality_rows(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
         chance = dup.get("params", {}).get("chance")
         chance = f" (chance share {chance:.2f})" if isinstance(chance, float) and not math.isnan(chance) else ""
         rows.append(("duplicate pairs (train)", f"{dup['count']}{chance}" + (f": {shown}" if dup["count"] else "")))
+    if quality.get("suspects") is not None:
+        from pipnet.evaluation.shortcuts import suspect_rows
+
+        rows += suspect_rows(quality["suspects"])
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The three losses of PIP-Net (spec section 3; paper Eq. 1-3).
+"""The three losses of PIP-Net (spec section 3; paper Eq. 1-3), and the two terms of a shortcut repair.
 
 Each is a small pure function. The training step combines them with per-phase weights
 (``pipnet.train.phases``).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["alignment_loss", "classification_loss", "output_logits", "tanh_loss"]
+__all__ = ["alignment_loss", "classification_loss", "forbid_loss", "output_logits", "remember_loss", "tanh_loss"]
 
 
 def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,47 @@ def classification_loss(
         multiplier: the exponent m.
     """
     return F.nll_loss(F.log_softmax(output_logits(scores, multiplier), dim=1), labels)
+
+
+def forbid_loss(maps: torch.Tensor, forbidden: torch.Tensor, live: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L_F = -mean over forbidden cells of log(1 - sum_{p in live} a_p + eps): no live prototype at a forbidden patch.
+
+    The repair's forbid term (after ProtoPDebug's forbid loss, Bontempelli et al., ICLR 2023, for PIP-Net's
+    softmax maps). At every latent cell the presences sum to 1 over the prototypes, so a patch cannot answer
+    "nothing": the loss moves its mass from the live prototypes (the forbidden ones and every one the model
+    uses) to the others, which the re-fitted scoring sheet then leaves at weight 0. The log keeps the gradient
+    alive as the live mass nears 1, where the softmax's own gradient vanishes.
+
+    Args:
+        maps: (B, P, h, w) prototype maps, softmax over P.
+        forbidden: (B, h, w) bool, the forbidden cells.
+        live: (P,) bool, the prototypes that must not respond there.
+        eps: keeps the log finite when the live mass is 1.
+
+    Returns:
+        A scalar; 0 (with a gradient path) when no cell is forbidden.
+    """
+    mass = (maps * live.to(maps.dtype)[None, :, None, None]).sum(dim=1)  # (B, h, w) live mass per cell
+    cells = forbidden.to(maps.dtype)
+    return -(torch.log((1 - mass).clamp(min=0) + eps) * cells).sum() / cells.sum().clamp(min=1)
+
+
+def remember_loss(maps: torch.Tensor, kept: torch.Tensor, cells: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L_R = -mean over remembered (prototype, cell) pairs of log(a_k + eps): the kept prototypes keep responding.
+
+    The repair's remember term: at the cells where the unrepaired model's kept prototype k was present (a
+    fixed target computed once, so the term pulls towards what the model knew rather than what it drifts to),
+    its presence a_k stays near 1.
+
+    Args:
+        maps: (B, P, h, w) prototype maps, softmax over P.
+        kept: (K,) long, the kept prototypes.
+        cells: (B, K, h, w) bool, where each kept prototype must keep responding.
+        eps: keeps the log finite.
+
+    Returns:
+        A scalar; 0 (with a gradient path) when no pair is given.
+    """
+    a = maps[:, kept]  # (B, K, h, w)
+    weight = cells.to(maps.dtype)
+    return -(torch.log(a + eps) * weight).sum() / weight.sum().clamp(min=1)

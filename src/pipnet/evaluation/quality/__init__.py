@@ -9,7 +9,9 @@
   (:mod:`pipnet.evaluation.quality.overlap`);
 - ``sensitivity``: how much each one's presence drops on its top images when the hue, contrast,
   saturation, texture or shape of the image is changed (after Nauta et al. 2021:
-  :mod:`pipnet.evaluation.quality.sensitivity`); :func:`pipnet.evaluation.quality.verdict.verdicts` turns the block into words.
+  :mod:`pipnet.evaluation.quality.sensitivity`); :func:`pipnet.evaluation.quality.verdict.verdicts` turns the block into words;
+- ``suspects``: every used prototype's shortcut evidence, most suspicious first
+  (:func:`pipnet.evaluation.shortcuts.find_suspects`; two more passes over the data set, three with masks).
 
 Like :func:`pipnet.evaluation.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
@@ -73,6 +75,7 @@ def quality_card(
     k: int = 10,
     sensitivity: bool = True,
     sensitivity_k: int = SENSITIVITY_K,
+    suspects: bool = True,
 ) -> dict[str, Any]:
     """The ``quality`` block of ``metrics.json`` for the used prototypes of ``model`` on ``dataset``.
 
@@ -89,10 +92,12 @@ def quality_card(
         k: top images per prototype, when the projection is computed here.
         sensitivity: measure the ``sensitivity`` block.
         sensitivity_k: the first this many top images of each prototype are perturbed.
+        suspects: list the shortcut suspects (the ``suspects`` block).
 
     Returns:
-        ``{"consistency", "stability", "duplicates", "everywhere", "sensitivity"}`` (see the module docstring;
-        no ``sensitivity`` with ``sensitivity=False``, None when the inputs are not RGB images); NaN marks
+        ``{"consistency", "stability", "duplicates", "everywhere", "sensitivity", "suspects"}`` (see the module
+        docstring; no ``sensitivity`` with ``sensitivity=False`` and no ``suspects`` with ``suspects=False``, each
+        None when the inputs are not RGB images); NaN marks
         undefined numbers (``null`` in JSON).
     """
     if projection is None:
@@ -120,6 +125,13 @@ def quality_card(
             top = {p: images[:sensitivity_k] for p, images in top_images(projection, used).items()}
             card["sensitivity"] = prototype_sensitivity(model, dataset, top, device=device, batch_size=batch_size,
                                                         progress=progress)
+    if suspects:
+        from pipnet.evaluation.shortcuts import find_suspects
+
+        card["suspects"] = None
+        if len(dataset) and can_perturb(tuple(dataset[0][0].shape)):  # type: ignore[arg-type]
+            found = find_suspects(model, dataset, quality=card, batch_size=batch_size, device=device)
+            card["suspects"] = [s.to_dict() for s in found]
     return card
 
 

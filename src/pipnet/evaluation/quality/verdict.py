@@ -7,8 +7,8 @@ computed here beyond formatting and the thresholds the blocks themselves record;
 or null (older ``metrics.json`` files have no ``quality``; data without part keypoints has no consistency
 or stability) simply adds no line.
 
-Lines come in a fixed order, the most telling first: present everywhere, duplicate, consistency,
-stability, then what the prototype looks at (sensitivity).
+Lines come in a fixed order, the most telling first: shortcut suspect, present everywhere, duplicate,
+consistency, stability, then what the prototype looks at (sensitivity).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def verdicts(quality: Mapping[str, Any] | None, *, num_classes: int | None = Non
 
     def add(prototype: Any, line: str) -> None:
         lines.setdefault(int(prototype), []).append(line)
+
+    for entry in quality.get("suspects") or []:  # the same bar as the suspect list's (SUSPICION_FLAG)
+        score = _number((entry or {}).get("score"))
+        if score is not None and score >= 0.5 and entry.get("prototype") is not None:
+            add(entry["prototype"], f"shortcut suspect (score {score:.2f}): " + "; ".join(entry.get("reasons") or []))
 
     everywhere = (quality.get("everywhere") or {}).get("prototypes") or {}
     for p, entry in everywhere.items():
