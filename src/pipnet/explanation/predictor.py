@@ -1,9 +1,9 @@
 """The one owner of a saved model's decisions: class, scores, evidence and one verdict, the same at every door.
 
 A [Predictor][pipnet.Predictor] holds the model, its input transform and normalisation, the precision it
-scores in and the model folder's stored detectors. ``pipnet predict``, ``pipnet explain``, the web page,
+scores in and the model folder's stored detectors. `pipnet predict`, `pipnet explain`, the web page,
 the report and [pipnet.predict][pipnet.predict] all ask it, so for the same image they give the same class,
-the same verdict (``known``, ``unknown`` or ``abstained``) and the same sentence.
+the same verdict (`known`, `unknown` or `abstained`) and the same sentence.
 
 The precision is fp32 unless asked otherwise (or unless the detectors were set in another precision on
 request): the detectors are fitted on fp32 scores, which every CPU and GPU reproduce to rounding, so a
@@ -40,7 +40,7 @@ class Decision:
     """What the model decides about one image.
 
     Args:
-        explanation: the class scores and their evidence (:class:`pipnet.explanation.explain.ImageExplanation`).
+        explanation: the class scores and their evidence (`pipnet.explanation.explain.ImageExplanation`).
         verdict: known, unknown or abstained, with its reason.
     """
 
@@ -67,9 +67,9 @@ class Predictor:
     Args:
         model: the PIP-Net (put in eval mode; never changed).
         detectors: the stored detectors and the folder's choice.
-        detector: ``auto`` (the folder's choice), ``knn`` or ``paper``.
-        precision: ``auto`` (the precision the deciding detector was set in: fp32 unless asked otherwise),
-            ``fp32``, ``bf16`` or ``fp16``.
+        detector: `auto` (the folder's choice), `knn` or `paper`.
+        precision: `auto` (the precision the deciding detector was set in: fp32 unless asked otherwise),
+            `fp32`, `bf16` or `fp16`.
         device: where to run.
 
     Examples:
@@ -96,11 +96,11 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, device: torch.device | str | None = "auto", precision: str = "auto",
              detector: str = "auto") -> Predictor:
-        """The model saved in ``folder`` with its stored detectors.
+        """The model saved in `folder` with its stored detectors.
 
         Args:
-            folder: a model folder (``model.safetensors``, ``config.json`` and its detectors' files).
-            device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+            folder: a model folder (`model.safetensors`, `config.json` and its detectors' files).
+            device: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
             precision: see the class.
             detector: see the class.
 
@@ -121,12 +121,12 @@ class Predictor:
 
     @property
     def normalization(self):
-        """The input normalisation the model expects (its ``config.json``)."""
+        """The input normalisation the model expects (its `config.json`)."""
         return self.model.normalization
 
     def decide(self, x: torch.Tensor, *, image_ids: Sequence[str] | None = None, top: int = 3,
                box: str = "patch") -> list[Decision]:
-        """Decisions on a batch of model inputs ``x`` (B, 3, S, S) (made with :attr:`transform`)."""
+        """Decisions on a batch of model inputs `x` (B, 3, S, S) (made with `transform`)."""
         if len(x) == 0:
             return []
         x = x.to(self.device)

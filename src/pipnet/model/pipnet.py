@@ -50,7 +50,7 @@ class NonNegativeLinear(nn.Module):
 
 
 def _autocasting(device: torch.device) -> bool:
-    """Whether autocast is on for ``device`` now (torch >= 2.4 takes the device type; older: CPU or CUDA)."""
+    """Whether autocast is on for `device` now (torch >= 2.4 takes the device type; older: CPU or CUDA)."""
     try:
         return torch.is_autocast_enabled(device.type)
     except TypeError:  # torch < 2.4
@@ -102,7 +102,7 @@ class PIPNet(Pretrained, nn.Module):
     def classifier_input(self, maps: torch.Tensor, inference: bool = False) -> torch.Tensor:
         """The presence the classifier sees: (B, P, h, w) -> (B, P).
 
-        Training: :meth:`raw_presence`. Inference: the same with presence < 0.1 set to 0 (spec section 1).
+        Training: [`raw_presence`][pipnet.PIPNet.raw_presence]. Inference: the same with presence < 0.1 set to 0 (spec section 1).
         """
         presence = self.raw_presence(maps)  # (B, P)
         if inference:
@@ -124,8 +124,8 @@ class PIPNet(Pretrained, nn.Module):
     def predict(self, x: torch.Tensor) -> PIPNetOutput:
         """Inference forward: presence < 0.1 is set to 0 before the classifier.
 
-        ``presence`` is that clamped presence (as the published model returns it); the raw presence is
-        ``raw_presence(out.maps)``.
+        `presence` is that clamped presence (as the published model returns it); the raw presence is
+        `raw_presence(out.maps)`.
         """
         return self.forward_head(self.prototype_maps(self.forward_features(x)), inference=True)
 
@@ -185,7 +185,7 @@ def prototype_log_odds(logits: torch.Tensor) -> torch.Tensor:
     prototype, its others are summed relative to the second largest logit. P = 1 gives +inf.
 
     Args:
-        logits: (B, P, h, w) the add-on's output (:meth:`PIPNet.prototype_logits`).
+        logits: (B, P, h, w) the add-on's output ([`PIPNet.prototype_logits`][pipnet.PIPNet.prototype_logits]).
 
     Returns:
         (B, P, h, w) log-odds, in the logits' dtype.

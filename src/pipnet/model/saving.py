@@ -1,7 +1,7 @@
-"""Saving and loading a PIP-Net: ``model.safetensors`` + ``config.json`` (the release format), checked on load.
+"""Saving and loading a PIP-Net: `model.safetensors` + `config.json` (the release format), checked on load.
 
-:class:`Pretrained` gives the model class ``save_pretrained`` and ``from_pretrained``; loading refuses, with a
-:class:`ModelLoadError` that names what is wrong, a missing file, a config key it does not know or of the
+`Pretrained` gives the model class `save_pretrained` and `from_pretrained`; loading refuses, with a
+[`ModelLoadError`][pipnet.ModelLoadError] that names what is wrong, a missing file, a config key it does not know or of the
 wrong type, and weights that do not fit the architecture.
 """
 
@@ -30,12 +30,12 @@ class ModelLoadError(ValueError):
 
 
 class Pretrained:
-    """``save_pretrained`` / ``from_pretrained`` for a module built from a :class:`PIPNetConfig` (``self.config``)."""
+    """`save_pretrained` / `from_pretrained` for a module built from a [`PIPNetConfig`][pipnet.PIPNetConfig] (`self.config`)."""
 
     config: PIPNetConfig
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created if needed)."""
+        """Write `model.safetensors` + `config.json` to `directory` (created if needed)."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
@@ -55,7 +55,7 @@ class Pretrained:
 
     @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, map_location: str | torch.device = "cpu") -> T:
-        """Load a model written by :meth:`save_pretrained`."""
+        """Load a model written by [`save_pretrained`][pipnet.PIPNet.save_pretrained]."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -78,7 +78,7 @@ class Pretrained:
 
 
 def _checked_config(raw: Any, path: Path) -> PIPNetConfig:
-    """A ``PIPNetConfig`` from a parsed config.json, or a ``ModelLoadError`` naming the key that is wrong."""
+    """A `PIPNetConfig` from a parsed config.json, or a `ModelLoadError` naming the key that is wrong."""
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path} is not a JSON object of PIPNetConfig fields")
     fields = PIPNetConfig.__dataclass_fields__

@@ -1,10 +1,10 @@
 """The training loop of PIP-Net (spec section 4; supplementary Algorithm 1).
 
-One loop reads the schedule declared in :mod:`pipnet.train.phases`: for every epoch it takes the plan's
+One loop reads the schedule declared in `pipnet.train.phases`: for every epoch it takes the plan's
 data and batch size, sets which parameter groups train, builds the stage's optimisers when a stage
-starts, runs :func:`~pipnet.train.step.train_step` on every batch, evaluates when the plan says so,
+starts, runs `train_step` on every batch, evaluates when the plan says so,
 logs a CSV row and writes a resumable checkpoint. After the last epoch, prototypes never present on the
-projection set are pruned and the model is saved as ``model.safetensors`` + ``config.json``.
+projection set are pruned and the model is saved as `model.safetensors` + `config.json`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class TrainResult:
 
 
 def uses_channels_last(config: TrainConfig) -> bool:
-    """``runtime.channels_last``, with ``auto`` = on for ResNet backbones (where it measured faster)."""
+    """`runtime.channels_last`, with `auto` = on for ResNet backbones (where it measured faster)."""
     setting = config.runtime.channels_last
     if setting == "auto":
         return config.model.backbone.removeprefix("timm/").startswith("resnet")
@@ -75,7 +75,7 @@ def uses_channels_last(config: TrainConfig) -> bool:
 
 
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``--runtime.device`` (:func:`pipnet.evaluation.inference.choose_device`), on this process's own GPU under DDP."""
+    """`--runtime.device` ([`pipnet.evaluation.inference.choose_device`][pipnet.evaluation.inference.choose_device]), on this process's own GPU under DDP."""
     device = choose_device(name)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -93,7 +93,7 @@ def run_epoch(
     info: DistInfo,
     scaler: torch.amp.GradScaler | None,
 ) -> dict[str, float]:
-    """Train for one epoch (one :func:`~pipnet.train.step.train_step` per batch); returns the epoch means
+    """Train for one epoch (one `train_step` per batch); returns the epoch means
     of the loss parts, the train accuracy (when the plan has a classification loss) and the step count."""
     model.train()
     rt = config.runtime
@@ -164,18 +164,18 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     """Train a PIP-Net as the config says, writing everything to a run folder.
 
     Args:
-        config: the run's configuration (``config.resume`` continues an earlier run from its folder, with
+        config: the run's configuration (`config.resume` continues an earlier run from its folder, with
             the settings of its config.yaml).
-        data: optional pre-built data (otherwise built from ``config.data``).
-        resume_runtime: with ``config.resume``: runtime options to change for the rest of the run, only
-            those of ``RESUME_RUNTIME`` (device, workers, progress...: they do not change results).
+        data: optional pre-built data (otherwise built from `config.data`).
+        resume_runtime: with `config.resume`: runtime options to change for the rest of the run, only
+            those of `RESUME_RUNTIME` (device, workers, progress...: they do not change results).
     """
     rt = config.runtime
     info = init_distributed(choose_device(rt.device).type)
     resuming = bool(config.resume)
     if resuming:
         run = TrainingRun.resume(config.resume)
-        config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
+        config = run.config  # the resumed run's own settings (its `resume` field is cleared)
         for name, value in (resume_runtime or {}).items():
             if name not in RESUME_RUNTIME:
                 raise ValueError(f"runtime.{name} cannot change on resume (only {', '.join(RESUME_RUNTIME)})")
@@ -331,7 +331,7 @@ def _save_detectors(directory: Path, model: PIPNet, data: DataBundle, config: Tr
 
 
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:
-    """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
+    """Copy a loaded model's architecture into `config.model` (a resumed run rebuilds it from there)."""
     m = model.config
     config.model.backbone, config.model.num_features, config.model.bias = m.backbone, m.num_features, m.bias
     config.model.backbone_kwargs = dict(m.backbone_kwargs)
@@ -339,7 +339,7 @@ def _describe_model(config: TrainConfig, model: PIPNet) -> None:
 
 
 def _tensorboard(path: Path):
-    """A TensorBoard writer logging to RUN/tensorboard (needs the ``tensorboard`` extra)."""
+    """A TensorBoard writer logging to RUN/tensorboard (needs the `tensorboard` extra)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
