@@ -25,8 +25,8 @@ def build_parser():
     parser.add_argument("--ood", action="append", default=[], metavar="DIR",
                         help="an image folder to use as an out-of-distribution set (repeat for several)")
     parser.add_argument("--protocol", choices=["default", "paper"], default=None,
-                        help="default (spec section 6) or paper (the published OoD rule and purity conventions, "
-                             "spec section 10); default: the run's own protocol, else default")
+                        help="default (the paper's text) or paper (the OoD rule and purity conventions of the published "
+                             "code); default: the run's own protocol, else default")
     parser.add_argument("--parts", type=bool, default=True, help="compute prototype purity when the data has part keypoints")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")

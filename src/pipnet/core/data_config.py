@@ -61,8 +61,8 @@ class DataConfig:
         ood: extra image folders used as out-of-distribution sets in evaluation.
         masks: `folder` source only: a folder of object masks laid out like `root`
             (`masks/<split>/<class>/<stem>.png`, 255 = object) for the `on_object` metric.
-        balanced: class-balanced sampling for pretraining and classification (spec section 10.6, the
-            authors' advice for imbalanced and two-class data): each epoch draws as many images as the
+        balanced: class-balanced sampling for pretraining and classification (as the published code
+            samples, on the authors' advice for imbalanced and two-class data): each epoch draws as many images as the
             training set holds, with replacement, each with weight 1 / (size of its class).
         planted: settings of the planted-parts data set.
     """

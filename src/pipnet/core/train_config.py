@@ -2,7 +2,7 @@
 
 YAML presets (`configs/*.yaml`) load into [`TrainConfig`][pipnet.core.train_config.TrainConfig], command-line flags override them
 (jsonargparse does the merging), and the resolved config is saved as `config.yaml` in every run folder.
-Defaults are the paper's (spec section 4).
+Defaults are the paper's (supplementary Sec. 1.1 and Algorithm 1).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ModelOptions:
             stride 1) or `dilate` (the same grid by dilated convs, which keeps what the pretrained later
             layers learnt: efficientnet_lite0 and resnet50/101/152; `pipnet.model.backbones`). Recorded in the
             model's config.json.
-        init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
+        init: start from a saved PIP-Net instead (as the published code allows): a model folder, a run folder (its
             final model, else its `pretrained/` one) or an official checkpoint file (then `backbone`
             names its backbone). Its architecture replaces the options above; a classifier that looks
             untrained is re-initialised. With `schedule.epochs_pretrain 0` pretraining is skipped and
@@ -181,8 +181,8 @@ class TrainConfig:
         out: the run folder (default: a new folder under `./runs`).
         resume: continue the run in this folder from its last completed epoch, with its own settings
             (only the runtime options in `RESUME_RUNTIME`, which do not change results, may be changed).
-        protocol: `default` (spec sections 4-7) or `paper`: how the published numbers were made (spec
-            section 10): one extra soft-threshold step per test batch after every classification epoch
+        protocol: `default` (the paper's text) or `paper`: how the published code made the published
+            numbers: one extra soft-threshold step per test batch after every classification epoch
             (and after the final pruning) plus one before classification epochs 30, 60, ... and the last,
             the published OoD rule and purity conventions in evaluation, nearest-neighbour location
             augmentation, and the larger PETS resize / crop.

@@ -1,4 +1,4 @@
-"""The two-view augmentation of PIP-Net (spec section 5), the plain evaluation transform, and the input
+"""The two-view augmentation of PIP-Net (paper supplementary Sec. 1.3), the plain evaluation transform, and the input
 normalisation both end with (`Normalization`: the per-channel mean and std a backbone's weights were
 trained with; ImageNet's unless given, which is what the paper's backbones expect).
 
@@ -133,7 +133,7 @@ class TwoViewTransform:
         preset: augmentation preset; `cars` widens the colour ops, `grayscale` makes images gray.
         delta: T1 first resizes to (S + delta) x (S + delta); 8 for CUB classification, else 32.
         crop_margin: T1's random resized crop is (S + crop_margin) square, so the views shift by up to
-            that many pixels: 4 (spec section 5), 8 for PETS under the paper protocol.
+            that many pixels: 4 (paper supplementary Sec. 1.3), 8 for PETS under the paper protocol.
         location_interpolation: `bilinear` (default) or `nearest` (the published code, spec 10.5)
             for the location TrivialAugment.
         normalization: the backbone's input normalisation (ImageNet's by default).

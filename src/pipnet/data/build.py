@@ -54,7 +54,7 @@ class DataBundle:
     part_names: list[str] = field(default_factory=list)
 
     def purity_sets(self) -> dict[str, Dataset]:
-        """The sets prototype purity is measured on (spec section 6, "train and test projection sets"):
+        """The sets prototype purity is measured on (paper supplementary Sec. 1.4, "train and test projection sets"):
         `{"train": projection, "test": test_projection, else test}` when the images have part keypoints,
         else {}. Training and `pipnet evaluate` both take them from here."""
         return self._projection_sets() if self.num_parts > 0 else {}
@@ -73,7 +73,7 @@ def _eval(base: ImageSource, config: DataConfig, norm: Normalization) -> EvalDat
     return EvalDataset(base, config.image_size, config.preset, norm)
 
 
-# The published augmentation (spec section 10.5): nearest-neighbour location ops; PETS resizes to S + 48
+# The published augmentation (Faithfulness page, 'The published code', item 5): nearest-neighbour location ops; PETS resizes to S + 48
 # and crops S + 8 (PETS_PAPER = (delta, crop margin)).
 PETS_PAPER = (48, 8)
 
@@ -205,7 +205,7 @@ def build_data(config: DataConfig, protocol: str = "default", *, normalization: 
     Args:
         config: the source (`auto`: see `resolve_source`), its folder, the input size S, the
             augmentation preset and the split settings.
-        protocol: `paper` gives the published augmentation (spec section 10.5): nearest-neighbour
+        protocol: `paper` gives the published augmentation (Faithfulness page, 'The published code', item 5): nearest-neighbour
             location ops, and for the `pets` preset a resize to S + 48 and a crop to S + 8.
         normalization: the input normalisation of every set: the backbone's (`PIPNet.normalization`;
             `pipnet.evaluation.inference.build_model_data` passes a model's). ImageNet's by default.

@@ -1,4 +1,4 @@
-"""Evaluate a PIP-Net: accuracy, sparsity, explanation sizes, OoD detection, purity (spec section 6).
+"""Evaluate a PIP-Net: accuracy, sparsity, explanation sizes, OoD detection, purity (the paper's metrics).
 
 [`evaluate`][pipnet.evaluation.evaluate.evaluate] is a pure function: it runs under `torch.inference_mode()` in eval mode, restores the
 model's training flags, never changes a weight (unlike the published code, which sparsified the model on
@@ -6,21 +6,21 @@ every test batch), and returns a frozen [`Metrics`][pipnet.evaluation.evaluate.M
 
 Two protocols (`protocol=`), recorded in the metrics:
 
-- `default` (spec section 6): OoD thresholds on the scores of `model.predict` (presence < 0.1 set to
+- `default` (the paper's text): OoD thresholds on the scores of `model.predict` (presence < 0.1 set to
   0) by the per-class ceil rule of `pipnet.evaluation.metrics.ood_thresholds`; purity of the prototypes with a
   weight > 1e-3, with the faithful boxes of `pipnet.model.patches.patch_boxes` and a half-open keypoint test.
-- `paper` (spec section 10, how the published numbers were made): OoD thresholds and FPR on the
+- `paper` (how the published code made the published numbers): OoD thresholds and FPR on the
   unclamped training-time scores by `pipnet.evaluation.metrics.ood_thresholds_paper` (5th percentile, then the
   x0.999 loop), AUROC on the same scores; purity of the prototypes with a weight > 1e-5, with
   `pipnet.model.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
 
 Both report purity with the paper's denominator (per part, over the images that show it) under
 `purity` and the stricter all-patches variant under `purity_all_patches`. The published
-evaluation's weight decrements (spec section 10.1) are not done here: evaluation never changes the model;
+evaluation's weight decrements (Faithfulness page, 'The published code', item 1) are not done here: evaluation never changes the model;
 training under the `paper` protocol applies them as an explicit step of its loop.
 
 Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
-projection pass per purity set. With a training set, the prototype report card (`quality`, issue #16:
+projection pass per purity set. With a training set, the prototype report card (`quality`:
 [`pipnet.evaluation.quality.quality_card`][pipnet.evaluation.quality.quality_card]) reuses that set's projection and adds one noisy pass for stability.
 """
 
@@ -50,7 +50,7 @@ __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_
 OOD_TPR = 0.95
 PURITY_PRESENCE = 0.5
 PROTOCOLS = ("default", "paper")
-# A prototype enters purity when some class weight exceeds this (spec sections 1 and 10.3).
+# A prototype enters purity when some class weight exceeds this (1e-3 in the paper's text; 1e-5 in the published code).
 PURITY_WEIGHT = {"default": 1e-3, "paper": 1e-5}
 
 
@@ -273,7 +273,7 @@ def evaluate(
     protocol: str = "default",
     quality: bool = True,
 ) -> Metrics:
-    """Measure a trained PIP-Net (spec section 6) without changing it.
+    """Measure a trained PIP-Net (the paper's metrics) without changing it.
 
     Args:
         model: the PIP-Net.

@@ -1,8 +1,8 @@
-"""Evaluation metrics of PIP-Net as pure functions on tensors (spec section 6).
+"""Evaluation metrics of PIP-Net as pure functions on tensors (Faithfulness page, 'Evaluation').
 
 Nothing here sees a model: scores, presences, weights and boxes go in, numbers come out. Conventions:
 
-- An image *abstains* when all its class scores are 0 (spec section 1); its prediction is -1 and it is never
+- An image *abstains* when all its class scores are 0 (as in the paper); its prediction is -1 and it is never
   counted correct. Otherwise the prediction is the argmax, ties going to the lower class index.
 - Weights are used as the classifier uses them, relu(W); a weight is relevant when > 1e-3.
 - Undefined values (a rate with an empty denominator) are NaN.
@@ -161,7 +161,7 @@ def global_explanation_size(weight: torch.Tensor, mask: torch.Tensor | None = No
 def local_explanation_sizes(
     presence: torch.Tensor, weight: torch.Tensor, pred: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image explanation sizes (spec section 6).
+    """Per-image explanation sizes (the paper's local explanation size).
 
     Args:
         presence: (N, P) presence as the classifier used it at inference (p < 0.1 already set to 0).
@@ -185,7 +185,7 @@ def local_explanation_sizes(
 
 
 def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95) -> torch.Tensor:
-    """Per-class score thresholds that keep a fraction `tpr` of in-distribution images (spec section 6).
+    """Per-class score thresholds that keep a fraction `tpr` of in-distribution images (the paper's FPR at 95 % TPR).
 
     For class c with n in-distribution images predicted as c, the threshold is the largest t such that at
     least `tpr` of them have max score >= t: the m-th highest of their scores with m = ceil(tpr * n) (no
@@ -219,7 +219,7 @@ def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: i
 def ood_thresholds_paper(
     max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95
 ) -> torch.Tensor:
-    """Per-class thresholds by the published rule (spec section 10.2), for the unclamped training-time scores.
+    """Per-class thresholds by the published rule (Faithfulness page, 'The published code', item 2), for the unclamped training-time scores.
 
     1. Class c's threshold is the (1 - tpr) percentile, with linear interpolation (`torch.quantile`'s
        default, as numpy's), of the max scores of the in-distribution images predicted as c.
@@ -371,7 +371,7 @@ def purity(
     patch_size: int = PATCH_SIZE,
     closed: bool = False,
 ) -> torch.Tensor:
-    """Purity as the paper computed it (spec sections 6 and 10.3): per part, over images showing the part.
+    """Purity as the paper computed it (supplementary Sec. 1.4; Faithfulness page, 'The published code', item 3): per part, over images showing the part.
 
     For each part, the fraction of the prototype's patches *in images where that part is visible* (has a
     keypoint) that contain it; the prototype's purity is the largest fraction over parts. A part visible

@@ -1,4 +1,4 @@
-"""Projection: each prototype's most typical image patches over a data set (paper Fig. 4; spec sections 4, 6).
+"""Projection: each prototype's most typical image patches over a data set (paper Fig. 4).
 
 One batched pass over the data keeps, for every prototype, its top-k images in memory O(P * k). A
 prototype's patch in an image is the argmax cell of its map there (its presence p is the max over cells),
@@ -192,7 +192,7 @@ def project(
 def prune_unused_prototypes(model: PIPNet, projection: Projection, threshold: float = PRESENCE_THRESHOLD) -> list[int]:
     """Zero all classifier weights of prototypes whose top-k presence never exceeds `threshold`.
 
-    The last step of training (spec section 4, "After training"), run on a projection of the training
+    The last step of training (paper supplementary Sec. 1.1), run on a projection of the training
     images without augmentation. Unlike evaluation, this changes the model.
 
     Args:

@@ -1,4 +1,4 @@
-"""Per-class out-of-distribution thresholds, kept with the model as `thresholds.json` (spec section 6).
+"""Per-class out-of-distribution thresholds, kept with the model as `thresholds.json` (the paper's out-of-distribution detection).
 
 Evaluation measures OoD detection with one score threshold per class (`pipnet.evaluation.metrics.ood_thresholds`:
 the largest t that keeps a fraction `tpr` of the in-distribution images predicted as the class at a max

@@ -1,4 +1,4 @@
-"""Explanations as data (spec sections 1, 7, 8; paper Figure 3).
+"""Explanations as data (paper Figs. 2 and 3).
 
 PIP-Net's score for a class is a sum over prototypes: score_c = sum_p p_p * relu(W)_cp (+ b_c). An explanation
 lists the terms of that sum that are not zero, each with where the prototype was found (the argmax cell of its
@@ -122,7 +122,7 @@ def explain(
         images: (B, 3, S, S) model inputs, normalised as in training.
         top_classes: how many of the highest-scoring classes to explain per image.
         image_ids: one name per image (default: "0", "1", ...).
-        box: "patch" maps the argmax cell to the faithful 32x32 patch (spec section 7); "heatmap" (option)
+        box: "patch" maps the argmax cell to the faithful 32x32 patch (paper supplementary Sec. 1.2); "heatmap" (option)
             boxes the region where the upsampled prototype map exceeds `heatmap_threshold` of its maximum.
         heatmap_threshold: see `box`.
         inference: use `model.predict` (presence < 0.1 zeroed, as deployed) or the training forward.

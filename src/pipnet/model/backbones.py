@@ -1,7 +1,7 @@
-"""Backbones of PIP-Net: a registry of named builders (spec section 2).
+"""Backbones of PIP-Net: a registry of named builders (Faithfulness page, 'Backbones').
 
 Every builder returns a `Backbone`: a module whose `forward` gives the feature map z (B, D, h, w)
-and which knows its parameter groups (`to_train` / `to_freeze` / `backbone`, spec section 4). The
+and which knows its parameter groups (`to_train` / `to_freeze` / `backbone`, paper supplementary Algorithm 1). The
 module's own parameter names are torchvision's (`conv1.weight`, `layer4.2.bn3.running_var`,
 `features.7.2.layer_scale`), so the authors' checkpoints load without renaming.
 
@@ -15,7 +15,7 @@ weights' transforms say so) and the iNaturalist ResNet50, [-1, 1] (mean = std = 
 EfficientNet-Lite0 weights (timm's `tf_efficientnet_lite0` config says so), and timm's pretrained config
 for `timm/<name>`. A model records it in its config (`PIPNet.normalization`).
 
-The grid (spec section 2): PIP-Net needs a finer latent grid than an ImageNet network's last stage. Two
+The grid (Faithfulness page, 'Backbones'): PIP-Net needs a finer latent grid than an ImageNet network's last stage. Two
 named ways to get it (`grid`): `stride` (the paper's: the late stride-2 convolutions get stride 1, so
 the later layers see a wider, differently scaled input than they were trained on) and `dilate` (the same
 grid by replacing those strides with dilated convolutions, as in DeepLab, so every later layer sees the
@@ -52,7 +52,7 @@ class BackboneError(ValueError):
 
 @dataclass(frozen=True)
 class ParameterGroups:
-    """Names of the three trainable backbone groups of spec section 4 (lists of parameter-name prefixes)."""
+    """Names of the three trainable backbone groups of the paper's training (supplementary Algorithm 1; lists of parameter-name prefixes)."""
 
     to_train: tuple[str, ...]
     to_freeze: tuple[str, ...]

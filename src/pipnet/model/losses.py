@@ -1,4 +1,4 @@
-"""The three losses of PIP-Net (spec section 3; paper Eq. 1-3).
+"""The three losses of PIP-Net (paper Eq. 1-3).
 
 Each is a small pure function. The training step combines them with per-phase weights
 (`pipnet.train.phases`).

@@ -1,4 +1,4 @@
-"""Where a latent cell is in the image: grid cell -> pixel box (spec section 7), heat maps and their boxes.
+"""Where a latent cell is in the image: grid cell -> pixel box (paper supplementary Sec. 1.2), heat maps and their boxes.
 
 Every box is `(top, bottom, left, right)` in pixels of the model's input, half-open like a slice:
 `image[..., top:bottom, left:right]` is the patch, and a point (x, y) lies inside when
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 PATCH_SIZE = 32  # every latent cell corresponds to a 32x32 patch of a 224x224 image (supplement 1.2)
-CONVNEXT_GRID = (26, 26)  # the grid whose outer cells get the shifted mapping (spec section 7)
+CONVNEXT_GRID = (26, 26)  # the grid whose outer cells get the shifted mapping (paper supplementary Sec. 1.2)
 CONVNEXT_OFFSET = 4
 
 Box = tuple[int, int, int, int]
@@ -81,7 +81,7 @@ def patch_boxes(
 def patch_boxes_paper(
     cells: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int], patch_size: int = PATCH_SIZE
 ) -> torch.Tensor:
-    """The image boxes of the published code (spec section 10.4): never longer than `patch_size`.
+    """The image boxes of the published code (Faithfulness page, 'The published code', item 4): never longer than `patch_size`.
 
     As `patch_boxes`, except that a box reaching the image border (the last row / column always
     does) is the last `patch_size` pixels, [S - 32, S): 192..224 for the last cell at 224 on both the
@@ -109,7 +109,7 @@ def patch_boxes_paper(
 def patch_box(
     i: int, j: int, grid_h: int, grid_w: int, image_size: int | tuple[int, int], patch_size: int = PATCH_SIZE
 ) -> Box:
-    """The faithful image box `(top, bottom, left, right)` of latent cell (i, j) (spec section 7).
+    """The faithful image box `(top, bottom, left, right)` of latent cell (i, j) (paper supplementary Sec. 1.2).
 
     Args:
         i: row of the cell, 0 <= i < grid_h.

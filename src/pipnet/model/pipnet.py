@@ -1,4 +1,4 @@
-"""The PIP-Net model (spec section 1; Nauta et al., CVPR 2023, Fig. 2).
+"""The PIP-Net model (Nauta et al., CVPR 2023, Fig. 2).
 
     image x (B,3,H,W) -> backbone f -> z (B,D,h,w) -> add-on -> maps (B,P,h,w), softmax over P
       -> max over h,w -> presence p (B,P) in [0,1] -> non-negative linear layer -> scores (B,C)
@@ -22,7 +22,7 @@ from pipnet.model.saving import Pretrained
 __all__ = ["PRESENCE_THRESHOLD", "RELEVANCE_THRESHOLD", "NonNegativeLinear", "PIPNet", "PIPNetOutput",
            "output_probabilities", "prototype_log_odds"]
 
-PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
+PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (as in the paper)
 RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
 
 
@@ -102,7 +102,7 @@ class PIPNet(Pretrained, nn.Module):
     def classifier_input(self, maps: torch.Tensor, inference: bool = False) -> torch.Tensor:
         """The presence the classifier sees: (B, P, h, w) -> (B, P).
 
-        Training: [`raw_presence`][pipnet.PIPNet.raw_presence]. Inference: the same with presence < 0.1 set to 0 (spec section 1).
+        Training: [`raw_presence`][pipnet.PIPNet.raw_presence]. Inference: the same with presence < 0.1 set to 0 (as in the paper).
         """
         presence = self.raw_presence(maps)  # (B, P)
         if inference:

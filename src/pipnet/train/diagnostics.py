@@ -3,7 +3,7 @@
 `diagnose` is a pure function from the history rows (`history.csv`), the run's config and its
 metrics (`metrics.json`) to a list of `Finding`: each a level, a sentence with the numbers, and the
 numbers themselves. The training log prints them at the end of a run and the HTML report shows them. The
-checks come from what went wrong on small real-photo sets (issue 14):
+checks come from what went wrong on small real-photo sets:
 
 - `steps`: classification steps and the soft threshold's total decrement (steps x 1e-3) against the
   paper's CUB run (60 epochs x 94 steps x 1e-3 = 5.64): with a few hundred images the decrement is tiny
@@ -25,7 +25,7 @@ from pipnet.train.phases import classification_rows
 
 __all__ = ["Finding", "PAPER_DECREMENT", "classification_steps", "diagnose"]
 
-# The paper's CUB run (spec sections 4 and 8): 60 classification epochs of ceil(5994 / 64) = 94 steps.
+# The paper's CUB run (paper supplementary Sec. 1.1): 60 classification epochs of ceil(5994 / 64) = 94 steps.
 PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH = 60, 94
 PAPER_DECREMENT = PAPER_EPOCHS * PAPER_STEPS_PER_EPOCH * 1e-3  # 5.64
 
@@ -34,7 +34,7 @@ SATURATED_SHARE = 0.5  # warn when half the used prototypes or more are saturate
 RISING = 0.02  # train accuracy gained over the last epochs that counts as "still rising"
 RISING_WINDOW = 3  # epochs compared: the last 3 against the 3 before them
 OOD_FPR = 0.3  # FPR95 above this: the natural photos are not rejected
-ON_OBJECT_MARGIN = 0.2  # on-object share less than this above chance: prototypes barely prefer the object (issue 14)
+ON_OBJECT_MARGIN = 0.2  # on-object share less than this above chance: prototypes barely prefer the object
 
 Level = Literal["ok", "warning", "info"]
 

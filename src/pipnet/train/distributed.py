@@ -83,7 +83,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
     The shuffle is `torch.randperm(n, generator)`, drawn when iteration starts, with the generator every
     process seeds alike, so the global batches are those of a single process with the same seed (as
     `shuffle=True, drop_last=True` draws them) whatever the number of processes. With `weights`
-    (class-balanced sampling, spec section 10.6) the order is instead `n` draws with replacement,
+    (class-balanced sampling, as in the published code) the order is instead `n` draws with replacement,
     `torch.multinomial(weights, n, replacement=True, generator)`, from the same shared generator.
 
     Args:

@@ -1,4 +1,4 @@
-"""The training loop of PIP-Net (spec section 4; supplementary Algorithm 1).
+"""The training loop of PIP-Net (paper supplementary Sec. 1.1 and Algorithm 1).
 
 One loop reads the schedule declared in `pipnet.train.phases`: for every epoch it takes the plan's
 data and batch size, sets which parameter groups train, builds the stage's optimisers when a stage

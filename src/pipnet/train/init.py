@@ -1,4 +1,4 @@
-"""Starting a run from a saved PIP-Net (spec section 10.7): `--model.init PATH`.
+"""Starting a run from a saved PIP-Net (as the published code allows): `--model.init PATH`.
 
 PATH is a model folder (`model.safetensors` + `config.json`), a run folder (its final model, or its
 `pretrained/` model when the run has not finished), or an official checkpoint file of the authors.

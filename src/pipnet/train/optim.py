@@ -1,4 +1,4 @@
-"""Optimisers, parameter groups and the classifier's sparsification (spec section 4).
+"""Optimisers, parameter groups and the classifier's sparsification (paper supplementary Sec. 1.1).
 
 AdamW per stage with the paper's groups and learning rates, the cosine schedules, and the soft threshold
 applied after every classification step (with the hard threshold as a named option).
@@ -90,7 +90,7 @@ def sparsify_amount(config: TrainConfig, iters: int) -> float:
 
 
 def make_stage_optim(model: PIPNet, plan: EpochPlan, config: TrainConfig, iters: int) -> StageOptim:
-    """Fresh AdamW optimisers and cosine schedules for the stage that `plan` starts (spec section 4).
+    """Fresh AdamW optimisers and cosine schedules for the stage that `plan` starts (paper supplementary Sec. 1.1).
 
     The net's cosine schedule spans the stage's `plan.stage_epochs x iters` steps and ends at 1/100 of
     `plan.net_lr_floor`; the classifier gets warm restarts (period 5, or 10 beyond 30 epochs) when

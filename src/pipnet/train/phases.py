@@ -1,4 +1,4 @@
-"""The training schedule as data (spec section 4).
+"""The training schedule as data (paper supplementary Sec. 1.1 and Algorithm 1).
 
 Every epoch of a run is one `EpochPlan`: which stage it belongs to, which data and batch size it
 reads, which parameter groups train, the loss weights, and whether it sparsifies the classifier, steps

@@ -1,9 +1,9 @@
-"""The published training trajectory's extra soft-threshold steps (spec section 10.1), as explicit steps.
+"""The published training trajectory's extra soft-threshold steps (Faithfulness page, 'The published code', item 1), as explicit steps.
 
 The published code evaluated the model on the test set after every classification epoch, and that
 evaluation subtracted 1e-3 (clamped at 0) from every classifier weight once per test batch; it did so
 again in the evaluation after the final pruning, and once more before the classification epochs numbered
-30, 60, ... (every multiple of 30) and the last one. The published numbers (spec section 9) include
+30, 60, ... (every multiple of 30) and the last one. The published numbers (paper Tables 1-3) include
 those steps. Here evaluation never changes the model: under `protocol: paper` the training loop takes
 the same steps itself, counted from the test set's batch count, and logs them in `history.csv`
 (`sparsify_steps`, `decrement_total`). The epoch's test accuracy is then measured once, after all of
@@ -11,7 +11,7 @@ its steps (the published evaluation scored test batch b after b + 1 of them), an
 `metrics.json` include the steps after the final pruning.
 
 Also here: the published code stepped the classifier's warm-restart schedule with the fractional epoch
-*before* each step (spec section 10.9), so its second step still used the initial rate.
+*before* each step (Faithfulness page, 'The published code', item 9), so its second step still used the initial rate.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def decrement_per_step(config: TrainConfig, optim: StageOptim | None) -> float:
 
 
 def paper_extra_steps(config: TrainConfig, plan: EpochPlan, num_test: int) -> tuple[int, int]:
-    """Soft-threshold steps the `paper` protocol adds before and after this epoch (spec section 10.1)."""
+    """Soft-threshold steps the `paper` protocol adds before and after this epoch (Faithfulness page, 'The published code', item 1)."""
     if config.protocol != "paper":
         return 0, 0
     return steps_before_epoch(plan, config.schedule.epochs), steps_after_epoch(plan, num_test, config.schedule.batch_size)

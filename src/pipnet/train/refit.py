@@ -2,7 +2,7 @@
 
 Switching a prototype off (`PIPNet.disable_prototypes`) removes its evidence, and the classes that relied on
 it lose score. [`refit`][pipnet.train.refit.refit] re-fits the classifier W (C, P) to what is left, the way the classification
-phase trains it (spec sections 3-4): the loss L_C = NLL(log_softmax(log(out^m + 1))) on the training-time
+phase trains it (paper supplementary Sec. 1.1): the loss L_C = NLL(log_softmax(log(out^m + 1))) on the training-time
 presence (no 0.1 cut), AdamW without weight decay, and after every step the soft threshold
 W <- max(W - 1e-3, 0) (bias kept >= 0), so the sheet stays non-negative and sparse. The backbone and the
 prototypes do not change, so the presences of the training images are computed once (one batched pass) and
@@ -46,7 +46,7 @@ __all__ = [
     "sheet_accuracy",
 ]
 
-SOFT_THRESHOLD = 1e-3  # the faithful per-step subtraction (spec section 4)
+SOFT_THRESHOLD = 1e-3  # the faithful per-step subtraction (paper supplementary Sec. 1.1)
 
 
 @dataclass(frozen=True, eq=False)

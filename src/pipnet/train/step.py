@@ -1,4 +1,4 @@
-"""One training step of PIP-Net (spec section 4): forward both views, the weighted losses, the update.
+"""One training step of PIP-Net (paper supplementary Algorithm 1): forward both views, the weighted losses, the update.
 
 `train_step` is the step the training loop, the benchmarks and `benchmarks/gpu_check.py` run:
 forward under the run's precision, `training_step_losses` (a dict with `loss` and its parts, as

@@ -1,4 +1,4 @@
-"""A report card for the prototypes: does each used prototype mean something? (issue #16)
+"""A report card for the prototypes: does each used prototype mean something?
 
 [`quality_card`][pipnet.evaluation.quality.quality_card] measures, on a labelled data set, the `quality` block of `metrics.json`:
 

@@ -3,7 +3,7 @@
 Every function takes data (an [`ImageExplanation`][pipnet.explanation.explain.ImageExplanation], a
 [`Projection`][pipnet.evaluation.projection.Projection], a training history) and returns a new image; nothing is computed
 with the model here. Patches are cropped from the data set's untransformed originals (`raw_image(i)`),
-the model-input box scaled to the original's size (spec section 7), so they keep their full resolution
+the model-input box scaled to the original's size (paper supplementary Sec. 1.2), so they keep their full resolution
 whatever the original's shape or colour mode.
 """
 
