@@ -73,11 +73,20 @@ class Predictor:
         device: where to run.
 
     Examples:
-        >>> from pipnet import Predictor
-        >>> predictor = Predictor.load("runs/demo")  # doctest: +SKIP
-        >>> decision = predictor.decide_image(Image.open("photo.jpg"))  # doctest: +SKIP
-        >>> decision.verdict.kind, decision.verdict.sentence  # doctest: +SKIP
-        ('known', 'known: circle (score 3.210); distance 0.012 <= 0.016 ...')
+        A model folder (here an untrained one; a trained run's folder also holds the detectors that call
+        an image unknown) and a verdict on one image:
+
+        >>> from PIL import Image
+        >>> import pipnet
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, image_size=64,
+        ...                             class_names=["cat", "dog"])
+        >>> _ = model.save_pretrained("my-model")
+        >>> predictor = pipnet.Predictor.load("my-model", device="cpu")
+        >>> decision = predictor.decide_image(Image.new("RGB", (320, 240), "orange"))
+        >>> decision.predicted_class in {"cat", "dog"}, decision.verdict.kind
+        (True, 'known')
+        >>> decision.verdict.sentence  # doctest: +ELLIPSIS
+        'known: ... (score ...); this model folder stores no detector, so no image is called unknown'
     """
 
     def __init__(self, model: PIPNet, detectors: StoredDetectors | None = None, *, detector: str = "auto",
@@ -106,6 +115,13 @@ class Predictor:
 
         Raises:
             ModelLoadError: the folder is not a saved model, or a detector asked for is not stored.
+
+        Examples:
+            >>> import pipnet
+            >>> _ = pipnet.create_model("resnet18", num_classes=2, num_features=4).save_pretrained("my-model")
+            >>> predictor = pipnet.Predictor.load("my-model", device="cpu")
+            >>> predictor.precision, predictor.detector is None  # fp32; no detector stored in this folder
+            ('fp32', True)
         """
         model = PIPNet.from_pretrained(folder)
         predictor = cls(model, load_detectors(folder, model), detector=detector, precision=precision, device=device)
@@ -143,5 +159,23 @@ class Predictor:
         return self.decide(torch.stack([self.transform(im) for im in images]), image_ids=image_ids, top=top, box=box)
 
     def decide_image(self, image: Image.Image, *, image_id: str | None = None, top: int = 3, box: str = "patch") -> Decision:
-        """The decision on one PIL image."""
+        """The decision on one PIL image.
+
+        Args:
+            image: any size and mode; the model's transform resizes and normalises it.
+            image_id: a name for the image in the explanation.
+            top: classes listed.
+            box: `patch` (the prototype's image patch) or `heatmap`.
+
+        Examples:
+            >>> from PIL import Image
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+            >>> _ = model.save_pretrained("my-model")
+            >>> decision = pipnet.Predictor.load("my-model", device="cpu").decide_image(Image.new("RGB", (64, 48)))
+            >>> [c.class_name for c in decision.explanation.top_classes] in (["cat", "dog"], ["dog", "cat"])
+            True
+            >>> decision.to_dict()["verdict"]["kind"]
+            'known'
+        """
         return self.decide_images([image], image_ids=[image_id] if image_id else None, top=top, box=box)[0]

@@ -38,6 +38,18 @@ def create_model(
         preset: the data preset the model is trained with (recorded; decides its inputs' colour handling).
         grid: `stride` (the paper's) or `dilate`: how the backbone reaches its grid (`pipnet.model.backbones`).
         **backbone_kwargs: passed to the backbone builder (e.g. `output_stride=16` for timm models).
+
+    Examples:
+        A ResNet-18 with random weights and 4 prototypes (an add-on conv) for two classes:
+
+        >>> import torch
+        >>> import pipnet
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, image_size=64).eval()
+        >>> model.num_prototypes
+        4
+        >>> out = model.predict(torch.rand(1, 3, 64, 64))
+        >>> out.maps.shape, out.presence.shape, out.scores.shape
+        (torch.Size([1, 4, 8, 8]), torch.Size([1, 4]), torch.Size([1, 2]))
     """
     config = PIPNetConfig(
         backbone=backbone,

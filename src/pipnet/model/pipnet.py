@@ -126,6 +126,24 @@ class PIPNet(Pretrained, nn.Module):
 
         `presence` is that clamped presence (as the published model returns it); the raw presence is
         `raw_presence(out.maps)`.
+
+        Args:
+            x: (B, 3, S, S) normalised images.
+
+        Returns:
+            A [`PIPNetOutput`][pipnet.PIPNetOutput]: `maps` (B, P, h, w), `presence` (B, P) and class
+            `scores` (B, C), all non-negative.
+
+        Examples:
+            >>> import torch
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=3, num_features=4, image_size=64).eval()
+            >>> with torch.inference_mode():
+            ...     out = model.predict(torch.rand(2, 3, 64, 64))
+            >>> out.scores.shape
+            torch.Size([2, 3])
+            >>> bool((out.presence == 0).logical_or(out.presence >= 0.1).all())  # below 0.1 counts as absent
+            True
         """
         return self.forward_head(self.prototype_maps(self.forward_features(x)), inference=True)
 

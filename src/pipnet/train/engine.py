@@ -169,6 +169,34 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
         data: optional pre-built data (otherwise built from `config.data`).
         resume_runtime: with `config.resume`: runtime options to change for the rest of the run, only
             those of `RESUME_RUNTIME` (device, workers, progress...: they do not change results).
+
+    Returns:
+        The run folder, the trained model, its metrics, the data and the per-epoch history.
+
+    Examples:
+        A few epochs on the built-in planted-parts data (no files, no download) with a tiny test network;
+        for real work, a preset read with `pipnet.core.train_config.load_config` and your own images:
+
+        >>> from pipnet.core.data_config import DataConfig, PlantedConfig
+        >>> from pipnet.core.train_config import ModelOptions, RuntimeConfig, ScheduleConfig
+        >>> from pipnet.train import TrainConfig, train
+        >>> config = TrainConfig(
+        ...     out="runs/tiny",
+        ...     model=ModelOptions(backbone="timm/test_convnext", pretrained=False, num_features=8),
+        ...     data=DataConfig(image_size=32, planted=PlantedConfig(
+        ...         num_classes=3, train_per_class=8, test_per_class=2, ood_images=0, multi_images=0, size=32)),
+        ...     schedule=ScheduleConfig(epochs_pretrain=1, epochs=2, freeze_epochs=1, classifier_only_epochs=1,
+        ...                             batch_size_pretrain=8, batch_size=8),
+        ...     runtime=RuntimeConfig(device="cpu", progress=False),
+        ... )
+        >>> result = train(config)
+        >>> len(result.history), len(result.model.config.class_names)
+        (3, 3)
+        >>> (result.run_dir / "model.safetensors").is_file(), 0 <= result.metrics.top1_accuracy <= 1
+        (True, True)
+        >>> import pipnet
+        >>> pipnet.Predictor.load(result.run_dir, device="cpu").detector.name  # the run stores its detectors
+        'knn'
     """
     rt = config.runtime
     info = init_distributed(choose_device(rt.device).type)

@@ -187,9 +187,22 @@ def predict(
         One [`Prediction`][pipnet.Prediction] per input, in order (files that cannot be read have `error` set).
 
     Examples:
+        A folder of photos through a saved model (here an untrained one), one row per file:
+
+        >>> from pathlib import Path
+        >>> from PIL import Image
         >>> import pipnet
-        >>> rows = pipnet.predict("runs/demo", ["photo.jpg"])  # doctest: +SKIP
-        >>> rows[0].verdict, rows[0].sentence  # doctest: +SKIP
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+        >>> _ = model.save_pretrained("my-model")
+        >>> Path("photos").mkdir()
+        >>> Image.new("RGB", (320, 240), "orange").save("photos/a.jpg")
+        >>> Path("photos/notes.jpg").write_text("not an image")
+        12
+        >>> rows = pipnet.predict("my-model", ["photos"], device="cpu")
+        >>> [(Path(r.path).name, r.verdict) for r in rows]
+        [('a.jpg', 'known'), ('notes.jpg', None)]
+        >>> rows[1].error  # doctest: +ELLIPSIS
+        '...'
     """
     if isinstance(model, PIPNet):
         predictor = Predictor(model, device=None)
