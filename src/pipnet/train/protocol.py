@@ -1,8 +1,9 @@
-"""The published training trajectory's extra soft-threshold steps (Faithfulness page, 'The published code', item 1), as explicit steps.
+"""The published training trajectory's extra soft-threshold steps, as explicit steps.
 
-The published code evaluated the model on the test set after every classification epoch, and that
-evaluation subtracted 1e-3 (clamped at 0) from every classifier weight once per test batch; it did so
-again in the evaluation after the final pruning, and once more before the classification epochs numbered
+(Item 1 of 'The published code' on the Faithfulness page.) The published code evaluated the model on the
+test set after every classification epoch, and that evaluation subtracted 1e-3 (clamped at 0) from every
+classifier weight once per test batch; it did so again in the evaluation after the final pruning, and once
+more before the classification epochs numbered
 30, 60, ... (every multiple of 30) and the last one. The published numbers (paper Tables 1-3) include
 those steps. Here evaluation never changes the model: under `protocol: paper` the training loop takes
 the same steps itself, counted from the test set's batch count, and logs them in `history.csv`
