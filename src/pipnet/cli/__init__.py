@@ -1,8 +1,8 @@
-"""The ``pipnet`` command: one module per subcommand, each a thin call into the library.
+"""The `pipnet` command: one module per subcommand, each a thin call into the library.
 
-Every module has ``DESCRIPTION``, ``build_parser()`` (the shared argument groups of
-[pipnet.cli.common][] plus its own) and ``main(argv)``. Known failures (bad data, bad files, bad models)
-end with one clear ``error:`` line and exit status 2, never a traceback.
+Every module has `DESCRIPTION`, `build_parser()` (the shared argument groups of
+[pipnet.cli.common][] plus its own) and `main(argv)`. Known failures (bad data, bad files, bad models)
+end with one clear `error:` line and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 _MODULES = {"train": train, "demo": demo, "evaluate": evaluate, "explain": explain, "predict": predict, "refit": refit,
             "repair": repair, "report": report, "convert": convert, "serve": serve, "export": export, "models": models}
-#: Each command and what it does (``pipnet --help``).
+#: Each command and what it does (`pipnet --help`).
 COMMANDS = {name: module.DESCRIPTION for name, module in _MODULES.items()}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -42,13 +42,13 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser(command: str):
-    """The argument parser of ``pipnet COMMAND``, built without running the command.
+    """The argument parser of `pipnet COMMAND`, built without running the command.
 
-    The documentation renders its CLI reference from these parsers' ``--help`` and checks every
-    ``pipnet COMMAND --flag`` it shows against them.
+    The documentation renders its CLI reference from these parsers' `--help` and checks every
+    `pipnet COMMAND --flag` it shows against them.
 
     Args:
-        command: a subcommand name, one of ``COMMANDS``.
+        command: a subcommand name, one of `COMMANDS`.
     """
     if command not in _MODULES:
         raise KeyError(f"unknown command {command!r}; the commands are {', '.join(COMMANDS)}")
@@ -62,7 +62,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pipnet COMMAND ...``; returns the exit status (0, 2 for a known error, 130 when interrupted)."""
+    """Run `pipnet COMMAND ...`; returns the exit status (0, 2 for a known error, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage() + "\n")

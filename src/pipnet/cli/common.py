@@ -1,8 +1,8 @@
-"""What the commands share: argument groups (``parents=``), their help texts, and writing one result line.
+"""What the commands share: argument groups (`parents=`), their help texts, and writing one result line.
 
-Each command module builds its parser from these groups, so ``--device`` or ``--precision`` reads the same in
-every ``--help``, and calls the library once (torchvision's ``references/``: ``get_args_parser()`` +
-``main(args)``).
+Each command module builds its parser from these groups, so `--device` or `--precision` reads the same in
+every `--help`, and calls the library once (torchvision's `references/`: `get_args_parser()` +
+`main(args)`).
 """
 
 from __future__ import annotations
@@ -32,35 +32,35 @@ def model_args() -> argparse.ArgumentParser:
 
 
 def device_args() -> argparse.ArgumentParser:
-    """``--device``."""
+    """`--device`."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
 
 
 def progress_args() -> argparse.ArgumentParser:
-    """``--no-progress``."""
+    """`--no-progress`."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def training_precision_args() -> argparse.ArgumentParser:
-    """``--precision`` of a command that trains."""
+    """`--precision` of a command that trains."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return parser
 
 
 def detector_choices() -> tuple[tuple[str, ...], str]:
-    """``--detector``'s choices and help (the library's, which the web page's parser uses too)."""
+    """`--detector`'s choices and help (the library's, which the web page's parser uses too)."""
     from pipnet.evaluation.detectors import CHOICES, CHOICES_HELP
 
     return CHOICES, CHOICES_HELP
 
 
 def verdict_args() -> argparse.ArgumentParser:
-    """``--precision`` and ``--detector`` of a command that gives a saved model's verdicts."""
+    """`--precision` and `--detector` of a command that gives a saved model's verdicts."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     choices, help_text = detector_choices()
@@ -69,14 +69,14 @@ def verdict_args() -> argparse.ArgumentParser:
 
 
 def inference_precision_args() -> argparse.ArgumentParser:
-    """``--precision`` of a command that computes scores of a saved model but gives no verdict."""
+    """`--precision` of a command that computes scores of a saved model but gives no verdict."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     return parser
 
 
 def command_parser(name: str, description: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The parser of ``pipnet NAME`` over the shared groups ``parents``."""
+    """The parser of `pipnet NAME` over the shared groups `parents`."""
     return argparse.ArgumentParser(prog=f"pipnet {name}", description=description, parents=list(parents))
 
 
@@ -87,7 +87,7 @@ def out(line: str = "") -> None:
 
 
 def resolve_precision(requested: str, device, model_dir: str | None = None) -> str:
-    """``--precision`` resolved for ``device`` and the model folder (``auto``: the precision its deciding
+    """`--precision` resolved for `device` and the model folder (`auto`: the precision its deciding
     detector was set in, fp32 without one); logged once, with why."""
     from pipnet.core.precision import resolve_inference_precision
     from pipnet.evaluation.detectors import load_detectors
@@ -103,7 +103,7 @@ def resolve_precision(requested: str, device, model_dir: str | None = None) -> s
 
 @contextlib.contextmanager
 def inference_precision(requested: str, device, model_dir: str | None = None):
-    """Run the block's inference passes in the resolved ``--precision``."""
+    """Run the block's inference passes in the resolved `--precision`."""
     from pipnet.core.precision import inference_precision as block
 
     with block(resolve_precision(requested, device, model_dir)) as precision:

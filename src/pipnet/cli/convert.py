@@ -1,4 +1,4 @@
-"""``pipnet convert``: an official PIP-Net checkpoint into this project's model folder."""
+"""`pipnet convert`: an official PIP-Net checkpoint into this project's model folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ DESCRIPTION = "convert an official PIP-Net checkpoint to this project's format"
 
 
 def build_parser():
-    """The parser of ``pipnet convert``."""
+    """The parser of `pipnet convert`."""
     parser = command_parser("convert", DESCRIPTION)
     parser.add_argument("checkpoint", help="the authors' checkpoint file (e.g. net_trained_last)")
     parser.add_argument("--backbone", required=True, help="the backbone it was trained with, e.g. convnext_tiny_26")

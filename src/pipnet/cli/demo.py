@@ -1,4 +1,4 @@
-"""``pipnet demo``: generate the planted-parts data, train, evaluate and write a report, offline."""
+"""`pipnet demo`: generate the planted-parts data, train, evaluate and write a report, offline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ INTERRUPTED = "run pipnet demo again"
 
 
 def build_parser():
-    """The parser of ``pipnet demo``."""
+    """The parser of `pipnet demo`."""
     parser = command_parser("demo", DESCRIPTION, progress_args(), training_precision_args(), device_args())
     parser.add_argument("--out", help="run folder to write (default: a new folder under ./runs)")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")

@@ -1,4 +1,4 @@
-"""``pipnet evaluate``: the metrics of a saved model, and the detectors stored beside it."""
+"""`pipnet evaluate`: the metrics of a saved model, and the detectors stored beside it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DESCRIPTION = "accuracy, sparsity, explanation sizes, OoD detection and purity o
 
 
 def build_parser():
-    """The parser of ``pipnet evaluate`` (jsonargparse: ``--data.*`` takes the training data's options)."""
+    """The parser of `pipnet evaluate` (jsonargparse: `--data.*` takes the training data's options)."""
     from jsonargparse import ArgumentParser
 
     from pipnet.core.data_config import DataConfig
@@ -25,8 +25,8 @@ def build_parser():
     parser.add_argument("--ood", action="append", default=[], metavar="DIR",
                         help="an image folder to use as an out-of-distribution set (repeat for several)")
     parser.add_argument("--protocol", choices=["default", "paper"], default=None,
-                        help="default (spec section 6) or paper (the published OoD rule and purity conventions, "
-                             "spec section 10); default: the run's own protocol, else default")
+                        help="default (the paper's text) or paper (the OoD rule and purity conventions of the published "
+                             "code); default: the run's own protocol, else default")
     parser.add_argument("--parts", type=bool, default=True, help="compute prototype purity when the data has part keypoints")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--out", default=None, help="where to write metrics.json (default: MODEL/evaluation.json)")
@@ -44,8 +44,8 @@ def build_parser():
 
 
 def _data_config_argument(argv: list[str]) -> tuple[list[str], Path | None]:
-    """``--data RUN_OR_CONFIG`` (a run folder or a training config YAML) taken out of ``argv``: its ``data``
-    block is read whole, model settings and all (the ``--data.*`` options stay with the parser)."""
+    """`--data RUN_OR_CONFIG` (a run folder or a training config YAML) taken out of `argv`: its `data`
+    block is read whole, model settings and all (the `--data.*` options stay with the parser)."""
     from pipnet.model.run_folder import config_file
 
     for i, arg in enumerate(argv):
@@ -61,7 +61,7 @@ def _data_config_argument(argv: list[str]) -> tuple[list[str], Path | None]:
 
 
 def _is_training_config(path: Path) -> bool:
-    """Whether ``path`` is a YAML file with a top-level ``data`` block (a run's config.yaml, a training preset)."""
+    """Whether `path` is a YAML file with a top-level `data` block (a run's config.yaml, a training preset)."""
     import yaml
 
     try:

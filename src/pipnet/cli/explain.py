@@ -1,4 +1,4 @@
-"""``pipnet explain``: why a saved model decides what it does about some images (text, PNG and JSON)."""
+"""`pipnet explain`: why a saved model decides what it does about some images (text, PNG and JSON)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ DESCRIPTION = "explain the predictions of a saved model for some images (text, P
 
 
 def build_parser():
-    """The parser of ``pipnet explain``."""
+    """The parser of `pipnet explain`."""
     parser = command_parser("explain", DESCRIPTION, model_args(), verdict_args(), device_args())
     parser.epilog = ("exit status: 0 every image explained, 1 some files could not be read (the others explained), "
                      "2 none could be read or another error")

@@ -1,4 +1,4 @@
-"""``pipnet export``: a saved model as TorchScript or ONNX, checked against PyTorch."""
+"""`pipnet export`: a saved model as TorchScript or ONNX, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ DESCRIPTION = "export a model to TorchScript or ONNX (scores, presence, logits),
 
 
 def build_parser():
-    """The parser of ``pipnet export``."""
+    """The parser of `pipnet export`."""
     parser = command_parser("export", DESCRIPTION, model_args())
     parser.add_argument("--format", choices=["torchscript", "onnx"], required=True,
                         help="torchscript (built in) or onnx (pip install 'pipnet[export]')")

@@ -1,4 +1,4 @@
-"""``pipnet models``: the registered backbones."""
+"""`pipnet models`: the registered backbones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ DESCRIPTION = "list the registered backbones"
 
 
 def build_parser():
-    """The parser of ``pipnet models``."""
+    """The parser of `pipnet models`."""
     return command_parser("models", DESCRIPTION)
 
 

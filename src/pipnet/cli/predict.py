@@ -1,4 +1,4 @@
-"""``pipnet predict``: a table of a saved model's verdicts on files and folders of images."""
+"""`pipnet predict`: a table of a saved model's verdicts on files and folders of images."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ INTERRUPTED = "no table was written (--out keeps its previous file, if any); run
 
 
 def build_parser():
-    """The parser of ``pipnet predict``."""
+    """The parser of `pipnet predict`."""
     parser = command_parser("predict", DESCRIPTION, model_args(), verdict_args(), device_args(), progress_args())
     parser.add_argument("paths", nargs="+", help="image files and folders (folders are walked recursively)")
     parser.add_argument("--out", help="the table to write, refused when it is one of the inputs (default: print to standard output)")

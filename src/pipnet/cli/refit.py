@@ -1,4 +1,4 @@
-"""``pipnet refit``: switch prototypes off and re-fit only the scoring sheet, into a new model folder."""
+"""`pipnet refit`: switch prototypes off and re-fit only the scoring sheet, into a new model folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ INTERRUPTED = "no model folder was written (a refit's folder appears only when c
 
 
 def prototype_list(text: str) -> list[int]:
-    """``12,40`` -> ``[12, 40]`` (an argparse type)."""
+    """`12,40` -> `[12, 40]` (an argparse type)."""
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
@@ -21,7 +21,7 @@ def prototype_list(text: str) -> list[int]:
 
 
 def build_parser():
-    """The parser of ``pipnet refit``."""
+    """The parser of `pipnet refit`."""
     parser = command_parser("refit", DESCRIPTION, model_args(), progress_args(), device_args(), inference_precision_args())
     parser.add_argument("--disable", type=prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
     parser.add_argument("--out", required=True, help="a new folder for the refit model (never overwritten)")

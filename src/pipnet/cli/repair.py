@@ -1,4 +1,4 @@
-"""``pipnet repair``: forbid some prototypes' patches, fine-tune, re-fit the scoring sheet, into a new model folder."""
+"""`pipnet repair`: forbid some prototypes' patches, fine-tune, re-fit the scoring sheet, into a new model folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ INTERRUPTED = "no model folder was written (a repair's folder appears only when 
 
 
 def build_parser():
-    """The parser of ``pipnet repair``."""
+    """The parser of `pipnet repair`."""
     parser = command_parser("repair", DESCRIPTION, model_args(), progress_args(), device_args())
     parser.add_argument("--forbid", type=prototype_list, required=True,
                         help="prototypes whose patches no prototype may answer to any more, e.g. 12,40 (switched off)")

@@ -1,4 +1,4 @@
-"""``pipnet report``: the self-contained HTML report of a run folder."""
+"""`pipnet report`: the self-contained HTML report of a run folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ DESCRIPTION = "write the self-contained HTML report of a run folder"
 
 
 def build_parser():
-    """The parser of ``pipnet report``."""
+    """The parser of `pipnet report`."""
     parser = command_parser("report", DESCRIPTION, progress_args(), verdict_args())
     parser.add_argument("run_dir", help="a finished run folder")
     parser.add_argument("--out", help="path of the HTML file (default: RUN_DIR/report.html)")

@@ -1,4 +1,4 @@
-"""``pipnet serve``: the local web page (needs the ``serve`` extra; the parser lives with the app)."""
+"""`pipnet serve`: the local web page (needs the `serve` extra; the parser lives with the app)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ DESCRIPTION = "a local web page to explore a model and switch prototypes off"
 
 
 def build_parser():
-    """The parser of ``pipnet serve`` (needs the ``serve`` extra)."""
+    """The parser of `pipnet serve` (needs the `serve` extra)."""
     from pipnet.use.serve import serve_parser
 
     return serve_parser()

@@ -1,4 +1,4 @@
-"""``pipnet train``: train a PIP-Net from YAML presets and flags (the config dataclasses are the parser)."""
+"""`pipnet train`: train a PIP-Net from YAML presets and flags (the config dataclasses are the parser)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ INTERRUPTED = "the run continues from its last epoch with pipnet train --resume 
 
 
 def build_parser():
-    """The parser of ``pipnet train`` (jsonargparse, from the config dataclasses), with ``--print-config``."""
+    """The parser of `pipnet train` (jsonargparse, from the config dataclasses), with `--print-config`."""
     from pipnet.core.train_config import config_parser
 
     parser = config_parser()

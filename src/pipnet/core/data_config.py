@@ -1,4 +1,4 @@
-"""Typed configuration of the data (one dataclass per source), read by ``pipnet.data.build_data``."""
+"""Typed configuration of the data (one dataclass per source), read by `pipnet.data.build_data`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Literal
 
 @dataclass
 class PlantedConfig:
-    """The built-in planted-parts data set (``pipnet.data.planted``).
+    """The built-in planted-parts data set (`pipnet.data.planted`).
 
     Args:
-        num_classes: number of classes; each is a fixed combination of ``parts_per_class`` part types.
+        num_classes: number of classes; each is a fixed combination of `parts_per_class` part types.
         num_part_types: size of the shared pool of part types (shapes x textures x colours).
         parts_per_class: part types that define a class.
         train_per_class: training images per class.
@@ -23,11 +23,11 @@ class PlantedConfig:
         size: side in pixels of the generated (square) images, before any transform.
         multi_images: images of the multi-object variant (the parts of two classes in one image).
         variant: what is planted besides the parts, to give prototype-quality metrics known answers:
-            ``standard`` (the parts only), ``colour`` (classes 0 and 1 differ only in the colour of their
-            parts), ``shortcut`` (the background is tinted with a colour set by the class: a deliberate
-            shortcut), ``unconfounded`` (the same tints drawn at random, independently of the class: the
-            shortcut's clean control) or ``twins`` (two part types are drawn identically). See
-            ``pipnet.data.planted``.
+            `standard` (the parts only), `colour` (classes 0 and 1 differ only in the colour of their
+            parts), `shortcut` (the background is tinted with a colour set by the class: a deliberate
+            shortcut), `unconfounded` (the same tints drawn at random, independently of the class: the
+            shortcut's clean control) or `twins` (two part types are drawn identically). See
+            `pipnet.data.planted`.
     """
 
     num_classes: int = 6
@@ -49,22 +49,22 @@ class DataConfig:
     """Where the images come from and how they are augmented.
 
     Args:
-        source: ``auto`` (default: with ``root``, CUB-200-2011's layout or an image-folder tree, detected and
-            logged; without, the built-in planted data), ``planted`` (built in, no files; takes no
-            ``root``), ``folder`` (ImageFolder trees) or ``cub`` (CUB-200-2011).
-        root: the data folder (``folder``: holds ``train/`` and optionally ``test/``, ``projection/``;
-            ``cub``: the extracted ``CUB_200_2011`` folder).
+        source: `auto` (default: with `root`, CUB-200-2011's layout or an image-folder tree, detected and
+            logged; without, the built-in planted data), `planted` (built in, no files; takes no
+            `root`), `folder` (ImageFolder trees) or `cub` (CUB-200-2011).
+        root: the data folder (`folder`: holds `train/` and optionally `test/`, `projection/`;
+            `cub`: the extracted `CUB_200_2011` folder).
         image_size: S, the square input size.
-        preset: augmentation preset: ``default``, ``birds``, ``cars`` (colour ops incl. strong colour and
-            solarize), ``pets`` or ``grayscale``.
-        val_fraction: with no ``test/`` folder, hold out this fraction of ``train/`` (seeded, per class).
+        preset: augmentation preset: `default`, `birds`, `cars` (colour ops incl. strong colour and
+            solarize), `pets` or `grayscale`.
+        val_fraction: with no `test/` folder, hold out this fraction of `train/` (seeded, per class).
         seed: seed of the split.
-        bad_images: ``error`` (stop, naming the file) or ``skip`` (warn, count, and leave it out).
+        bad_images: `error` (stop, naming the file) or `skip` (warn, count, and leave it out).
         ood: extra image folders used as out-of-distribution sets in evaluation.
-        masks: ``folder`` source only: a folder of object masks laid out like ``root``
-            (``masks/<split>/<class>/<stem>.png``, 255 = object) for the ``on_object`` metric.
-        balanced: class-balanced sampling for pretraining and classification (spec section 10.6, the
-            authors' advice for imbalanced and two-class data): each epoch draws as many images as the
+        masks: `folder` source only: a folder of object masks laid out like `root`
+            (`masks/<split>/<class>/<stem>.png`, 255 = object) for the `on_object` metric.
+        balanced: class-balanced sampling for pretraining and classification (as the published code
+            samples, on the authors' advice for imbalanced and two-class data): each epoch draws as many images as the
             training set holds, with replacement, each with weight 1 / (size of its class).
         planted: settings of the planted-parts data set.
     """

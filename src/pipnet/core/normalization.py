@@ -1,7 +1,7 @@
 """The input normalisation of a model: the per-channel mean and std its backbone's weights were trained with.
 
 It lives at the bottom of the package because the model (which records it) and the data (which applies it)
-both need it; ``pipnet.data.augment`` re-exports it.
+both need it; `pipnet.data.augment` re-exports it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Normalization:
     """The input normalisation x = (rgb - mean) / std, rgb in [0, 1], per channel (R, G, B).
 
-    A backbone declares the one its weights were trained with (``pipnet.model.backbones.backbone_normalization``);
-    a saved model records it in its ``config.json`` (``PIPNet.normalization`` owns it from then on).
+    A backbone declares the one its weights were trained with (`pipnet.model.backbones.backbone_normalization`);
+    a saved model records it in its `config.json` (`PIPNet.normalization` owns it from then on).
     """
 
     mean: tuple[float, float, float]
@@ -41,12 +41,12 @@ class Normalization:
         return cls(tuple(mean), tuple(std))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, list[float]]:
-        """``{"mean": [...], "std": [...]}``, as recorded in a model's ``config.json``."""
+        """`{"mean": [...], "std": [...]}`, as recorded in a model's `config.json`."""
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, raw: Any) -> Normalization:
-        """The inverse of :meth:`to_dict`; a ``ValueError`` for anything else."""
+        """The inverse of `to_dict`; a `ValueError` for anything else."""
         if not isinstance(raw, dict) or set(raw) != {"mean", "std"}:
             raise ValueError(f"a normalisation is {{'mean': [r, g, b], 'std': [r, g, b]}}, got {raw!r}")
         try:

@@ -1,19 +1,19 @@
 """Numeric precision: which one a run computes in, decided from what the machine really does natively.
 
-``auto`` (the default of ``pipnet train``, ``pipnet demo``, the shipped configs and the inference commands)
-resolves to ``bf16`` where the hardware computes it natively and to ``fp32`` elsewhere:
+`auto` (the default of `pipnet train`, `pipnet demo`, the shipped configs and the inference commands)
+resolves to `bf16` where the hardware computes it natively and to `fp32` elsewhere:
 
-- CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer).
+- CUDA: `torch.cuda.is_bf16_supported(including_emulation=False)` (Ampere and newer).
 - CPU: the CPU has avx512_bf16 or AMX tiles, *and* the running torch uses them: its kernels were not capped
-  below AVX-512 (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` sets) and oneDNN,
-  which runs the convolutions, was not capped below its bf16 ISA (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``).
+  below AVX-512 (`torch.backends.cpu.get_cpu_capability()`, which `ATEN_CPU_CAPABILITY` sets) and oneDNN,
+  which runs the convolutions, was not capped below its bf16 ISA (`ONEDNN_MAX_CPU_ISA` / `DNNL_MAX_CPU_ISA`).
   Elsewhere bf16 is emulated: measured 3-7x *slower* than fp32 per training step on AVX2-only CPUs
-  (``benchmarks/bench_precision.py``; docs/results).
+  (`benchmarks/bench_precision.py`; docs/results).
 
-Training autocasts the whole step. Inference passes (:func:`pipnet.evaluation.inference.eval_mode`) autocast the
-network under the precision of :func:`inference_precision` (``fp32`` unless a command or a run sets it),
-while the scoring sheet always runs in fp32 (see :class:`pipnet.model.NonNegativeLinear`) and galleries
-(:func:`pipnet.evaluation.projection.project`) always rank in fp32: bf16 logits tie too often for a top-10 that must
+Training autocasts the whole step. Inference passes (`pipnet.evaluation.inference.eval_mode`) autocast the
+network under the precision of `inference_precision` (`fp32` unless a command or a run sets it),
+while the scoring sheet always runs in fp32 (see `pipnet.model.NonNegativeLinear`) and galleries
+([`pipnet.evaluation.projection.project`][pipnet.evaluation.projection.project]) always rank in fp32: bf16 logits tie too often for a top-10 that must
 not depend on image order.
 """
 
@@ -49,8 +49,8 @@ class PrecisionChoice:
     """What a run computes in and why.
 
     Args:
-        precision: ``fp32``, ``bf16`` or ``fp16``: what is used.
-        requested: what was asked for (``auto`` or one of the above).
+        precision: `fp32`, `bf16` or `fp16`: what is used.
+        requested: what was asked for (`auto` or one of the above).
         reason: why, in words (logged once, e.g. "auto: this CPU has no native bf16 ...").
     """
 
@@ -60,7 +60,7 @@ class PrecisionChoice:
 
 
 def native_bf16(device: torch.device | str) -> tuple[bool, str]:
-    """Whether ``device`` computes bf16 natively under the running torch, and what decided it."""
+    """Whether `device` computes bf16 natively under the running torch, and what decided it."""
     device = torch.device(device)
     if device.type == "cuda":
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -85,9 +85,9 @@ _warned: set[str] = set()
 
 
 def resolve_precision(requested: str, device: torch.device | str) -> PrecisionChoice:
-    """Turn ``auto`` / ``fp32`` / ``bf16`` / ``fp16`` into what runs on ``device``.
+    """Turn `auto` / `fp32` / `bf16` / `fp16` into what runs on `device`.
 
-    ``auto`` picks bf16 where it is native (:func:`native_bf16`), else fp32. An explicit ``bf16`` on a device
+    `auto` picks bf16 where it is native (`native_bf16`), else fp32. An explicit `bf16` on a device
     without native support is kept (it still works) with a warning, once per process, naming the slowdown.
 
     Raises:
@@ -110,11 +110,11 @@ def resolve_precision(requested: str, device: torch.device | str) -> PrecisionCh
 
 
 def resolve_inference_precision(requested: str, device: torch.device | str, recorded: str | None) -> PrecisionChoice:
-    """The precision of an inference door for a model whose stored detectors were set on ``recorded`` scores.
+    """The precision of an inference door for a model whose stored detectors were set on `recorded` scores.
 
     A score is compared with a threshold set on scores of the same kind, and bf16 moves scores by about 1-2%,
-    so ``auto`` computes in the precision the detectors were set in: fp32 (the default of their fitting, the
-    scores every CPU and GPU reproduce) for fp32 detectors and for a model without any (``recorded`` None);
+    so `auto` computes in the precision the detectors were set in: fp32 (the default of their fitting, the
+    scores every CPU and GPU reproduce) for fp32 detectors and for a model without any (`recorded` None);
     bf16 or fp16 for detectors set that way on request, where this machine computes it natively (elsewhere
     fp32, saying so). An explicit precision is kept.
     """
@@ -132,7 +132,7 @@ def resolve_inference_precision(requested: str, device: torch.device | str, reco
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``fp16``; for ``fp32``, autocast switched off (also inside an outer bf16 region)."""
+    """Autocast for `bf16`/`fp16`; for `fp32`, autocast switched off (also inside an outer bf16 region)."""
     if precision not in ("fp32", "bf16", "fp16"):
         raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     if device.type not in ("cpu", "cuda"):
@@ -148,14 +148,14 @@ _process_default = ["fp32"]  # what inference uses outside any inference_precisi
 
 
 def current_inference_precision() -> str:
-    """The precision inference passes use now: the innermost :func:`inference_precision` block's, else the
-    process default (``fp32`` unless :func:`set_default_inference_precision` changed it)."""
+    """The precision inference passes use now: the innermost `inference_precision` block's, else the
+    process default (`fp32` unless `set_default_inference_precision` changed it)."""
     return _inference.get(_process_default[0])
 
 
 def set_default_inference_precision(precision: str) -> None:
-    """Set the precision of inference outside any :func:`inference_precision` block, for every thread of the
-    process (a server's worker threads do not inherit a context variable). ``pipnet serve`` uses it."""
+    """Set the precision of inference outside any `inference_precision` block, for every thread of the
+    process (a server's worker threads do not inherit a context variable). `pipnet serve` uses it."""
     if precision not in ("fp32", "bf16", "fp16"):
         raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     _process_default[0] = precision
@@ -164,7 +164,7 @@ def set_default_inference_precision(precision: str) -> None:
 @contextlib.contextmanager
 def inference_precision(precision: str) -> Iterator[str]:
     """Run the inference passes inside this block (evaluate, thresholds, predict, explain, refit's presences)
-    in ``precision`` (already resolved: ``fp32``, ``bf16`` or ``fp16``)."""
+    in `precision` (already resolved: `fp32`, `bf16` or `fp16`)."""
     if precision not in ("fp32", "bf16", "fp16"):
         raise PrecisionError(f"resolve {precision!r} first (pipnet.core.precision.resolve_precision)")
     token = _inference.set(precision)

@@ -1,8 +1,8 @@
 """Typed configuration of a training run: the single source of truth.
 
-YAML presets (``configs/*.yaml``) load into :class:`TrainConfig`, command-line flags override them
-(jsonargparse does the merging), and the resolved config is saved as ``config.yaml`` in every run folder.
-Defaults are the paper's (spec section 4).
+YAML presets (`configs/*.yaml`) load into [`TrainConfig`][pipnet.core.train_config.TrainConfig], command-line flags override them
+(jsonargparse does the merging), and the resolved config is saved as `config.yaml` in every run folder.
+Defaults are the paper's (supplementary Sec. 1.1 and Algorithm 1).
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ class ModelOptions:
     """The model to train.
 
     Args:
-        backbone: a name from ``pipnet.list_models()`` or ``timm/<name>``.
-        pretrained: True for ImageNet weights (offline only for ``efficientnet_lite0``), False for random
+        backbone: a name from `pipnet.list_models()` or `timm/<name>`.
+        pretrained: True for ImageNet weights (offline only for `efficientnet_lite0`), False for random
             weights, or the path of a local weights file.
         num_features: 0 = one prototype per backbone channel (paper); n > 0 = a 1x1 add-on conv to n.
         bias: a non-negative classifier bias (off in the paper).
-        backbone_kwargs: extra arguments for the backbone builder (e.g. ``{output_stride: 16}`` for timm).
-        grid: how the backbone reaches PIP-Net's finer grid: ``stride`` (the paper's: late stride-2 convs get
-            stride 1) or ``dilate`` (the same grid by dilated convs, which keeps what the pretrained later
-            layers learnt: efficientnet_lite0 and resnet50/101/152; ``pipnet.model.backbones``). Recorded in the
+        backbone_kwargs: extra arguments for the backbone builder (e.g. `{output_stride: 16}` for timm).
+        grid: how the backbone reaches PIP-Net's finer grid: `stride` (the paper's: late stride-2 convs get
+            stride 1) or `dilate` (the same grid by dilated convs, which keeps what the pretrained later
+            layers learnt: efficientnet_lite0 and resnet50/101/152; `pipnet.model.backbones`). Recorded in the
             model's config.json.
-        init: start from a saved PIP-Net instead (spec section 10.7): a model folder, a run folder (its
-            final model, else its ``pretrained/`` one) or an official checkpoint file (then ``backbone``
+        init: start from a saved PIP-Net instead (as the published code allows): a model folder, a run folder (its
+            final model, else its `pretrained/` one) or an official checkpoint file (then `backbone`
             names its backbone). Its architecture replaces the options above; a classifier that looks
-            untrained is re-initialised. With ``schedule.epochs_pretrain 0`` pretraining is skipped and
+            untrained is re-initialised. With `schedule.epochs_pretrain 0` pretraining is skipped and
             the classifier-only epochs still run.
     """
 
@@ -52,17 +52,17 @@ class OptimConfig:
 
     Args:
         lr: learning rate of the classifier W (and bias).
-        lr_block: learning rate of the ``to_train`` and ``to_freeze`` backbone groups (add-on: x10).
-        lr_net: learning rate of the ``backbone`` group.
+        lr_block: learning rate of the `to_train` and `to_freeze` backbone groups (add-on: x10).
+        lr_net: learning rate of the `backbone` group.
         weight_decay: AdamW weight decay (0 in the paper).
-        sparsify: ``soft_threshold`` (faithful: W <- max(W - 1e-3, 0) after every classification step)
-            or ``hard_threshold`` (option: only weights below 1e-3 become 0).
+        sparsify: `soft_threshold` (faithful: W <- max(W - 1e-3, 0) after every classification step)
+            or `hard_threshold` (option: only weights below 1e-3 become 0).
         sparsify_threshold: the 1e-3 of both rules (for the soft threshold: the amount subtracted per step).
         soft_threshold_total: option (not in the paper): choose the soft threshold's per-step amount so that
             the whole classification phase subtracts this much from every weight (amount = total /
             (epochs x steps per epoch)). The paper's total is 1e-3 x its steps: about 5.6 on CUB (60 epochs
             x 94 steps), but only 0.3 for 150 images at batch 16 over 30 epochs, too little to make a
-            small data set's scoring sheet sparse. None (default): ``sparsify_threshold`` per step.
+            small data set's scoring sheet sparse. None (default): `sparsify_threshold` per step.
         prune_threshold: after training, prototypes never present above this on the projection set get
             all their weights set to 0.
         prune_everywhere: option (not in the paper): after training, also set to 0 all weights of the used
@@ -90,16 +90,16 @@ class ScheduleConfig:
         epochs: epochs of the classification phase.
         classifier_only_epochs: first classification epochs that train only the classifier (when
             pretraining ran or a pretrained PIP-Net was loaded).
-        freeze_epochs: up to this classification epoch the ``backbone`` group stays frozen.
+        freeze_epochs: up to this classification epoch the `backbone` group stays frozen.
         batch_size_pretrain: images per pretraining batch (each gives two views).
         batch_size: images per classification batch (each gives two views).
         eval_every: evaluate on the test set every this many classification epochs (0 = only at the end).
         feature_bank_views: 0 (default) runs the whole backbone on freshly augmented views every epoch. N > 0
             computes the output of the backbone's frozen first part once, for N augmented views of every
             training image (the same augmentation, seeded), keeps it in memory, and trains the rest of the
-            model over it, each epoch reading one stored view per image. Needs the ``backbone`` group frozen
-            in every epoch (``freeze_epochs >= epochs``); the frozen part then also keeps its pretrained
-            BatchNorm statistics (``pipnet.train.feature_bank``).
+            model over it, each epoch reading one stored view per image. Needs the `backbone` group frozen
+            in every epoch (`freeze_epochs >= epochs`); the frozen part then also keeps its pretrained
+            BatchNorm statistics (`pipnet.train.feature_bank`).
     """
 
     epochs_pretrain: int = 10
@@ -117,17 +117,17 @@ class RuntimeConfig:
     """Where and how fast to run.
 
     Args:
-        device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``auto`` (default: bf16 where the device computes it natively, fp32 elsewhere; see
-            :mod:`pipnet.core.precision`; config.yaml records what it resolved to), ``fp32``, ``bf16`` (autocast,
+        device: `auto` (CUDA if present), `cpu`, `cuda`, `cuda:1`...
+        precision: `auto` (default: bf16 where the device computes it natively, fp32 elsewhere; see
+            `pipnet.core.precision`; config.yaml records what it resolved to), `fp32`, `bf16` (autocast,
             CPU and CUDA; on a CPU without avx512_bf16/AMX it is emulated, ~3x slower, and warns) or
-            ``fp16`` (CUDA, with a gradient scaler). Evaluation inside the run uses the same precision,
+            `fp16` (CUDA, with a gradient scaler). Evaluation inside the run uses the same precision,
             except the galleries (always fp32).
-        channels_last: NHWC memory format; ``auto`` (default) turns it on for ResNet backbones only, where
+        channels_last: NHWC memory format; `auto` (default) turns it on for ResNet backbones only, where
             it measured 4-22% faster training steps on the CPU (benchmarks/README.md); ConvNeXt gained
             nothing and EfficientNet-Lite0 in bf16 became 25% slower. The numbers do not change beyond
             float rounding.
-        compile: ``torch.compile`` the model.
+        compile: `torch.compile` the model.
         num_workers: DataLoader worker processes (0 is fastest on a 2-core machine).
         prefetch: batches prepared ahead in a background thread while the model trains (0: none); the
             batches and their order do not change.
@@ -135,8 +135,8 @@ class RuntimeConfig:
         deterministic: ask PyTorch for deterministic algorithms.
         progress: show progress bars.
         log_every: refresh the progress bar's loss parts every this many steps (each refresh syncs).
-        tensorboard: also write TensorBoard logs (needs the ``tensorboard`` extra).
-        on_nonfinite: ``stop`` (default: stop with a message naming the loss part) or ``skip`` the batch.
+        tensorboard: also write TensorBoard logs (needs the `tensorboard` extra).
+        on_nonfinite: `stop` (default: stop with a message naming the loss part) or `skip` the batch.
     """
 
     device: str = "auto"
@@ -153,16 +153,16 @@ class RuntimeConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
-# Runtime options that do not change a run's results: the only settings ``--resume`` accepts (a resumed run
+# Runtime options that do not change a run's results: the only settings `--resume` accepts (a resumed run
 # otherwise keeps every setting of its config.yaml).
 RESUME_RUNTIME = ("device", "num_workers", "prefetch", "progress", "log_every", "tensorboard")
 
 
 def resume_flag_error(argv: list[str]) -> str | None:
-    """The one-line refusal for a flag given with ``--resume`` that could change the resumed run, or None.
+    """The one-line refusal for a flag given with `--resume` that could change the resumed run, or None.
 
     Args:
-        argv: the command line of ``pipnet train`` (``--name value`` or ``--name=value``).
+        argv: the command line of `pipnet train` (`--name value` or `--name=value`).
     """
     allowed = {"--resume", "--print-config", *(f"--runtime.{name}" for name in RESUME_RUNTIME)}
     for arg in argv:
@@ -178,11 +178,11 @@ class TrainConfig:
     """A whole training run.
 
     Args:
-        out: the run folder (default: a new folder under ``./runs``).
+        out: the run folder (default: a new folder under `./runs`).
         resume: continue the run in this folder from its last completed epoch, with its own settings
-            (only the runtime options in ``RESUME_RUNTIME``, which do not change results, may be changed).
-        protocol: ``default`` (spec sections 4-7) or ``paper``: how the published numbers were made (spec
-            section 10): one extra soft-threshold step per test batch after every classification epoch
+            (only the runtime options in `RESUME_RUNTIME`, which do not change results, may be changed).
+        protocol: `default` (the paper's text) or `paper`: how the published code made the published
+            numbers: one extra soft-threshold step per test batch after every classification epoch
             (and after the final pruning) plus one before classification epochs 30, 60, ... and the last,
             the published OoD rule and purity conventions in evaluation, nearest-neighbour location
             augmentation, and the larger PETS resize / crop.
@@ -204,7 +204,7 @@ class TrainConfig:
 
 
 def config_parser(prog: str = "pipnet train"):
-    """The jsonargparse parser of :class:`TrainConfig`: ``--config FILE`` plus one flag per field."""
+    """The jsonargparse parser of [`TrainConfig`][pipnet.core.train_config.TrainConfig]: `--config FILE` plus one flag per field."""
     import os
 
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -224,13 +224,13 @@ def config_from_namespace(parser, namespace) -> TrainConfig:
 
 
 def load_config(path: str) -> TrainConfig:
-    """Read a YAML config (a preset or a run's saved ``config.yaml``), checking keys and types."""
+    """Read a YAML config (a preset or a run's saved `config.yaml`), checking keys and types."""
     parser = config_parser()
     return config_from_namespace(parser, parser.parse_args(["--config", str(path)]))
 
 
 def dump_config(config: TrainConfig) -> str:
-    """The resolved config as YAML (what every run folder keeps as ``config.yaml``)."""
+    """The resolved config as YAML (what every run folder keeps as `config.yaml`)."""
     import yaml
     from dataclasses import asdict
 

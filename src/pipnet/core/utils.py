@@ -17,12 +17,12 @@ __all__ = ["FORMULA_STARTS", "MissingExtraError", "atomic_write", "load_tensors"
 
 
 class MissingExtraError(ImportError):
-    """An optional feature's packages are not installed; the message names the ``pip install`` that adds them."""
+    """An optional feature's packages are not installed; the message names the `pip install` that adds them."""
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+    """Yield a temporary path beside `path`; on success it replaces `path` atomically.
 
     An interruption at any moment leaves either the old file or the new one, never a half-written file.
     A failure (a full disk, say) removes the temporary file and re-raises, leaving the old file intact.
@@ -45,10 +45,10 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain containers only.
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings and plain containers only.
 
     A file holding any other Python object (a pickle that could run code when loaded) is refused with a
-    short ``pickle.UnpicklingError`` naming the object, in place of torch's advice to load it unsafely.
+    short `pickle.UnpicklingError` naming the object, in place of torch's advice to load it unsafely.
 
     Args:
         path: the file.
@@ -63,7 +63,7 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
 
 
 def release_free_memory() -> None:
-    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; nothing elsewhere).
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`; nothing elsewhere).
 
     A decoded image of tens of megapixels is freed after use, but glibc keeps the freed pages of its heap
     for later, so a long-running server would stay at its peak; trimming gives them back.
@@ -89,10 +89,10 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(cell: str) -> str:
-    """``cell`` with a single quote in front when a spreadsheet would run it as a formula (OWASP's rule).
+    """`cell` with a single quote in front when a spreadsheet would run it as a formula (OWASP's rule).
 
-    A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'``, which
-    spreadsheets show as text and do not display; numbers (``-0.5``, ``+3``) are left as they are, so that
+    A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is prefixed with `'`, which
+    spreadsheets show as text and do not display; numbers (`-0.5`, `+3`) are left as they are, so that
     they stay numbers. The raw text is what the JSON Lines output keeps.
 
     Examples:

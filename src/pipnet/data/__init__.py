@@ -1,5 +1,5 @@
 """The data layer: image sources (planted parts, image folders, CUB-200-2011), the two-view augmentation
-of PIP-Net, and ``build_data``, which turns a ``DataConfig`` into every data set a run needs."""
+of PIP-Net, and `build_data`, which turns a `DataConfig` into every data set a run needs."""
 
 from pipnet.data.augment import (
     IMAGENET,

@@ -1,10 +1,10 @@
-"""The two-view augmentation of PIP-Net (spec section 5), the plain evaluation transform, and the input
-normalisation both end with (:class:`Normalization`: the per-channel mean and std a backbone's weights were
+"""The two-view augmentation of PIP-Net (paper supplementary Sec. 1.3), the plain evaluation transform, and the input
+normalisation both end with (`Normalization`: the per-channel mean and std a backbone's weights were
 trained with; ImageNet's unless given, which is what the paper's backbones expect).
 
-Per image, ``T1`` (location) runs once and ``T2`` (colour) twice, so the two views show the same patch
+Per image, `T1` (location) runs once and `T2` (colour) twice, so the two views show the same patch
 at the same place and differ only in colour and a few pixels of crop jitter. Both TrivialAugment stages
-are torchvision's ``TrivialAugmentWide`` with a restricted op space: the ops themselves are torchvision's.
+are torchvision's `TrivialAugmentWide` with a restricted op space: the ops themselves are torchvision's.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ _OpSpace = dict[str, tuple[Callable[[int, int, int], torch.Tensor | None], bool]
 
 
 def _linear(top: float) -> Callable[[int, int, int], torch.Tensor]:
-    """Magnitudes 0..top in ``num_bins`` equal steps."""
+    """Magnitudes 0..top in `num_bins` equal steps."""
     return lambda num_bins, height, width: torch.linspace(0.0, top, num_bins)
 
 
@@ -126,15 +126,15 @@ def _to_normalized_tensor(normalization: Normalization) -> list[v2.Transform]:
 
 
 class TwoViewTransform:
-    """PIL image -> two aligned, differently coloured views ``(view1, view2)``, float tensors (3, S, S).
+    """PIL image -> two aligned, differently coloured views `(view1, view2)`, float tensors (3, S, S).
 
     Args:
         image_size: S, the side of each view.
-        preset: augmentation preset; ``cars`` widens the colour ops, ``grayscale`` makes images gray.
+        preset: augmentation preset; `cars` widens the colour ops, `grayscale` makes images gray.
         delta: T1 first resizes to (S + delta) x (S + delta); 8 for CUB classification, else 32.
         crop_margin: T1's random resized crop is (S + crop_margin) square, so the views shift by up to
-            that many pixels: 4 (spec section 5), 8 for PETS under the paper protocol.
-        location_interpolation: ``bilinear`` (default) or ``nearest`` (the published code, spec 10.5)
+            that many pixels: 4 (paper supplementary Sec. 1.3), 8 for PETS under the paper protocol.
+        location_interpolation: `bilinear` (default) or `nearest` (the published code, spec 10.5)
             for the location TrivialAugment.
         normalization: the backbone's input normalisation (ImageNet's by default).
     """
@@ -187,7 +187,7 @@ def eval_transform(
 
     Args:
         image_size: S.
-        preset: only ``grayscale`` changes anything (gray, three channels).
+        preset: only `grayscale` changes anything (gray, three channels).
         normalization: the backbone's input normalisation (ImageNet's by default).
     """
     _check(image_size, preset)

@@ -1,6 +1,6 @@
-"""``build_data``: one ``DataConfig`` -> every data set a PIP-Net run needs, as a ``DataBundle``.
+"""`build_data`: one `DataConfig` -> every data set a PIP-Net run needs, as a `DataBundle`.
 
-Nothing is decoded here (except with ``bad_images="skip"``, which scans the files): images load lazily.
+Nothing is decoded here (except with `bad_images="skip"`, which scans the files): images load lazily.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ class DataBundle:
 
     Args:
         classes: class names; labels index them.
-        train: items ``(view1, view2, label)`` for the classification phase (CUB: cropped images, delta 8).
-        pretrain: items ``(view1, view2, label)`` for pretraining (CUB: full images, delta 32); else ``train``.
-        projection: items ``(x, label)``: the training images through the evaluation transform (CUB: full).
-        test: items ``(x, label)`` (CUB: cropped), or None without a test split.
-        test_projection: items ``(x, label)``: the test images for part purity (CUB: full), or None.
-        ood: name -> items ``(x, -1)``: out-of-distribution sets.
-        multi: planted only: items ``(x, label)`` of images with the parts of two classes.
+        train: items `(view1, view2, label)` for the classification phase (CUB: cropped images, delta 8).
+        pretrain: items `(view1, view2, label)` for pretraining (CUB: full images, delta 32); else `train`.
+        projection: items `(x, label)`: the training images through the evaluation transform (CUB: full).
+        test: items `(x, label)` (CUB: cropped), or None without a test split.
+        test_projection: items `(x, label)`: the test images for part purity (CUB: full), or None.
+        ood: name -> items `(x, -1)`: out-of-distribution sets.
+        multi: planted only: items `(x, label)` of images with the parts of two classes.
         num_parts: number of annotated part types (0 without keypoints).
         part_names: their names.
     """
@@ -54,13 +54,13 @@ class DataBundle:
     part_names: list[str] = field(default_factory=list)
 
     def purity_sets(self) -> dict[str, Dataset]:
-        """The sets prototype purity is measured on (spec section 6, "train and test projection sets"):
-        ``{"train": projection, "test": test_projection, else test}`` when the images have part keypoints,
-        else {}. Training and ``pipnet evaluate`` both take them from here."""
+        """The sets prototype purity is measured on (paper supplementary Sec. 1.4, "train and test projection sets"):
+        `{"train": projection, "test": test_projection, else test}` when the images have part keypoints,
+        else {}. Training and `pipnet evaluate` both take them from here."""
         return self._projection_sets() if self.num_parts > 0 else {}
 
     def mask_sets(self) -> dict[str, Dataset]:
-        """The same two sets as :meth:`purity_sets` when their images have object masks (``--data.masks``), else {}."""
+        """The same two sets as `purity_sets` when their images have object masks (`--data.masks`), else {}."""
         return {name: d for name, d in self._projection_sets().items() if getattr(d, "has_masks", False)}
 
     def _projection_sets(self) -> dict[str, Dataset]:
@@ -73,7 +73,7 @@ def _eval(base: ImageSource, config: DataConfig, norm: Normalization) -> EvalDat
     return EvalDataset(base, config.image_size, config.preset, norm)
 
 
-# The published augmentation (spec section 10.5): nearest-neighbour location ops; PETS resizes to S + 48
+# The published augmentation (Faithfulness page, 'The published code', item 5): nearest-neighbour location ops; PETS resizes to S + 48
 # and crops S + 8 (PETS_PAPER = (delta, crop margin)).
 PETS_PAPER = (48, 8)
 
@@ -91,7 +91,7 @@ def _two_views(base: ImageSource, config: DataConfig, norm: Normalization, delta
 
 
 def _ood_folders(config: DataConfig, norm: Normalization) -> dict[str, Dataset]:
-    """One data set per ``config.ood`` folder, named after the folder (numbered when names repeat)."""
+    """One data set per `config.ood` folder, named after the folder (numbered when names repeat)."""
     sets: dict[str, Dataset] = {}
     for folder in config.ood:
         name = Path(folder).name or str(folder)
@@ -168,14 +168,14 @@ _SOURCES = {"planted": _planted, "folder": _folder, "cub": _cub}
 
 
 def resolve_source(config: DataConfig) -> str:
-    """The concrete source of ``config``: ``auto`` becomes ``cub``, ``folder`` or ``planted``.
+    """The concrete source of `config`: `auto` becomes `cub`, `folder` or `planted`.
 
-    ``auto`` with a ``root`` picks ``cub`` when the folder has CUB-200-2011's ``images.txt`` and ``images/``,
-    ``folder`` when it has a ``train/`` folder of class folders, and logs the choice; anything else is an
-    error, so a folder is never ignored for the built-in data. ``auto`` without a root is ``planted``.
+    `auto` with a `root` picks `cub` when the folder has CUB-200-2011's `images.txt` and `images/`,
+    `folder` when it has a `train/` folder of class folders, and logs the choice; anything else is an
+    error, so a folder is never ignored for the built-in data. `auto` without a root is `planted`.
 
     Raises:
-        DataError: a root whose layout is neither, or a root given to the ``planted`` source.
+        DataError: a root whose layout is neither, or a root given to the `planted` source.
     """
     if config.source == "planted" and config.root:
         raise DataError(f"data source 'planted' is built in and takes no root folder, got {config.root}; "
@@ -203,15 +203,15 @@ def build_data(config: DataConfig, protocol: str = "default", *, normalization: 
     """Build every data set of a run from its data configuration.
 
     Args:
-        config: the source (``auto``: see :func:`resolve_source`), its folder, the input size S, the
+        config: the source (`auto`: see `resolve_source`), its folder, the input size S, the
             augmentation preset and the split settings.
-        protocol: ``paper`` gives the published augmentation (spec section 10.5): nearest-neighbour
-            location ops, and for the ``pets`` preset a resize to S + 48 and a crop to S + 8.
-        normalization: the input normalisation of every set: the backbone's (``PIPNet.normalization``;
-            ``pipnet.evaluation.inference.build_model_data`` passes a model's). ImageNet's by default.
+        protocol: `paper` gives the published augmentation (Faithfulness page, 'The published code', item 5): nearest-neighbour
+            location ops, and for the `pets` preset a resize to S + 48 and a crop to S + 8.
+        normalization: the input normalisation of every set: the backbone's (`PIPNet.normalization`;
+            `pipnet.evaluation.inference.build_model_data` passes a model's). ImageNet's by default.
 
     Raises:
-        DataError: an unknown source, a missing ``root`` for ``folder`` / ``cub``, or a problem in the files.
+        DataError: an unknown source, a missing `root` for `folder` / `cub`, or a problem in the files.
     """
     if config.source not in (*_SOURCES, "auto"):
         raise DataError(f"unknown data source {config.source!r}; expected one of {sorted(_SOURCES) + ['auto']}")

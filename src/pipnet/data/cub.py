@@ -1,7 +1,7 @@
 """CUB-200-2011 in its native layout (Wah et al. 2011), with bounding-box crops and merged part keypoints.
 
-The root holds ``images.txt``, ``classes.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
-``bounding_boxes.txt``, ``parts/parts.txt``, ``parts/part_locs.txt`` and ``images/<class>/<file>.jpg``.
+The root holds `images.txt`, `classes.txt`, `image_class_labels.txt`, `train_test_split.txt`,
+`bounding_boxes.txt`, `parts/parts.txt`, `parts/part_locs.txt` and `images/<class>/<file>.jpg`.
 As in the PIP-Net paper, classification uses images cropped to their bounding box, while pretraining and
 projection use full images. CUB's 15 parts become 12: left and right eye, leg and wing are merged (both
 keypoints are kept, with the merged id). Only visible keypoints are kept.
@@ -43,14 +43,14 @@ class CUBMetadata:
     """Everything CUB's text files say, indexed by image position (images.txt order).
 
     Args:
-        root: the ``CUB_200_2011`` folder.
-        classes: class names (``classes.txt`` order).
-        paths: image paths relative to ``root/images``.
+        root: the `CUB_200_2011` folder.
+        classes: class names (`classes.txt` order).
+        paths: image paths relative to `root/images`.
         labels: 0-based class of each image.
         is_train: whether each image belongs to the training split.
-        boxes: (N, 4) float ``x, y, width, height`` bounding boxes.
+        boxes: (N, 4) float `x, y, width, height` bounding boxes.
         part_names: the merged part names (12 for CUB).
-        keypoints: per image, (K, 3) float ``[merged_part_id, x, y]`` of the visible parts, full-image pixels.
+        keypoints: per image, (K, 3) float `[merged_part_id, x, y]` of the visible parts, full-image pixels.
     """
 
     root: Path
@@ -72,9 +72,9 @@ def _is_number(text: str, kind: type) -> bool:
 
 
 def _rows(root: Path, name: str, min_fields: int, max_split: int = -1, ints: int = 1, floats: int = 0) -> list[list[str]]:
-    """The non-empty lines of ``root/name`` split on whitespace; raises ``DataError`` naming the file and line.
+    """The non-empty lines of `root/name` split on whitespace; raises `DataError` naming the file and line.
 
-    The first ``ints`` fields of each line must be integers and the next ``floats`` numbers.
+    The first `ints` fields of each line must be integers and the next `floats` numbers.
     """
     path = root / name
     if not path.is_file():
@@ -103,7 +103,7 @@ def _by_image(root: Path, name: str, rows: list[list[str]], ids: list[int]) -> d
 def merge_part_names(names: list[str]) -> tuple[list[str], list[int]]:
     """Merge left/right variants: returns the merged names (first-seen order) and each original's merged id.
 
-    ``["back", "left eye", "right eye"]`` -> ``(["back", "eye"], [0, 1, 1])``.
+    `["back", "left eye", "right eye"]` -> `(["back", "eye"], [0, 1, 1])`.
     """
     merged: list[str] = []
     index = []
@@ -134,13 +134,13 @@ def read_cub(root: str | os.PathLike[str], bad_images: Literal["error", "skip"] 
     """Parse CUB's text files (images are not opened, except to skip bad ones).
 
     Args:
-        root: the extracted ``CUB_200_2011`` folder.
-        bad_images: ``error`` (a listed image that is missing raises now, one that does not decode when
-            read) or ``skip`` (decode every image now and leave out those that fail, with a warning and a count).
+        root: the extracted `CUB_200_2011` folder.
+        bad_images: `error` (a listed image that is missing raises now, one that does not decode when
+            read) or `skip` (decode every image now and leave out those that fail, with a warning and a count).
 
     Raises:
         DataError: a missing folder or file, a malformed line or number, an image without a label, split or
-            box, a negative part location or one of an unlisted image, or (``error``) missing images.
+            box, a negative part location or one of an unlisted image, or (`error`) missing images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -214,11 +214,11 @@ def read_cub(root: str | os.PathLike[str], bad_images: Literal["error", "skip"] 
 class CUB(Dataset):
     """One split of CUB-200-2011, full images or cropped to the bounding box.
 
-    Items are ``(image, label)`` (RGB PIL images).
+    Items are `(image, label)` (RGB PIL images).
 
     Args:
-        root: the ``CUB_200_2011`` folder, or metadata already read by ``read_cub`` (to share it).
-        split: ``train`` or ``test``.
+        root: the `CUB_200_2011` folder, or metadata already read by `read_cub` (to share it).
+        split: `train` or `test`.
         crop: crop each image to its bounding box (keypoints follow the crop; those outside are dropped).
     """
 
@@ -248,22 +248,22 @@ class CUB(Dataset):
         return self.image(i), self.targets[i]
 
     def path(self, i: int) -> Path:
-        """The image file of item ``i``."""
+        """The image file of item `i`."""
         return self.meta.root / "images" / self.meta.paths[self.indices[i]]
 
     def crop_box(self, i: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) integer pixel box of item ``i``'s bounding box."""
+        """(left, top, right, bottom) integer pixel box of item `i`'s bounding box."""
         x, y, w, h = self.meta.boxes[self.indices[i]]
         left, top = int(round(x)), int(round(y))
         return left, top, max(left + 1, int(round(x + w))), max(top + 1, int(round(y + h)))
 
     def image(self, i: int) -> Image.Image:
-        """The untransformed RGB image ``i`` (cropped when ``crop``)."""
+        """The untransformed RGB image `i` (cropped when `crop`)."""
         img = load_image(self.path(i))
         return img.crop(self.crop_box(i)) if self.crop else img
 
     def image_size(self, i: int) -> tuple[int, int]:
-        """(width, height) of ``image(i)``: the box's size when cropping, else read from the file's header."""
+        """(width, height) of `image(i)`: the box's size when cropping, else read from the file's header."""
         if self.crop:
             left, top, right, bottom = self.crop_box(i)
             return right - left, bottom - top
@@ -276,7 +276,7 @@ class CUB(Dataset):
         return self._sizes[i]
 
     def keypoints(self, i: int) -> torch.Tensor:
-        """(K, 3) float ``[part_id, x, y]`` of the visible parts in ``image(i)``'s pixels.
+        """(K, 3) float `[part_id, x, y]` of the visible parts in `image(i)`'s pixels.
 
         When cropping, coordinates are shifted by the box's corner and parts outside the box are dropped.
         """
@@ -291,7 +291,7 @@ class CUB(Dataset):
         return kp[inside]
 
     def _check_inside(self, i: int, kp: torch.Tensor) -> None:
-        """Raise ``DataError`` when a keypoint of full image ``i`` lies outside it (a mismatched part_locs.txt)."""
+        """Raise `DataError` when a keypoint of full image `i` lies outside it (a mismatched part_locs.txt)."""
         width, height = self.image_size(i)
         outside = (kp[:, 1] > width) | (kp[:, 2] > height)
         if outside.any():

@@ -1,8 +1,8 @@
-"""ImageFolder-style sources: ``root/train/<class>/*``, optional ``root/test/<class>/*`` and ``root/projection/``.
+"""ImageFolder-style sources: `root/train/<class>/*`, optional `root/test/<class>/*` and `root/projection/`.
 
-With no ``test/`` folder, ``train/`` is split per class (stratified) by a seeded ``val_fraction``. Images load
-lazily through ``load_image``, so a bad file raises an error naming it; with ``bad_images="skip"`` every image
-is decoded once up front and the unreadable ones are left out, with a warning and a count (``skipped``).
+With no `test/` folder, `train/` is split per class (stratified) by a seeded `val_fraction`. Images load
+lazily through `load_image`, so a bad file raises an error naming it; with `bad_images="skip"` every image
+is decoded once up front and the unreadable ones are left out, with a warning and a count (`skipped`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ BadImages = Literal["error", "skip"]
 
 
 class ImageList(Dataset):
-    """A data set over a list of ``(path, label)``; items are ``(image, label)`` (RGB PIL images).
+    """A data set over a list of `(path, label)`; items are `(image, label)` (RGB PIL images).
 
     Args:
         samples: image files and their labels (-1 for out-of-distribution images).
         classes: the class names that labels index.
-        bad_images: ``error`` (an unreadable file raises ``ImageLoadError`` when read) or ``skip`` (decode every
-            file now, leave out those that fail, warn, and count them in ``skipped``).
+        bad_images: `error` (an unreadable file raises `ImageLoadError` when read) or `skip` (decode every
+            file now, leave out those that fail, warn, and count them in `skipped`).
     """
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], bad_images: BadImages = "error") -> None:
@@ -76,7 +76,7 @@ class ImageList(Dataset):
         return self.image(i), self.targets[i]
 
     def image(self, i: int) -> Image.Image:
-        """The untransformed RGB image ``i``."""
+        """The untransformed RGB image `i`."""
         return load_image(self.samples[i][0])
 
     def keypoints(self, i: int) -> torch.Tensor:
@@ -84,7 +84,7 @@ class ImageList(Dataset):
         return torch.zeros(0, 3)
 
     def image_size(self, i: int) -> tuple[int, int]:
-        """(width, height) of image ``i``, read from the file's header."""
+        """(width, height) of image `i`, read from the file's header."""
         path = self.samples[i][0]
         try:
             with Image.open(path) as img:
@@ -94,12 +94,12 @@ class ImageList(Dataset):
 
 
 def find_classes(folder: Path) -> list[str]:
-    """Sorted names of the class subfolders of ``folder`` (hidden folders ignored)."""
+    """Sorted names of the class subfolders of `folder` (hidden folders ignored)."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def list_images(folder: Path) -> list[str]:
-    """All image files under ``folder``, recursively, sorted; hidden files and folders are ignored."""
+    """All image files under `folder`, recursively, sorted; hidden files and folders are ignored."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -108,14 +108,14 @@ def list_images(folder: Path) -> list[str]:
 
 
 def class_samples(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
-    """The classes and ``(path, label)`` samples of one ``<split>/<class>/*`` tree.
+    """The classes and `(path, label)` samples of one `<split>/<class>/*` tree.
 
     Args:
-        split_dir: the split folder (e.g. ``root/train``).
-        classes: the expected class names (those of ``train/``); a different set raises.
+        split_dir: the split folder (e.g. `root/train`).
+        classes: the expected class names (those of `train/`); a different set raises.
 
     Raises:
-        DataError: no class folders, a class folder with no images, or classes that differ from ``classes``.
+        DataError: no class folders, a class folder with no images, or classes that differ from `classes`.
     """
     found = find_classes(split_dir)
     if not found:
@@ -138,10 +138,10 @@ def class_samples(split_dir: Path, classes: list[str] | None = None) -> tuple[li
 
 def stratified_split(samples: list[tuple[str, int]], val_fraction: float,
                      seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """Split samples per class into (train, held out), reproducibly from ``seed``.
+    """Split samples per class into (train, held out), reproducibly from `seed`.
 
-    Each class with at least two images keeps at least one for training and, when ``val_fraction > 0``,
-    holds out at least one; otherwise ``round(n * val_fraction)``. Each class is shuffled by its own
+    Each class with at least two images keeps at least one for training and, when `val_fraction > 0`,
+    holds out at least one; otherwise `round(n * val_fraction)`. Each class is shuffled by its own
     generator, so one class's split does not depend on the others.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -168,10 +168,10 @@ class FolderSource:
     """The untransformed image lists of a folder source.
 
     Args:
-        classes: the class names (the subfolders of ``train/``).
-        train: the training images (without the held-out part when ``test/`` is absent).
-        test: ``test/``, or the held-out part of ``train/``, or None when ``val_fraction`` is 0.
-        projection: ``projection/`` if present, else the training images.
+        classes: the class names (the subfolders of `train/`).
+        train: the training images (without the held-out part when `test/` is absent).
+        test: `test/`, or the held-out part of `train/`, or None when `val_fraction` is 0.
+        projection: `projection/` if present, else the training images.
     """
 
     classes: list[str]
@@ -182,16 +182,16 @@ class FolderSource:
 
 def load_folder_source(root: str | os.PathLike[str], val_fraction: float = 0.2, seed: int = 0,
                        bad_images: BadImages = "error") -> FolderSource:
-    """Index ``root/train``, ``root/test`` and ``root/projection`` (no image is decoded unless skipping).
+    """Index `root/train`, `root/test` and `root/projection` (no image is decoded unless skipping).
 
     Args:
         root: the data folder.
-        val_fraction: with no ``test/`` folder, the fraction of each class of ``train/`` held out as test.
+        val_fraction: with no `test/` folder, the fraction of each class of `train/` held out as test.
         seed: seed of that split.
-        bad_images: ``error`` or ``skip`` (see ``ImageList``).
+        bad_images: `error` or `skip` (see `ImageList`).
 
     Raises:
-        DataError: a missing root or ``train/``, an empty class, or split folders whose classes differ.
+        DataError: a missing root or `train/`, an empty class, or split folders whose classes differ.
     """
     root = Path(root)
     if not root.is_dir():
@@ -220,7 +220,7 @@ def load_folder_source(root: str | os.PathLike[str], val_fraction: float = 0.2, 
 
 
 def image_tree(folder: str | os.PathLike[str], bad_images: BadImages = "error") -> ImageList:
-    """All images under ``folder`` (recursively), labelled -1: an out-of-distribution set.
+    """All images under `folder` (recursively), labelled -1: an out-of-distribution set.
 
     Raises:
         DataError: the folder is missing or holds no images.

@@ -1,12 +1,12 @@
-"""Robust image loading: every file becomes an 8-bit RGB ``PIL.Image`` or an ``ImageLoadError`` naming it.
+"""Robust image loading: every file becomes an 8-bit RGB `PIL.Image` or an `ImageLoadError` naming it.
 
 Handles grayscale, palette, transparency (composited over white), CMYK and 16-bit / float grayscale.
-Only the formats of :data:`IMAGE_FORMATS` are decoded (the web page and ``pipnet predict`` share this
+Only the formats of `IMAGE_FORMATS` are decoded (the web page and `pipnet predict` share this
 list). Truncated, corrupt, empty and non-image files, files of other formats, unreadable files, broken
-links, and images with more pixels than the limit (:func:`set_max_pixels`, which moves Pillow's own
-decompression-bomb guard) all raise an ``ImageLoadError`` whose ``reason`` says which. A caller that needs
+links, and images with more pixels than the limit (`set_max_pixels`, which moves Pillow's own
+decompression-bomb guard) all raise an `ImageLoadError` whose `reason` says which. A caller that needs
 the image only at a small size can ask for it reduced while decoding (JPEG's draft mode, else
-``Image.reduce``), so that a large photo costs a fraction of its full size in memory.
+`Image.reduce`), so that a large photo costs a fraction of its full size in memory.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """True when the file name ends with one of ``IMAGE_EXTENSIONS`` (case-insensitive)."""
+    """True when the file name ends with one of `IMAGE_EXTENSIONS` (case-insensitive)."""
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -76,21 +76,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def set_max_pixels(pixels: int | None) -> None:
     """Set the one limit on an image's pixels (width x height) for every image this process opens.
 
-    It is Pillow's own decompression-bomb guard, ``PIL.Image.MAX_IMAGE_PIXELS``, raised or lowered: so a limit
+    It is Pillow's own decompression-bomb guard, `PIL.Image.MAX_IMAGE_PIXELS`, raised or lowered: so a limit
     above Pillow's default (89,478,485 pixels, 89.48 megapixels) is really accepted, and one below it really
-    refuses. :func:`load_image` refuses a larger image from its header, before decoding it. ``None``
+    refuses. `load_image` refuses a larger image from its header, before decoding it. `None`
     removes the limit.
     """
     Image.MAX_IMAGE_PIXELS = pixels
 
 
 def max_pixels() -> int | None:
-    """The limit that :func:`set_max_pixels` sets (Pillow's default until then)."""
+    """The limit that `set_max_pixels` sets (Pillow's default until then)."""
     return Image.MAX_IMAGE_PIXELS
 
 
 def megapixels(pixels: int) -> str:
-    """A pixel count as megapixels, as precise as a limit needs: ``89.48``, ``200``, ``2``."""
+    """A pixel count as megapixels, as precise as a limit needs: `89.48`, `200`, `2`."""
     return f"{pixels / 1e6:.4g}"
 
 
@@ -100,7 +100,7 @@ def load_image(path: str | os.PathLike[str], *, reduce_to: int | None = None) ->
     Args:
         path: the image file.
         reduce_to: the smallest side the caller needs; a larger image is reduced while decoding to at
-            most about twice that (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: ``Image.reduce`` after
+            most about twice that (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: `Image.reduce` after
             decoding). None keeps the full size.
 
     Returns:
@@ -108,12 +108,12 @@ def load_image(path: str | os.PathLike[str], *, reduce_to: int | None = None) ->
 
     Raises:
         ImageLoadError: the file is missing, a broken link, not a regular file, unreadable, empty, not an
-            image, of a format outside ``IMAGE_FORMATS``, truncated or corrupt, or has more pixels than
-            :func:`max_pixels` (checked from its header, before decoding).
+            image, of a format outside `IMAGE_FORMATS`, truncated or corrupt, or has more pixels than
+            `max_pixels` (checked from its header, before decoding).
     """
     path = os.fspath(path)
     _check_file(path)
-    Image.init()  # registers every plugin (once), so that each of IMAGE_FORMATS is known to ``open``
+    Image.init()  # registers every plugin (once), so that each of IMAGE_FORMATS is known to `open`
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -126,7 +126,7 @@ def load_image(path: str | os.PathLike[str], *, reduce_to: int | None = None) ->
                     img.draft("RGB", (2 * reduce_to, 2 * reduce_to))
                 img.load()  # decode now, so that truncation is detected here
                 rgb = _reduced(img, reduce_to) if reduce_to is not None else to_rgb(img)
-                return rgb.copy() if rgb is img else rgb  # closing the file closes ``img`` too
+                return rgb.copy() if rgb is img else rgb  # closing the file closes `img` too
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:  # more than twice the limit: Pillow refuses it while opening
@@ -171,7 +171,7 @@ def _check_file(path: str) -> None:
 
 
 def _not_an_image(path: str) -> str:
-    """The reason a file none of ``IMAGE_FORMATS`` recognises is refused: another format, or no image."""
+    """The reason a file none of `IMAGE_FORMATS` recognises is refused: another format, or no image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -185,11 +185,11 @@ def _not_an_image(path: str) -> str:
 
 
 def _reduced(img: Image.Image, reduce_to: int) -> Image.Image:
-    """``img`` in RGB, reduced by a whole factor when its smaller side is at least twice ``reduce_to``."""
+    """`img` in RGB, reduced by a whole factor when its smaller side is at least twice `reduce_to`."""
     factor = min(img.size) // reduce_to
     if factor < 2:
         return to_rgb(img)
     try:
         return to_rgb(img.reduce(factor))
-    except ValueError:  # a mode ``reduce`` does not handle (palette, 16-bit): convert first
+    except ValueError:  # a mode `reduce` does not handle (palette, 16-bit): convert first
         return to_rgb(img).reduce(factor)

@@ -1,9 +1,9 @@
 """Object masks as optional data: a second tree beside the images, one mask per image (255 = object).
 
-For ``--data.source folder --data.root ROOT --data.masks MASKS``, the mask of ``ROOT/<split>/<class>/<stem>.<ext>``
-is ``MASKS/<split>/<class>/<stem>.png``: a grayscale image whose pixels >= 128 are the object. A mask is read
+For `--data.source folder --data.root ROOT --data.masks MASKS`, the mask of `ROOT/<split>/<class>/<stem>.<ext>`
+is `MASKS/<split>/<class>/<stem>.png`: a grayscale image whose pixels >= 128 are the object. A mask is read
 at the size of its image and mapped into the model input the way the evaluation transform maps the image (a
-plain resize to S x S, nearest neighbour so it stays binary). ``EvalDataset.mask(i)`` gives that (S, S) mask.
+plain resize to S x S, nearest neighbour so it stays binary). `EvalDataset.mask(i)` gives that (S, S) mask.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ OBJECT_LEVEL = 128  # mask pixels at or above this are the object (the format sa
 
 
 def mask_path(image_path: str | os.PathLike[str], root: str | os.PathLike[str], masks: str | os.PathLike[str]) -> Path:
-    """Where the mask of ``image_path`` (a file under ``root``) lies under ``masks``: same relative path, ``.png``."""
+    """Where the mask of `image_path` (a file under `root`) lies under `masks`: same relative path, `.png`."""
     relative = Path(os.path.relpath(Path(image_path).resolve(), Path(root).resolve()))
     return Path(masks) / relative.with_suffix(".png")
 
 
 def load_mask(path: str | os.PathLike[str], size: int) -> torch.Tensor:
-    """The mask at ``path`` resized to ``size`` x ``size`` (nearest neighbour): bool (S, S), True = object.
+    """The mask at `path` resized to `size` x `size` (nearest neighbour): bool (S, S), True = object.
 
     Raises:
         DataError: the file cannot be read as an image.
@@ -43,11 +43,11 @@ def load_mask(path: str | os.PathLike[str], size: int) -> torch.Tensor:
 
 
 class MaskedSource:
-    """An image source (``ImageList``) with a mask file per image; everything else is forwarded.
+    """An image source (`ImageList`) with a mask file per image; everything else is forwarded.
 
     Args:
         base: the source.
-        paths: the mask file of each image of ``base``, in its order.
+        paths: the mask file of each image of `base`, in its order.
     """
 
     def __init__(self, base, paths: list[Path]) -> None:
@@ -67,12 +67,12 @@ class MaskedSource:
         return self.base[i]
 
     def mask(self, i: int, size: int) -> torch.Tensor:
-        """Bool (size, size): the object mask of image ``i`` in a size x size frame (True = object)."""
+        """Bool (size, size): the object mask of image `i` in a size x size frame (True = object)."""
         return load_mask(self.mask_paths[i], size)
 
 
 def with_masks(source, root: str | os.PathLike[str], masks: str | os.PathLike[str]) -> MaskedSource:
-    """``source`` (an ``ImageList`` of files under ``root``) with the masks of its images under ``masks``.
+    """`source` (an `ImageList` of files under `root`) with the masks of its images under `masks`.
 
     Raises:
         DataError: the masks folder is missing, or some images have no mask (naming the first and the count).

@@ -1,33 +1,33 @@
 """The built-in planted-parts data set: synthetic images whose classes are defined by known, localised parts.
 
 A pool of part types (shape x colour x texture) is shared by the classes; each class is a fixed combination
-of ``parts_per_class`` part types, and no two classes have the same combination. An image is a cluttered,
+of `parts_per_class` part types, and no two classes have the same combination. An image is a cluttered,
 muted background, the parts of its class at random non-overlapping positions and scales, and a few grey
 outlined distractor shapes that are no part type. Every image records the centre of each planted part, so
 prototype purity and part localisation have known answers.
 
-Image ``i`` of a split is a pure function of ``(seed, split, i)``: nothing is stored on disk, and the same
-seed gives the same images byte for byte. Splits: ``train``, ``test``, ``ood`` (background and distractors
-only), ``multi`` (the parts of two classes in one image, for multi-object explanations) and ``deconfounded``
-(the ``test`` images with the ``shortcut`` variant's background colour drawn at random, independently of the
-class; the same images as ``test`` in every other variant).
+Image `i` of a split is a pure function of `(seed, split, i)`: nothing is stored on disk, and the same
+seed gives the same images byte for byte. Splits: `train`, `test`, `ood` (background and distractors
+only), `multi` (the parts of two classes in one image, for multi-object explanations) and `deconfounded`
+(the `test` images with the `shortcut` variant's background colour drawn at random, independently of the
+class; the same images as `test` in every other variant).
 
-Variants (``PlantedConfig.variant``) plant one more known fact, so that metrics of prototype quality have
-certain answers; every variant draws the same random numbers as ``standard``, so image ``i`` keeps its layout:
+Variants (`PlantedConfig.variant`) plant one more known fact, so that metrics of prototype quality have
+certain answers; every variant draws the same random numbers as `standard`, so image `i` keeps its layout:
 
-- ``standard``: the parts only (the images above, byte for byte).
-- ``colour``: classes 0 and 1 differ only in colour: each part type of class 1 that class 0 lacks is redrawn
-  with the shape and texture of a part of class 0 and a new saturated colour (``part_styles``).
-- ``shortcut``: the background of each image is mixed 30:70 with a muted colour set by its class
-  (``class_background``), so the background alone predicts the class; ``ood`` images keep plain backgrounds.
-  In the ``deconfounded`` split the colour is that of a class drawn uniformly at random from a separate
-  random stream (``deconfounded_background_class``), so the background carries no information about the
+- `standard`: the parts only (the images above, byte for byte).
+- `colour`: classes 0 and 1 differ only in colour: each part type of class 1 that class 0 lacks is redrawn
+  with the shape and texture of a part of class 0 and a new saturated colour (`part_styles`).
+- `shortcut`: the background of each image is mixed 30:70 with a muted colour set by its class
+  (`class_background`), so the background alone predicts the class; `ood` images keep plain backgrounds.
+  In the `deconfounded` split the colour is that of a class drawn uniformly at random from a separate
+  random stream (`deconfounded_background_class`), so the background carries no information about the
   class and a model that learnt the shortcut is caught out.
-- ``unconfounded``: the shortcut's clean control: every split's background is tinted as in ``shortcut`` with
-  the colour of a class drawn at random (``deconfounded_background_class``), so a model trained on it sees the
-  same kind of images without the shortcut; its ``test`` split is the ``shortcut`` variant's ``deconfounded``
+- `unconfounded`: the shortcut's clean control: every split's background is tinted as in `shortcut` with
+  the colour of a class drawn at random (`deconfounded_background_class`), so a model trained on it sees the
+  same kind of images without the shortcut; its `test` split is the `shortcut` variant's `deconfounded`
   split byte for byte.
-- ``twins``: two part types are drawn identically (``twin_part_types``), chosen so that every class still
+- `twins`: two part types are drawn identically (`twin_part_types`), chosen so that every class still
   looks different from every other.
 """
 
@@ -93,7 +93,7 @@ def part_type_style(part_type: int) -> tuple[str, str, str]:
     """(shape, colour, texture) of a part type.
 
     Types 0..7 differ in both shape and colour; later types reuse shapes and colours in new pairs
-    (the colour index is shifted by ``type // 8``), then add stripes, so every type is a distinct combination.
+    (the colour index is shifted by `type // 8`), then add stripes, so every type is a distinct combination.
     """
     if not 0 <= part_type < _MAX_PART_TYPES:
         raise ValueError(f"part type {part_type} outside 0..{_MAX_PART_TYPES - 1}")
@@ -105,12 +105,12 @@ def part_type_style(part_type: int) -> tuple[str, str, str]:
 
 
 def part_type_names(num_part_types: int, styles: list[tuple[str, str, str]] | None = None) -> list[str]:
-    """Readable names of the first ``num_part_types`` part types, e.g. ``red disc`` or ``striped blue star``.
+    """Readable names of the first `num_part_types` part types, e.g. `red disc` or `striped blue star`.
 
     Args:
         num_part_types: how many part types.
-        styles: ``part_styles(config)`` for a variant (default: the standard pool). A style met a second time
-            (the ``twins`` variant) is named with `` (twin)`` appended, so names stay unique.
+        styles: `part_styles(config)` for a variant (default: the standard pool). A style met a second time
+            (the `twins` variant) is named with ` (twin)` appended, so names stay unique.
     """
     styles = [part_type_style(t) for t in range(num_part_types)] if styles is None else styles
     names: list[str] = []
@@ -170,10 +170,10 @@ def class_part_types(config: PlantedConfig) -> list[tuple[int, ...]]:
 
 
 def twin_part_types(config: PlantedConfig) -> tuple[int, int]:
-    """The twins variant's pair ``(a, b)``: part type ``b`` is drawn exactly like part type ``a``.
+    """The twins variant's pair `(a, b)`: part type `b` is drawn exactly like part type `a`.
 
-    The first pair in lexicographic order (``a < b``) that leaves every class a different multiset of
-    appearances, so the classes stay separable; ``ValueError`` if no pair does.
+    The first pair in lexicographic order (`a < b`) that leaves every class a different multiset of
+    appearances, so the classes stay separable; `ValueError` if no pair does.
     """
     combos = class_part_types(config)
     for a, b in itertools.combinations(range(config.num_part_types), 2):
@@ -191,13 +191,13 @@ def _hue_distance(a: str, b: str) -> float:
 
 
 def part_styles(config: PlantedConfig) -> list[tuple[str, str, str]]:
-    """(shape, colour, texture) of every part type under ``config.variant``.
+    """(shape, colour, texture) of every part type under `config.variant`.
 
-    ``standard``, ``shortcut`` and ``unconfounded``: ``part_type_style``. ``twins``: type ``b`` of ``twin_part_types`` takes the
-    style of type ``a``. ``colour``: the types of class 1 that class 0 lacks are paired, in sorted order, with
+    `standard`, `shortcut` and `unconfounded`: `part_type_style`. `twins`: type `b` of `twin_part_types` takes the
+    style of type `a`. `colour`: the types of class 1 that class 0 lacks are paired, in sorted order, with
     the types of class 0 that class 1 lacks; each takes its partner's shape and texture and, of the saturated
     colours (not white) that no other type has with that shape and texture, the one whose hue is farthest
-    from the partner's (ties: ``COLOURS`` order), so the two classes differ by a large hue shift. Every style
+    from the partner's (ties: `COLOURS` order), so the two classes differ by a large hue shift. Every style
     stays unique, so no other pair of classes is merged.
     """
     combos = class_part_types(config)
@@ -220,16 +220,16 @@ def part_styles(config: PlantedConfig) -> list[tuple[str, str, str]]:
 
 
 def class_background(config: PlantedConfig, label: int) -> tuple[int, int, int]:
-    """The shortcut variant's background colour of class ``label``: hue ``label / num_classes`` of the
+    """The shortcut variant's background colour of class `label`: hue `label / num_classes` of the
     colour wheel at HSV saturation 0.5 and value 0.6 (muted: less saturated than any part colour)."""
     r, g, b = colorsys.hsv_to_rgb(label / config.num_classes, 0.5, 0.6)
     return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
 
 
 def deconfounded_background_class(config: PlantedConfig, split: str, index: int) -> int:
-    """The class whose background colour image ``index`` of ``split`` gets where the colour is drawn at random
-    (the ``deconfounded`` split, every split of the ``unconfounded`` variant): uniform over the classes, from a
-    random stream of its own (``[seed, 4, split code, index]``, the ``deconfounded`` split using ``test``'s code),
+    """The class whose background colour image `index` of `split` gets where the colour is drawn at random
+    (the `deconfounded` split, every split of the `unconfounded` variant): uniform over the classes, from a
+    random stream of its own (`[seed, 4, split code, index]`, the `deconfounded` split using `test`'s code),
     so it is independent of the image's class and the image's layout is unchanged."""
     stream = [config.seed, _BACKGROUND_STREAM, _SPLIT_CODES[split], index]
     return int(np.random.default_rng(stream).integers(config.num_classes))
@@ -278,7 +278,7 @@ def _background(rng: np.random.Generator, size: int, difficulty: float) -> Image
 
 def _place(rng: np.random.Generator, placed: list[tuple[float, float, float]], r: float, size: int,
            tries: int = 100) -> tuple[float, float] | None:
-    """A centre for a shape of radius ``r``, fully inside and clear of every placed shape; None if none found."""
+    """A centre for a shape of radius `r`, fully inside and clear of every placed shape; None if none found."""
     for _ in range(tries):
         cx, cy = rng.uniform(r + 1, size - r - 2, size=2)
         if all((cx - px) ** 2 + (cy - py) ** 2 > (r + pr + 2) ** 2 for px, py, pr in placed):
@@ -291,9 +291,9 @@ class PlantedSample:
     """One generated image with its ground truth.
 
     Args:
-        image: the RGB image, ``size`` x ``size``.
-        label: the class (the first class for ``multi``; -1 for ``ood``).
-        keypoints: (K, 3) float ``[part_type, x, y]``, the centre of each planted part in pixels.
+        image: the RGB image, `size` x `size`.
+        label: the class (the first class for `multi`; -1 for `ood`).
+        keypoints: (K, 3) float `[part_type, x, y]`, the centre of each planted part in pixels.
         classes_present: the classes whose parts are in the image.
     """
 
@@ -318,14 +318,14 @@ def _sample_classes(rng: np.random.Generator, config: PlantedConfig, split: str,
 def generate_image(config: PlantedConfig, split: Split, index: int,
                    combos: list[tuple[int, ...]] | None = None,
                    styles: list[tuple[str, str, str]] | None = None) -> PlantedSample:
-    """Generate image ``index`` of ``split``: a pure function of ``(config, split, index)``.
+    """Generate image `index` of `split`: a pure function of `(config, split, index)`.
 
     Args:
         config: the data set's settings.
-        split: ``train``, ``test``, ``ood``, ``multi`` or ``deconfounded``.
+        split: `train`, `test`, `ood`, `multi` or `deconfounded`.
         index: the image's index in its split.
-        combos: ``class_part_types(config)``, passed in to avoid recomputing it per image.
-        styles: ``part_styles(config)``, likewise.
+        combos: `class_part_types(config)`, passed in to avoid recomputing it per image.
+        styles: `part_styles(config)`, likewise.
     """
     if split not in _SPLIT_CODES:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(_SPLIT_CODES)}")
@@ -387,11 +387,11 @@ def generate_image(config: PlantedConfig, split: Split, index: int,
 class PlantedParts(Dataset):
     """One split of the planted-parts data set, generated on first access and kept in memory.
 
-    Items are ``(image, label)`` (PIL images); the label is -1 for ``ood``.
+    Items are `(image, label)` (PIL images); the label is -1 for `ood`.
 
     Args:
         config: the data set's settings.
-        split: ``train``, ``test``, ``ood``, ``multi`` or ``deconfounded`` (as many images as ``test``).
+        split: `train`, `test`, `ood`, `multi` or `deconfounded` (as many images as `test`).
     """
 
     def __init__(self, config: PlantedConfig, split: Split) -> None:
@@ -416,14 +416,14 @@ class PlantedParts(Dataset):
 
     @property
     def num_parts(self) -> int:
-        """Number of part types (the ids in ``keypoints``)."""
+        """Number of part types (the ids in `keypoints`)."""
         return self.config.num_part_types
 
     def __len__(self) -> int:
         return self._length
 
     def sample(self, i: int) -> PlantedSample:
-        """The generated image ``i`` with its ground truth (cached)."""
+        """The generated image `i` with its ground truth (cached)."""
         if not 0 <= i < self._length:
             raise IndexError(f"index {i} out of range for the {self.split} split of {self._length} images")
         if i not in self._cache:
@@ -439,7 +439,7 @@ class PlantedParts(Dataset):
         return self.sample(i).image.copy()
 
     def keypoints(self, i: int) -> torch.Tensor:
-        """(K, 3) float ``[part_type, x, y]`` in the generated image's pixels."""
+        """(K, 3) float `[part_type, x, y]` in the generated image's pixels."""
         return self.sample(i).keypoints.clone()
 
     def image_size(self, i: int) -> tuple[int, int]:
@@ -447,5 +447,5 @@ class PlantedParts(Dataset):
         return self.config.size, self.config.size
 
     def classes_present(self, i: int) -> tuple[int, ...]:
-        """The classes whose parts image ``i`` contains (two for ``multi``, none for ``ood``)."""
+        """The classes whose parts image `i` contains (two for `multi`, none for `ood`)."""
         return self.sample(i).classes_present

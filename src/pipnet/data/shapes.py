@@ -13,7 +13,7 @@ SHAPE_NAMES = ("disc", "bullseye", "square", "bar", "cross", "triangle", "diamon
 
 
 def _polygon(cx: float, cy: float, radii: list[float], start_deg: float) -> list[tuple[float, float]]:
-    """Vertices at equal angles around (cx, cy), starting at ``start_deg`` (0 = up), with the given radii."""
+    """Vertices at equal angles around (cx, cy), starting at `start_deg` (0 = up), with the given radii."""
     step = 2 * math.pi / len(radii)
     start = math.radians(start_deg - 90)
     return [(cx + r * math.cos(start + j * step), cy + r * math.sin(start + j * step)) for j, r in enumerate(radii)]
@@ -31,11 +31,11 @@ def _box(cx: float, cy: float, hw: float, hh: float) -> list[tuple[float, float]
 def draw_shape(
     draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill: Any, outline: Any
 ) -> None:
-    """Draw one shape of circumradius ``r`` centred on (cx, cy), turned by ``angle`` degrees.
+    """Draw one shape of circumradius `r` centred on (cx, cy), turned by `angle` degrees.
 
     Args:
         draw: where to draw.
-        shape: one of ``SHAPE_NAMES``.
+        shape: one of `SHAPE_NAMES`.
         cx: centre x in pixels.
         cy: centre y in pixels.
         r: circumradius in pixels.

@@ -1,8 +1,8 @@
 """Views of an image source for training and evaluation, and the one place keypoints meet the model input.
 
-Every source (planted, folders, CUB) is an ``ImageSource``: untransformed PIL images, labels and, where known,
-part keypoints in the image's own pixels. ``TwoViewDataset`` gives training items ``(view1, view2, label)``;
-``EvalDataset`` gives ``(x, label)`` through the plain S x S resize and maps keypoints into that S x S frame.
+Every source (planted, folders, CUB) is an `ImageSource`: untransformed PIL images, labels and, where known,
+part keypoints in the image's own pixels. `TwoViewDataset` gives training items `(view1, view2, label)`;
+`EvalDataset` gives `(x, label)` through the plain S x S resize and maps keypoints into that S x S frame.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["ImageSource", "TwoViewDataset", "EvalDataset", "scale_keypoints"]
 
 @runtime_checkable
 class ImageSource(Protocol):
-    """What the wrappers need from a source (``PlantedParts``, ``ImageList``, ``CUB``)."""
+    """What the wrappers need from a source (`PlantedParts`, `ImageList`, `CUB`)."""
 
     classes: list[str]
     targets: list[int]
@@ -40,12 +40,12 @@ class ImageSource(Protocol):
 
 
 def scale_keypoints(keypoints: torch.Tensor, size: tuple[int, int], image_size: int) -> torch.Tensor:
-    """Map ``[part_id, x, y]`` rows from an image of ``size = (width, height)`` into the S x S model input.
+    """Map `[part_id, x, y]` rows from an image of `size = (width, height)` into the S x S model input.
 
     The evaluation transform is a plain resize to S x S, so x scales by S / width and y by S / height.
 
     Args:
-        keypoints: (K, 3) float ``[part_id, x, y]`` in the source image's pixels.
+        keypoints: (K, 3) float `[part_id, x, y]` in the source image's pixels.
         size: (width, height) of the source image.
         image_size: S.
     """
@@ -82,16 +82,16 @@ class _SourceView(Dataset):
         return self.base.part_names
 
     def raw_image(self, i: int) -> Image.Image:
-        """The untransformed image ``i`` (RGB), for drawing explanations."""
+        """The untransformed image `i` (RGB), for drawing explanations."""
         return self.base.image(i)
 
     def raw_image_size(self, i: int) -> tuple[int, int]:
-        """(width, height) of the untransformed image ``i``."""
+        """(width, height) of the untransformed image `i`."""
         return self.base.image_size(i)
 
 
 class TwoViewDataset(_SourceView):
-    """Training items ``(view1, view2, label)``: two aligned, differently coloured views of one image.
+    """Training items `(view1, view2, label)`: two aligned, differently coloured views of one image.
 
     Args:
         base: the image source.
@@ -104,7 +104,7 @@ class TwoViewDataset(_SourceView):
         self.seed: int | None = None
 
     def set_seed(self, seed: int | None) -> None:
-        """Draw item i's augmentation from its own seed (``seed``, i) instead of the running random state.
+        """Draw item i's augmentation from its own seed (`seed`, i) instead of the running random state.
 
         Training sets this every epoch, so an image's views depend only on (seed, epoch, index): not on
         the order, the number of DataLoader workers, a prefetch thread or how many processes share the batch.
@@ -123,12 +123,12 @@ class TwoViewDataset(_SourceView):
 
 
 class EvalDataset(_SourceView):
-    """Evaluation items ``(x, label)`` through the plain S x S resize, with keypoints in that frame.
+    """Evaluation items `(x, label)` through the plain S x S resize, with keypoints in that frame.
 
     Args:
         base: the image source.
         image_size: S.
-        preset: augmentation preset (only ``grayscale`` changes the evaluation transform).
+        preset: augmentation preset (only `grayscale` changes the evaluation transform).
         normalization: the backbone's input normalisation (ImageNet's by default).
     """
 
@@ -143,11 +143,11 @@ class EvalDataset(_SourceView):
         return self.transform(self.base.image(i)), self.base.targets[i]
 
     def image_size(self, i: int) -> tuple[int, int]:
-        """(S, S): the frame of ``keypoints(i)``, as a source's ``image_size(i)`` is the frame of its keypoints."""
+        """(S, S): the frame of `keypoints(i)`, as a source's `image_size(i)` is the frame of its keypoints."""
         return self.input_size, self.input_size
 
     def keypoints(self, i: int) -> torch.Tensor:
-        """(K, 3) float ``[part_id, x, y]`` in the S x S model input's pixels (empty without part annotations)."""
+        """(K, 3) float `[part_id, x, y]` in the S x S model input's pixels (empty without part annotations)."""
         kp = self.base.keypoints(i)
         if kp.numel() == 0:
             return kp.reshape(0, 3).to(torch.float32)
@@ -155,17 +155,17 @@ class EvalDataset(_SourceView):
 
     @property
     def has_masks(self) -> bool:
-        """Whether the source has an object mask per image (``--data.masks``)."""
+        """Whether the source has an object mask per image (`--data.masks`)."""
         return hasattr(self.base, "mask")
 
     def mask(self, i: int) -> torch.Tensor:
-        """Bool (S, S): the object mask of image ``i`` in the model input's frame (True = object)."""
+        """Bool (S, S): the object mask of image `i` in the model input's frame (True = object)."""
         if not self.has_masks:
             raise AttributeError("this data set has no object masks (give --data.masks)")
         return self.base.mask(i, self.input_size)
 
     def classes_present(self, i: int) -> Sequence[int]:
-        """The classes shown in image ``i``: several for multi-object images, none for out-of-distribution ones."""
+        """The classes shown in image `i`: several for multi-object images, none for out-of-distribution ones."""
         present = getattr(self.base, "classes_present", None)
         if present is not None:
             return present(i)

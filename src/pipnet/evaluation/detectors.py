@@ -1,25 +1,25 @@
 """A saved model's out-of-distribution detectors and its verdict on an image: one interface, one decision.
 
 Two detectors say whether an image looks like the model's training data, both in the style of
-scikit-learn's outlier detectors (``sklearn.neighbors.LocalOutlierFactor(novelty=True)``):
+scikit-learn's outlier detectors (`sklearn.neighbors.LocalOutlierFactor(novelty=True)`):
 
-- ``paper`` ([Thresholds][pipnet.evaluation.thresholds.Thresholds], ``thresholds.json``): the paper's
+- `paper` ([Thresholds][pipnet.evaluation.thresholds.Thresholds], `thresholds.json`): the paper's
   per-class thresholds on the predicted class's score;
-- ``knn`` ([KnnDetector][pipnet.evaluation.novelty.KnnDetector], ``novelty.json``): the distance
+- `knn` ([KnnDetector][pipnet.evaluation.novelty.KnnDetector], `novelty.json`): the distance
   to the k-th nearest training image in prototype logits.
 
-Each has ``fit`` (a class method here: the fitted detector is a frozen record), ``score_samples`` (higher =
-more like the in-distribution images), ``decision_function`` (below 0: unknown), ``predict`` (+1 known,
--1 unknown), ``reasons`` (why, as data), ``save`` and ``load``. All read the ``Features`` (``pipnet.evaluation.features``)
+Each has `fit` (a class method here: the fitted detector is a frozen record), `score_samples` (higher =
+more like the in-distribution images), `decision_function` (below 0: unknown), `predict` (+1 known,
+-1 unknown), `reasons` (why, as data), `save` and `load`. All read the `Features` (`pipnet.evaluation.features`)
 of one model pass.
 
 [fit_detectors][pipnet.evaluation.detectors.fit_detectors] is the one place detectors are fitted (training,
-``pipnet evaluate``, ``pipnet refit`` and the web page call it), in fp32 unless asked otherwise, so that a
+`pipnet evaluate`, `pipnet refit` and the web page call it), in fp32 unless asked otherwise, so that a
 model folder gives the same verdicts on every machine. The folder records which detector decides
-(``detectors.json``: ``knn`` where stored, else ``paper``), or says that it has none.
+(`detectors.json`: `knn` where stored, else `paper`), or says that it has none.
 
-[verdicts][pipnet.evaluation.detectors.verdicts] is the one place an image is called ``known``,
-``unknown`` or ``abstained``, and [Verdict][pipnet.evaluation.detectors.Verdict] carries the reason as data
+[verdicts][pipnet.evaluation.detectors.verdicts] is the one place an image is called `known`,
+`unknown` or `abstained`, and [Verdict][pipnet.evaluation.detectors.Verdict] carries the reason as data
 and as one sentence, the sentence every door prints.
 """
 
@@ -78,9 +78,9 @@ class Verdict:
     """A model's verdict on one image.
 
     Args:
-        kind: ``known`` (a class, and the detector finds the image like the training data), ``unknown``
-            (the detector does not) or ``abstained`` (no prototype is present: every class scores 0).
-        detector: the detector that decided (``knn``, ``paper``), or None when the model folder has none.
+        kind: `known` (a class, and the detector finds the image like the training data), `unknown`
+            (the detector does not) or `abstained` (no prototype is present: every class scores 0).
+        detector: the detector that decided (`knn`, `paper`), or None when the model folder has none.
         reason: why, as data (the score and threshold, or the distance, threshold and nearest images).
         sentence: the same in one sentence, the one every door prints.
     """
@@ -95,11 +95,11 @@ class Verdict:
 
 
 def verdicts(features: Features, detector: Detector | None, class_names: list[str]) -> list[Verdict]:
-    """The verdict on every image of ``features``: the one place an image is called unknown.
+    """The verdict on every image of `features`: the one place an image is called unknown.
 
-    An image on which the model abstains (every class score 0) is ``abstained``, whatever the detector says;
-    otherwise ``detector.predict`` decides between ``known`` and ``unknown``. Without a detector every other
-    image is ``known``, and the sentence says so.
+    An image on which the model abstains (every class score 0) is `abstained`, whatever the detector says;
+    otherwise `detector.predict` decides between `known` and `unknown`. Without a detector every other
+    image is `known`, and the sentence says so.
 
     Args:
         features: one model pass over the images ([model_features][pipnet.evaluation.features.model_features]).
@@ -143,11 +143,11 @@ def _sentence(kind: str, name: str, score: float, detector: Detector | None, rea
 
 @dataclass(frozen=True)
 class StoredDetectors:
-    """The detectors a model folder carries and which one decides (``detectors.json``).
+    """The detectors a model folder carries and which one decides (`detectors.json`).
 
     Args:
-        detectors: by name (``knn``, ``paper``); may be empty.
-        decides: the stored choice (``knn`` where stored, else ``paper``), or None without detectors.
+        detectors: by name (`knn`, `paper`); may be empty.
+        decides: the stored choice (`knn` where stored, else `paper`), or None without detectors.
         note: why there are none (e.g. a model saved from the web page without its data), for the reader.
     """
 
@@ -156,7 +156,7 @@ class StoredDetectors:
     note: str = ""
 
     def choose(self, requested: str = "auto") -> Detector | None:
-        """The detector that decides: the stored choice (``auto``) or the one asked for.
+        """The detector that decides: the stored choice (`auto`) or the one asked for.
 
         Raises:
             ModelLoadError: the detector asked for is not stored.
@@ -178,7 +178,7 @@ class StoredDetectors:
         return chosen.precision if chosen is not None else None
 
     def save(self, directory: str | Path) -> Path:
-        """Write every detector's files and ``detectors.json`` (the choice) to ``directory``."""
+        """Write every detector's files and `detectors.json` (the choice) to `directory`."""
         for detector in self.detectors.values():
             detector.save(directory)
         path = RunFolder(directory).detectors
@@ -190,7 +190,7 @@ class StoredDetectors:
 
 
 def load_detectors(directory: str | Path, model: PIPNet) -> StoredDetectors:
-    """The detectors stored in a model folder and its choice (default: ``knn`` where stored, else ``paper``).
+    """The detectors stored in a model folder and its choice (default: `knn` where stored, else `paper`).
 
     Raises:
         ModelLoadError: a detector file is not valid or does not fit the model.
@@ -222,18 +222,18 @@ def load_detectors(directory: str | Path, model: PIPNet) -> StoredDetectors:
 def fit_detectors(model: PIPNet, train: Dataset, test: Dataset, *, tpr: float = 0.95, k: int = 5, description: str = "",
                   decides: str = "knn", batch_size: int = 64, device: torch.device | str | None = None,
                   precision: str = "fp32", progress: bool = False) -> StoredDetectors:
-    """Fit both detectors of ``model``: the one place detectors are fitted.
+    """Fit both detectors of `model`: the one place detectors are fitted.
 
-    Both read the same two passes: ``train`` (the training images through the evaluation transform) is the
-    ``knn`` reference, ``test`` (in-distribution images) sets both thresholds at ``tpr``.
+    Both read the same two passes: `train` (the training images through the evaluation transform) is the
+    `knn` reference, `test` (in-distribution images) sets both thresholds at `tpr`.
 
     Args:
         model: the PIP-Net (not changed).
-        train: items ``(x, label)``; file ids from ``train.base.samples`` when it has them.
-        test: items ``(x, label)``.
-        tpr: the fraction of ``test`` each detector keeps.
-        k: the ``knn`` detector's neighbour.
-        description: what ``test`` is, recorded.
+        train: items `(x, label)`; file ids from `train.base.samples` when it has them.
+        test: items `(x, label)`.
+        tpr: the fraction of `test` each detector keeps.
+        k: the `knn` detector's neighbour.
+        description: what `test` is, recorded.
         decides: the detector the folder's verdicts use by default.
         batch_size: images per forward pass.
         device: where to run.

@@ -1,27 +1,27 @@
-"""Evaluate a PIP-Net: accuracy, sparsity, explanation sizes, OoD detection, purity (spec section 6).
+"""Evaluate a PIP-Net: accuracy, sparsity, explanation sizes, OoD detection, purity (the paper's metrics).
 
-:func:`evaluate` is a pure function: it runs under ``torch.inference_mode()`` in eval mode, restores the
+[`evaluate`][pipnet.evaluation.evaluate.evaluate] is a pure function: it runs under `torch.inference_mode()` in eval mode, restores the
 model's training flags, never changes a weight (unlike the published code, which sparsified the model on
-every test batch), and returns a frozen :class:`Metrics` that serialises to ``metrics.json``.
+every test batch), and returns a frozen [`Metrics`][pipnet.evaluation.evaluate.Metrics] that serialises to `metrics.json`.
 
-Two protocols (``protocol=``), recorded in the metrics:
+Two protocols (`protocol=`), recorded in the metrics:
 
-- ``default`` (spec section 6): OoD thresholds on the scores of ``model.predict`` (presence < 0.1 set to
-  0) by the per-class ceil rule of :func:`pipnet.evaluation.metrics.ood_thresholds`; purity of the prototypes with a
-  weight > 1e-3, with the faithful boxes of :func:`pipnet.model.patches.patch_boxes` and a half-open keypoint test.
-- ``paper`` (spec section 10, how the published numbers were made): OoD thresholds and FPR on the
-  unclamped training-time scores by :func:`pipnet.evaluation.metrics.ood_thresholds_paper` (5th percentile, then the
+- `default` (the paper's text): OoD thresholds on the scores of `model.predict` (presence < 0.1 set to
+  0) by the per-class ceil rule of `pipnet.evaluation.metrics.ood_thresholds`; purity of the prototypes with a
+  weight > 1e-3, with the faithful boxes of `pipnet.model.patches.patch_boxes` and a half-open keypoint test.
+- `paper` (how the published code made the published numbers): OoD thresholds and FPR on the
+  unclamped training-time scores by `pipnet.evaluation.metrics.ood_thresholds_paper` (5th percentile, then the
   x0.999 loop), AUROC on the same scores; purity of the prototypes with a weight > 1e-5, with
-  :func:`pipnet.model.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
+  `pipnet.model.patches.patch_boxes_paper` (border boxes [S-32, S)) and a closed keypoint test.
 
 Both report purity with the paper's denominator (per part, over the images that show it) under
-``purity`` and the stricter all-patches variant under ``purity_all_patches``. The published
-evaluation's weight decrements (spec section 10.1) are not done here: evaluation never changes the model;
-training under the ``paper`` protocol applies them as an explicit step of its loop.
+`purity` and the stricter all-patches variant under `purity_all_patches`. The published
+evaluation's weight decrements (Faithfulness page, 'The published code', item 1) are not done here: evaluation never changes the model;
+training under the `paper` protocol applies them as an explicit step of its loop.
 
 Cost: one batched pass over the test data (everything but purity comes from it), one per OoD set, and one
-projection pass per purity set. With a training set, the prototype report card (``quality``, issue #16:
-:func:`pipnet.evaluation.quality.quality_card`) reuses that set's projection and adds one noisy pass for stability.
+projection pass per purity set. With a training set, the prototype report card (`quality`:
+[`pipnet.evaluation.quality.quality_card`][pipnet.evaluation.quality.quality_card]) reuses that set's projection and adds one noisy pass for stability.
 """
 
 from __future__ import annotations
@@ -50,27 +50,27 @@ __all__ = ["Metrics", "evaluate", "format_metrics_table", "keypoint_table", "on_
 OOD_TPR = 0.95
 PURITY_PRESENCE = 0.5
 PROTOCOLS = ("default", "paper")
-# A prototype enters purity when some class weight exceeds this (spec sections 1 and 10.3).
+# A prototype enters purity when some class weight exceeds this (1e-3 in the paper's text; 1e-5 in the published code).
 PURITY_WEIGHT = {"default": 1e-3, "paper": 1e-5}
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """Everything :func:`evaluate` measures; the field names are the keys of ``metrics.json``.
+    """Everything `evaluate` measures; the field names are the keys of `metrics.json`.
 
-    Accuracies are fractions in [0, 1]. Sizes are means over the test images. ``ood`` maps a set's name to
-    ``{"fpr95", "auroc", "num_images"}``; ``purity`` maps a variant (``"<set>_top10"``,
-    ``"<set>_presence0.5"``) to ``{"mean", "std", "count_above_0.5", "num_prototypes"}`` (denominator: the
-    patches in images that show the part); ``purity_all_patches`` holds the same variants divided by all
-    patches. ``protocol`` is the protocol that produced the numbers (``default`` or ``paper``). ``on_object``
-    maps a set with object masks to ``{"top10", "chance", "num_patches", "num_prototypes"}`` (see
-    :func:`on_object_of_projection`); ``everywhere`` lists the used prototypes present (> 0.5) on >= 90% of
-    the images of every class of the training set (``{"prototypes", "share", "presence", "num_used"}``);
-    ``saturation`` counts the used prototypes whose k-th best presence on the training set is >= 0.99
-    (``{"saturated", "num_used", "share", "presence", "rank"}``). ``quality`` is the prototype report card
-    of the training set (:func:`pipnet.evaluation.quality.quality_card`: consistency, stability, duplicates,
+    Accuracies are fractions in [0, 1]. Sizes are means over the test images. `ood` maps a set's name to
+    `{"fpr95", "auroc", "num_images"}`; `purity` maps a variant (`"<set>_top10"`,
+    `"<set>_presence0.5"`) to `{"mean", "std", "count_above_0.5", "num_prototypes"}` (denominator: the
+    patches in images that show the part); `purity_all_patches` holds the same variants divided by all
+    patches. `protocol` is the protocol that produced the numbers (`default` or `paper`). `on_object`
+    maps a set with object masks to `{"top10", "chance", "num_patches", "num_prototypes"}` (see
+    `on_object_of_projection`); `everywhere` lists the used prototypes present (> 0.5) on >= 90% of
+    the images of every class of the training set (`{"prototypes", "share", "presence", "num_used"}`);
+    `saturation` counts the used prototypes whose k-th best presence on the training set is >= 0.99
+    (`{"saturated", "num_used", "share", "presence", "rank"}`). `quality` is the prototype report card
+    of the training set (`pipnet.evaluation.quality.quality_card`: consistency, stability, duplicates,
     everywhere), None when not computed.
-    Undefined values are NaN here and ``null`` in JSON.
+    Undefined values are NaN here and `null` in JSON.
     """
 
     top1_accuracy: float
@@ -102,7 +102,7 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        """Read back :meth:`to_dict` (None becomes NaN again)."""
+        """Read back [`to_dict`][pipnet.evaluation.evaluate.Metrics.to_dict] (None becomes NaN again)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         binary = known.pop("binary", None)  # None here means "not a binary task"
         protocol = known.pop("protocol", "default")
@@ -174,19 +174,19 @@ def purity_of_projection(
     metric: Callable[..., torch.Tensor] = M.purity,
     protocol: str = "default",
 ) -> dict[str, dict[str, float | int]]:
-    """Purity summaries of ``prototypes`` for the top-k patches and for every patch above the threshold.
+    """Purity summaries of `prototypes` for the top-k patches and for every patch above the threshold.
 
-    Keys: ``top{k}`` and ``presence{threshold}`` (e.g. ``top10``, ``presence0.5``). The data set gives
-    ``keypoints(i)``, ``num_parts`` and optionally ``part_groups`` (part id -> merged part, e.g. left/right).
+    Keys: `top{k}` and `presence{threshold}` (e.g. `top10`, `presence0.5`). The data set gives
+    `keypoints(i)`, `num_parts` and optionally `part_groups` (part id -> merged part, e.g. left/right).
 
     Args:
-        projection: the projection of ``dataset``.
+        projection: the projection of `dataset`.
         dataset: the projected data set, with part keypoints in the model's input frame.
         prototypes: the prototypes to summarise.
-        metric: :func:`pipnet.evaluation.metrics.purity` (the paper's denominator) or
-            :func:`pipnet.evaluation.metrics.purity_all_patches`.
-        protocol: ``default`` (boxes of :func:`patch_boxes`, half-open keypoint test) or ``paper``
-            (:func:`patch_boxes_paper`, closed test).
+        metric: `pipnet.evaluation.metrics.purity` (the paper's denominator) or
+            `pipnet.evaluation.metrics.purity_all_patches`.
+        protocol: `default` (boxes of `patch_boxes`, half-open keypoint test) or `paper`
+            (`patch_boxes_paper`, closed test).
     """
     boxes_of = patch_boxes_paper if protocol == "paper" else patch_boxes
     prototypes = prototypes.long().cpu()
@@ -217,11 +217,11 @@ def purity_of_projection(
 def on_object_of_projection(
     projection: Projection, dataset: Dataset, prototypes: torch.Tensor
 ) -> dict[str, float | int]:
-    """How often the top-k patches of ``prototypes`` are centred on the object, against chance.
+    """How often the top-k patches of `prototypes` are centred on the object, against chance.
 
-    Keys: ``top{k}`` (share of those patches whose centre pixel is object in the image's mask),
-    ``chance`` (the share a grid cell drawn at random in the same images would get), ``num_patches`` and
-    ``num_prototypes``; see :func:`pipnet.evaluation.metrics.on_object`. The data set gives ``mask(i)``: the bool
+    Keys: `top{k}` (share of those patches whose centre pixel is object in the image's mask),
+    `chance` (the share a grid cell drawn at random in the same images would get), `num_patches` and
+    `num_prototypes`; see `pipnet.evaluation.metrics.on_object`. The data set gives `mask(i)`: the bool
     (S, S) object mask of image i in the model input's frame.
     """
     prototypes = prototypes.long().cpu()
@@ -241,10 +241,10 @@ SATURATED_PRESENCE = 0.99
 
 
 def saturation_of_projection(projection: Projection, prototypes: torch.Tensor) -> dict[str, float | int]:
-    """How many of ``prototypes`` have their k-th best presence >= 0.99: their top-k are all (almost) 1.
+    """How many of `prototypes` have their k-th best presence >= 0.99: their top-k are all (almost) 1.
 
     For such a prototype presence no longer tells its typical images apart (the gallery is ranked by
-    log-odds, see :mod:`pipnet.evaluation.projection`); many of them mean the softmax over prototypes has saturated.
+    log-odds, see `pipnet.evaluation.projection`); many of them mean the softmax over prototypes has saturated.
     """
     prototypes = prototypes.long().cpu()
     kth = projection.presence[prototypes, -1] if len(prototypes) else torch.zeros(0)
@@ -273,26 +273,26 @@ def evaluate(
     protocol: str = "default",
     quality: bool = True,
 ) -> Metrics:
-    """Measure a trained PIP-Net (spec section 6) without changing it.
+    """Measure a trained PIP-Net (the paper's metrics) without changing it.
 
     Args:
         model: the PIP-Net.
-        data: the in-distribution test set, yielding ``(x, label)`` with labels in [0, C).
+        data: the in-distribution test set, yielding `(x, label)` with labels in [0, C).
         ood: out-of-distribution sets by name (labels are ignored).
-        purity_sets: sets with part keypoints by name (e.g. ``{"train": ..., "test": ...}``); purity is
+        purity_sets: sets with part keypoints by name (e.g. `{"train": ..., "test": ...}`); purity is
             computed for the used prototypes on the top-k patches and on every patch with presence > 0.5.
-        mask_sets: sets with object masks by name (``mask(i)``, e.g. ``{"train": ..., "test": ...}``): the
+        mask_sets: sets with object masks by name (`mask(i)`, e.g. `{"train": ..., "test": ...}`): the
             share of the used prototypes' top-k patches centred on the object, and its chance level.
         train_set: the labelled training (projection) images: find the used prototypes present on
-            most images of every class (``Metrics.everywhere``) and those saturated (``Metrics.saturation``).
+            most images of every class (`Metrics.everywhere`) and those saturated (`Metrics.saturation`).
         batch_size: images per forward pass.
         device: where to run (default: the model's device).
         k: patches per prototype for purity (10 in the paper).
         num_workers: data loader workers.
         progress: show progress bars.
-        protocol: ``default`` or ``paper`` (the published OoD rule and purity conventions; see the module
+        protocol: `default` or `paper` (the published OoD rule and purity conventions; see the module
             docstring). Neither changes the model.
-        quality: with ``train_set``, also measure the prototype report card on it (``Metrics.quality``).
+        quality: with `train_set`, also measure the prototype report card on it (`Metrics.quality`).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

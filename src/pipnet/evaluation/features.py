@@ -1,8 +1,8 @@
 """What the out-of-distribution detectors read of a model for every image, computed in one pass.
 
 The class scores (the paper's per-class thresholds read the predicted class's score), the prototype logits
-pooled over the grid (the ``knn`` detector's features) and the raw presences (the ``knn`` detector's
-explanation). Fitting a detector and deciding about new images both go through :func:`model_features`,
+pooled over the grid (the `knn` detector's features) and the raw presences (the `knn` detector's
+explanation). Fitting a detector and deciding about new images both go through [`model_features`][pipnet.evaluation.features.model_features],
 so a verdict is computed from the same numbers the detector was set on.
 """
 
@@ -29,7 +29,7 @@ class Features(NamedTuple):
 def model_features(model: PIPNet, data: Dataset | DataLoader, *, batch_size: int = 64, pool: str = "max",
                    device: torch.device | str | None = None, progress: bool = False) -> Features:
     """The detector's inputs (and the class scores) for every image, in data-set order, in one pass under
-    ``torch.inference_mode()``; the model is not changed."""
+    `torch.inference_mode()`; the model is not changed."""
     logits, presence, scores = [], [], []
     with eval_mode(model, device) as dev:
         for batch in tqdm(make_loader(data, batch_size), desc="novelty", disable=not progress, leave=False):
@@ -49,7 +49,7 @@ ROUNDING = 1e-5  # how far fp32 numbers of one image may move between machines (
 
 
 def margin(threshold: torch.Tensor | float) -> torch.Tensor:
-    """The slack a detector grants a threshold: ``ROUNDING * max(1, |t|)``.
+    """The slack a detector grants a threshold: `ROUNDING * max(1, |t|)`.
 
     A threshold is itself the score (or distance) of one calibration image, and another CPU's fp32 kernels
     compute that image's number a few units in the last place away (measured: about 1e-7 relative), so

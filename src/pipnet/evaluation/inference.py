@@ -1,16 +1,16 @@
 """Inference plumbing shared by every pass over a data set (evaluation, projection, thresholds, refit,
-explanations, the web app): the device, the model in eval mode under ``torch.inference_mode()``, an in-order
+explanations, the web app): the device, the model in eval mode under `torch.inference_mode()`, an in-order
 loader, the images of a batch, and the model's input contract.
 
-The device (one owner): :func:`choose_device` turns ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a
-``torch.device`` for ``pipnet train`` (``--runtime.device``), ``evaluate``, ``predict``, ``refit`` and ``serve``
-(their ``--device``), and refuses a device the machine lacks with one line.
+The device (one owner): [`choose_device`][pipnet.evaluation.inference.choose_device] turns `auto` / `cpu` / `cuda` / `cuda:N` into a
+`torch.device` for `pipnet train` (`--runtime.device`), `evaluate`, `predict`, `refit` and `serve`
+(their `--device`), and refuses a device the machine lacks with one line.
 
-The input contract (one owner): a model takes S x S images (``model.config.image_size``, the size it was
-trained at) prepared with its data preset's evaluation transform (``model.config.preset``: ``grayscale``
-turns images gray) and normalised as its backbone's weights expect (``model.normalization``, recorded in
-its config.json). ``pipnet explain``, ``predict``, ``evaluate``, ``serve``, ``refit`` and ``report`` build
-their inputs with :func:`input_transform` or :func:`build_model_data`.
+The input contract (one owner): a model takes S x S images (`model.config.image_size`, the size it was
+trained at) prepared with its data preset's evaluation transform (`model.config.preset`: `grayscale`
+turns images gray) and normalised as its backbone's weights expect (`model.normalization`, recorded in
+its config.json). `pipnet explain`, `predict`, `evaluate`, `serve`, `refit` and `report` build
+their inputs with [`input_transform`][pipnet.evaluation.inference.input_transform] or `build_model_data`.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def choose_device(name: str | torch.device | None = "auto") -> torch.device:
     """The device to run on.
 
     Args:
-        name: ``auto`` or None (CUDA when present, else the CPU), a torch device name (``cpu``, ``cuda``,
-            ``cuda:1``, ``mps``) or a ``torch.device``.
+        name: `auto` or None (CUDA when present, else the CPU), a torch device name (`cpu`, `cuda`,
+            `cuda:1`, `mps`) or a `torch.device`.
 
     Raises:
         DeviceError: an unknown name, or a CUDA device this machine does not have (asked for by name, it is
@@ -68,14 +68,14 @@ def choose_device(name: str | torch.device | None = "auto") -> torch.device:
 def eval_mode(
     model: torch.nn.Module, device: torch.device | str | None = None, precision: str | None = None
 ) -> Iterator[torch.device]:
-    """Run ``model`` in eval mode under ``torch.inference_mode()``, restoring every module's training flag.
+    """Run `model` in eval mode under `torch.inference_mode()`, restoring every module's training flag.
 
     Args:
         model: the model (its weights are never modified).
         device: where to run; None means the model's own device. A different device moves the model there
             for the duration and back afterwards (the values are unchanged).
-        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the block; None: the current inference
-            precision (:func:`pipnet.core.precision.inference_precision`; ``fp32`` unless a command set it).
+        precision: `fp32`, `bf16` or `fp16` autocast for the block; None: the current inference
+            precision (`pipnet.core.precision.inference_precision`; `fp32` unless a command set it).
 
     Yields:
         The device the inputs must go to.
@@ -99,7 +99,7 @@ def eval_mode(
 def make_loader(
     data: Dataset | DataLoader, batch_size: int, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """A loader over ``data`` in data-set order (a loader passed in must not shuffle: indices matter)."""
+    """A loader over `data` in data-set order (a loader passed in must not shuffle: indices matter)."""
     if isinstance(data, DataLoader):
         if data.batch_sampler is not None and not isinstance(data.sampler, SequentialSampler):
             raise ValueError("the loader must visit the data in order (shuffle=False): image indices are recorded")
@@ -108,12 +108,12 @@ def make_loader(
 
 
 def inputs_of(batch: object) -> torch.Tensor:
-    """The image tensor of a batch: ``x`` of ``(x, label, ...)`` or the batch itself."""
+    """The image tensor of a batch: `x` of `(x, label, ...)` or the batch itself."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch  # type: ignore[return-value]
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
-    """(N,) labels of a data set: its ``targets``, or the second element of every item."""
+    """(N,) labels of a data set: its `targets`, or the second element of every item."""
     targets = getattr(dataset, "targets", None)
     if targets is None:
         targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
@@ -125,14 +125,14 @@ def input_transform(model: torch.nn.Module) -> Callable:
     and its normalisation.
 
     Args:
-        model: a PIP-Net (reads ``config.image_size``, ``config.preset`` (None: ``default``, RGB inputs)
-            and ``normalization``).
+        model: a PIP-Net (reads `config.image_size`, `config.preset` (None: `default`, RGB inputs)
+            and `normalization`).
     """
     return eval_transform(model.config.image_size, model.config.preset or "default", model.normalization)
 
 
 def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:
-    """``config`` with the model's input contract (image size, and preset when recorded); a data setting
+    """`config` with the model's input contract (image size, and preset when recorded); a data setting
     that differs is replaced with a warning, never silently (a model evaluated at another size than it was
     trained at gives other numbers)."""
     size, preset = model.config.image_size, model.config.preset
@@ -146,6 +146,6 @@ def fit_data_to_model(config: DataConfig, model: torch.nn.Module) -> DataConfig:
 
 
 def build_model_data(config: DataConfig, model: torch.nn.Module, protocol: str = "default") -> DataBundle:
-    """Every data set of ``config`` as ``model`` takes its inputs: :func:`fit_data_to_model` (size, preset)
+    """Every data set of `config` as `model` takes its inputs: `fit_data_to_model` (size, preset)
     and the model's normalisation."""
     return build_data(fit_data_to_model(config, model), protocol, normalization=model.normalization)

@@ -1,8 +1,8 @@
-"""Evaluation metrics of PIP-Net as pure functions on tensors (spec section 6).
+"""Evaluation metrics of PIP-Net as pure functions on tensors (Faithfulness page, 'Evaluation').
 
 Nothing here sees a model: scores, presences, weights and boxes go in, numbers come out. Conventions:
 
-- An image *abstains* when all its class scores are 0 (spec section 1); its prediction is -1 and it is never
+- An image *abstains* when all its class scores are 0 (as in the paper); its prediction is -1 and it is never
   counted correct. Otherwise the prediction is the argmax, ties going to the lower class index.
 - Weights are used as the classifier uses them, relu(W); a weight is relevant when > 1e-3.
 - Undefined values (a rate with an empty denominator) are NaN.
@@ -49,15 +49,15 @@ __all__ = [
 
 
 def predictions(scores: torch.Tensor) -> torch.Tensor:
-    """Predicted class of each row of ``scores`` (N, C): argmax (lowest index on ties), -1 when all are 0."""
+    """Predicted class of each row of `scores` (N, C): argmax (lowest index on ties), -1 when all are 0."""
     pred = scores.argmax(dim=1)
     return torch.where(scores.amax(dim=1) <= 0, torch.full_like(pred, -1), pred)
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """Fraction of images whose true class is among the k highest scores, for each k in ``ks``.
+    """Fraction of images whose true class is among the k highest scores, for each k in `ks`.
 
-    Ties rank the lower class index first (so top-1 agrees with :func:`predictions`); an image that
+    Ties rank the lower class index first (so top-1 agrees with `predictions`); an image that
     abstains (all scores 0) is never correct. With k >= C every non-abstaining image is correct.
 
     Args:
@@ -161,7 +161,7 @@ def global_explanation_size(weight: torch.Tensor, mask: torch.Tensor | None = No
 def local_explanation_sizes(
     presence: torch.Tensor, weight: torch.Tensor, pred: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image explanation sizes (spec section 6).
+    """Per-image explanation sizes (the paper's local explanation size).
 
     Args:
         presence: (N, P) presence as the classifier used it at inference (p < 0.1 already set to 0).
@@ -185,10 +185,10 @@ def local_explanation_sizes(
 
 
 def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95) -> torch.Tensor:
-    """Per-class score thresholds that keep a fraction ``tpr`` of in-distribution images (spec section 6).
+    """Per-class score thresholds that keep a fraction `tpr` of in-distribution images (the paper's FPR at 95 % TPR).
 
     For class c with n in-distribution images predicted as c, the threshold is the largest t such that at
-    least ``tpr`` of them have max score >= t: the m-th highest of their scores with m = ceil(tpr * n) (no
+    least `tpr` of them have max score >= t: the m-th highest of their scores with m = ceil(tpr * n) (no
     interpolation). A class that no image was predicted as gets +inf; abstaining images (-1) are ignored.
 
     Args:
@@ -219,16 +219,16 @@ def ood_thresholds(max_scores: torch.Tensor, preds: torch.Tensor, num_classes: i
 def ood_thresholds_paper(
     max_scores: torch.Tensor, preds: torch.Tensor, num_classes: int, tpr: float = 0.95
 ) -> torch.Tensor:
-    """Per-class thresholds by the published rule (spec section 10.2), for the unclamped training-time scores.
+    """Per-class thresholds by the published rule (Faithfulness page, 'The published code', item 2), for the unclamped training-time scores.
 
-    1. Class c's threshold is the (1 - tpr) percentile, with linear interpolation (``torch.quantile``'s
+    1. Class c's threshold is the (1 - tpr) percentile, with linear interpolation (`torch.quantile`'s
        default, as numpy's), of the max scores of the in-distribution images predicted as c.
     2. A class no image was predicted as gets the mean of the other classes' thresholds.
-    3. While fewer than ``tpr`` of all images reach the threshold of their predicted class (score >=
+    3. While fewer than `tpr` of all images reach the threshold of their predicted class (score >=
        threshold), every threshold is multiplied by 0.999.
 
     Predictions here are a plain argmax (ties to the lower class, and an all-zero row is class 0), as the
-    published code takes them. Step 3 cannot end while more than 1 - ``tpr`` of the images score exactly
+    published code takes them. Step 3 cannot end while more than 1 - `tpr` of the images score exactly
     0 before the thresholds underflow to 0; that is answered at once with zero thresholds.
 
     Args:
@@ -284,7 +284,7 @@ def part_membership(
     """Which merged parts lie in each box, and which its image shows: the part vectors of purity and consistency.
 
     A part is in a box when one of its keypoints lies inside (half-open: top <= y < bottom,
-    left <= x < right; ``closed=True`` also counts the far edges). Parts mapped to the same group count as
+    left <= x < right; `closed=True` also counts the far edges). Parts mapped to the same group count as
     one part, in the box when either keypoint is.
 
     Args:
@@ -371,16 +371,16 @@ def purity(
     patch_size: int = PATCH_SIZE,
     closed: bool = False,
 ) -> torch.Tensor:
-    """Purity as the paper computed it (spec sections 6 and 10.3): per part, over images showing the part.
+    """Purity as the paper computed it (supplementary Sec. 1.4; Faithfulness page, 'The published code', item 3): per part, over images showing the part.
 
     For each part, the fraction of the prototype's patches *in images where that part is visible* (has a
     keypoint) that contain it; the prototype's purity is the largest fraction over parts. A part visible
     in none of the prototype's images gives no fraction; a prototype whose images show no part at all
     scores 0. A part is in a patch when one of its keypoints lies in the patch box (half-open:
-    top <= y < bottom, left <= x < right; ``closed=True``, the published rule, also counts the far
-    edges); boxes larger than ``patch_size`` are first shrunk to their central ``patch_size`` pixels.
+    top <= y < bottom, left <= x < right; `closed=True`, the published rule, also counts the far
+    edges); boxes larger than `patch_size` are first shrunk to their central `patch_size` pixels.
     Parts mapped to the same group (left/right variants) count as one part, visible when either is, and
-    present when either keypoint is inside. :func:`purity_all_patches` is the stricter variant.
+    present when either keypoint is inside. `purity_all_patches` is the stricter variant.
 
     Args:
         prototype: (M,) prototype of each patch.
@@ -417,8 +417,8 @@ def purity_all_patches(
 ) -> torch.Tensor:
     """Stricter purity: the largest fraction of *all* of a prototype's patches that contain one same part.
 
-    As :func:`purity` (same arguments and inside test), but every patch counts in the denominator,
-    including those in images where the part is not visible; so it is never above :func:`purity`.
+    As `purity` (same arguments and inside test), but every patch counts in the denominator,
+    including those in images where the part is not visible; so it is never above `purity`.
     Never mix the two in one table.
 
     Returns:
@@ -463,8 +463,8 @@ def on_object(
 ) -> dict[str, float | int]:
     """Share of patch centres on the object, beside the chance level of a random grid cell in the same images.
 
-    ``share`` is the fraction of the M patches whose centre pixel (:func:`patch_centres`) is object in its
-    image's mask. ``chance`` is what a cell drawn uniformly from the h x w grid of the same image would
+    `share` is the fraction of the M patches whose centre pixel (`patch_centres`) is object in its
+    image's mask. `chance` is what a cell drawn uniformly from the h x w grid of the same image would
     score: the fraction of the image's h * w cell centres that are object, averaged over the M patches (an
     image that holds several of the patches counts as often). Both NaN when M = 0.
 
@@ -498,7 +498,7 @@ def presence_share_per_class(
 
     Args:
         prototype: (M,) prototype of each (prototype, image) pair where it is present (e.g. presence > 0.5;
-            ``Projection.above_prototype``); each pair at most once.
+            `Projection.above_prototype`); each pair at most once.
         image: (M,) the image of each pair.
         labels: (N,) class of every image of the data set.
         num_prototypes: P.
@@ -516,13 +516,13 @@ def presence_share_per_class(
 
 
 def present_everywhere(shares: torch.Tensor, share: float = EVERYWHERE_SHARE) -> torch.Tensor:
-    """(P,) bool: prototypes present in at least ``share`` of the images of every class (classes with images).
+    """(P,) bool: prototypes present in at least `share` of the images of every class (classes with images).
 
     Such a prototype adds about the same evidence to every image whatever its class, so it carries no class
     information (typically background, or a texture all photos share).
 
     Args:
-        shares: (P, C) from :func:`presence_share_per_class`.
+        shares: (P, C) from `presence_share_per_class`.
         share: the fraction, 0.9 by default.
     """
     known = ~torch.isnan(shares[0]) if shares.numel() else torch.zeros(0, dtype=torch.bool)
@@ -532,7 +532,7 @@ def present_everywhere(shares: torch.Tensor, share: float = EVERYWHERE_SHARE) ->
 
 
 def keypoint_table(dataset: Dataset, images: torch.Tensor) -> torch.Tensor:
-    """(K, 4) rows (image index, part id, x, y) of the keypoints of ``images``, from ``dataset.keypoints(i)``."""
+    """(K, 4) rows (image index, part id, x, y) of the keypoints of `images`, from `dataset.keypoints(i)`."""
     rows = []
     for i in torch.unique(images).tolist():
         kp = torch.as_tensor(dataset.keypoints(i), dtype=torch.float64).reshape(-1, 3)  # (K_i, 3)

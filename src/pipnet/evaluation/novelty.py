@@ -1,18 +1,18 @@
-"""An out-of-distribution detector in the model's own terms, beside the paper's rule (:mod:`pipnet.evaluation.thresholds`).
+"""An out-of-distribution detector in the model's own terms, beside the paper's rule (`pipnet.evaluation.thresholds`).
 
 The paper's rule thresholds the predicted class's score. On small real-photo sets most used prototypes
 saturate (presence 1.0 on most images), so a score built from presences says little about whether an image
 resembles anything the model was trained on. One step earlier the signal is still there: the **prototype
 logits** (the add-on's output before the softmax over prototypes; with P = D, the backbone's features).
 
-The rule (``knn``, Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022,
+The rule (`knn`, Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022,
 on the model's own representation):
 
   f(x)  = each prototype's largest logit over the grid (the pre-softmax analogue of its presence), (P,),
           scaled to unit length;
   d(x)  = 1 - cos(f(x), its k-th nearest training image's f), k = 5 (cosine distance);
-  x is **unknown** when d(x) > t, with t the smallest distance that keeps a fraction ``tpr`` (0.95) of the
-  in-distribution test images (the ceil(tpr * n)-th smallest d, as :func:`pipnet.evaluation.metrics.ood_thresholds`
+  x is **unknown** when d(x) > t, with t the smallest distance that keeps a fraction `tpr` (0.95) of the
+  in-distribution test images (the ceil(tpr * n)-th smallest d, as `pipnet.evaluation.metrics.ood_thresholds`
   counts for scores).
 
 The reference set is the training images through the evaluation transform. The decision is explained in
@@ -21,8 +21,8 @@ present (p >= 0.1, the inference threshold) in the image and in most of those ne
 present in most neighbours but not in the image (it lacks), and those present in the image but in none of
 them (only it has).
 
-Stored beside the model like ``thresholds.json``: ``novelty.json`` (the rule, k, t, the TPR, the data, the
-reference images' ids and labels) and ``novelty.safetensors`` (the reference features, their presences, the
+Stored beside the model like `thresholds.json`: `novelty.json` (the rule, k, t, the TPR, the data, the
+reference images' ids and labels) and `novelty.safetensors` (the reference features, their presences, the
 standardisation).
 """
 
@@ -54,13 +54,13 @@ POOLS = ("max", "mean")  # chosen by measurement: max without standardisation (d
 
 @dataclass(frozen=True)
 class KnnExplanation:
-    """Why the detector calls an image known or unknown, in prototypes (plain data; JSON via ``asdict``).
+    """Why the detector calls an image known or unknown, in prototypes (plain data; JSON via `asdict`).
 
     Args:
         distance: d(x), the cosine distance to the k-th nearest training image.
-        threshold: t; the image is unknown when ``distance > threshold`` (beyond the rounding slack).
+        threshold: t; the image is unknown when `distance > threshold` (beyond the rounding slack).
         k: the neighbour whose distance counts.
-        nearest: up to k nearest training images as ``{"image", "label", "distance"}``, nearest first.
+        nearest: up to k nearest training images as `{"image", "label", "distance"}`, nearest first.
         shared: used prototypes present in the image and in most of those neighbours.
         lacks: used prototypes present in most neighbours but not in the image.
         only_it_has: used prototypes present in the image but in none of the neighbours.
@@ -77,12 +77,12 @@ class KnnExplanation:
 
 @dataclass(frozen=True)
 class KnnDetector:
-    """The ``knn`` detector: reference features of the training images and a distance threshold.
+    """The `knn` detector: reference features of the training images and a distance threshold.
 
     Args:
         reference: (N, P) unit-length features of the training images.
         presence: (N, P) their raw presences (for the explanation).
-        mean: (P,) and ``std``: a standardisation applied before the unit length (0 and 1: none, the
+        mean: (P,) and `std`: a standardisation applied before the unit length (0 and 1: none, the
             default; standardising with the training images' statistics measured worse).
         threshold: t (a distance).
         k: the neighbour whose distance counts.
@@ -91,9 +91,9 @@ class KnnDetector:
         labels: their labels.
         data: a description of the images t was set on.
         used: the used prototypes when fitted (the explanation speaks of these only).
-        pool: how the logits were pooled over the grid (``max``).
+        pool: how the logits were pooled over the grid (`max`).
         created: UTC time, ISO 8601.
-        precision: the inference precision the features were computed in (``fp32`` unless asked otherwise).
+        precision: the inference precision the features were computed in (`fp32` unless asked otherwise).
     """
 
     name = "knn"  # a class attribute: the detector's name in --detector and detectors.json
@@ -118,7 +118,7 @@ class KnnDetector:
         return F.normalize((logits.double() - self.mean.double()) / self.std.double(), dim=1)
 
     def distances(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(d, nearest)``: (M,) the cosine distance to the k-th nearest training image, and (M, k) the
+        """`(d, nearest)`: (M,) the cosine distance to the k-th nearest training image, and (M, k) the
         indices of the k nearest, nearest first (k is capped at the reference set's size)."""
         similarity = self.embed(logits) @ self.reference.double().T  # (M, N)
         k = min(self.k, similarity.shape[1])
@@ -129,8 +129,8 @@ class KnnDetector:
     def fit(cls, reference: Features, calibration: Features, *, k: int = 5, tpr: float = 0.95, image_ids: list[str] | None = None,
             labels: list[int] | None = None, used: list[int] | None = None, description: str = "",
             precision: str = "fp32") -> KnnDetector:
-        """The detector with ``reference`` (the training images) as neighbours and its threshold at ``tpr``
-        of ``calibration`` (in-distribution images), both passes pooled with ``max``."""
+        """The detector with `reference` (the training images) as neighbours and its threshold at `tpr`
+        of `calibration` (in-distribution images), both passes pooled with `max`."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         n = len(reference.logits)
@@ -148,7 +148,7 @@ class KnnDetector:
         return -self.distances(features.logits)[0]
 
     def decision_function(self, features: Features) -> torch.Tensor:
-        """(N,) threshold minus distance (with the rounding slack of :func:`pipnet.evaluation.features.margin`):
+        """(N,) threshold minus distance (with the rounding slack of `pipnet.evaluation.features.margin`):
         below 0 is unknown."""
         return self.score_samples(features) + self.threshold + margin(self.threshold)
 
@@ -157,11 +157,11 @@ class KnnDetector:
         return torch.where(self.decision_function(features) >= 0, 1, -1)
 
     def reasons(self, features: Features, class_names: list[str]) -> list[dict[str, Any]]:
-        """Per image: the distance, threshold, nearest training images and the prototypes they share (:meth:`explain`)."""
+        """Per image: the distance, threshold, nearest training images and the prototypes they share ([`explain`][pipnet.evaluation.novelty.KnnDetector.explain])."""
         return [asdict(e) for e in self.explain(features.logits, features.presence)]
 
     def explain(self, logits: torch.Tensor, presence: torch.Tensor) -> list[KnnExplanation]:
-        """One :class:`KnnExplanation` per image ((M, P) logits and raw presences)."""
+        """One `KnnExplanation` per image ((M, P) logits and raw presences)."""
         d, nearest = self.distances(logits)
         used = torch.tensor(self.used, dtype=torch.long) if self.used else torch.arange(presence.shape[1])
         out = []
@@ -182,7 +182,7 @@ class KnnDetector:
     # ---- stored beside the model --------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``novelty.json`` and ``novelty.safetensors`` to ``directory`` (atomically); the json's path."""
+        """Write `novelty.json` and `novelty.safetensors` to `directory` (atomically); the json's path."""
         from safetensors.torch import save_file
 
         folder = RunFolder(Path(directory))
@@ -197,7 +197,7 @@ class KnnDetector:
 
 
 def load_knn_detector(directory: str | Path, num_prototypes: int | None = None) -> KnnDetector | None:
-    """The detector stored in ``directory``, or None when it has none.
+    """The detector stored in `directory`, or None when it has none.
 
     Raises:
         ModelLoadError: the files are not valid, or they are for another number of prototypes.
@@ -224,8 +224,8 @@ def load_knn_detector(directory: str | Path, num_prototypes: int | None = None) 
 
 
 def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
-    """The smallest t with at least ceil(tpr * n) of the n ``distances`` <= t (the same count as
-    :func:`pipnet.evaluation.metrics.ood_thresholds`, with the same float tolerance on ceil)."""
+    """The smallest t with at least ceil(tpr * n) of the n `distances` <= t (the same count as
+    `pipnet.evaluation.metrics.ood_thresholds`, with the same float tolerance on ceil)."""
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     n = len(distances)
@@ -235,13 +235,13 @@ def distance_threshold(distances: torch.Tensor, tpr: float) -> float:
 
 def compare_rules(model: PIPNet, detector: KnnDetector, thresholds: Any, test: Dataset, ood: dict[str, Dataset], *,
                   batch_size: int = 64, device: torch.device | str | None = None) -> list[dict[str, Any]]:
-    """The ``knn`` detector beside the paper's rule (per-class score thresholds, :mod:`pipnet.evaluation.thresholds`).
+    """The `knn` detector beside the paper's rule (per-class score thresholds, `pipnet.evaluation.thresholds`).
 
     Returns:
-        One row per set: ``{"set", "images", "paper_unknown", "knn_unknown"}`` (the share each rule calls
-        unknown) for the in-distribution ``test`` set, with ``paper_unknown_held_out`` and
-        ``knn_unknown_held_out`` (:func:`held_out_unknown`), and for each OoD set also ``paper_fpr95``,
-        ``paper_auroc`` (max score, as ``pipnet evaluate``) and ``knn_fpr95``, ``knn_auroc`` (FPR = the share of
+        One row per set: `{"set", "images", "paper_unknown", "knn_unknown"}` (the share each rule calls
+        unknown) for the in-distribution `test` set, with `paper_unknown_held_out` and
+        `knn_unknown_held_out` (`held_out_unknown`), and for each OoD set also `paper_fpr95`,
+        `paper_auroc` (max score, as `pipnet evaluate`) and `knn_fpr95`, `knn_auroc` (FPR = the share of
         OoD images not called unknown; AUROC of -distance).
     """
     from pipnet.evaluation import metrics as M
@@ -269,10 +269,10 @@ def held_out_unknown(scores: torch.Tensor, distances: torch.Tensor, tpr: float, 
                      seed: int = 0) -> tuple[float, float]:
     """The share of in-distribution images each rule calls unknown when its threshold was **not** set on them.
 
-    Both rules set their thresholds on the images they are then checked on, which gives 1 - ``tpr`` by
-    construction. Here the images are halved at random ``repeats`` times; the thresholds are set on one
-    half (the paper's per-class score thresholds, :func:`pipnet.evaluation.metrics.ood_thresholds`; the
-    knn distance threshold, :func:`distance_threshold`) and the share called unknown is counted on the
+    Both rules set their thresholds on the images they are then checked on, which gives 1 - `tpr` by
+    construction. Here the images are halved at random `repeats` times; the thresholds are set on one
+    half (the paper's per-class score thresholds, `pipnet.evaluation.metrics.ood_thresholds`; the
+    knn distance threshold, `distance_threshold`) and the share called unknown is counted on the
     other half, both ways round.
 
     Args:
@@ -304,7 +304,7 @@ def held_out_unknown(scores: torch.Tensor, distances: torch.Tensor, tpr: float, 
 
 
 def format_rules(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`compare_rules`' rows."""
+    """A plain-text table of `compare_rules`' rows."""
     def cell(row: dict[str, Any], key: str) -> str:
         return f"{row[key]:.3f}" if key in row else "-"
 

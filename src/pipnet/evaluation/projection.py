@@ -1,4 +1,4 @@
-"""Projection: each prototype's most typical image patches over a data set (paper Fig. 4; spec sections 4, 6).
+"""Projection: each prototype's most typical image patches over a data set (paper Fig. 4).
 
 One batched pass over the data keeps, for every prototype, its top-k images in memory O(P * k). A
 prototype's patch in an image is the argmax cell of its map there (its presence p is the max over cells),
@@ -6,11 +6,11 @@ so an image appears at most once per prototype: the row of distinct images the p
 collects every (prototype, image) whose presence exceeds a threshold (0.5 for the second purity variant),
 memory proportional to their number.
 
-Images are ranked by the prototype's log-odds at its best cell (``model.prototype_log_odds`` of the logits),
+Images are ranked by the prototype's log-odds at its best cell (`model.prototype_log_odds` of the logits),
 not by the presence itself: the two order cells and images identically, but presence rounds to 1.0 in
 float32 once a prototype dominates a cell, and then the "top-10" of a saturated prototype would be decided
 by image order. Real ties (equal log-odds) are broken deterministically: lower image index first; inside
-one map, the lowest flattened cell index (row-major) among equal maxima. ``Projection.tied`` marks the
+one map, the lowest flattened cell index (row-major) among equal maxima. `Projection.tied` marks the
 prototypes whose k-th and (k+1)-th images tie, i.e. whose row still depends on the image order.
 """
 
@@ -32,7 +32,7 @@ __all__ = ["Projection", "best_cells", "everywhere_prototypes", "project",
 
 @dataclass(frozen=True, eq=False)
 class Projection:
-    """The result of :func:`project` (all tensors on the CPU).
+    """The result of `project` (all tensors on the CPU).
 
     Attributes:
         presence: (P, k) the presences of every prototype's top-k images, highest first.
@@ -42,13 +42,13 @@ class Projection:
         image_size: (H, W) of the model's input.
         max_presence: (P,) highest presence of each prototype over the data set.
         num_images: number of images projected.
-        threshold: the presence threshold of the ``above_*`` rows.
+        threshold: the presence threshold of the `above_*` rows.
         above_prototype: (M,) long, prototype of each (prototype, image) pair with presence > threshold,
             sorted by prototype, then image index.
         above_image: (M,) long, its image index.
         above_cell: (M, 2) long, its argmax cell.
         above_presence: (M,) its presence.
-        score: (P, k) the log-odds the top-k are ranked by (``prototype_log_odds`` at the cell), highest first.
+        score: (P, k) the log-odds the top-k are ranked by (`prototype_log_odds` at the cell), highest first.
         tied: (P,) bool, the k-th image ties with the next one (the row's last image was chosen by image order).
     """
 
@@ -72,7 +72,7 @@ class Projection:
         return self.presence.shape[1]
 
     def above_threshold(self, prototype: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(image_index (n,), cell (n, 2), presence (n,)) of every image where ``prototype`` exceeds the threshold."""
+        """(image_index (n,), cell (n, 2), presence (n,)) of every image where `prototype` exceeds the threshold."""
         lo, hi = torch.searchsorted(self.above_prototype, torch.tensor([prototype, prototype + 1])).tolist()
         return self.above_image[lo:hi], self.above_cell[lo:hi], self.above_presence[lo:hi]
 
@@ -83,7 +83,7 @@ def merge_topk(
     """Keep the k best columns of (P, n) candidates: higher score first, ties to the earlier column.
 
     Columns must be ordered so that ties should go to the earlier one (running top-k first, then new images
-    in increasing index). A stable descending sort gives exactly that; ``torch.topk`` does not promise any
+    in increasing index). A stable descending sort gives exactly that; `torch.topk` does not promise any
     order among ties.
     """
     order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]  # (P, k)
@@ -95,7 +95,7 @@ def best_cells(logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torc
 
     The log-odds are computed in float64 and rounded to float32, so that equal logits in a different
     channel order give equal scores (real ties stay ties); the first maximal cell wins a tie inside a map.
-    ``chunk`` images at a time bound the float64 temporaries.
+    `chunk` images at a time bound the float64 temporaries.
     """
     scores, cells = [], []
     for part in logits.split(chunk):
@@ -116,18 +116,18 @@ def project(
     num_workers: int = 0,
     progress: bool = False,
 ) -> Projection:
-    """Find every prototype's top-k images (and argmax cells) over ``data`` in one batched pass.
+    """Find every prototype's top-k images (and argmax cells) over `data` in one batched pass.
 
-    Runs under ``torch.inference_mode()`` in eval mode and never changes the model.
+    Runs under `torch.inference_mode()` in eval mode and never changes the model.
 
     Args:
         model: a PIP-Net.
-        data: a data set yielding ``(x, label)`` (x normalised (3, S, S)), or a non-shuffling loader of it.
+        data: a data set yielding `(x, label)` (x normalised (3, S, S)), or a non-shuffling loader of it.
         k: how many images to keep per prototype (fewer when the data set is smaller).
-        batch_size: images per forward pass (when ``data`` is a data set).
+        batch_size: images per forward pass (when `data` is a data set).
         device: where to run (default: the model's device).
         presence_threshold: also collect every (prototype, image) with presence above this.
-        num_workers: loader workers (when ``data`` is a data set).
+        num_workers: loader workers (when `data` is a data set).
         progress: show a progress bar.
     """
     if k < 1:
@@ -190,14 +190,14 @@ def project(
 
 
 def prune_unused_prototypes(model: PIPNet, projection: Projection, threshold: float = PRESENCE_THRESHOLD) -> list[int]:
-    """Zero all classifier weights of prototypes whose top-k presence never exceeds ``threshold``.
+    """Zero all classifier weights of prototypes whose top-k presence never exceeds `threshold`.
 
-    The last step of training (spec section 4, "After training"), run on a projection of the training
+    The last step of training (paper supplementary Sec. 1.1), run on a projection of the training
     images without augmentation. Unlike evaluation, this changes the model.
 
     Args:
         model: the trained PIP-Net (modified in place).
-        projection: :func:`project` of the projection set.
+        projection: [`project`][pipnet.evaluation.projection.project] of the projection set.
         threshold: presence that a prototype must exceed somewhere (0.1).
 
     Returns:
@@ -214,16 +214,16 @@ def prune_unused_prototypes(model: PIPNet, projection: Projection, threshold: fl
 def everywhere_prototypes(
     model: PIPNet, projection: Projection, labels: torch.Tensor, share: float = M.EVERYWHERE_SHARE
 ) -> tuple[list[int], torch.Tensor]:
-    """The used prototypes present (above ``projection.threshold``, 0.5) on >= ``share`` of every class's images.
+    """The used prototypes present (above `projection.threshold`, 0.5) on >= `share` of every class's images.
 
     Args:
         model: the PIP-Net (only read: which prototypes are used).
-        projection: :func:`project` of a labelled set (the projection / training images).
+        projection: [`project`][pipnet.evaluation.projection.project] of a labelled set (the projection / training images).
         labels: (N,) the class of each projected image.
         share: the fraction of every class's images (0.9).
 
     Returns:
-        The prototype indices (sorted) and the (P, C) share matrix of :func:`pipnet.evaluation.metrics.presence_share_per_class`.
+        The prototype indices (sorted) and the (P, C) share matrix of `pipnet.evaluation.metrics.presence_share_per_class`.
     """
     labels = torch.as_tensor(labels).long().cpu()
     if len(labels) != projection.num_images:
@@ -239,11 +239,11 @@ def prune_everywhere_prototypes(model: PIPNet, projection: Projection, labels: t
                                 share: float = M.EVERYWHERE_SHARE) -> list[int]:
     """Zero all classifier weights of the used prototypes present on most images of every class (an option).
 
-    Not in the paper (``--optim.prune_everywhere``): run after :func:`prune_unused_prototypes` on the same
+    Not in the paper (`--optim.prune_everywhere`): run after `prune_unused_prototypes` on the same
     projection of the training images. Unlike evaluation, this changes the model.
 
     Returns:
-        The pruned prototype indices (see :func:`everywhere_prototypes`).
+        The pruned prototype indices (see `everywhere_prototypes`).
     """
     pruned, _ = everywhere_prototypes(model, projection, labels, share)
     with torch.no_grad():

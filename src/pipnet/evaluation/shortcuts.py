@@ -4,21 +4,21 @@ A prototype that the scoring sheet uses is a *suspect* when it is tied to one cl
 behaves like a confounder's, not like an object part's. Every image is scored twice: as it is, and with its
 shapes removed (a 4 x 4 box average upsampled back, which keeps only the image's coarse colour layout; with
 object masks, the object is also painted over with the mean colour of the background). Per used prototype
-``p`` over the images where it is present (presence >= 0.5):
+`p` over the images where it is present (presence >= 0.5):
 
-- ``class_share``: the share of those images that belong to its most frequent class (1 = one class only);
-- ``colour``: mean of min(1, presence without shapes / presence): near 1 when it fires on the colour alone,
+- `class_share`: the share of those images that belong to its most frequent class (1 = one class only);
+- `colour`: mean of min(1, presence without shapes / presence): near 1 when it fires on the colour alone,
   as a background-colour prototype does (also "insensitive to removing the object");
-- ``border``: the share of its peak cells in the outer ring of the latent grid, rescaled so that 0 is what a
+- `border`: the share of its peak cells in the outer ring of the latent grid, rescaled so that 0 is what a
   uniform position gives and 1 is "always on the border" (a corner tag, a frame, a ruler);
-- ``off_object`` (with masks): the share of its peak cells outside the object mask;
-- ``object_removed`` (with masks): mean of min(1, presence with the object painted over / presence);
-- ``inconsistent`` (with part keypoints and the report card): 1 when the report card finds it inconsistent.
+- `off_object` (with masks): the share of its peak cells outside the object mask;
+- `object_removed` (with masks): mean of min(1, presence with the object painted over / presence);
+- `inconsistent` (with part keypoints and the report card): 1 when the report card finds it inconsistent.
 
-The suspicion score is ``class_share * max(colour, border, off_object, object_removed, inconsistent)``:
+The suspicion score is `class_share * max(colour, border, off_object, object_removed, inconsistent)`:
 a prototype of one class whose evidence survives the loss of the object. Suspects are ranked by it (ties:
 the larger share of the sheet's weight first), and each comes with its evidence in plain words.
-:func:`find_suspects` only reads the model (inference mode) and returns frozen dataclasses.
+`find_suspects` only reads the model (inference mode) and returns frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Suspect:
         class_share: the share of its images that are of that class.
         images: images it is present in (presence >= 0.5).
         weight_share: its share of the scoring sheet's total weight.
-        signals: ``colour``, ``border`` and, where measurable, ``off_object``, ``object_removed``, ``inconsistent``.
+        signals: `colour`, `border` and, where measurable, `off_object`, `object_removed`, `inconsistent`.
         reasons: the evidence in plain words (signals >= 0.5).
     """
 
@@ -77,7 +77,7 @@ def remove_shapes(x: torch.Tensor) -> torch.Tensor:
 
 
 def _paint_over(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``x`` (B, 3, S, S) with the object (masks (B, S, S) True) filled with the mean colour of the rest."""
+    """`x` (B, 3, S, S) with the object (masks (B, S, S) True) filled with the mean colour of the rest."""
     m = masks[:, None].to(x.dtype)  # (B, 1, S, S)
     background = (x * (1 - m)).sum(dim=(2, 3)) / (1 - m).sum(dim=(2, 3)).clamp(min=1)  # (B, 3)
     return x * (1 - m) + background[:, :, None, None] * m
@@ -98,18 +98,18 @@ def find_suspects(
     batch_size: int = 64,
     device: torch.device | str | None = None,
 ) -> list[Suspect]:
-    """Every used prototype's shortcut evidence on ``data``, most suspicious first.
+    """Every used prototype's shortcut evidence on `data`, most suspicious first.
 
     Args:
         model: the PIP-Net (never changed).
-        data: labelled images ``(x, label)`` through the evaluation transform, e.g. the training images (where
-            a shortcut is learnt); with ``mask(i)`` (``has_masks``) the object signals are measured too.
-        quality: the report card of ``data`` (``pipnet.evaluation.quality.quality_card``), for ``inconsistent``.
+        data: labelled images `(x, label)` through the evaluation transform, e.g. the training images (where
+            a shortcut is learnt); with `mask(i)` (`has_masks`) the object signals are measured too.
+        quality: the report card of `data` (`pipnet.evaluation.quality.quality_card`), for `inconsistent`.
         batch_size: images per forward pass.
         device: where to run.
 
     Returns:
-        One [Suspect][pipnet.evaluation.shortcuts.Suspect] per used prototype, sorted by ``score`` (descending).
+        One [Suspect][pipnet.evaluation.shortcuts.Suspect] per used prototype, sorted by `score` (descending).
 
     Examples:
         >>> for s in find_suspects(model, data.projection)[:5]:  # doctest: +SKIP
@@ -204,7 +204,7 @@ def _reasons(signals: Mapping[str, float], class_share: float, cls_name: str, co
 
 
 def suspect_rows(suspects: list[dict[str, Any]] | list[Suspect], top: int = 5) -> list[tuple[str, str]]:
-    """Rows of a terminal table: the ``top`` suspects with a score >= 0.5, one line each."""
+    """Rows of a terminal table: the `top` suspects with a score >= 0.5, one line each."""
     rows = []
     for s in suspects[:top]:
         s = s.to_dict() if isinstance(s, Suspect) else s

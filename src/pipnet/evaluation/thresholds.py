@@ -1,12 +1,12 @@
-"""Per-class out-of-distribution thresholds, kept with the model as ``thresholds.json`` (spec section 6).
+"""Per-class out-of-distribution thresholds, kept with the model as `thresholds.json` (the paper's out-of-distribution detection).
 
-Evaluation measures OoD detection with one score threshold per class (:func:`pipnet.evaluation.metrics.ood_thresholds`:
-the largest t that keeps a fraction ``tpr`` of the in-distribution images predicted as the class at a max
+Evaluation measures OoD detection with one score threshold per class (`pipnet.evaluation.metrics.ood_thresholds`:
+the largest t that keeps a fraction `tpr` of the in-distribution images predicted as the class at a max
 score >= t). This module computes those same thresholds, saves them beside the model with the TPR they were
 set at and the data they came from, and applies them: an image is **unknown** when its max score is below
-the threshold of its predicted class (the ``paper`` detector of :mod:`pipnet.evaluation.detectors`, which
+the threshold of its predicted class (the `paper` detector of [`pipnet.evaluation.detectors`][pipnet.evaluation.detectors], which
 fits it and turns its answer into a verdict). A class that no image was predicted as has no threshold
-(+inf, ``null`` in the file): every prediction of it is unknown.
+(+inf, `null` in the file): every prediction of it is unknown.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ class Thresholds:
         num_predicted: (C,) images predicted as each class (abstaining images count for none).
         class_names: the model's class names, for the reader of the file.
         created: UTC time of computation, ISO 8601.
-        precision: the inference precision the scores were computed in (``fp32`` unless the fitting asked
-            otherwise); ``auto`` in the commands computes new scores the same way
-            (:func:`pipnet.core.precision.resolve_inference_precision`).
+        precision: the inference precision the scores were computed in (`fp32` unless the fitting asked
+            otherwise); `auto` in the commands computes new scores the same way
+            (`pipnet.core.precision.resolve_inference_precision`).
     """
 
     name = "paper"  # a class attribute: the detector's name in --detector and detectors.json
@@ -69,8 +69,8 @@ class Thresholds:
     @classmethod
     def fit(cls, calibration: Features, *, tpr: float = 0.95, description: str = "", class_names: list[str] | None = None,
             precision: str = "fp32") -> Thresholds:
-        """The thresholds that keep ``tpr`` of the in-distribution images ``calibration`` predicts as each class
-        (the rule evaluation uses, :func:`pipnet.evaluation.metrics.ood_thresholds`).
+        """The thresholds that keep `tpr` of the in-distribution images `calibration` predicts as each class
+        (the rule evaluation uses, `pipnet.evaluation.metrics.ood_thresholds`).
 
         Args:
             calibration: one model pass over in-distribution images.
@@ -96,7 +96,7 @@ class Thresholds:
 
     def decision_function(self, features: Features) -> torch.Tensor:
         """(N,) max score minus the predicted class's threshold (with the rounding slack of
-        :func:`pipnet.evaluation.features.margin`): below 0 is unknown; -inf where the model abstains."""
+        `pipnet.evaluation.features.margin`): below 0 is unknown; -inf where the model abstains."""
         scores = features.scores.double().cpu()
         pred = M.predictions(scores)
         t = self.tensor()[pred.clamp(min=0)]  # (N,)
@@ -109,7 +109,7 @@ class Thresholds:
         return torch.where(self.decision_function(features) >= 0, 1, -1)
 
     def reasons(self, features: Features, class_names: list[str]) -> list[dict[str, Any]]:
-        """Per image: the predicted class's ``threshold`` (None: a class never predicted when they were set) and ``tpr``."""
+        """Per image: the predicted class's `threshold` (None: a class never predicted when they were set) and `tpr`."""
         pred = M.predictions(features.scores.double().cpu()).clamp(min=0).tolist()
         return [{"threshold": self.values[p] if math.isfinite(self.values[p]) else None, "tpr": self.tpr} for p in pred]
 
@@ -125,7 +125,7 @@ class Thresholds:
         return cls(**known)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``directory/thresholds.json`` (atomically) and return its path."""
+        """Write `directory/thresholds.json` (atomically) and return its path."""
         path = RunFolder(directory).thresholds
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False))
@@ -133,10 +133,10 @@ class Thresholds:
 
 
 def load_thresholds(directory: str | Path, num_classes: int | None = None) -> Thresholds | None:
-    """``directory/thresholds.json``, or None when the model has none.
+    """`directory/thresholds.json`, or None when the model has none.
 
     Raises:
-        ModelLoadError: the file is not valid, or it holds a different number of classes than ``num_classes``.
+        ModelLoadError: the file is not valid, or it holds a different number of classes than `num_classes`.
     """
     path = RunFolder(directory).thresholds
     if not path.is_file():
@@ -151,6 +151,6 @@ def load_thresholds(directory: str | Path, num_classes: int | None = None) -> Th
 
 
 def describe_data(source: str, root: str | None, split: str, num_images: int) -> str:
-    """How ``thresholds.json`` names the data its thresholds were set on."""
+    """How `thresholds.json` names the data its thresholds were set on."""
     where = f" at {root}" if root else ""
     return f"{split} split of the {source} data{where} ({num_images} images)"

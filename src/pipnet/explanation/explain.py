@@ -1,11 +1,11 @@
-"""Explanations as data (spec sections 1, 7, 8; paper Figure 3).
+"""Explanations as data (paper Figs. 2 and 3).
 
 PIP-Net's score for a class is a sum over prototypes: score_c = sum_p p_p * relu(W)_cp (+ b_c). An explanation
 lists the terms of that sum that are not zero, each with where the prototype was found (the argmax cell of its
 map and the matching image box). Because the presence used here is exactly the one the classifier used
 (zeroed below 0.1 at inference), the explanation is complete: a class score equals the sum of its evidence
 (plus its bias). Everything here is a plain dataclass that round-trips through JSON; drawing lives in
-:mod:`pipnet.explanation.render`.
+`pipnet.explanation.render`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ClassExplanation:
 
 @dataclass(frozen=True)
 class ImageExplanation:
-    """The top classes of one image with their evidence. ``predicted`` is None when the model abstains."""
+    """The top classes of one image with their evidence. `predicted` is None when the model abstains."""
 
     image_id: str
     predicted: int | None
@@ -99,7 +99,7 @@ class ImageExplanation:
 
 
 def class_name(model: PIPNet, index: int) -> str:
-    """The configured name of class ``index``, or its number as a string."""
+    """The configured name of class `index`, or its number as a string."""
     names = model.config.class_names
     return names[index] if names and index < len(names) else str(index)
 
@@ -122,13 +122,13 @@ def explain(
         images: (B, 3, S, S) model inputs, normalised as in training.
         top_classes: how many of the highest-scoring classes to explain per image.
         image_ids: one name per image (default: "0", "1", ...).
-        box: "patch" maps the argmax cell to the faithful 32x32 patch (spec section 7); "heatmap" (option)
-            boxes the region where the upsampled prototype map exceeds ``heatmap_threshold`` of its maximum.
-        heatmap_threshold: see ``box``.
-        inference: use ``model.predict`` (presence < 0.1 zeroed, as deployed) or the training forward.
+        box: "patch" maps the argmax cell to the faithful 32x32 patch (paper supplementary Sec. 1.2); "heatmap" (option)
+            boxes the region where the upsampled prototype map exceeds `heatmap_threshold` of its maximum.
+        heatmap_threshold: see `box`.
+        inference: use `model.predict` (presence < 0.1 zeroed, as deployed) or the training forward.
 
     Returns:
-        One :class:`ImageExplanation` per image.
+        One [`ImageExplanation`][pipnet.explanation.explain.ImageExplanation] per image.
     """
     if box not in ("patch", "heatmap"):
         raise ValueError(f"box must be 'patch' or 'heatmap', not {box!r}")
@@ -201,7 +201,7 @@ def _boxes(
     threshold: float,
     chunk: int = 256,
 ) -> torch.Tensor:
-    """Image boxes (B, P, 4) of the (image, prototype) pairs in ``needed`` (B, P); -1 elsewhere."""
+    """Image boxes (B, P, 4) of the (image, prototype) pairs in `needed` (B, P); -1 elsewhere."""
     boxes = torch.full((*needed.shape, 4), -1, dtype=torch.long, device=maps.device)
     b, p = needed.nonzero(as_tuple=True)  # (N,), (N,)
     if kind == "patch":

@@ -1,9 +1,9 @@
 """The one owner of a saved model's decisions: class, scores, evidence and one verdict, the same at every door.
 
 A [Predictor][pipnet.Predictor] holds the model, its input transform and normalisation, the precision it
-scores in and the model folder's stored detectors. ``pipnet predict``, ``pipnet explain``, the web page,
+scores in and the model folder's stored detectors. `pipnet predict`, `pipnet explain`, the web page,
 the report and [pipnet.predict][pipnet.predict] all ask it, so for the same image they give the same class,
-the same verdict (``known``, ``unknown`` or ``abstained``) and the same sentence.
+the same verdict (`known`, `unknown` or `abstained`) and the same sentence.
 
 The precision is fp32 unless asked otherwise (or unless the detectors were set in another precision on
 request): the detectors are fitted on fp32 scores, which every CPU and GPU reproduce to rounding, so a
@@ -40,7 +40,7 @@ class Decision:
     """What the model decides about one image.
 
     Args:
-        explanation: the class scores and their evidence (:class:`pipnet.explanation.explain.ImageExplanation`).
+        explanation: the class scores and their evidence (`pipnet.explanation.explain.ImageExplanation`).
         verdict: known, unknown or abstained, with its reason.
     """
 
@@ -67,17 +67,26 @@ class Predictor:
     Args:
         model: the PIP-Net (put in eval mode; never changed).
         detectors: the stored detectors and the folder's choice.
-        detector: ``auto`` (the folder's choice), ``knn`` or ``paper``.
-        precision: ``auto`` (the precision the deciding detector was set in: fp32 unless asked otherwise),
-            ``fp32``, ``bf16`` or ``fp16``.
+        detector: `auto` (the folder's choice), `knn` or `paper`.
+        precision: `auto` (the precision the deciding detector was set in: fp32 unless asked otherwise),
+            `fp32`, `bf16` or `fp16`.
         device: where to run.
 
     Examples:
-        >>> from pipnet import Predictor
-        >>> predictor = Predictor.load("runs/demo")  # doctest: +SKIP
-        >>> decision = predictor.decide_image(Image.open("photo.jpg"))  # doctest: +SKIP
-        >>> decision.verdict.kind, decision.verdict.sentence  # doctest: +SKIP
-        ('known', 'known: circle (score 3.210); distance 0.012 <= 0.016 ...')
+        A model folder (here an untrained one; a trained run's folder also holds the detectors that call
+        an image unknown) and a verdict on one image:
+
+        >>> from PIL import Image
+        >>> import pipnet
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, image_size=64,
+        ...                             class_names=["cat", "dog"])
+        >>> _ = model.save_pretrained("my-model")
+        >>> predictor = pipnet.Predictor.load("my-model", device="cpu")
+        >>> decision = predictor.decide_image(Image.new("RGB", (320, 240), "orange"))
+        >>> decision.predicted_class in {"cat", "dog"}, decision.verdict.kind
+        (True, 'known')
+        >>> decision.verdict.sentence  # doctest: +ELLIPSIS
+        'known: ... (score ...); this model folder stores no detector, so no image is called unknown'
     """
 
     def __init__(self, model: PIPNet, detectors: StoredDetectors | None = None, *, detector: str = "auto",
@@ -96,16 +105,23 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, device: torch.device | str | None = "auto", precision: str = "auto",
              detector: str = "auto") -> Predictor:
-        """The model saved in ``folder`` with its stored detectors.
+        """The model saved in `folder` with its stored detectors.
 
         Args:
-            folder: a model folder (``model.safetensors``, ``config.json`` and its detectors' files).
-            device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+            folder: a model folder (`model.safetensors`, `config.json` and its detectors' files).
+            device: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
             precision: see the class.
             detector: see the class.
 
         Raises:
             ModelLoadError: the folder is not a saved model, or a detector asked for is not stored.
+
+        Examples:
+            >>> import pipnet
+            >>> _ = pipnet.create_model("resnet18", num_classes=2, num_features=4).save_pretrained("my-model")
+            >>> predictor = pipnet.Predictor.load("my-model", device="cpu")
+            >>> predictor.precision, predictor.detector is None  # fp32; no detector stored in this folder
+            ('fp32', True)
         """
         model = PIPNet.from_pretrained(folder)
         predictor = cls(model, load_detectors(folder, model), detector=detector, precision=precision, device=device)
@@ -121,12 +137,12 @@ class Predictor:
 
     @property
     def normalization(self):
-        """The input normalisation the model expects (its ``config.json``)."""
+        """The input normalisation the model expects (its `config.json`)."""
         return self.model.normalization
 
     def decide(self, x: torch.Tensor, *, image_ids: Sequence[str] | None = None, top: int = 3,
                box: str = "patch") -> list[Decision]:
-        """Decisions on a batch of model inputs ``x`` (B, 3, S, S) (made with :attr:`transform`)."""
+        """Decisions on a batch of model inputs `x` (B, 3, S, S) (made with `transform`)."""
         if len(x) == 0:
             return []
         x = x.to(self.device)
@@ -143,5 +159,23 @@ class Predictor:
         return self.decide(torch.stack([self.transform(im) for im in images]), image_ids=image_ids, top=top, box=box)
 
     def decide_image(self, image: Image.Image, *, image_id: str | None = None, top: int = 3, box: str = "patch") -> Decision:
-        """The decision on one PIL image."""
+        """The decision on one PIL image.
+
+        Args:
+            image: any size and mode; the model's transform resizes and normalises it.
+            image_id: a name for the image in the explanation.
+            top: classes listed.
+            box: `patch` (the prototype's image patch) or `heatmap`.
+
+        Examples:
+            >>> from PIL import Image
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+            >>> _ = model.save_pretrained("my-model")
+            >>> decision = pipnet.Predictor.load("my-model", device="cpu").decide_image(Image.new("RGB", (64, 48)))
+            >>> [c.class_name for c in decision.explanation.top_classes] in (["cat", "dog"], ["dog", "cat"])
+            True
+            >>> decision.to_dict()["verdict"]["kind"]
+            'known'
+        """
         return self.decide_images([image], image_ids=[image_id] if image_id else None, top=top, box=box)[0]

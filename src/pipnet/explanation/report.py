@@ -2,7 +2,7 @@
 
 Sits above evaluation, explanations and rendering: it rebuilds the run's data from its saved config,
 projects the training images, explains a sample of test, out-of-distribution and multi-object images,
-and hands everything to :func:`pipnet.explanation.render.html.write_report`.
+and hands everything to `pipnet.explanation.render.html.write_report`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _sample(dataset, count: int, section: str, predictor: Predictor) -> list:
-    """Decide on ``count`` images of an eval dataset (items (x, label), with ``raw_image``), spread over it:
+    """Decide on `count` images of an eval dataset (items (x, label), with `raw_image`), spread over it:
     (explanation, raw image, section, verdict) each."""
     if dataset is None or len(dataset) == 0:
         return []
@@ -40,7 +40,7 @@ def _sample(dataset, count: int, section: str, predictor: Predictor) -> list:
 
 
 def _latest_evaluation(folder: RunFolder) -> dict | None:
-    """Protocol and OoD results of ``RUN/evaluation.json`` (the latest ``pipnet evaluate``), if newer than metrics.json."""
+    """Protocol and OoD results of `RUN/evaluation.json` (the latest `pipnet evaluate`), if newer than metrics.json."""
     path, metrics_path = folder.evaluation, folder.metrics
     if not path.is_file() or (metrics_path.is_file() and path.stat().st_mtime < metrics_path.stat().st_mtime):
         return None
@@ -50,9 +50,9 @@ def _latest_evaluation(folder: RunFolder) -> dict | None:
 
 
 def write_sparsity_plot(run_dir: str | Path) -> Path | None:
-    """Draw ``RUN/sparsity.png`` (paper Figure 2) from ``RUN/history.csv``; None when no classification epoch ran.
+    """Draw `RUN/sparsity.png` (paper Figure 2) from `RUN/history.csv`; None when no classification epoch ran.
 
-    Training writes only the data (``history.csv``); ``pipnet train``, ``pipnet demo`` and ``pipnet report``
+    Training writes only the data (`history.csv`); `pipnet train`, `pipnet demo` and `pipnet report`
     draw the picture with this.
     """
     from pipnet.explanation.render.png import sparsity_curve
@@ -70,10 +70,10 @@ def write_sparsity_plot(run_dir: str | Path) -> Path | None:
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 6, progress: bool = False,
                  detector: str = "auto", precision: str = "auto") -> Path:
-    """Write ``RUN_DIR/report.html`` (or ``out``) for a finished run and return its path.
+    """Write `RUN_DIR/report.html` (or `out`) for a finished run and return its path.
 
-    The explained images carry the verdicts of the run folder's [Predictor][pipnet.Predictor] (``detector``
-    and ``precision`` as there), the same as every other door gives.
+    The explained images carry the verdicts of the run folder's [Predictor][pipnet.Predictor] (`detector`
+    and `precision` as there), the same as every other door gives.
     """
     folder = RunFolder(run_dir)
     predictor = Predictor.load(folder.path, device="cpu", detector=detector, precision=precision)  # the explained images' verdicts, as every door gives them

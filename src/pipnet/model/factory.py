@@ -1,4 +1,4 @@
-"""Building a PIP-Net by backbone name: :func:`create_model` (timm's ``create_model``, for this one architecture)."""
+"""Building a PIP-Net by backbone name: [`create_model`][pipnet.create_model] (timm's `create_model`, for this one architecture)."""
 
 from __future__ import annotations
 
@@ -28,16 +28,28 @@ def create_model(
     """Build a PIP-Net.
 
     Args:
-        backbone: a name from ``pipnet.list_models()`` or ``timm/<name>``.
+        backbone: a name from `pipnet.list_models()` or `timm/<name>`.
         num_classes: number of classes C.
-        pretrained: False, True (ImageNet weights; offline for ``efficientnet_lite0``), or a weights file.
+        pretrained: False, True (ImageNet weights; offline for `efficientnet_lite0`), or a weights file.
         num_features: 0 for no add-on conv (P = D), else the number of prototypes of a 1x1 add-on conv.
         bias: give the classifier a non-negative bias (off in the paper).
         image_size: the input size the model is meant for (recorded in the config).
         class_names: optional class names, saved with the model.
         preset: the data preset the model is trained with (recorded; decides its inputs' colour handling).
-        grid: ``stride`` (the paper's) or ``dilate``: how the backbone reaches its grid (``pipnet.model.backbones``).
-        **backbone_kwargs: passed to the backbone builder (e.g. ``output_stride=16`` for timm models).
+        grid: `stride` (the paper's) or `dilate`: how the backbone reaches its grid (`pipnet.model.backbones`).
+        **backbone_kwargs: passed to the backbone builder (e.g. `output_stride=16` for timm models).
+
+    Examples:
+        A ResNet-18 with random weights and 4 prototypes (an add-on conv) for two classes:
+
+        >>> import torch
+        >>> import pipnet
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, image_size=64).eval()
+        >>> model.num_prototypes
+        4
+        >>> out = model.predict(torch.rand(1, 3, 64, 64))
+        >>> out.maps.shape, out.presence.shape, out.scores.shape
+        (torch.Size([1, 4, 8, 8]), torch.Size([1, 4]), torch.Size([1, 2]))
     """
     config = PIPNetConfig(
         backbone=backbone,

@@ -1,7 +1,7 @@
-"""The three losses of PIP-Net (spec section 3; paper Eq. 1-3), and the two terms of a shortcut repair.
+"""The three losses of PIP-Net (paper Eq. 1-3), and the two terms of a shortcut repair.
 
 Each is a small pure function. The training step combines them with per-phase weights
-(``pipnet.train.phases``).
+(`pipnet.train.phases`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def tanh_loss(global_presence: torch.Tensor) -> torch.Tensor:
     """L_T of one view = -mean_k log(tanh(sum_b p[b,k]) + 1e-8): every prototype present once per batch.
 
     The sum runs over the *global* batch, so the argument is the presences of every image of it: under
-    multi-process training, those gathered from every process (``pipnet.train.distributed.gather_presence``),
+    multi-process training, those gathered from every process (`pipnet.train.distributed.gather_presence`),
     not one process's share (which would ask each prototype to be present on every process).
 
     Args:
@@ -45,7 +45,7 @@ def tanh_loss(global_presence: torch.Tensor) -> torch.Tensor:
 
 
 def output_logits(scores: torch.Tensor, multiplier: torch.Tensor | float = 2.0) -> torch.Tensor:
-    """log(out^m + 1), the paper's class logits from the non-negative scores ``out`` (m = 2); the one place
+    """log(out^m + 1), the paper's class logits from the non-negative scores `out` (m = 2); the one place
     this formula lives (the loss, the class probabilities and the binary metrics' margin read it).
 
     Args:
@@ -61,7 +61,7 @@ def classification_loss(
     """L_C = NLL(log_softmax(log(out^m + 1)), y) with m = 2.
 
     Args:
-        scores: (N, C) non-negative class scores ``out`` (both views stacked in training).
+        scores: (N, C) non-negative class scores `out` (both views stacked in training).
         labels: (N,) class indices (repeated for the two views).
         multiplier: the exponent m.
     """

@@ -1,6 +1,6 @@
 """Import the checkpoints published by the PIP-Net authors.
 
-Their files are ``torch.save`` dicts ``{"model_state_dict": ...}`` of an ``nn.DataParallel`` model:
+Their files are `torch.save` dicts `{"model_state_dict": ...}` of an `nn.DataParallel` model:
 
     module._net.<torchvision backbone keys>          -> backbone.<same keys>
     module._add_on.0.weight / .bias (add-on conv)    -> add_on.weight / .bias
@@ -9,7 +9,7 @@ Their files are ``torch.save`` dicts ``{"model_state_dict": ...}`` of an ``nn.Da
     module._classification.normalization_multiplier -> classifier.multiplier (m)
     module._multiplier                               -> (the same m; dropped)
 
-Nothing is unpickled beyond tensors (``torch.load(weights_only=True)``).
+Nothing is unpickled beyond tensors (`torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _RENAMES = {
 
 
 def official_to_pipnet_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official state dict's keys to this project's (accepts the wrapper and ``module.``)."""
+    """Rename an official state dict's keys to this project's (accepts the wrapper and `module.`)."""
     if "model_state_dict" in state and isinstance(state["model_state_dict"], dict):
         state = state["model_state_dict"]
     out: dict[str, torch.Tensor] = {}
@@ -77,8 +77,8 @@ def load_official_checkpoint(
     """Build a PIP-Net from an official checkpoint; classes and prototypes are inferred from its shapes.
 
     Args:
-        checkpoint: a path to the authors' file (e.g. ``net_trained_last``) or its loaded state dict.
-        backbone: the backbone it was trained with (e.g. ``convnext_tiny_26``, ``resnet50``).
+        checkpoint: a path to the authors' file (e.g. `net_trained_last`) or its loaded state dict.
+        backbone: the backbone it was trained with (e.g. `convnext_tiny_26`, `resnet50`).
         image_size: the input size it was trained at.
     """
     if not isinstance(checkpoint, dict):

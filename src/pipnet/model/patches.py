@@ -1,16 +1,16 @@
-"""Where a latent cell is in the image: grid cell -> pixel box (spec section 7), heat maps and their boxes.
+"""Where a latent cell is in the image: grid cell -> pixel box (paper supplementary Sec. 1.2), heat maps and their boxes.
 
-Every box is ``(top, bottom, left, right)`` in pixels of the model's input, half-open like a slice:
-``image[..., top:bottom, left:right]`` is the patch, and a point (x, y) lies inside when
-``top <= y < bottom`` and ``left <= x < right``.
+Every box is `(top, bottom, left, right)` in pixels of the model's input, half-open like a slice:
+`image[..., top:bottom, left:right]` is the patch, and a point (x, y) lies inside when
+`top <= y < bottom` and `left <= x < right`.
 
-Faithful mapping (:func:`patch_box`, :func:`patch_boxes`). For an S x S input and an h x w grid,
+Faithful mapping (`patch_box`, `patch_boxes`). For an S x S input and an h x w grid,
 skip = round((S - 32) / (h - 1)) (Python's round, half to even); cell i covers [i * skip, i * skip + 32)
 clipped to the image, and the last row / column ends at the image border (so it can be taller than 32:
 189..224 on the 28x28 ResNet grid at 224). On the 26x26 ConvNeXt grid the outer cells see less of the image:
 cell i starts at max(0, (i - 1) * skip + 4), still 32 tall, and the last one ends at S.
 
-Option (:func:`box_from_heatmap`): the box of the region where the prototype actually fires, from its map
+Option (`box_from_heatmap`): the box of the region where the prototype actually fires, from its map
 upsampled bilinearly to the input size.
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 PATCH_SIZE = 32  # every latent cell corresponds to a 32x32 patch of a 224x224 image (supplement 1.2)
-CONVNEXT_GRID = (26, 26)  # the grid whose outer cells get the shifted mapping (spec section 7)
+CONVNEXT_GRID = (26, 26)  # the grid whose outer cells get the shifted mapping (paper supplementary Sec. 1.2)
 CONVNEXT_OFFSET = 4
 
 Box = tuple[int, int, int, int]
@@ -46,7 +46,7 @@ def _pair(size: int | tuple[int, int] | torch.Size) -> tuple[int, int]:
 
 
 def _spans(index: torch.Tensor, cells: int, size: int, patch_size: int, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start and end (exclusive) pixel of cells ``index`` along one axis of ``cells`` cells and ``size`` pixels."""
+    """Start and end (exclusive) pixel of cells `index` along one axis of `cells` cells and `size` pixels."""
     skip = round((size - patch_size) / (cells - 1)) if cells > 1 else 0
     start = (index - 1) * skip + CONVNEXT_OFFSET if shifted else index * skip
     start = start.clamp(0, size)
@@ -81,11 +81,11 @@ def patch_boxes(
 def patch_boxes_paper(
     cells: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int], patch_size: int = PATCH_SIZE
 ) -> torch.Tensor:
-    """The image boxes of the published code (spec section 10.4): never longer than ``patch_size``.
+    """The image boxes of the published code (Faithfulness page, 'The published code', item 4): never longer than `patch_size`.
 
-    As :func:`patch_boxes`, except that a box reaching the image border (the last row / column always
-    does) is the last ``patch_size`` pixels, [S - 32, S): 192..224 for the last cell at 224 on both the
-    28x28 and the 26x26 grid, where :func:`patch_boxes` gives 189..224 and 196..224.
+    As `patch_boxes`, except that a box reaching the image border (the last row / column always
+    does) is the last `patch_size` pixels, [S - 32, S): 192..224 for the last cell at 224 on both the
+    28x28 and the 26x26 grid, where `patch_boxes` gives 189..224 and 196..224.
 
     Args:
         cells: (..., 2) integer tensor of (i, j) = (row, column) grid cells.
@@ -109,7 +109,7 @@ def patch_boxes_paper(
 def patch_box(
     i: int, j: int, grid_h: int, grid_w: int, image_size: int | tuple[int, int], patch_size: int = PATCH_SIZE
 ) -> Box:
-    """The faithful image box ``(top, bottom, left, right)`` of latent cell (i, j) (spec section 7).
+    """The faithful image box `(top, bottom, left, right)` of latent cell (i, j) (paper supplementary Sec. 1.2).
 
     Args:
         i: row of the cell, 0 <= i < grid_h.
@@ -126,7 +126,7 @@ def patch_box(
 
 
 def central_boxes(boxes: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:
-    """Shrink boxes taller or wider than ``size`` to their central ``size`` pixels (smaller sides are kept).
+    """Shrink boxes taller or wider than `size` to their central `size` pixels (smaller sides are kept).
 
     The start moves by floor((extent - size) / 2): a 35-pixel span 189..224 becomes 190..222.
 
@@ -145,7 +145,7 @@ def central_boxes(boxes: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:
 
 
 def upsample_map(map_hw: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=False) of a map (h, w), or of maps (..., h, w), to ``size``.
+    """Bilinear upsampling (align_corners=False) of a map (h, w), or of maps (..., h, w), to `size`.
 
     Args:
         map_hw: (h, w) or (..., h, w) prototype map(s).
@@ -161,7 +161,7 @@ def boxes_from_heatmaps(maps: torch.Tensor, image_size: int | tuple[int, int], t
     """Option: boxes covering where each prototype fires, for maps (N, h, w).
 
     Each map is upsampled bilinearly to the input size; the box is the bounding box of the pixels whose
-    value is at least ``threshold`` times that upsampled map's maximum (so it is never empty; a constant map
+    value is at least `threshold` times that upsampled map's maximum (so it is never empty; a constant map
     gives the whole image).
 
     Args:
@@ -189,9 +189,9 @@ def boxes_from_heatmaps(maps: torch.Tensor, image_size: int | tuple[int, int], t
 
 
 def box_from_heatmap(map_hw: torch.Tensor, image_size: int | tuple[int, int], threshold: float = 0.5) -> Box:
-    """Option: the box ``(top, bottom, left, right)`` covering where one prototype map (h, w) fires.
+    """Option: the box `(top, bottom, left, right)` covering where one prototype map (h, w) fires.
 
-    See :func:`boxes_from_heatmaps`.
+    See `boxes_from_heatmaps`.
     """
     box = boxes_from_heatmaps(map_hw[None], image_size, threshold)[0]
     return tuple(int(v) for v in box.tolist())  # type: ignore[return-value]
@@ -204,7 +204,7 @@ def scale_box(box: Box, from_size: int | tuple[int, int], to_size: int | tuple[i
     region the input box covered.
 
     Args:
-        box: (top, bottom, left, right) in ``from_size`` pixels.
+        box: (top, bottom, left, right) in `from_size` pixels.
         from_size: S or (H, W) of the input the box refers to.
         to_size: (H, W) (or one int for a square) of the target image.
     """

@@ -1,4 +1,4 @@
-"""The PIP-Net model (spec section 1; Nauta et al., CVPR 2023, Fig. 2).
+"""The PIP-Net model (Nauta et al., CVPR 2023, Fig. 2).
 
     image x (B,3,H,W) -> backbone f -> z (B,D,h,w) -> add-on -> maps (B,P,h,w), softmax over P
       -> max over h,w -> presence p (B,P) in [0,1] -> non-negative linear layer -> scores (B,C)
@@ -22,7 +22,7 @@ from pipnet.model.saving import Pretrained
 __all__ = ["PRESENCE_THRESHOLD", "RELEVANCE_THRESHOLD", "NonNegativeLinear", "PIPNet", "PIPNetOutput",
            "output_probabilities", "prototype_log_odds"]
 
-PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (spec section 1)
+PRESENCE_THRESHOLD = 0.1  # presence below this is ignored at inference (as in the paper)
 RELEVANCE_THRESHOLD = 1e-3  # a classifier weight above this is relevant
 
 
@@ -50,7 +50,7 @@ class NonNegativeLinear(nn.Module):
 
 
 def _autocasting(device: torch.device) -> bool:
-    """Whether autocast is on for ``device`` now (torch >= 2.4 takes the device type; older: CPU or CUDA)."""
+    """Whether autocast is on for `device` now (torch >= 2.4 takes the device type; older: CPU or CUDA)."""
     try:
         return torch.is_autocast_enabled(device.type)
     except TypeError:  # torch < 2.4
@@ -102,7 +102,7 @@ class PIPNet(Pretrained, nn.Module):
     def classifier_input(self, maps: torch.Tensor, inference: bool = False) -> torch.Tensor:
         """The presence the classifier sees: (B, P, h, w) -> (B, P).
 
-        Training: :meth:`raw_presence`. Inference: the same with presence < 0.1 set to 0 (spec section 1).
+        Training: [`raw_presence`][pipnet.PIPNet.raw_presence]. Inference: the same with presence < 0.1 set to 0 (as in the paper).
         """
         presence = self.raw_presence(maps)  # (B, P)
         if inference:
@@ -124,8 +124,26 @@ class PIPNet(Pretrained, nn.Module):
     def predict(self, x: torch.Tensor) -> PIPNetOutput:
         """Inference forward: presence < 0.1 is set to 0 before the classifier.
 
-        ``presence`` is that clamped presence (as the published model returns it); the raw presence is
-        ``raw_presence(out.maps)``.
+        `presence` is that clamped presence (as the published model returns it); the raw presence is
+        `raw_presence(out.maps)`.
+
+        Args:
+            x: (B, 3, S, S) normalised images.
+
+        Returns:
+            A [`PIPNetOutput`][pipnet.PIPNetOutput]: `maps` (B, P, h, w), `presence` (B, P) and class
+            `scores` (B, C), all non-negative.
+
+        Examples:
+            >>> import torch
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=3, num_features=4, image_size=64).eval()
+            >>> with torch.inference_mode():
+            ...     out = model.predict(torch.rand(2, 3, 64, 64))
+            >>> out.scores.shape
+            torch.Size([2, 3])
+            >>> bool((out.presence == 0).logical_or(out.presence >= 0.1).all())  # below 0.1 counts as absent
+            True
         """
         return self.forward_head(self.prototype_maps(self.forward_features(x)), inference=True)
 
@@ -185,7 +203,7 @@ def prototype_log_odds(logits: torch.Tensor) -> torch.Tensor:
     prototype, its others are summed relative to the second largest logit. P = 1 gives +inf.
 
     Args:
-        logits: (B, P, h, w) the add-on's output (:meth:`PIPNet.prototype_logits`).
+        logits: (B, P, h, w) the add-on's output ([`PIPNet.prototype_logits`][pipnet.PIPNet.prototype_logits]).
 
     Returns:
         (B, P, h, w) log-odds, in the logits' dtype.

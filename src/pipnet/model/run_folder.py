@@ -3,27 +3,27 @@
     RUN/config.yaml            the resolved training configuration (its data, schedule and protocol)
     RUN/history.csv            one row per epoch (losses and parts, accuracies, sparsity, learning rates, time)
     RUN/checkpoints/last.pt    the resumable checkpoint (atomic)
-    RUN/pretrained/            the model at the end of pretraining (a model folder; ``--model.init``)
-    RUN/model.safetensors      the final model, with RUN/config.json (``PIPNet.from_pretrained(RUN)``)
+    RUN/pretrained/            the model at the end of pretraining (a model folder; `--model.init`)
+    RUN/model.safetensors      the final model, with RUN/config.json (`PIPNet.from_pretrained(RUN)`)
     RUN/metrics.json           held-out metrics of the final model, written by training
-    RUN/evaluation.json        the metrics of the latest ``pipnet evaluate``
-    RUN/thresholds.json        per-class out-of-distribution thresholds (:mod:`pipnet.evaluation.thresholds`)
-    RUN/novelty.json           the ``knn`` out-of-distribution detector, with RUN/novelty.safetensors
-                               (:mod:`pipnet.evaluation.novelty`)
+    RUN/evaluation.json        the metrics of the latest `pipnet evaluate`
+    RUN/thresholds.json        per-class out-of-distribution thresholds (`pipnet.evaluation.thresholds`)
+    RUN/novelty.json           the `knn` out-of-distribution detector, with RUN/novelty.safetensors
+                               (`pipnet.evaluation.novelty`)
     RUN/detectors.json         which detector decides a verdict, or why the folder has none
-                               (:mod:`pipnet.evaluation.detectors`)
-    RUN/edits.json             the per-class switch-offs of an edited model (:mod:`pipnet.use.serve.editing`)
-    RUN/edits.jsonl            the edit log, one JSON record a line (:mod:`pipnet.train.refit`)
+                               ([`pipnet.evaluation.detectors`][pipnet.evaluation.detectors])
+    RUN/edits.json             the per-class switch-offs of an edited model (`pipnet.use.serve.editing`)
+    RUN/edits.jsonl            the edit log, one JSON record a line (`pipnet.train.refit`)
     RUN/sparsity.png           sparsity and test accuracy per epoch (paper Figure 2), drawn from history.csv
-    RUN/report.html            the report (``pipnet report``)
+    RUN/report.html            the report (`pipnet report`)
 
-A model folder (``pipnet refit --out``, a model saved from the web page, ``pipnet convert --out``) has the
-same layout with the files that apply to it. It is written all or nothing by :func:`write_model_folder`: into
+A model folder (`pipnet refit --out`, a model saved from the web page, `pipnet convert --out`) has the
+same layout with the files that apply to it. It is written all or nothing by `write_model_folder`: into
 a hidden temporary folder beside it, renamed into place once complete, so that a folder under its final name
 is always a whole model; what a killed write leaves behind is hidden, never blocks a name, and is removed by
-the next write beside it. :class:`RunFolder` names these paths and reads the files;
-the modules that write them (training's :class:`pipnet.train.training_run.TrainingRun`, thresholds, edits) take
-their paths from it. The model's own two files are named by :mod:`pipnet.model` (its save format).
+the next write beside it. [`RunFolder`][pipnet.model.run_folder.RunFolder] names these paths and reads the files;
+the modules that write them (training's `pipnet.train.training_run.TrainingRun`, thresholds, edits) take
+their paths from it. The model's own two files are named by `pipnet.model` (its save format).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from pipnet.core.train_config import TrainConfig, load_config
 
 __all__ = ["NOVELTY_FILE", "NOVELTY_TENSORS", "THRESHOLDS_FILE", "RunFolder", "config_file", "remove_partial_folders", "write_model_folder"]
 
-THRESHOLDS_FILE = "thresholds.json"  # named in messages (``pipnet.evaluation.thresholds`` re-exports it)
-NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"  # ``pipnet.evaluation.novelty`` re-exports them
+THRESHOLDS_FILE = "thresholds.json"  # named in messages (`pipnet.evaluation.thresholds` re-exports it)
+NOVELTY_FILE, NOVELTY_TENSORS = "novelty.json", "novelty.safetensors"  # `pipnet.evaluation.novelty` re-exports them
 
 
 @dataclass(frozen=True)
@@ -132,25 +132,25 @@ class RunFolder:
     # ---- reading -----------------------------------------------------------------------------------------
 
     def training_config(self) -> TrainConfig | None:
-        """The run's ``config.yaml`` as a ``TrainConfig``, or None for a folder without one (a converted model)."""
+        """The run's `config.yaml` as a `TrainConfig`, or None for a folder without one (a converted model)."""
         return load_config(str(self.config)) if self.config.is_file() else None
 
     def read_history(self) -> list[dict[str, Any]]:
-        """The rows of ``history.csv`` (numbers parsed; [] when there is none)."""
+        """The rows of `history.csv` (numbers parsed; [] when there is none)."""
         if not self.history.is_file():
             return []
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(self.history.read_text()))]
 
     def read_metrics(self) -> dict[str, Any] | None:
-        """``metrics.json`` as a dict, or None before the run was evaluated."""
+        """`metrics.json` as a dict, or None before the run was evaluated."""
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else None
 
     def read_evaluation(self) -> dict[str, Any] | None:
-        """``evaluation.json`` (the latest ``pipnet evaluate``) as a dict, or None when there is none."""
+        """`evaluation.json` (the latest `pipnet evaluate`) as a dict, or None when there is none."""
         return json.loads(self.evaluation.read_text()) if self.evaluation.is_file() else None
 
     def read_edits(self) -> dict[str, Any]:
-        """``edits.json`` as a dict ({} for a model that was not edited per class).
+        """`edits.json` as a dict ({} for a model that was not edited per class).
 
         Raises:
             ModelLoadError: the file is not a JSON object.
@@ -167,9 +167,9 @@ class RunFolder:
 
 
 def config_file(path: str | Path) -> Path:
-    """The training config YAML that ``path`` names: a run folder's ``config.yaml``, or ``path`` itself.
+    """The training config YAML that `path` names: a run folder's `config.yaml`, or `path` itself.
 
-    ``pipnet refit --data``, ``pipnet serve --data`` and the web page take either form.
+    `pipnet refit --data`, `pipnet serve --data` and the web page take either form.
     """
     path = Path(path)
     return RunFolder(path).config if path.is_dir() else path
@@ -182,22 +182,22 @@ _PARTIAL = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]+$")  # .NAME.partial-PID-R
 
 @contextlib.contextmanager
 def write_model_folder(path: str | Path, *, exist_ok: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path`` to fill; when the block ends without error it becomes ``path``.
+    """Yield an empty temporary folder beside `path` to fill; when the block ends without error it becomes `path`.
 
     The one way this project writes a model folder (a model saved from the web page, a refit, training's
-    final model). A new folder is renamed into place in one step, so ``path`` either does not exist or holds
-    every file. Into an existing folder (``exist_ok``: a run folder, which also holds the run's config and
+    final model). A new folder is renamed into place in one step, so `path` either does not exist or holds
+    every file. Into an existing folder (`exist_ok`: a run folder, which also holds the run's config and
     checkpoints) the files are moved one by one with the weights last: the model's old weights are removed
     first, so that until the new ones arrive the folder is not a model at all rather than a mix of two.
-    A failure or interruption leaves the hidden temporary folder ``.NAME.partial-PID-RANDOM``: it blocks no
+    A failure or interruption leaves the hidden temporary folder `.NAME.partial-PID-RANDOM`: it blocks no
     name, and the next write beside it removes it once process PID has ended.
 
     Args:
         path: the model folder.
-        exist_ok: allow ``path`` to exist (then its model files are replaced); else it must be new.
+        exist_ok: allow `path` to exist (then its model files are replaced); else it must be new.
 
     Raises:
-        FileExistsError: ``path`` exists and ``exist_ok`` is false (checked before and after the block).
+        FileExistsError: `path` exists and `exist_ok` is false (checked before and after the block).
     """
     path = Path(path)
     if not exist_ok and path.exists():
@@ -226,7 +226,7 @@ def write_model_folder(path: str | Path, *, exist_ok: bool = False) -> Iterator[
 
 
 def remove_partial_folders(parent: str | Path) -> list[Path]:
-    """Remove the temporary folders that killed :func:`write_model_folder` calls left in ``parent``.
+    """Remove the temporary folders that killed `write_model_folder` calls left in `parent`.
 
     Only folders whose writing process has ended are removed (one still running may be writing its own).
 
@@ -247,7 +247,7 @@ def remove_partial_folders(parent: str | Path) -> list[Path]:
 
 
 def _move_files_into(tmp: Path, path: Path) -> None:
-    """Move ``tmp``'s files into the existing folder ``path``; the weights file goes last (the commit)."""
+    """Move `tmp`'s files into the existing folder `path`; the weights file goes last (the commit)."""
     weights = RunFolder(path).weights
     weights.unlink(missing_ok=True)
     names = sorted(f.name for f in tmp.iterdir())

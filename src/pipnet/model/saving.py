@@ -1,7 +1,7 @@
-"""Saving and loading a PIP-Net: ``model.safetensors`` + ``config.json`` (the release format), checked on load.
+"""Saving and loading a PIP-Net: `model.safetensors` + `config.json` (the release format), checked on load.
 
-:class:`Pretrained` gives the model class ``save_pretrained`` and ``from_pretrained``; loading refuses, with a
-:class:`ModelLoadError` that names what is wrong, a missing file, a config key it does not know or of the
+`Pretrained` gives the model class `save_pretrained` and `from_pretrained`; loading refuses, with a
+[`ModelLoadError`][pipnet.ModelLoadError] that names what is wrong, a missing file, a config key it does not know or of the
 wrong type, and weights that do not fit the architecture.
 """
 
@@ -30,12 +30,20 @@ class ModelLoadError(ValueError):
 
 
 class Pretrained:
-    """``save_pretrained`` / ``from_pretrained`` for a module built from a :class:`PIPNetConfig` (``self.config``)."""
+    """`save_pretrained` / `from_pretrained` for a module built from a [`PIPNetConfig`][pipnet.PIPNetConfig] (`self.config`)."""
 
     config: PIPNetConfig
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (created if needed)."""
+        """Write `model.safetensors` + `config.json` to `directory` (created if needed); returns it.
+
+        Examples:
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+            >>> folder = model.save_pretrained("my-model")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['config.json', 'model.safetensors']
+        """
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
@@ -55,7 +63,28 @@ class Pretrained:
 
     @classmethod
     def from_pretrained(cls: type[T], directory: str | Path, map_location: str | torch.device = "cpu") -> T:
-        """Load a model written by :meth:`save_pretrained`."""
+        """Load a model written by [`save_pretrained`][pipnet.PIPNet.save_pretrained].
+
+        Args:
+            directory: the model folder (`model.safetensors` + `config.json`; a run folder holds one).
+            map_location: where to load the weights.
+
+        Raises:
+            ModelLoadError: a file is missing, the config has an unknown or mistyped key, or the weights
+                do not fit the architecture.
+
+        Examples:
+            >>> import torch
+            >>> import pipnet
+            >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+            >>> _ = model.save_pretrained("my-model")
+            >>> loaded = pipnet.PIPNet.from_pretrained("my-model").eval()  # loaded in training mode, like any module
+            >>> loaded.config.class_names
+            ['cat', 'dog']
+            >>> x = torch.rand(1, 3, 64, 64)
+            >>> torch.equal(loaded.predict(x).scores, model.eval().predict(x).scores)
+            True
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -78,7 +107,7 @@ class Pretrained:
 
 
 def _checked_config(raw: Any, path: Path) -> PIPNetConfig:
-    """A ``PIPNetConfig`` from a parsed config.json, or a ``ModelLoadError`` naming the key that is wrong."""
+    """A `PIPNetConfig` from a parsed config.json, or a `ModelLoadError` naming the key that is wrong."""
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path} is not a JSON object of PIPNetConfig fields")
     fields = PIPNetConfig.__dataclass_fields__

@@ -1,7 +1,7 @@
 """Training: the schedule as data (phases), the loop (engine), run folders and resumable checkpoints.
 
-``train`` and ``TrainResult`` load the loop on first use, so that the schedule's vocabulary
-(:mod:`pipnet.train.phases`, read by :mod:`pipnet.train.diagnostics` and the report) loads without the loop.
+`train` and `TrainResult` load the loop on first use, so that the schedule's vocabulary
+(`pipnet.train.phases`, read by `pipnet.train.diagnostics` and the report) loads without the loop.
 """
 
 from pipnet.core.train_config import TrainConfig

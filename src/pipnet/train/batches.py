@@ -23,7 +23,7 @@ __all__ = ["Progress", "batches", "epoch_loader", "epoch_seed", "seed_epoch"]
 
 
 def epoch_seed(seed: int, epoch_index: int) -> int:
-    """The one number every random source of epoch ``epoch_index`` (0: before the first) is seeded from."""
+    """The one number every random source of epoch `epoch_index` (0: before the first) is seeded from."""
     return seed * 1_000_003 + epoch_index
 
 
@@ -46,7 +46,7 @@ def epoch_loader(dataset, batch_size: int, config: TrainConfig, generator: torch
                  *, in_memory: bool = False) -> DataLoader:
     """The epoch's loader: the same global batches for any number of processes (each takes its slice).
 
-    ``in_memory``: the items are tensors already in memory (a feature bank): no worker processes, no pinning.
+    `in_memory`: the items are tensors already in memory (a feature bank): no worker processes, no pinning.
     """
     rt = config.runtime
     weights = None
@@ -74,7 +74,7 @@ def batches(loader: DataLoader) -> Iterator[Any]:
     """The loader's batches; an image that cannot be read stops training with one line naming the file.
 
     PyTorch re-raises an exception from a worker process with the worker's whole traceback as its
-    message (as a RuntimeError when, like ``ImageLoadError``, its type cannot be rebuilt from one
+    message (as a RuntimeError when, like `ImageLoadError`, its type cannot be rebuilt from one
     string); the traceback's last line is the original message.
     """
     try:
@@ -89,7 +89,7 @@ def batches(loader: DataLoader) -> Iterator[Any]:
 
 
 class Progress:
-    """A tqdm bar on the main process only; postfix refreshed every ``every`` steps (each refresh syncs)."""
+    """A tqdm bar on the main process only; postfix refreshed every `every` steps (each refresh syncs)."""
 
     def __init__(self, total: int, desc: str, enabled: bool, every: int):
         from tqdm.auto import tqdm

@@ -1,4 +1,4 @@
-"""Resumable checkpoints: plain tensors and numbers that load with ``torch.load(weights_only=True)``.
+"""Resumable checkpoints: plain tensors and numbers that load with `torch.load(weights_only=True)`.
 
 Written atomically after every epoch (a temporary file, fsync, rename), so an interruption at any
 moment leaves the last good checkpoint readable. Random states need not be saved: every epoch reseeds
@@ -27,10 +27,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (epoch counters, state dicts) to ``path``.
+    """Atomically write `state` (epoch counters, state dicts) to `path`.
 
     A failure (a full disk) leaves the previous checkpoint intact and says so. Temporary files left beside
-    ``path`` by a save that was killed are removed first.
+    `path` by a save that was killed are removed first.
     """
     try:
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # atomic_write's temporaries from a killed save
@@ -48,7 +48,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` without unpickling anything but tensors."""
+    """Read a checkpoint written by `save_checkpoint` without unpickling anything but tensors."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from: {path} does not exist")
     try:

@@ -1,18 +1,18 @@
 """Training diagnostics: what a finished run's log and metrics say about how it went, in plain words.
 
-:func:`diagnose` is a pure function from the history rows (``history.csv``), the run's config and its
-metrics (``metrics.json``) to a list of :class:`Finding`: each a level, a sentence with the numbers, and the
+`diagnose` is a pure function from the history rows (`history.csv`), the run's config and its
+metrics (`metrics.json`) to a list of `Finding`: each a level, a sentence with the numbers, and the
 numbers themselves. The training log prints them at the end of a run and the HTML report shows them. The
-checks come from what went wrong on small real-photo sets (issue 14):
+checks come from what went wrong on small real-photo sets:
 
-- ``steps``: classification steps and the soft threshold's total decrement (steps x 1e-3) against the
+- `steps`: classification steps and the soft threshold's total decrement (steps x 1e-3) against the
   paper's CUB run (60 epochs x 94 steps x 1e-3 = 5.64): with a few hundred images the decrement is tiny
   and the scoring sheet stays dense.
-- ``saturation``: used prototypes whose 10th-best presence on the training images is >= 0.99.
-- ``everywhere``: used prototypes present on most images of every class (no class information).
-- ``train_accuracy``: train accuracy still rising over the last epochs (training stopped too early).
-- ``ood``: out-of-distribution images (natural photos) not rejected, as FPR at 95% TPR.
-- ``on_object``: with object masks, how much more often than chance the top patches lie on the object.
+- `saturation`: used prototypes whose 10th-best presence on the training images is >= 0.99.
+- `everywhere`: used prototypes present on most images of every class (no class information).
+- `train_accuracy`: train accuracy still rising over the last epochs (training stopped too early).
+- `ood`: out-of-distribution images (natural photos) not rejected, as FPR at 95% TPR.
+- `on_object`: with object masks, how much more often than chance the top patches lie on the object.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pipnet.train.phases import classification_rows
 
 __all__ = ["Finding", "PAPER_DECREMENT", "classification_steps", "diagnose"]
 
-# The paper's CUB run (spec sections 4 and 8): 60 classification epochs of ceil(5994 / 64) = 94 steps.
+# The paper's CUB run (paper supplementary Sec. 1.1): 60 classification epochs of ceil(5994 / 64) = 94 steps.
 PAPER_EPOCHS, PAPER_STEPS_PER_EPOCH = 60, 94
 PAPER_DECREMENT = PAPER_EPOCHS * PAPER_STEPS_PER_EPOCH * 1e-3  # 5.64
 
@@ -34,14 +34,14 @@ SATURATED_SHARE = 0.5  # warn when half the used prototypes or more are saturate
 RISING = 0.02  # train accuracy gained over the last epochs that counts as "still rising"
 RISING_WINDOW = 3  # epochs compared: the last 3 against the 3 before them
 OOD_FPR = 0.3  # FPR95 above this: the natural photos are not rejected
-ON_OBJECT_MARGIN = 0.2  # on-object share less than this above chance: prototypes barely prefer the object (issue 14)
+ON_OBJECT_MARGIN = 0.2  # on-object share less than this above chance: prototypes barely prefer the object
 
 Level = Literal["ok", "warning", "info"]
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One diagnostic: ``key`` names the check, ``message`` says it in plain words with the numbers."""
+    """One diagnostic: `key` names the check, `message` says it in plain words with the numbers."""
 
     key: str
     level: Level
@@ -50,7 +50,7 @@ class Finding:
 
 
 def _get(config: Any, path: str, default: Any = None) -> Any:
-    """``config.a.b`` for a dataclass config or ``config["a"]["b"]`` for a dict (a run's config.yaml)."""
+    """`config.a.b` for a dataclass config or `config["a"]["b"]` for a dict (a run's config.yaml)."""
     value = config
     for name in path.split("."):
         value = value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
@@ -69,11 +69,11 @@ def _number(value: Any) -> float:
 def classification_steps(history: Sequence[Mapping[str, Any]], config: Any, num_train_images: int | None) -> tuple[int | None, float | None, str]:
     """(steps, total decrement, where the numbers come from) of the soft threshold over a run.
 
-    Read from the history's cumulative ``sparsify_steps`` / ``decrement_total`` columns when present;
+    Read from the history's cumulative `sparsify_steps` / `decrement_total` columns when present;
     otherwise derived: classification epochs done x (N // batch size) steps (the loader drops the last
-    partial batch), each subtracting ``optim.sparsify_threshold`` under ``soft_threshold``, or, with
-    ``optim.soft_threshold_total`` set, that total spread over ``schedule.epochs`` x steps per epoch
-    (``hard_threshold`` subtracts nothing). None when neither is possible.
+    partial batch), each subtracting `optim.sparsify_threshold` under `soft_threshold`, or, with
+    `optim.soft_threshold_total` set, that total spread over `schedule.epochs` x steps per epoch
+    (`hard_threshold` subtracts nothing). None when neither is possible.
     """
     rows = classification_rows(history)
     last = rows[-1] if rows else (history[-1] if history else {})
@@ -211,12 +211,12 @@ def diagnose(
     """The findings of a finished run.
 
     Args:
-        history: the per-epoch rows of ``history.csv`` (dicts; ``stage``, ``train_accuracy``, and when
-            present the cumulative ``sparsify_steps`` and ``decrement_total``).
-        config: the run's ``TrainConfig`` (or its ``config.yaml`` as a dict).
-        metrics: ``metrics.json`` as a dict (or a ``Metrics``), or None before evaluation.
+        history: the per-epoch rows of `history.csv` (dicts; `stage`, `train_accuracy`, and when
+            present the cumulative `sparsify_steps` and `decrement_total`).
+        config: the run's `TrainConfig` (or its `config.yaml` as a dict).
+        metrics: `metrics.json` as a dict (or a `Metrics`), or None before evaluation.
         num_train_images: the classification training set's size, to derive the steps when the history
-            lacks the ``sparsify_steps`` column.
+            lacks the `sparsify_steps` column.
 
     Returns:
         Findings in a fixed order: steps, train accuracy, saturation, present everywhere, OoD, on-object.

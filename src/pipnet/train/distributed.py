@@ -1,6 +1,6 @@
-"""Multi-process training on PyTorch's own engine (``torchrun``): process group, samplers, gathers.
+"""Multi-process training on PyTorch's own engine (`torchrun`): process group, samplers, gathers.
 
-Launch with ``torchrun --nproc_per_node=N -m pipnet train ...``; torchrun sets RANK / WORLD_SIZE /
+Launch with `torchrun --nproc_per_node=N -m pipnet train ...`; torchrun sets RANK / WORLD_SIZE /
 LOCAL_RANK. Single-process runs go through the same functions, which then do nothing.
 """
 
@@ -80,18 +80,18 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 class GlobalBatchSampler(Sampler[list[int]]):
     """Shuffled global batches, each split between the processes: process r takes the r-th slice.
 
-    The shuffle is ``torch.randperm(n, generator)``, drawn when iteration starts, with the generator every
+    The shuffle is `torch.randperm(n, generator)`, drawn when iteration starts, with the generator every
     process seeds alike, so the global batches are those of a single process with the same seed (as
-    ``shuffle=True, drop_last=True`` draws them) whatever the number of processes. With ``weights``
-    (class-balanced sampling, spec section 10.6) the order is instead ``n`` draws with replacement,
-    ``torch.multinomial(weights, n, replacement=True, generator)``, from the same shared generator.
+    `shuffle=True, drop_last=True` draws them) whatever the number of processes. With `weights`
+    (class-balanced sampling, as in the published code) the order is instead `n` draws with replacement,
+    `torch.multinomial(weights, n, replacement=True, generator)`, from the same shared generator.
 
     Args:
         n: dataset length.
-        batch_size: the global batch (rounded down to a multiple of ``world_size``, at least one per process).
+        batch_size: the global batch (rounded down to a multiple of `world_size`, at least one per process).
         generator: the shared shuffle generator (the DataLoader's).
         rank, world_size: this process and the number of processes.
-        weights: optional (n,) sampling weight of every image (see :func:`class_balanced_weights`).
+        weights: optional (n,) sampling weight of every image (see `class_balanced_weights`).
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1,

@@ -1,10 +1,10 @@
-"""The training loop of PIP-Net (spec section 4; supplementary Algorithm 1).
+"""The training loop of PIP-Net (paper supplementary Sec. 1.1 and Algorithm 1).
 
-One loop reads the schedule declared in :mod:`pipnet.train.phases`: for every epoch it takes the plan's
+One loop reads the schedule declared in `pipnet.train.phases`: for every epoch it takes the plan's
 data and batch size, sets which parameter groups train, builds the stage's optimisers when a stage
-starts, runs :func:`~pipnet.train.step.train_step` on every batch, evaluates when the plan says so,
+starts, runs `train_step` on every batch, evaluates when the plan says so,
 logs a CSV row and writes a resumable checkpoint. After the last epoch, prototypes never present on the
-projection set are pruned and the model is saved as ``model.safetensors`` + ``config.json``.
+projection set are pruned and the model is saved as `model.safetensors` + `config.json`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class TrainResult:
 
 
 def uses_channels_last(config: TrainConfig) -> bool:
-    """``runtime.channels_last``, with ``auto`` = on for ResNet backbones (where it measured faster)."""
+    """`runtime.channels_last`, with `auto` = on for ResNet backbones (where it measured faster)."""
     setting = config.runtime.channels_last
     if setting == "auto":
         return config.model.backbone.removeprefix("timm/").startswith("resnet")
@@ -75,7 +75,7 @@ def uses_channels_last(config: TrainConfig) -> bool:
 
 
 def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``--runtime.device`` (:func:`pipnet.evaluation.inference.choose_device`), on this process's own GPU under DDP."""
+    """`--runtime.device` ([`pipnet.evaluation.inference.choose_device`][pipnet.evaluation.inference.choose_device]), on this process's own GPU under DDP."""
     device = choose_device(name)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -93,7 +93,7 @@ def run_epoch(
     info: DistInfo,
     scaler: torch.amp.GradScaler | None,
 ) -> dict[str, float]:
-    """Train for one epoch (one :func:`~pipnet.train.step.train_step` per batch); returns the epoch means
+    """Train for one epoch (one `train_step` per batch); returns the epoch means
     of the loss parts, the train accuracy (when the plan has a classification loss) and the step count."""
     model.train()
     rt = config.runtime
@@ -164,18 +164,46 @@ def train(config: TrainConfig, data: DataBundle | None = None, *, resume_runtime
     """Train a PIP-Net as the config says, writing everything to a run folder.
 
     Args:
-        config: the run's configuration (``config.resume`` continues an earlier run from its folder, with
+        config: the run's configuration (`config.resume` continues an earlier run from its folder, with
             the settings of its config.yaml).
-        data: optional pre-built data (otherwise built from ``config.data``).
-        resume_runtime: with ``config.resume``: runtime options to change for the rest of the run, only
-            those of ``RESUME_RUNTIME`` (device, workers, progress...: they do not change results).
+        data: optional pre-built data (otherwise built from `config.data`).
+        resume_runtime: with `config.resume`: runtime options to change for the rest of the run, only
+            those of `RESUME_RUNTIME` (device, workers, progress...: they do not change results).
+
+    Returns:
+        The run folder, the trained model, its metrics, the data and the per-epoch history.
+
+    Examples:
+        A few epochs on the built-in planted-parts data (no files, no download) with a tiny test network;
+        for real work, a preset read with `pipnet.core.train_config.load_config` and your own images:
+
+        >>> from pipnet.core.data_config import DataConfig, PlantedConfig
+        >>> from pipnet.core.train_config import ModelOptions, RuntimeConfig, ScheduleConfig
+        >>> from pipnet.train import TrainConfig, train
+        >>> config = TrainConfig(
+        ...     out="runs/tiny",
+        ...     model=ModelOptions(backbone="timm/test_convnext", pretrained=False, num_features=8),
+        ...     data=DataConfig(image_size=32, planted=PlantedConfig(
+        ...         num_classes=3, train_per_class=8, test_per_class=2, ood_images=0, multi_images=0, size=32)),
+        ...     schedule=ScheduleConfig(epochs_pretrain=1, epochs=2, freeze_epochs=1, classifier_only_epochs=1,
+        ...                             batch_size_pretrain=8, batch_size=8),
+        ...     runtime=RuntimeConfig(device="cpu", progress=False),
+        ... )
+        >>> result = train(config)
+        >>> len(result.history), len(result.model.config.class_names)
+        (3, 3)
+        >>> (result.run_dir / "model.safetensors").is_file(), 0 <= result.metrics.top1_accuracy <= 1
+        (True, True)
+        >>> import pipnet
+        >>> pipnet.Predictor.load(result.run_dir, device="cpu").detector.name  # the run stores its detectors
+        'knn'
     """
     rt = config.runtime
     info = init_distributed(choose_device(rt.device).type)
     resuming = bool(config.resume)
     if resuming:
         run = TrainingRun.resume(config.resume)
-        config = run.config  # the resumed run's own settings (its ``resume`` field is cleared)
+        config = run.config  # the resumed run's own settings (its `resume` field is cleared)
         for name, value in (resume_runtime or {}).items():
             if name not in RESUME_RUNTIME:
                 raise ValueError(f"runtime.{name} cannot change on resume (only {', '.join(RESUME_RUNTIME)})")
@@ -331,7 +359,7 @@ def _save_detectors(directory: Path, model: PIPNet, data: DataBundle, config: Tr
 
 
 def _describe_model(config: TrainConfig, model: PIPNet) -> None:
-    """Copy a loaded model's architecture into ``config.model`` (a resumed run rebuilds it from there)."""
+    """Copy a loaded model's architecture into `config.model` (a resumed run rebuilds it from there)."""
     m = model.config
     config.model.backbone, config.model.num_features, config.model.bias = m.backbone, m.num_features, m.bias
     config.model.backbone_kwargs = dict(m.backbone_kwargs)
@@ -339,7 +367,7 @@ def _describe_model(config: TrainConfig, model: PIPNet) -> None:
 
 
 def _tensorboard(path: Path):
-    """A TensorBoard writer logging to RUN/tensorboard (needs the ``tensorboard`` extra)."""
+    """A TensorBoard writer logging to RUN/tensorboard (needs the `tensorboard` extra)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:

@@ -1,8 +1,8 @@
 """A feature bank: the frozen first part of the backbone run once per stored view, not once per epoch.
 
-While the ``backbone`` parameter group is frozen (``schedule.freeze_epochs >= schedule.epochs``), the
+While the `backbone` parameter group is frozen (`schedule.freeze_epochs >= schedule.epochs`), the
 output of the backbone's first modules (those with no parameter that any epoch trains) depends only on
-the augmented view of the image. With ``schedule.feature_bank_views`` N > 0, training computes that output
+the augmented view of the image. With `schedule.feature_bank_views` N > 0, training computes that output
 once for N augmented views of every training image, keeps it in memory, and trains the rest of the
 model over it::
 
@@ -57,7 +57,7 @@ def check_schedule(views: int, plans: Sequence[EpochPlan]) -> None:
     """Refuse, before anything is built, a bank that the schedule cannot use.
 
     Raises:
-        FeatureBankError: ``views`` < 0, or an epoch trains the ``backbone`` group.
+        FeatureBankError: `views` < 0, or an epoch trains the `backbone` group.
     """
     if views < 0:
         raise FeatureBankError(f"schedule.feature_bank_views must be 0 (no bank) or more, got {views}")
@@ -69,17 +69,17 @@ def check_schedule(views: int, plans: Sequence[EpochPlan]) -> None:
 
 
 def split_frozen(model: PIPNet, plans: Sequence[EpochPlan]) -> tuple[nn.Sequential, nn.Sequential]:
-    """The backbone's longest first part that no epoch of ``plans`` trains, and the rest.
+    """The backbone's longest first part that no epoch of `plans` trains, and the rest.
 
     Args:
         model: the PIP-Net.
         plans: every epoch the bank serves.
 
     Returns:
-        (prefix, rest): ``rest(prefix(x))`` equals ``model.forward_features(x)``.
+        (prefix, rest): `rest(prefix(x))` equals `model.forward_features(x)`.
 
     Raises:
-        FeatureBankError: an epoch trains the ``backbone`` group, the backbone is not a chain of modules,
+        FeatureBankError: an epoch trains the `backbone` group, the backbone is not a chain of modules,
             or its first module already trains.
     """
     check_schedule(1, plans)
@@ -110,7 +110,7 @@ class BankedForward(nn.Module):
 
 
 class _BankEpoch(Dataset):
-    """One epoch's items ``(z1, z2, label)``: image i's stored view pair ``choice[i]``."""
+    """One epoch's items `(z1, z2, label)`: image i's stored view pair `choice[i]`."""
 
     def __init__(self, features: torch.Tensor, choice: torch.Tensor, targets: list[int]):
         self.features, self.choice, self.targets = features, choice.tolist(), targets
@@ -124,7 +124,7 @@ class _BankEpoch(Dataset):
 
 
 class FeatureBank:
-    """The frozen prefix's output for ``views`` augmented view pairs of every image of a two-view data set.
+    """The frozen prefix's output for `views` augmented view pairs of every image of a two-view data set.
 
     Args:
         features: (views, n, 2, D', h', w'), in the dtype the prefix computed it in.
@@ -147,9 +147,9 @@ class FeatureBank:
     @torch.inference_mode()
     def build(cls, prefix: nn.Module, dataset, *, views: int, seed: int, batch_size: int, device: torch.device,
               precision: str = "fp32", channels_last: bool = False, prefetch_depth: int = 0) -> FeatureBank:
-        """Run ``prefix`` in eval mode on ``views`` seeded view pairs of every image of ``dataset``.
+        """Run `prefix` in eval mode on `views` seeded view pairs of every image of `dataset`.
 
-        View v of image i is the pair the data set gives with the seed of epoch v + 1 (``set_seed``), so
+        View v of image i is the pair the data set gives with the seed of epoch v + 1 (`set_seed`), so
         view 0 is the first epoch's. The prefix's training flags are restored afterwards.
         """
         if views < 1:
@@ -193,9 +193,9 @@ class FeatureBank:
         return torch.empty(shape, dtype=z.dtype, device=z.device)
 
     def choice(self, epoch_index: int) -> torch.Tensor:
-        """The stored view each image reads in epoch ``epoch_index`` (0-based over the run): (n,) ints.
+        """The stored view each image reads in epoch `epoch_index` (0-based over the run): (n,) ints.
 
-        Epochs ``c * views ... (c + 1) * views - 1`` read every view of an image once, in an order drawn
+        Epochs `c * views ... (c + 1) * views - 1` read every view of an image once, in an order drawn
         per image from (seed, c).
         """
         cycle, position = divmod(epoch_index, self.views)
@@ -204,12 +204,12 @@ class FeatureBank:
         return order[:, position]
 
     def epoch(self, epoch_index: int) -> Dataset:
-        """The data set of epoch ``epoch_index``: items ``(z1, z2, label)`` from the stored views."""
+        """The data set of epoch `epoch_index`: items `(z1, z2, label)` from the stored views."""
         return _BankEpoch(self.features, self.choice(epoch_index), self.targets)
 
 
 def build_logged(prefix: nn.Module, dataset, views: int, **kwargs) -> FeatureBank:
-    """:meth:`FeatureBank.build` with a log line of its size and time."""
+    """`FeatureBank.build` with a log line of its size and time."""
     started = time.perf_counter()
     bank = FeatureBank.build(prefix, dataset, views=views, **kwargs)
     log.info("feature bank: %d views x %d images, %s %s (%.1f MiB) in %.1f s", views, len(dataset),
@@ -224,7 +224,7 @@ class BankedTraining:
     Args:
         model: the PIP-Net being trained.
         plans: every epoch of the run.
-        config: the run's configuration (``schedule.feature_bank_views``, seed, precision, batch sizes).
+        config: the run's configuration (`schedule.feature_bank_views`, seed, precision, batch sizes).
         device: where the bank is computed and kept.
     """
 
@@ -236,7 +236,7 @@ class BankedTraining:
         self._banks: dict[int, FeatureBank] = {}
 
     def dataset(self, source, epoch_index: int, batch_size: int) -> Dataset:
-        """Epoch ``epoch_index``'s items from the bank of ``source`` (built on first use, with the global
+        """Epoch `epoch_index`'s items from the bank of `source` (built on first use, with the global
         random state left as it was, so the rest of the run draws what it draws without the bank)."""
         key = id(source)
         if key not in self._banks:

@@ -1,9 +1,9 @@
-"""Starting a run from a saved PIP-Net (spec section 10.7): ``--model.init PATH``.
+"""Starting a run from a saved PIP-Net (as the published code allows): `--model.init PATH`.
 
-PATH is a model folder (``model.safetensors`` + ``config.json``), a run folder (its final model, or its
-``pretrained/`` model when the run has not finished), or an official checkpoint file of the authors.
+PATH is a model folder (`model.safetensors` + `config.json`), a run folder (its final model, or its
+`pretrained/` model when the run has not finished), or an official checkpoint file of the authors.
 Like the published code, a classifier that looks untrained is re-initialised; with
-``--schedule.epochs_pretrain 0`` the run skips pretraining and still runs the classifier-only epochs.
+`--schedule.epochs_pretrain 0` the run skips pretraining and still runs the classifier-only epochs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def reinitialise_classifier_(classifier: NonNegativeLinear) -> None:
 
 
 def _model_folder(path: Path) -> Path:
-    """``path`` when it holds a saved model, else its ``pretrained/`` (a run folder that has not finished)."""
+    """`path` when it holds a saved model, else its `pretrained/` (a run folder that has not finished)."""
     run = RunFolder(path)
     for folder in (run.path, run.pretrained):
         if RunFolder(folder).weights.is_file():
@@ -57,7 +57,7 @@ def load_init_model(path: str | Path, *, backbone: str, image_size: int, num_cla
         class_names: the run's class names.
 
     Raises:
-        ModelLoadError: nothing loadable at ``path``.
+        ModelLoadError: nothing loadable at `path`.
     """
     path = Path(path)
     if path.is_dir():

@@ -1,4 +1,4 @@
-"""Optimisers, parameter groups and the classifier's sparsification (spec section 4).
+"""Optimisers, parameter groups and the classifier's sparsification (paper supplementary Sec. 1.1).
 
 AdamW per stage with the paper's groups and learning rates, the cosine schedules, and the soft threshold
 applied after every classification step (with the hard threshold as a named option).
@@ -81,8 +81,8 @@ def parameter_groups(model: PIPNet) -> dict[str, list[nn.Parameter]]:
 
 
 def sparsify_amount(config: TrainConfig, iters: int) -> float:
-    """The sparsifier's per-step threshold: ``sparsify_threshold``, or for the soft threshold with
-    ``soft_threshold_total`` set, that total spread over the classification phase's ``epochs x iters`` steps."""
+    """The sparsifier's per-step threshold: `sparsify_threshold`, or for the soft threshold with
+    `soft_threshold_total` set, that total spread over the classification phase's `epochs x iters` steps."""
     o, s = config.optim, config.schedule
     if o.soft_threshold_total is None or o.sparsify != "soft_threshold":
         return o.sparsify_threshold
@@ -90,11 +90,11 @@ def sparsify_amount(config: TrainConfig, iters: int) -> float:
 
 
 def make_stage_optim(model: PIPNet, plan: EpochPlan, config: TrainConfig, iters: int) -> StageOptim:
-    """Fresh AdamW optimisers and cosine schedules for the stage that ``plan`` starts (spec section 4).
+    """Fresh AdamW optimisers and cosine schedules for the stage that `plan` starts (paper supplementary Sec. 1.1).
 
-    The net's cosine schedule spans the stage's ``plan.stage_epochs x iters`` steps and ends at 1/100 of
-    ``plan.net_lr_floor``; the classifier gets warm restarts (period 5, or 10 beyond 30 epochs) when
-    ``plan.classifier_schedule``.
+    The net's cosine schedule spans the stage's `plan.stage_epochs x iters` steps and ends at 1/100 of
+    `plan.net_lr_floor`; the classifier gets warm restarts (period 5, or 10 beyond 30 epochs) when
+    `plan.classifier_schedule`.
     """
     o = config.optim
     g = parameter_groups(model)

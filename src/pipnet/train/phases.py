@@ -1,8 +1,8 @@
-"""The training schedule as data (spec section 4).
+"""The training schedule as data (paper supplementary Sec. 1.1 and Algorithm 1).
 
-Every epoch of a run is one :class:`EpochPlan`: which stage it belongs to, which data and batch size it
+Every epoch of a run is one `EpochPlan`: which stage it belongs to, which data and batch size it
 reads, which parameter groups train, the loss weights, and whether it sparsifies the classifier, steps
-the classifier's warm-restart schedule and evaluates. :func:`plan_epochs` declares the whole schedule
+the classifier's warm-restart schedule and evaluates. `plan_epochs` declares the whole schedule
 once, as the table below; the training loop only reads it.
 
 | phase           | epochs                      | trains                                  | loss                  | data     |
@@ -12,7 +12,7 @@ once, as the table below; the training loop only reads it.
 | frozen_backbone | ..freeze_epochs             | to_train, to_freeze, add_on, classifier | 5*L_A + 2*L_T + 2*L_C | train    |
 | full            | later                       | + backbone                              | 5*L_A + 2*L_T + 2*L_C | train    |
 
-The three classification phases form one stage (``classify``): one set of optimisers and schedules, the
+The three classification phases form one stage (`classify`): one set of optimisers and schedules, the
 soft threshold after every step, the classifier's warm restarts, and a test evaluation per epoch.
 """
 
@@ -31,7 +31,7 @@ GROUPS = ("to_train", "to_freeze", "backbone", "add_on", "classifier")
 # The groups the "net" optimiser holds (everything but the classifier).
 NET_GROUPS = frozenset(GROUPS) - {"classifier"}
 
-# The two stages (each has its own optimisers and schedules); history.csv's ``stage`` column.
+# The two stages (each has its own optimisers and schedules); history.csv's `stage` column.
 PRETRAIN = "pretrain"
 CLASSIFY = "classify"
 
@@ -46,21 +46,21 @@ class EpochPlan:
     """What one epoch does.
 
     Args:
-        stage: ``pretrain`` or ``classify``; a new stage starts with fresh optimisers and schedules.
+        stage: `pretrain` or `classify`; a new stage starts with fresh optimisers and schedules.
         epoch: 1-based epoch within its stage.
         stage_epochs: the number of epochs of the stage (the length of its cosine schedules).
-        name: the phase, a short label for logs (``pretrain``, ``classifier_only``, ``frozen_backbone``, ``full``).
-        data: which training set of the :class:`~pipnet.data.DataBundle` the epoch reads (``pretrain`` or ``train``).
+        name: the phase, a short label for logs (`pretrain`, `classifier_only`, `frozen_backbone`, `full`).
+        data: which training set of the `DataBundle` the epoch reads (`pretrain` or `train`).
         batch_size: images per batch (each gives two views).
         trains: the parameter groups with requires_grad = True.
         align: weight of L_A.
         tanh: weight of L_T.
         classification: weight of L_C (when > 0, the epoch's train accuracy is measured).
-        net_lr_floor: the learning rate (``lr_block`` or ``lr_net``) whose 1/100 ends the net's cosine schedule.
+        net_lr_floor: the learning rate (`lr_block` or `lr_net`) whose 1/100 ends the net's cosine schedule.
         sparsify: sparsify the classifier after every step (soft or hard threshold).
         classifier_schedule: the classifier's learning rate follows warm restarts, stepped after every step.
-        evaluate: measure test accuracy after the epoch (every ``eval_every`` epochs and after the last).
-        saves_model_at_end: the last epoch of this stage saves the model (RUN/pretrained, for ``--model.init``).
+        evaluate: measure test accuracy after the epoch (every `eval_every` epochs and after the last).
+        saves_model_at_end: the last epoch of this stage saves the model (RUN/pretrained, for `--model.init`).
     """
 
     stage: str
@@ -116,5 +116,5 @@ def plan_epochs(schedule: ScheduleConfig, pretrained_pipnet: bool = False) -> li
 
 
 def classification_rows(history: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of ``history.csv`` that belong to the classification stage."""
+    """The rows of `history.csv` that belong to the classification stage."""
     return [r for r in history if r.get("stage") == CLASSIFY]

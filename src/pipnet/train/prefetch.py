@@ -1,6 +1,6 @@
 """Prepare the next batches in a background thread while the model trains on this one.
 
-With ``num_workers=0`` the DataLoader augments in the training loop itself, so the model waits for every
+With `num_workers=0` the DataLoader augments in the training loop itself, so the model waits for every
 batch. Worker processes avoid that but, on a machine with few cores, take CPU from the model and cost a
 start-up per epoch. A thread is the middle way: image decoding, PIL transforms and tensor conversion
 release the GIL, so they overlap with the model's own threads. The batches and their order are exactly
@@ -25,10 +25,10 @@ class _Failure:
 
 
 def prefetch(batches: Iterable[Any], depth: int) -> Iterator[Any]:
-    """The items of ``batches``, produced up to ``depth`` ahead in a daemon thread (``depth`` 0: inline).
+    """The items of `batches`, produced up to `depth` ahead in a daemon thread (`depth` 0: inline).
 
     An exception in the producer is raised in the consumer at the item where it happened; a consumer
-    that stops early (an exception, ``break``) stops the producer too.
+    that stops early (an exception, `break`) stops the producer too.
     """
     if depth <= 0:
         yield from batches

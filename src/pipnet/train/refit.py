@@ -1,14 +1,14 @@
 """Repair after editing: re-train only the scoring sheet with some prototypes switched off, and log every edit.
 
-Switching a prototype off (``PIPNet.disable_prototypes``) removes its evidence, and the classes that relied on
-it lose score. :func:`refit` re-fits the classifier W (C, P) to what is left, the way the classification
-phase trains it (spec sections 3-4): the loss L_C = NLL(log_softmax(log(out^m + 1))) on the training-time
+Switching a prototype off (`PIPNet.disable_prototypes`) removes its evidence, and the classes that relied on
+it lose score. [`refit`][pipnet.train.refit.refit] re-fits the classifier W (C, P) to what is left, the way the classification
+phase trains it (paper supplementary Sec. 1.1): the loss L_C = NLL(log_softmax(log(out^m + 1))) on the training-time
 presence (no 0.1 cut), AdamW without weight decay, and after every step the soft threshold
 W <- max(W - 1e-3, 0) (bias kept >= 0), so the sheet stays non-negative and sparse. The backbone and the
 prototypes do not change, so the presences of the training images are computed once (one batched pass) and
 the fit runs on that (N, P) table: seconds, not a training run. It starts from the model's own weights.
 
-Every edit is appended to ``edits.jsonl`` beside the model (one JSON object per line: what, when, by whom, an
+Every edit is appended to `edits.jsonl` beside the model (one JSON object per line: what, when, by whom, an
 optional reason, and for a refit its accuracies), and a model derived from another carries its log along.
 """
 
@@ -46,7 +46,7 @@ __all__ = [
     "sheet_accuracy",
 ]
 
-SOFT_THRESHOLD = 1e-3  # the faithful per-step subtraction (spec section 4)
+SOFT_THRESHOLD = 1e-3  # the faithful per-step subtraction (paper supplementary Sec. 1.1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +55,7 @@ class RefitResult:
 
     Args:
         model: a new PIP-Net: the prototypes switched off, the scoring sheet re-fitted (the input is unchanged).
-        disabled: every prototype switched off in ``model``.
+        disabled: every prototype switched off in `model`.
         accuracy_before: top-1 test accuracy of the model as given.
         accuracy_switched_off: the same with the prototypes switched off, before the refit.
         accuracy_refit: after the refit.
@@ -144,7 +144,7 @@ def fit_scoring_sheet(
     """Fit W (and b) to fixed presences with L_C, AdamW and the soft threshold after every step.
 
     Args:
-        presence: (N, P) training-time presence (unmasked; ``mask`` is applied here).
+        presence: (N, P) training-time presence (unmasked; `mask` is applied here).
         labels: (N,) classes.
         weight: (C, P) starting weights (not modified).
         mask: (P,) 1 = on, 0 = off; the weights of switched-off prototypes are set to 0 and stay 0.
@@ -195,15 +195,15 @@ def refit(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> RefitResult:
-    """Switch ``disable`` off (besides those already off) and re-fit the scoring sheet; ``model`` is unchanged.
+    """Switch `disable` off (besides those already off) and re-fit the scoring sheet; `model` is unchanged.
 
     Args:
         model: the PIP-Net.
-        train_data: the training images through the evaluation transform (``(x, label)``, e.g. the projection set).
-        test_data: held-out ``(x, label)`` for the accuracies.
+        train_data: the training images through the evaluation transform (`(x, label)`, e.g. the projection set).
+        test_data: held-out `(x, label)` for the accuracies.
         disable: prototypes to switch off for every class.
         keep_zero: optional (C, P) bool of weights to hold at 0 (prototypes switched off for one class).
-        epochs: passes over the cached training presences (see :func:`fit_scoring_sheet`).
+        epochs: passes over the cached training presences (see `fit_scoring_sheet`).
         lr: AdamW learning rate of the scoring sheet.
         batch_size: images per forward pass and presences per step.
         seed: seed of the shuffling.
@@ -259,25 +259,25 @@ def save_refit(
     """Write a refit model to a NEW folder: the model, its data config, its detectors and the edit log.
 
     The scores change with the sheet, so the detectors are fitted again
-    ([fit_detectors][pipnet.evaluation.detectors.fit_detectors]: ``train_data`` as the knn reference, the
-    thresholds at ``tpr`` of ``test_data``); without ``train_data`` the folder says it has none. The log
-    starts with the source model's ``edits.jsonl`` and gets ``records`` appended.
+    ([fit_detectors][pipnet.evaluation.detectors.fit_detectors]: `train_data` as the knn reference, the
+    thresholds at `tpr` of `test_data`); without `train_data` the folder says it has none. The log
+    starts with the source model's `edits.jsonl` and gets `records` appended.
 
     Args:
-        result: what :func:`refit` returned.
+        result: what [`refit`][pipnet.train.refit.refit] returned.
         directory: the new folder (must not exist).
         source: the folder of the model that was refit.
         test_data: in-distribution images for the thresholds.
-        data_description: what ``test_data`` is, for the detectors' files.
+        data_description: what `test_data` is, for the detectors' files.
         records: edit-log records to append (e.g. the switch-offs, then the refit).
         train_data: the training images through the evaluation transform (the knn reference).
-        config_path: a training config YAML to copy as ``config.yaml`` (so the data travels with the model).
+        config_path: a training config YAML to copy as `config.yaml` (so the data travels with the model).
         tpr: TPR of the thresholds.
         batch_size: images per forward pass.
         device: where to run.
 
     Raises:
-        FileExistsError: ``directory`` exists.
+        FileExistsError: `directory` exists.
     """
     from pipnet.evaluation.detectors import StoredDetectors, fit_detectors
 
@@ -300,14 +300,14 @@ def save_refit(
 
 def edit_record(action: str, *, prototypes: list[int], class_index: int | None = None, reason: str | None = None,
                 tool: str = "pipnet", **extra: Any) -> dict[str, Any]:
-    """One line of ``edits.jsonl``: ``time`` (UTC), ``user``, ``tool``, ``action``, ``prototypes``, ``class_index``, ``reason``.
+    """One line of `edits.jsonl`: `time` (UTC), `user`, `tool`, `action`, `prototypes`, `class_index`, `reason`.
 
     Args:
-        action: ``switch_off``, ``switch_on`` or ``refit``.
+        action: `switch_off`, `switch_on` or `refit`.
         prototypes: the prototypes concerned.
         class_index: the one class concerned, or None for every class.
         reason: why, in the editor's words (optional).
-        tool: what made the edit (``pipnet refit``, ``pipnet serve``, ...).
+        tool: what made the edit (`pipnet refit`, `pipnet serve`, ...).
         **extra: more fields (a refit's accuracies, the source folder).
     """
     try:
@@ -327,7 +327,7 @@ def edit_record(action: str, *, prototypes: list[int], class_index: int | None =
 
 
 def read_edit_log(directory: str | Path) -> list[dict[str, Any]]:
-    """Every record of ``directory/edits.jsonl`` in order ([] when there is none)."""
+    """Every record of `directory/edits.jsonl` in order ([] when there is none)."""
     path = RunFolder(directory).edit_log
     if not path.is_file():
         return []
@@ -344,7 +344,7 @@ def read_edit_log(directory: str | Path) -> list[dict[str, Any]]:
 
 
 def class_edit_mask(directory: str | Path, num_classes: int, num_prototypes: int) -> torch.Tensor | None:
-    """(C, P) bool of the weights the web page switched off for one class (its ``edits.json``), or None."""
+    """(C, P) bool of the weights the web page switched off for one class (its `edits.json`), or None."""
     from pipnet.model import ModelLoadError
 
     folder = RunFolder(directory)
@@ -358,7 +358,7 @@ def class_edit_mask(directory: str | Path, num_classes: int, num_prototypes: int
 
 
 def append_edits(directory: str | Path, records: list[dict[str, Any]], *, inherited_from: str | Path | None = None) -> Path:
-    """Append records to ``directory/edits.jsonl``, first copying the log of ``inherited_from`` if it is new."""
+    """Append records to `directory/edits.jsonl`, first copying the log of `inherited_from` if it is new."""
     path = RunFolder(directory).edit_log
     lines = []
     if inherited_from is not None and not path.exists():

@@ -5,24 +5,24 @@ prototypes to keep are *remembered* (by default every other prototype the scorin
 (after ProtoPDebug, Bontempelli et al., ICLR 2023, adapted to PIP-Net's softmax maps) then:
 
 1. runs the unrepaired model once over the training images and fixes two sets of latent cells: the
-   *forbidden* cells Omega_F, where some forbidden prototype's presence reaches ``forbid_threshold`` (0.1, the
+   *forbidden* cells Omega_F, where some forbidden prototype's presence reaches `forbid_threshold` (0.1, the
    presence that counts at inference), and the *remembered* pairs Omega_K, where a kept prototype k reached
-   ``remember_threshold`` (0.5) on a cell that is not forbidden;
-2. fine-tunes the add-on (and, unless ``train_backbone`` is off, the backbone; batch norm statistics stay
+   `remember_threshold` (0.5) on a cell that is not forbidden;
+2. fine-tunes the add-on (and, unless `train_backbone` is off, the backbone; batch norm statistics stay
    fixed) on L = lambda_F L_F + lambda_R L_R, with
    L_F = -1/|Omega_F| sum_{(n,h,w) in Omega_F} log(1 - sum_{p in L} a_p(x_n)[h,w] + eps) over the *live*
    prototypes L (the forbidden and the remembered ones; when they are all the prototypes there are, the
    forbidden ones are left out of L and keep the forbidden patches, a quarantine), and
    L_R = -1/|Omega_K| sum_{(n,k,h,w) in Omega_K} log(a_k(x_n)[h,w] + eps)
-   (``pipnet.model.losses.forbid_loss`` / ``remember_loss``);
+   (`pipnet.model.losses.forbid_loss` / `remember_loss`);
 3. switches the forbidden prototypes off and holds at weight 0 every other prototype that took over the
-   forbidden cells (presence >= 0.1 on at least ``sink_share`` of them): the softmax has to put a patch's
+   forbidden cells (presence >= 0.1 on at least `sink_share` of them): the softmax has to put a patch's
    mass somewhere, and these *sinks* now carry the shortcut;
-4. re-fits the scoring sheet on the fine-tuned presences (:func:`pipnet.train.refit.refit`).
+4. re-fits the scoring sheet on the fine-tuned presences ([`pipnet.train.refit.refit`][pipnet.train.refit.refit]).
 
-:func:`save_repair` writes the result all-or-nothing, re-sets the OoD thresholds and the ``knn`` detector
+`save_repair` writes the result all-or-nothing, re-sets the OoD thresholds and the `knn` detector
 (whose distances change with the prototypes) and appends to the edit log. The cheaper repairs are
-``refit`` alone (switch off + re-fit) and ``repair`` with ``train_backbone=False`` (only the add-on moves).
+`refit` alone (switch off + re-fit) and `repair` with `train_backbone=False` (only the add-on moves).
 """
 
 from __future__ import annotations
@@ -95,14 +95,14 @@ class RepairResult:
         forbidden: the prototypes marked forbidden (now switched off).
         remembered: the prototypes kept.
         held_at_zero: other prototypes the re-fit kept at weight 0 because they took over the forbidden cells.
-        refit: the scoring sheet's re-fit (its ``accuracy_before`` is the fine-tuned model with the old sheet).
+        refit: the scoring sheet's re-fit (its `accuracy_before` is the fine-tuned model with the old sheet).
         accuracy_original: top-1 test accuracy of the model as given.
         forbidden_cells: how many training-image cells were forbidden.
         remembered_pairs: how many (prototype, cell) pairs were remembered.
         forbidden_response: mean presence of the forbidden prototypes at the forbidden cells, (before, after).
         live_response: mean live mass (forbidden + kept + used prototypes) at the forbidden cells, (before, after).
         kept_response: mean presence of the kept prototypes at their remembered cells, (before, after).
-        history: one dict per fine-tuning epoch (``loss``, ``forbid``, ``remember``).
+        history: one dict per fine-tuning epoch (`loss`, `forbid`, `remember`).
         seconds_fine_tune: time of the fine-tuning.
         seconds: time of the whole repair.
         settings: the settings used.
@@ -144,12 +144,12 @@ class RepairResult:
 
 
 def _batch(data: Dataset, idx: torch.Tensor) -> torch.Tensor:
-    """The inputs of images ``idx`` of ``data`` stacked: (B, 3, S, S)."""
+    """The inputs of images `idx` of `data` stacked: (B, 3, S, S)."""
     return torch.stack([data[int(i)][0] for i in idx])
 
 
 def prototype_maps_of(model: PIPNet, images: torch.Tensor, *, batch_size: int = 64, device=None) -> torch.Tensor:
-    """The softmax prototype maps of ``images`` (N, 3, S, S) -> (N, P, h, w), float32 on the CPU, switched-off
+    """The softmax prototype maps of `images` (N, 3, S, S) -> (N, P, h, w), float32 on the CPU, switched-off
     prototypes included (raw maps, not masked)."""
     out = []
     with eval_mode(model, device) as dev:
@@ -159,7 +159,7 @@ def prototype_maps_of(model: PIPNet, images: torch.Tensor, *, batch_size: int = 
 
 
 def forbidden_cells(maps: torch.Tensor, forbidden: list[int], threshold: float = PRESENCE_THRESHOLD) -> torch.Tensor:
-    """(N, h, w) bool: the cells where some forbidden prototype's presence reaches ``threshold`` in ``maps`` (N, P, h, w)."""
+    """(N, h, w) bool: the cells where some forbidden prototype's presence reaches `threshold` in `maps` (N, P, h, w)."""
     if not forbidden:
         return torch.zeros(maps.shape[0], *maps.shape[2:], dtype=torch.bool)
     return maps[:, forbidden].amax(dim=1) >= threshold
@@ -210,7 +210,7 @@ def _concepts(model: PIPNet, data: Dataset, batch_size: int, dev, forbid: list[i
 
 def _scan(model: PIPNet, data: Dataset, batch_size: int, dev, forbid: list[int], kept: list[int], live: torch.Tensor,
           settings: RepairSettings, cells: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """One inference pass over ``data``: the cells (computed here when ``cells`` is None) and the responses."""
+    """One inference pass over `data`: the cells (computed here when `cells` is None) and the responses."""
     responses = _Responses(model.num_prototypes)
     omega_f, omega_k = [], []
     concepts = _concepts(model, data, batch_size, dev, forbid) if cells is None and settings.similar is not None else None
@@ -259,16 +259,16 @@ def repair(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> RepairResult:
-    """Fine-tune ``model`` so no live prototype responds to the forbidden patches, then re-fit its scoring sheet.
+    """Fine-tune `model` so no live prototype responds to the forbidden patches, then re-fit its scoring sheet.
 
-    ``model`` is not changed. See the module docstring for the losses and the steps.
+    `model` is not changed. See the module docstring for the losses and the steps.
 
     Args:
         model: the PIP-Net.
-        train_data: the training images through the evaluation transform (``(x, label)``, indexable: the
+        train_data: the training images through the evaluation transform (`(x, label)`, indexable: the
             fine-tuning draws shuffled batches of it). Only boolean cell masks are kept per image
             (N x h x w and N x K x h x w), never the images or their maps.
-        test_data: held-out ``(x, label)`` for the accuracies.
+        test_data: held-out `(x, label)` for the accuracies.
         forbid: the forbidden prototypes (switched off in the result).
         remember: the prototypes to keep; None: every used prototype that is not forbidden.
         settings: epochs, learning rates, weights and thresholds.
@@ -280,7 +280,7 @@ def repair(
         A [RepairResult][pipnet.train.repair.RepairResult].
 
     Raises:
-        ValueError: an empty ``forbid``, a prototype out of range or both forbidden and remembered.
+        ValueError: an empty `forbid`, a prototype out of range or both forbidden and remembered.
 
     Examples:
         >>> result = repair(model, data.projection, data.test, forbid=[3, 17])  # doctest: +SKIP
@@ -367,7 +367,7 @@ def repair(
 
 
 def repair_records(result: RepairResult, *, source: str, reason: str | None = None, tool: str = "pipnet repair") -> list[dict[str, Any]]:
-    """The edit-log lines of a repair: ``forbid`` (with the kept prototypes, the settings and the numbers) and ``refit``."""
+    """The edit-log lines of a repair: `forbid` (with the kept prototypes, the settings and the numbers) and `refit`."""
     from pipnet.train.refit import edit_record
 
     return [
@@ -394,10 +394,10 @@ def save_repair(
 ) -> Path:
     """Write a repaired model to a NEW folder, all or nothing: the model, its data config, its detectors fitted
     again ([fit_detectors][pipnet.evaluation.detectors.fit_detectors]: the prototypes moved; the knn detector
-    keeps the source's ``k`` where it had one) and the edit log with ``records`` appended.
+    keeps the source's `k` where it had one) and the edit log with `records` appended.
 
     Raises:
-        FileExistsError: ``directory`` exists.
+        FileExistsError: `directory` exists.
     """
     import shutil
 

@@ -1,8 +1,8 @@
-"""``pipnet repair`` as a library call: a model folder in, a repaired model folder out, the edit logged.
+"""`pipnet repair` as a library call: a model folder in, a repaired model folder out, the edit logged.
 
-The command line only parses its flags and calls :func:`repair_model_folder`, which reads the model and its
-training data, runs :func:`pipnet.train.repair.repair`, writes the new folder all-or-nothing with
-:func:`pipnet.train.repair.save_repair` and returns what to print.
+The command line only parses its flags and calls `repair_model_folder`, which reads the model and its
+training data, runs `pipnet.train.repair.repair`, writes the new folder all-or-nothing with
+`pipnet.train.repair.save_repair` and returns what to print.
 """
 
 from __future__ import annotations
@@ -34,23 +34,23 @@ def repair_model_folder(
     progress: bool = False,
     tool: str = "pipnet repair",
 ) -> RepairResult:
-    """Repair the model in ``model_dir`` and write it to the NEW folder ``out``.
+    """Repair the model in `model_dir` and write it to the NEW folder `out`.
 
     Args:
-        model_dir: a model folder with its training config (``config.yaml``), e.g. a run folder.
+        model_dir: a model folder with its training config (`config.yaml`), e.g. a run folder.
         out: the new folder (must not exist; it appears only when complete).
         forbid: the prototypes whose patches no prototype may answer to any more.
         remember: the prototypes to keep (default: every used one not forbidden).
         settings: the repair's settings.
-        data: a run folder or training config YAML whose data to use (default: ``model_dir``'s).
+        data: a run folder or training config YAML whose data to use (default: `model_dir`'s).
         reason: why, for the edit log.
         tpr: TPR of the re-set OoD thresholds.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: `auto`, `cpu`, `cuda` or `cuda:N`.
         progress: show progress bars.
-        tool: the edit log's ``tool`` field.
+        tool: the edit log's `tool` field.
 
     Raises:
-        FileExistsError: ``out`` exists.
+        FileExistsError: `out` exists.
         DataError: no data config, or its data has no test split.
         ModelLoadError: a prototype out of range.
     """

@@ -1,7 +1,7 @@
-"""One training step of PIP-Net (spec section 4): forward both views, the weighted losses, the update.
+"""One training step of PIP-Net (paper supplementary Algorithm 1): forward both views, the weighted losses, the update.
 
-:func:`train_step` is the step the training loop, the benchmarks and ``benchmarks/gpu_check.py`` run:
-forward under the run's precision, :func:`training_step_losses` (a dict with ``loss`` and its parts, as
+`train_step` is the step the training loop, the benchmarks and `benchmarks/gpu_check.py` run:
+forward under the run's precision, `training_step_losses` (a dict with `loss` and its parts, as
 the epoch's plan weighs them), backward, the optimisers of the groups that train, the net's cosine
 schedule, and in the classification stage the classifier's warm restarts and sparsification.
 """
@@ -36,7 +36,7 @@ def training_step_losses(
 ) -> dict[str, torch.Tensor]:
     """The loss and its parts for one batch of two views stacked as (2B, ...).
 
-    Returns a dict with ``loss`` (the weighted sum) and the parts that have a non-zero weight.
+    Returns a dict with `loss` (the weighted sum) and the parts that have a non-zero weight.
     """
     maps1, maps2 = out.maps.float().chunk(2)  # (B, P, h, w) each
     p1, p2 = out.presence.float().chunk(2)  # (B, P) each
@@ -54,7 +54,7 @@ def training_step_losses(
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one step returns: the loss parts (``loss`` first), the correct predictions over both views
+    """What one step returns: the loss parts (`loss` first), the correct predictions over both views
     (a device tensor, no sync), and whether the step was skipped for a non-finite loss."""
 
     parts: dict[str, torch.Tensor]
@@ -80,17 +80,17 @@ def train_step(
     """One optimisation step on two views of a batch.
 
     Args:
-        model: what to call (``core``, or ``core`` wrapped in DDP / ``torch.compile``).
+        model: what to call (`core`, or `core` wrapped in DDP / `torch.compile`).
         core: the PIP-Net itself (its classifier is sparsified, its buffers restored on a skip).
         x: both views stacked, (2B, 3, S, S), on the model's device.
         y: labels, (B,).
         plan: the epoch's plan (loss weights, what trains, whether to sparsify and step warm restarts).
         optim: the stage's optimisers and schedules.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (with ``scaler``).
+        precision: `fp32`, `bf16` or `fp16` (with `scaler`).
         scaler: the fp16 gradient scaler, else None.
         info: the process group (the tanh loss gathers presence over processes).
         classifier_epoch: the fractional epoch the classifier's warm-restart schedule is set to after the
-            step (see :func:`pipnet.train.protocol.classifier_schedule_epoch`); used when the plan steps it.
+            step (see `pipnet.train.protocol.classifier_schedule_epoch`); used when the plan steps it.
         sparsify: the classifier's sparsifier (soft or hard threshold), applied when the plan sparsifies.
         skip_nonfinite: a non-finite loss skips the update (one host sync) and restores BatchNorm's
             running statistics; otherwise the caller watches the returned parts.
@@ -132,8 +132,8 @@ def train_step(
 class NonFiniteGuard:
     """Finds the first step whose loss is NaN or Inf without a host sync per step.
 
-    ``record`` keeps, on the device, the first bad step and which loss parts were bad there;
-    ``raise_if_bad`` (one sync) stops training with a message naming them. Steps after the bad one may
+    `record` keeps, on the device, the first bad step and which loss parts were bad there;
+    `raise_if_bad` (one sync) stops training with a message naming them. Steps after the bad one may
     already have run when it is seen; they are thrown away with the run, whose last checkpoint stays.
     """
 

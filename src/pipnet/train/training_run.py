@@ -1,8 +1,8 @@
-"""A training run writing its run folder: create or resume it, rewrite ``history.csv``, write ``metrics.json``.
+"""A training run writing its run folder: create or resume it, rewrite `history.csv`, write `metrics.json`.
 
-The layout (which file is where) and the reading belong to :class:`pipnet.model.run_folder.RunFolder`; the picture
-``sparsity.png`` is drawn from ``history.csv`` by ``pipnet train`` / ``pipnet report``
-(:func:`pipnet.explanation.report.write_sparsity_plot`), not by training.
+The layout (which file is where) and the reading belong to [`pipnet.model.run_folder.RunFolder`][pipnet.model.run_folder.RunFolder]; the picture
+`sparsity.png` is drawn from `history.csv` by `pipnet train` / `pipnet report`
+([`pipnet.explanation.report.write_sparsity_plot`][pipnet.explanation.report.write_sparsity_plot]), not by training.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainingRun:
-    """A training run: its :class:`~pipnet.model.run_folder.RunFolder` (the one name of the folder) and its config.
+    """A training run: its [`RunFolder`][pipnet.model.run_folder.RunFolder] (the one name of the folder) and its config.
 
     Args:
         path: the run folder.
@@ -46,7 +46,7 @@ class TrainingRun:
 
     @classmethod
     def create(cls, out: str | None, config: TrainConfig, main: bool = True) -> TrainingRun:
-        """A new run folder (``out``, or ``runs/<time>`` by default); refuses to overwrite another run."""
+        """A new run folder (`out`, or `runs/<time>` by default); refuses to overwrite another run."""
         folder = RunFolder(Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         if folder.checkpoint.exists() or folder.weights.exists():
             raise FileExistsError(f"{folder.path} already holds a run; use --resume {folder.path} to continue it, or another --out")
@@ -85,6 +85,6 @@ class TrainingRun:
             tmp.write_text(buf.getvalue())
 
     def write_metrics(self, metrics, into: Path | None = None) -> None:
-        """Write ``metrics.json`` into the run folder, or into ``into`` (the final model's folder being written)."""
+        """Write `metrics.json` into the run folder, or into `into` (the final model's folder being written)."""
         with atomic_write(RunFolder(into).metrics if into is not None else self.folder.metrics) as tmp:
             tmp.write_text(metrics.to_json())

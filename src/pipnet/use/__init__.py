@@ -1,5 +1,5 @@
 """Use: putting a trained model to work.
 
-:mod:`~pipnet.use.predict` (labels, scores and reasons for image files), :mod:`~pipnet.use.export` (ONNX)
-and :mod:`~pipnet.use.serve` (the local web explorer, an optional extra).
+`predict` (labels, scores and reasons for image files), `export` (ONNX)
+and `serve` (the local web explorer, an optional extra).
 """

@@ -1,9 +1,9 @@
-"""The files of ``pipnet explain``: the images read one by one, and the folder the explanations go to.
+"""The files of `pipnet explain`: the images read one by one, and the folder the explanations go to.
 
-As in ``pipnet predict``, a file that cannot be read is one error entry (a line on standard error, and with
-``--out`` a JSON file holding the reason) and the others are explained; the command's exit status says
-whether some failed. With ``--out``, each image gets ``NAME.json`` and ``NAME.png``, where NAME is unique per
-input path (:func:`~pipnet.use.outputs.unique_names`: ``a/x.png``, ``b/x.png`` and ``a/x.jpg`` give three), and
+As in `pipnet predict`, a file that cannot be read is one error entry (a line on standard error, and with
+`--out` a JSON file holding the reason) and the others are explained; the command's exit status says
+whether some failed. With `--out`, each image gets `NAME.json` and `NAME.png`, where NAME is unique per
+input path (`unique_names`: `a/x.png`, `b/x.png` and `a/x.jpg` give three), and
 nothing is written when one of those files would be an input (an image, or a file of the model folder).
 """
 
@@ -40,12 +40,12 @@ class ImageFile:
 
     @property
     def printable(self) -> str:
-        """The path as text any UTF-8 writer accepts (bytes of a name that are not UTF-8 become ``\\xNN``)."""
+        """The path as text any UTF-8 writer accepts (bytes of a name that are not UTF-8 become `\\xNN`)."""
         return printable_path(self.path)
 
 
 def read_images(paths: Sequence[str | os.PathLike[str]]) -> Iterator[ImageFile]:
-    """Each path's image (RGB), or the reason it cannot be read (:func:`~pipnet.data.images.load_image`), in order."""
+    """Each path's image (RGB), or the reason it cannot be read (`load_image`), in order."""
     for index, path in enumerate(paths):
         try:
             image = load_image(path)
@@ -56,13 +56,13 @@ def read_images(paths: Sequence[str | os.PathLike[str]]) -> Iterator[ImageFile]:
 
 
 class ExplanationFolder:
-    """The ``--out`` folder: ``NAME.json`` and ``NAME.png`` per input, NAME unique per input path.
+    """The `--out` folder: `NAME.json` and `NAME.png` per input, NAME unique per input path.
 
     Args:
         out: the folder (made when missing).
-        paths: the inputs, in the order :func:`read_images` reads them.
+        paths: the inputs, in the order `read_images` reads them.
         protect: more inputs that must not be written over: files, or a model folder (its own files,
-            :func:`~pipnet.use.outputs.model_files`).
+            `model_files`).
 
     Raises:
         FileExistsError: one of the files to write is one of the inputs (nothing is written then).
@@ -76,7 +76,7 @@ class ExplanationFolder:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write(self, item: ImageFile, record: dict[str, Any], figure: Image.Image) -> None:
-        """The explanation of ``item`` as JSON (``record``) and its picture (``figure``)."""
+        """The explanation of `item` as JSON (`record`) and its picture (`figure`)."""
         record_path, figure_path = self.files[item.index]
         record_path.write_text(json.dumps(record, indent=2))
         figure.save(figure_path, format="PNG")
@@ -88,13 +88,13 @@ class ExplanationFolder:
 
 
 def finish(failed: Sequence[ImageFile], total: int) -> int:
-    """After explaining ``total`` inputs of which ``failed`` could not be read: the exit status.
+    """After explaining `total` inputs of which `failed` could not be read: the exit status.
 
-    Each failure was reported as it came (``cannot read PATH: REASON``, on standard error); this adds the
-    count. Returns 0 when every file was explained, :data:`EXIT_SOME_FAILED` when some could not be read.
+    Each failure was reported as it came (`cannot read PATH: REASON`, on standard error); this adds the
+    count. Returns 0 when every file was explained, `EXIT_SOME_FAILED` when some could not be read.
 
     Raises:
-        FileNotFoundError: none could be read (the command's one ``error:`` line).
+        FileNotFoundError: none could be read (the command's one `error:` line).
     """
     if not failed:
         return 0
@@ -105,5 +105,5 @@ def finish(failed: Sequence[ImageFile], total: int) -> int:
 
 
 def report_error(item: ImageFile) -> None:
-    """The error entry on standard error, as ``pipnet predict`` writes it."""
+    """The error entry on standard error, as `pipnet predict` writes it."""
     sys.stderr.write(f"cannot read {item.printable}: {item.error}\n")

@@ -1,12 +1,12 @@
-"""Export a PIP-Net for deployment without this package: TorchScript (built in) or ONNX (extra ``export``).
+"""Export a PIP-Net for deployment without this package: TorchScript (built in) or ONNX (extra `export`).
 
-The exported graph is the inference forward (:meth:`PIPNet.predict`: presence < 0.1 set to 0 before the
-classifier, switched-off prototypes masked): one input ``images`` (B, 3, S, S), normalised as in training
-(resize to S x S, then the model's ``normalization``: its backbone's mean and std, recorded in
-config.json), and three outputs ``scores`` (B, C), ``presence`` (B, P) and ``logits`` (B, P): each
-prototype's largest logit over the grid, what the ``knn`` detector reads. The batch size is dynamic by
-default or fixed on request. :func:`check_export` runs the file with its own runtime (``torch.jit.load``
-or onnxruntime) and returns the largest difference from PyTorch; :func:`export_verdicts` turns the file's
+The exported graph is the inference forward ([`PIPNet.predict`][pipnet.PIPNet.predict]: presence < 0.1 set to 0 before the
+classifier, switched-off prototypes masked): one input `images` (B, 3, S, S), normalised as in training
+(resize to S x S, then the model's `normalization`: its backbone's mean and std, recorded in
+config.json), and three outputs `scores` (B, C), `presence` (B, P) and `logits` (B, P): each
+prototype's largest logit over the grid, what the `knn` detector reads. The batch size is dynamic by
+default or fixed on request. [`check_export`][pipnet.use.export.check_export] runs the file with its own runtime (`torch.jit.load`
+or onnxruntime) and returns the largest difference from PyTorch; [`export_verdicts`][pipnet.use.export.export_verdicts] turns the file's
 outputs into the model folder's verdicts, the same as [Predictor][pipnet.Predictor] gives (the deploy
 guide shows the same in a few lines of NumPy, for a machine without pipnet).
 """
@@ -38,7 +38,7 @@ class ExportError(RuntimeError):
 
 
 class InferenceGraph(nn.Module):
-    """``PIPNet.predict`` as a plain module: images (B, 3, S, S) -> (scores (B, C), presence (B, P), logits (B, P))."""
+    """`PIPNet.predict` as a plain module: images (B, 3, S, S) -> (scores (B, C), presence (B, P), logits (B, P))."""
 
     def __init__(self, model: PIPNet):
         super().__init__()
@@ -58,13 +58,13 @@ def _example(model: PIPNet, batch_size: int) -> torch.Tensor:
 def export_model(
     model: PIPNet, path: str | Path, *, format: Format = "torchscript", batch_size: int | None = None, opset: int = 18
 ) -> Path:
-    """Write the inference graph of ``model`` (on the CPU, in eval mode; ``model`` itself is not changed).
+    """Write the inference graph of `model` (on the CPU, in eval mode; `model` itself is not changed).
 
     Args:
         model: the PIP-Net.
         path: the file to write.
-        format: ``torchscript`` (``torch.jit.trace``; loads with ``torch.jit.load``, no pipnet needed) or
-            ``onnx`` (needs the ``onnx`` and ``onnxscript`` packages: ``pip install 'pipnet[export]'``).
+        format: `torchscript` (`torch.jit.trace`; loads with `torch.jit.load`, no pipnet needed) or
+            `onnx` (needs the `onnx` and `onnxscript` packages: `pip install 'pipnet[export]'`).
         batch_size: a fixed batch size, or None for any batch size.
         opset: the ONNX opset version.
 
@@ -124,7 +124,7 @@ def _cpu_copy(model: PIPNet) -> PIPNet:
 
 
 def run_export(path: str | Path, images: torch.Tensor, *, format: Format = "torchscript") -> dict[str, torch.Tensor]:
-    """The exported file's outputs on ``images`` (B, 3, S, S), run with its own runtime: ``{"scores", "presence", "logits"}``."""
+    """The exported file's outputs on `images` (B, 3, S, S), run with its own runtime: `{"scores", "presence", "logits"}`."""
     images = images.detach().float().cpu()
     if format == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
@@ -141,7 +141,7 @@ def run_export(path: str | Path, images: torch.Tensor, *, format: Format = "torc
 
 
 def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, format: Format = "torchscript") -> dict[str, float]:
-    """Largest absolute difference between the exported file and PyTorch on ``images``.
+    """Largest absolute difference between the exported file and PyTorch on `images`.
 
     Args:
         model: the PIP-Net that was exported.
@@ -150,7 +150,7 @@ def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, forma
         format: the file's format.
 
     Returns:
-        ``{"scores": max |diff|, "presence": max |diff|, "logits": max |diff|}``.
+        `{"scores": max |diff|, "presence": max |diff|, "logits": max |diff|}`.
     """
     reference = InferenceGraph(_cpu_copy(model)).eval()
     with torch.no_grad():
@@ -160,8 +160,8 @@ def check_export(model: PIPNet, path: str | Path, images: torch.Tensor, *, forma
 
 
 def export_verdicts(outputs: dict[str, torch.Tensor], detector, class_names: list[str]) -> list:
-    """The verdicts on the images an exported model's ``outputs`` (:func:`run_export`) came from, decided by
-    ``detector`` (a [Predictor][pipnet.Predictor]'s ``detector``; None: none stored), as every door decides
+    """The verdicts on the images an exported model's `outputs` (`run_export`) came from, decided by
+    `detector` (a [Predictor][pipnet.Predictor]'s `detector`; None: none stored), as every door decides
     them ([verdicts][pipnet.evaluation.detectors.verdicts])."""
     from pipnet.evaluation.detectors import verdicts
     from pipnet.evaluation.features import Features
@@ -171,8 +171,8 @@ def export_verdicts(outputs: dict[str, torch.Tensor], detector, class_names: lis
 
 
 def check_images(model_dir: str | Path, model: PIPNet, count: int) -> tuple[torch.Tensor, str]:
-    """Up to ``count`` test images of the model's run (its config.yaml) and ``"test images"``, else seeded
-    random inputs and ``"random inputs"``: what ``pipnet export`` checks the exported file on."""
+    """Up to `count` test images of the model's run (its config.yaml) and `"test images"`, else seeded
+    random inputs and `"random inputs"`: what `pipnet export` checks the exported file on."""
     from pipnet.model.run_folder import RunFolder
 
     run_config = RunFolder(model_dir).training_config()

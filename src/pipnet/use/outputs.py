@@ -1,10 +1,10 @@
 """The files the commands write: one name per input path, never an input overwritten, cells a spreadsheet
 would run escaped.
 
-:func:`unique_names` gives each input file a name that no other input of the same run gets (``a/x.png``,
-``b/x.png`` and ``a/x.jpg`` get three); :func:`refuse_overwriting` stops a command before it writes over one
-of its inputs (an image, a file of the model folder: :func:`model_files`); :func:`spreadsheet_safe` is the OWASP rule against
-formula injection for a CSV cell (a file named ``=HYPERLINK(...).png`` is text, not a formula, when the
+`unique_names` gives each input file a name that no other input of the same run gets (`a/x.png`,
+`b/x.png` and `a/x.jpg` get three); `refuse_overwriting` stops a command before it writes over one
+of its inputs (an image, a file of the model folder: `model_files`); `spreadsheet_safe` is the OWASP rule against
+formula injection for a CSV cell (a file named `=HYPERLINK(...).png` is text, not a formula, when the
 table is opened in a spreadsheet).
 """
 
@@ -20,11 +20,11 @@ from pipnet.model.run_folder import RunFolder
 __all__ = ["FORMULA_STARTS", "model_files", "refuse_overwriting", "spreadsheet_safe", "unique_names"]
 
 def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """A name per input path, different for every path of ``paths`` (without a case difference counting).
+    """A name per input path, different for every path of `paths` (without a case difference counting).
 
-    The rule: the file's stem (``x`` for ``a/x.png``); where inputs share it, the file name with its suffix
-    (``x.png``, ``x.jpg``); where they still share that, as many folders above it as tell them apart, joined by
-    ``_`` (``a_x.png``, ``b_x.png``); and where nothing does (one path given twice), ``-2``, ``-3``... in the
+    The rule: the file's stem (`x` for `a/x.png`); where inputs share it, the file name with its suffix
+    (`x.png`, `x.jpg`); where they still share that, as many folders above it as tell them apart, joined by
+    `_` (`a_x.png`, `b_x.png`); and where nothing does (one path given twice), `-2`, `-3`... in the
     order given. So a name stays as short as the inputs allow, and a single file is named by its stem.
 
     Examples:
@@ -69,7 +69,7 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 def model_files(model_dir: str | os.PathLike[str]) -> list[Path]:
     """The files of a model folder (or run folder) that commands read: the weights and their config, the
     training config, history and checkpoint, the thresholds, the knn detector, the edits and edit log, and
-    ``metrics.json``. Not the outputs that commands rewrite there (``evaluation.json``, ``report.html``, pictures)."""
+    `metrics.json`. Not the outputs that commands rewrite there (`evaluation.json`, `report.html`, pictures)."""
     folder = RunFolder(Path(model_dir))
     return [folder.weights, folder.model_config, folder.config, folder.history, folder.checkpoint, folder.metrics,
             folder.thresholds, folder.novelty, folder.novelty_tensors, folder.edits, folder.edit_log]  # fmt: skip
@@ -77,14 +77,14 @@ def model_files(model_dir: str | os.PathLike[str]) -> list[Path]:
 
 def refuse_overwriting(outputs: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]],
                        flag: str = "--out") -> None:  # fmt: skip
-    """Raise before anything is written when one of ``outputs`` is one of ``inputs``.
+    """Raise before anything is written when one of `outputs` is one of `inputs`.
 
     Two paths are one file when they are the same after following links, or name the same file on disk
     (a hard link, another spelling of the same folder).
 
     Args:
         outputs: the files a command is about to write.
-        inputs: the files it reads (images); a folder stands for a model folder's own files (:func:`model_files`),
+        inputs: the files it reads (images); a folder stands for a model folder's own files (`model_files`),
             not every file in it, so that a command's outputs of an earlier run there are no inputs.
         flag: the option that chose the outputs, for the message.
 

@@ -1,14 +1,14 @@
 """Batch prediction: run a saved PIP-Net on files, folders or a data set, one record per image.
 
-Each :class:`Prediction` holds what the model folder's [Predictor][pipnet.Predictor] decides: the predicted
-class and its score, the verdict (``known``, ``unknown`` or ``abstained``) with the detector that gave it and
+Each [`Prediction`][pipnet.Prediction] holds what the model folder's [Predictor][pipnet.Predictor] decides: the predicted
+class and its score, the verdict (`known`, `unknown` or `abstained`) with the detector that gave it and
 its reason in one sentence, the top classes with their scores, and the evidence for the predicted class
-(prototype, presence p, weight w, p·w), largest first. The web page, ``pipnet explain`` and the report ask
+(prototype, presence p, weight w, p·w), largest first. The web page, `pipnet explain` and the report ask
 the same predictor, so they never disagree with the table. Every file found gets one record: one that
 cannot be read (not an image, another format, truncated, unreadable, a broken link, not a regular file) has
-``error`` set to the reason and no prediction; the others are predicted in batches. Tables give each record
-a ``status`` (``ok``, ``unknown``, ``abstained`` or ``error``) and write any file name, even one that is not
-valid UTF-8 (its odd bytes escaped as ``\\xNN``).
+`error` set to the reason and no prediction; the others are predicted in batches. Tables give each record
+a `status` (`ok`, `unknown`, `abstained` or `error`) and write any file name, even one that is not
+valid UTF-8 (its odd bytes escaped as `\\xNN`).
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ class Prediction:
     """What the model says about one image.
 
     Args:
-        path: the file (or ``"<index>"`` for a data-set item).
+        path: the file (or `"<index>"` for a data-set item).
         predicted_class: the class name, None when the model abstains or the file could not be read.
         predicted_index: its index, or None.
         score: the predicted class's score (0 when abstaining).
-        verdict: ``known``, ``unknown`` or ``abstained`` (None for a file that could not be read).
-        detector: the detector that decided (``knn``, ``paper``; None when the model folder stores none).
-        reason: why, as data (:class:`pipnet.evaluation.detectors.Verdict`).
+        verdict: `known`, `unknown` or `abstained` (None for a file that could not be read).
+        detector: the detector that decided (`knn`, `paper`; None when the model folder stores none).
+        reason: why, as data (`pipnet.evaluation.detectors.Verdict`).
         sentence: why, in one sentence.
-        top_classes: up to ``top`` (class name, score) pairs, highest first (empty when abstaining).
-        evidence: the predicted class's largest terms ``{"prototype", "presence", "weight", "evidence"}``.
+        top_classes: up to `top` (class name, score) pairs, highest first (empty when abstaining).
+        evidence: the predicted class's largest terms `{"prototype", "presence", "weight", "evidence"}`.
         error: why the file could not be read (then nothing else is filled in).
     """
 
@@ -80,7 +80,7 @@ class Prediction:
 
     @property
     def status(self) -> str:
-        """``error`` (the file could not be read), ``unknown``, ``abstained`` or ``ok``."""
+        """`error` (the file could not be read), `unknown`, `abstained` or `ok`."""
         return "error" if self.error is not None else "ok" if self.verdict == "known" else str(self.verdict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class Prediction:
 
     @classmethod
     def of(cls, decision: Decision, evidence: int = 3) -> Prediction:
-        """The record of a [Predictor][pipnet.Predictor]'s decision, with ``evidence`` terms of the predicted class."""
+        """The record of a [Predictor][pipnet.Predictor]'s decision, with `evidence` terms of the predicted class."""
         e, v = decision.explanation, decision.verdict
         common = {"path": e.image_id, "verdict": v.kind, "detector": v.detector, "reason": v.reason, "sentence": v.sentence}
         if e.abstained:
@@ -150,7 +150,7 @@ def _walk(folder: Path, top: Path, seen: set[tuple[int, int]]) -> Iterator[Path]
 
 
 def printable_path(path: str) -> str:
-    """``path`` as text that any UTF-8 writer accepts: bytes of a name that were not UTF-8 become ``\\xNN``."""
+    """`path` as text that any UTF-8 writer accepts: bytes of a name that were not UTF-8 become `\\xNN`."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
@@ -171,25 +171,38 @@ def predict(
     Args:
         model: a [Predictor][pipnet.Predictor], the folder of a saved model (loaded with its stored
             detectors) or a PIP-Net (no detectors: only abstaining images get no class).
-        inputs: image files and folders (walked recursively), or a data set of ``(x, label)`` model inputs.
-        detector: a folder only: ``auto`` (its stored choice: ``knn`` where stored, else ``paper``), ``knn``
-            or ``paper`` (:mod:`pipnet.evaluation.detectors`).
-        precision: a folder only: ``auto`` (the precision its detectors were set in, fp32 unless asked
-            otherwise), ``fp32``, ``bf16`` or ``fp16``.
+        inputs: image files and folders (walked recursively), or a data set of `(x, label)` model inputs.
+        detector: a folder only: `auto` (its stored choice: `knn` where stored, else `paper`), `knn`
+            or `paper` ([`pipnet.evaluation.detectors`][pipnet.evaluation.detectors]).
+        precision: a folder only: `auto` (the precision its detectors were set in, fp32 unless asked
+            otherwise), `fp32`, `bf16` or `fp16`.
         top: classes listed per image.
         evidence: prototypes listed for the predicted class.
         batch_size: images per forward pass.
-        device: where to run a model loaded from a folder (default ``auto``: CUDA when present); a model
+        device: where to run a model loaded from a folder (default `auto`: CUDA when present); a model
             given runs where it is.
         progress: show a progress bar.
 
     Returns:
-        One :class:`Prediction` per input, in order (files that cannot be read have ``error`` set).
+        One [`Prediction`][pipnet.Prediction] per input, in order (files that cannot be read have `error` set).
 
     Examples:
+        A folder of photos through a saved model (here an untrained one), one row per file:
+
+        >>> from pathlib import Path
+        >>> from PIL import Image
         >>> import pipnet
-        >>> rows = pipnet.predict("runs/demo", ["photo.jpg"])  # doctest: +SKIP
-        >>> rows[0].verdict, rows[0].sentence  # doctest: +SKIP
+        >>> model = pipnet.create_model("resnet18", num_classes=2, num_features=4, class_names=["cat", "dog"])
+        >>> _ = model.save_pretrained("my-model")
+        >>> Path("photos").mkdir()
+        >>> Image.new("RGB", (320, 240), "orange").save("photos/a.jpg")
+        >>> Path("photos/notes.jpg").write_text("not an image")
+        12
+        >>> rows = pipnet.predict("my-model", ["photos"], device="cpu")
+        >>> [(Path(r.path).name, r.verdict) for r in rows]
+        [('a.jpg', 'known'), ('notes.jpg', None)]
+        >>> rows[1].error  # doctest: +ELLIPSIS
+        '...'
     """
     if isinstance(model, PIPNet):
         predictor = Predictor(model, device=None)
@@ -207,7 +220,7 @@ def predict(
     results: list[Prediction] = []
     for ids, x, errors in tqdm(batches, total=total, desc="predict", disable=not progress, unit="batch"):
         decided = iter(predictor.decide(x, image_ids=ids, top=top))
-        for path, error in errors:  # keep the input order: readable ones come from ``decided``
+        for path, error in errors:  # keep the input order: readable ones come from `decided`
             results.append(Prediction(path=path, error=error) if error else Prediction.of(next(decided), evidence))
     return results
 
@@ -257,10 +270,10 @@ def _cells(p: Prediction) -> dict[str, Any]:
 
 
 def to_csv(predictions: Sequence[Prediction]) -> str:
-    """CSV text with :data:`CSV_COLUMNS`; ``top_classes`` and ``evidence`` cells hold JSON lists.
+    """CSV text with `CSV_COLUMNS`; `top_classes` and `evidence` cells hold JSON lists.
 
-    A cell that a spreadsheet would run as a formula (a file or class named ``=HYPERLINK(...)``) starts with a
-    single quote (:func:`~pipnet.core.utils.spreadsheet_safe`); :func:`to_jsonl` keeps every name as it is.
+    A cell that a spreadsheet would run as a formula (a file or class named `=HYPERLINK(...)`) starts with a
+    single quote (`spreadsheet_safe`); `to_jsonl` keeps every name as it is.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -271,5 +284,5 @@ def to_csv(predictions: Sequence[Prediction]) -> str:
 
 
 def to_jsonl(predictions: Sequence[Prediction]) -> str:
-    """One JSON object per line (the fields of :class:`Prediction`, with ``status``)."""
+    """One JSON object per line (the fields of [`Prediction`][pipnet.Prediction], with `status`)."""
     return "".join(json.dumps(p.to_dict()) + "\n" for p in predictions)

@@ -1,23 +1,23 @@
-"""A report card for the prototypes: does each used prototype mean something? (issue #16)
+"""A report card for the prototypes: does each used prototype mean something?
 
-:func:`quality_card` measures, on a labelled data set, the ``quality`` block of ``metrics.json``:
+[`quality_card`][pipnet.evaluation.quality.quality_card] measures, on a labelled data set, the `quality` block of `metrics.json`:
 
-- ``consistency`` and ``stability`` (Huang et al., ICCV 2023, adapted to PIP-Net: :mod:`pipnet.evaluation.quality.parts`),
-  ``null`` when the data has no part keypoints;
-- ``duplicates``: pairs of used prototypes firing on the same images at the same places;
-- ``everywhere``: used prototypes present on >= 90% of the images of every class
-  (:mod:`pipnet.evaluation.quality.overlap`);
-- ``sensitivity``: how much each one's presence drops on its top images when the hue, contrast,
+- `consistency` and `stability` (Huang et al., ICCV 2023, adapted to PIP-Net: `pipnet.evaluation.quality.parts`),
+  `null` when the data has no part keypoints;
+- `duplicates`: pairs of used prototypes firing on the same images at the same places;
+- `everywhere`: used prototypes present on >= 90% of the images of every class
+  (`pipnet.evaluation.quality.overlap`);
+- `sensitivity`: how much each one's presence drops on its top images when the hue, contrast,
   saturation, texture or shape of the image is changed (after Nauta et al. 2021:
-  :mod:`pipnet.evaluation.quality.sensitivity`); :func:`pipnet.evaluation.quality.verdict.verdicts` turns the block into words;
-- ``suspects``: every used prototype's shortcut evidence, most suspicious first
-  (:func:`pipnet.evaluation.shortcuts.find_suspects`; two more passes over the data set, three with masks).
+  `pipnet.evaluation.quality.sensitivity`); `pipnet.evaluation.quality.verdict.verdicts` turns the block into words;
+- `suspects`: every used prototype's shortcut evidence, most suspicious first
+  (`pipnet.evaluation.shortcuts.find_suspects`; two more passes over the data set, three with masks).
 
-Like :func:`pipnet.evaluation.evaluate.evaluate` it is a pure function: eval mode under ``torch.inference_mode()``,
+Like [`pipnet.evaluation.evaluate.evaluate`][pipnet.evaluation.evaluate.evaluate] it is a pure function: eval mode under `torch.inference_mode()`,
 the model unchanged. Only used prototypes (a relevant class weight) are carded; prototype ids are
-``str(int)`` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
+`str(int)` keys. Cost: a projection pass unless one is given (evaluate passes its own), plus one noisy pass
 over the union of the used prototypes' top-k images for stability, plus six forward passes (the original and
-five perturbations) over the union of their first ``sensitivity_k`` top images.
+five perturbations) over the union of their first `sensitivity_k` top images.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ SENSITIVITY_K = 5  # top images per prototype that sensitivity perturbs (the cos
 
 
 def has_parts(dataset: Dataset) -> bool:
-    """Whether ``dataset`` gives part keypoints: ``keypoints(i)`` and ``num_parts`` > 0."""
+    """Whether `dataset` gives part keypoints: `keypoints(i)` and `num_parts` > 0."""
     return hasattr(dataset, "keypoints") and int(getattr(dataset, "num_parts", 0) or 0) > 0
 
 
 def top_images(projection: Projection, prototypes: torch.Tensor) -> dict[int, list[int]]:
-    """Prototype id -> the data-set indices of its top-k images (highest first), for ``prototypes``."""
+    """Prototype id -> the data-set indices of its top-k images (highest first), for `prototypes`."""
     return {int(p): projection.image_index[int(p)].tolist() for p in prototypes.tolist()}
 
 
@@ -77,28 +77,28 @@ def quality_card(
     sensitivity_k: int = SENSITIVITY_K,
     suspects: bool = True,
 ) -> dict[str, Any]:
-    """The ``quality`` block of ``metrics.json`` for the used prototypes of ``model`` on ``dataset``.
+    """The `quality` block of `metrics.json` for the used prototypes of `model` on `dataset`.
 
     Args:
         model: the PIP-Net (never changed).
-        dataset: labelled images (``(x, label)``, labels in [0, C)), e.g. the projection (training) set;
-            with ``keypoints(i)`` and ``num_parts`` for consistency and stability.
-        projection: :func:`pipnet.evaluation.projection.project` of ``dataset`` with presence threshold 0.5 (computed
+        dataset: labelled images (`(x, label)`, labels in [0, C)), e.g. the projection (training) set;
+            with `keypoints(i)` and `num_parts` for consistency and stability.
+        projection: [`pipnet.evaluation.projection.project`][pipnet.evaluation.projection.project] of `dataset` with presence threshold 0.5 (computed
             when not given).
         device: where to run (default: the model's device).
         batch_size: images per forward pass.
         progress: show progress bars.
         parts: compute consistency and stability when the data has part keypoints (else they are None).
         k: top images per prototype, when the projection is computed here.
-        sensitivity: measure the ``sensitivity`` block.
+        sensitivity: measure the `sensitivity` block.
         sensitivity_k: the first this many top images of each prototype are perturbed.
-        suspects: list the shortcut suspects (the ``suspects`` block).
+        suspects: list the shortcut suspects (the `suspects` block).
 
     Returns:
-        ``{"consistency", "stability", "duplicates", "everywhere", "sensitivity", "suspects"}`` (see the module
-        docstring; no ``sensitivity`` with ``sensitivity=False`` and no ``suspects`` with ``suspects=False``, each
+        `{"consistency", "stability", "duplicates", "everywhere", "sensitivity", "suspects"}` (see the module
+        docstring; no `sensitivity` with `sensitivity=False` and no `suspects` with `suspects=False`, each
         None when the inputs are not RGB images); NaN marks
-        undefined numbers (``null`` in JSON).
+        undefined numbers (`null` in JSON).
     """
     if projection is None:
         projection = project(model, dataset, k=k, batch_size=batch_size, device=device,

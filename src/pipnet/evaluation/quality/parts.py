@@ -5,14 +5,14 @@ networks") score a part-prototype network with two numbers from part annotations
 paper's own text here (only summaries of it), so the definitions below are those we understood; every
 parameter is stated and can be changed.
 
-- The *region* of a prototype in an image is a box of fixed size (``REGION_FRACTION`` = 72/224 of the
+- The *region* of a prototype in an image is a box of fixed size (`REGION_FRACTION` = 72/224 of the
   image side: 72 x 72 pixels at 224) centred on its highest activation: the centre pixel of the faithful
-  patch of its argmax cell (:func:`pipnet.evaluation.metrics.patch_centres`), clipped to the image.
+  patch of its argmax cell (`pipnet.evaluation.metrics.patch_centres`), clipped to the image.
 - Its *part vector* in that image says which annotated parts have a (visible) keypoint in the region
-  (half-open box test, parts merged by ``part_groups`` as for purity: :func:`pipnet.evaluation.metrics.part_membership`).
-- *Consistency*: a prototype is consistent when one part is in its region on at least ``mu`` = 0.8 of its
+  (half-open box test, parts merged by `part_groups` as for purity: `pipnet.evaluation.metrics.part_membership`).
+- *Consistency*: a prototype is consistent when one part is in its region on at least `mu` = 0.8 of its
   evaluation images; the score is the share of consistent prototypes.
-- *Stability*: Gaussian noise (``sigma`` = 0.2 in the model's normalised input, about 0.045 of the [0, 1]
+- *Stability*: Gaussian noise (`sigma` = 0.2 in the model's normalised input, about 0.045 of the [0, 1]
   pixel range under the ImageNet std) is added to the evaluation images; a prototype's stability is the
   share of them whose part vector is unchanged (the argmax is taken again on the noisy image); the score
   is the mean over prototypes.
@@ -21,13 +21,13 @@ Adaptation to PIP-Net. Huang et al. evaluate ProtoPNet's class-specific prototyp
 class. PIP-Net's prototypes are shared between classes and absent from most images (presence near 0,
 where the argmax cell means nothing), so a prototype's *evaluation images* here are the images of the
 classes it has a relevant weight for (relu(W) > 1e-3) on which it is present (presence > 0.5: the
-``above_*`` rows of a :class:`~pipnet.evaluation.projection.Projection`, which therefore also give the clean cells).
-A prototype with no evaluation image gets no score and is counted in neither number (``unscored``).
+`above_*` rows of a [`Projection`][pipnet.evaluation.projection.Projection], which therefore also give the clean cells).
+A prototype with no evaluation image gets no score and is counted in neither number (`unscored`).
 Stability uses only the evaluation images among the prototype's top-k (its gallery, k = 10), so that its
 noisy pass covers the same union of gallery images as the other perturbations of the card
-(``pipnet.evaluation.quality.sensitivity``); consistency uses them all.
+(`pipnet.evaluation.quality.sensitivity`); consistency uses them all.
 Only used prototypes are scored. Note that consistency is purity's all-patches variant
-(:func:`pipnet.evaluation.metrics.purity_all_patches`) with a larger box and these evaluation images, so the two agree
+(`pipnet.evaluation.metrics.purity_all_patches`) with a larger box and these evaluation images, so the two agree
 in spirit but not in value.
 
 Cost: the clean part vectors come from the projection (no pass); stability costs one batched forward pass
@@ -71,9 +71,9 @@ NOISE_SEED = 0
 
 def region_boxes(cells: torch.Tensor, grid: tuple[int, int], image_size: tuple[int, int],
                  fraction: float = REGION_FRACTION) -> torch.Tensor:
-    """The region of each argmax cell: a box ``fraction`` of the image side, centred on the cell's patch centre.
+    """The region of each argmax cell: a box `fraction` of the image side, centred on the cell's patch centre.
 
-    Side ``round(fraction * H)`` x ``round(fraction * W)``; top = centre_y - side_h // 2 (left likewise),
+    Side `round(fraction * H)` x `round(fraction * W)`; top = centre_y - side_h // 2 (left likewise),
     then clipped to the image (a region at the border is smaller, never shifted).
 
     Args:
@@ -95,9 +95,9 @@ def region_boxes(cells: torch.Tensor, grid: tuple[int, int], image_size: tuple[i
 
 def evaluation_pairs(model: PIPNet, projection: Projection, labels: torch.Tensor,
                      prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The (prototype, image, clean argmax cell) of every evaluation image of ``prototypes`` (module docstring).
+    """The (prototype, image, clean argmax cell) of every evaluation image of `prototypes` (module docstring).
 
-    The rows of ``projection.above_*`` (presence > ``projection.threshold``) whose image's class has a
+    The rows of `projection.above_*` (presence > `projection.threshold`) whose image's class has a
     relevant weight (> 1e-3) for the prototype; ordered by prototype, then image.
 
     Returns:
@@ -111,7 +111,7 @@ def evaluation_pairs(model: PIPNet, projection: Projection, labels: torch.Tensor
 
 
 def part_vectors(image: torch.Tensor, boxes: torch.Tensor, dataset: Dataset) -> torch.Tensor:
-    """(M, G) bool: the merged parts with a keypoint inside each box (``dataset.keypoints``, model-input frame)."""
+    """(M, G) bool: the merged parts with a keypoint inside each box (`dataset.keypoints`, model-input frame)."""
     groups = getattr(dataset, "part_groups", None)
     contains, _ = M.part_membership(image, boxes, M.keypoint_table(dataset, image), int(dataset.num_parts), groups)
     return contains
@@ -155,16 +155,16 @@ def unchanged_shares(clean: torch.Tensor, noisy: torch.Tensor, prototype: torch.
 def noisy_cells(model: PIPNet, dataset: Dataset, images: Sequence[int], *, std: float = NOISE_STD,
                 seed: int = NOISE_SEED, batch_size: int = 64, device: torch.device | str | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """Every prototype's argmax cell on each of ``images`` after adding Gaussian noise to the model input.
+    """Every prototype's argmax cell on each of `images` after adding Gaussian noise to the model input.
 
-    The noise of image i is drawn from a generator seeded with ``(seed, i)``, so it does not depend on the
-    batch size or on which other images are scored. The argmax is the one of :func:`pipnet.evaluation.projection.best_cells`
-    (log-odds; the first maximal cell wins a tie). One batched pass under ``torch.inference_mode()`` in eval
+    The noise of image i is drawn from a generator seeded with `(seed, i)`, so it does not depend on the
+    batch size or on which other images are scored. The argmax is the one of `pipnet.evaluation.projection.best_cells`
+    (log-odds; the first maximal cell wins a tie). One batched pass under `torch.inference_mode()` in eval
     mode; the model is not changed.
 
     Args:
         model: the PIP-Net.
-        dataset: yields ``(x, label)`` with x the normalised model input.
+        dataset: yields `(x, label)` with x the normalised model input.
         images: the indices to score, in the order of the returned rows.
         std: sigma of the noise, in the normalised input.
         seed: the noise seed.
@@ -195,10 +195,10 @@ def noisy_cells(model: PIPNet, dataset: Dataset, images: Sequence[int], *, std: 
 
 def consistency_block(shares: torch.Tensor, prototypes: torch.Tensor, part_names: Sequence[str],
                       threshold: float = CONSISTENCY_THRESHOLD, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``consistency`` entry of the quality block from :func:`part_shares`.
+    """The `consistency` entry of the quality block from `part_shares`.
 
-    ``per_prototype`` maps each scored prototype (str id) to its best share and that part's name (the
-    first part on ties); ``score`` is the share of scored prototypes whose best share is >= ``threshold``
+    `per_prototype` maps each scored prototype (str id) to its best share and that part's name (the
+    first part on ties); `score` is the share of scored prototypes whose best share is >= `threshold`
     (NaN when none is scored).
     """
     per, consistent = {}, 0
@@ -215,7 +215,7 @@ def consistency_block(shares: torch.Tensor, prototypes: torch.Tensor, part_names
 
 
 def stability_block(unchanged: torch.Tensor, prototypes: torch.Tensor, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``stability`` entry of the quality block from :func:`unchanged_shares`: mean over scored prototypes."""
+    """The `stability` entry of the quality block from `unchanged_shares`: mean over scored prototypes."""
     per = {str(p): float(unchanged[p]) for p in prototypes.tolist() if not math.isnan(float(unchanged[p]))}
     return {"score": sum(per.values()) / len(per) if per else math.nan, "num_prototypes": len(per),
             "per_prototype": per, "params": params or {}}

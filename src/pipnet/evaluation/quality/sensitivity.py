@@ -5,26 +5,26 @@ recognition" (arXiv 2011.02863), which explain a prototype by the visual charact
 depends on, measured by perturbing images one characteristic at a time. The perturbations and the score
 here are our own, stated below; the idea is theirs.
 
-For every used prototype and each of its top images (e.g. a :class:`~pipnet.evaluation.projection.Projection`'s
+For every used prototype and each of its top images (e.g. a [`Projection`][pipnet.evaluation.projection.Projection]'s
 row), the image is perturbed in five ways, one at a time, and the prototype's presence (the max of its map,
-:meth:`~pipnet.model.PIPNet.raw_presence`) is measured again, anywhere in the image: the prototype may
+[`raw_presence`][pipnet.PIPNet.raw_presence]) is measured again, anywhere in the image: the prototype may
 fire at another place after the change. The score of a perturbation is the mean relative drop
-``(p - p') / p`` over the top images where the prototype is present (p >= 0.1, the inference threshold);
+`(p - p') / p` over the top images where the prototype is present (p >= 0.1, the inference threshold);
 it is 1 when the presence vanishes, 0 when nothing changes and negative when the presence rises.
 
 The perturbations act on the RGB image in [0, 1] (S x S, the model's input before its normalisation). Every
 pipnet data set yields normalised inputs, so the image is recovered by undoing the model's normalisation
-(``model.normalization.invert``), perturbed, and normalised again; the unperturbed presence goes
-through the same round trip. Parameters (:class:`Perturbations`):
+(`model.normalization.invert`), perturbed, and normalised again; the unperturbed presence goes
+through the same round trip. Parameters (`Perturbations`):
 
-- ``hue``: the hue turned by half a circle (180 degrees; red becomes cyan), ``adjust_hue(x, 0.5)``.
-- ``saturation``: all colour removed (the ITU-R 601-2 gray of each pixel), ``adjust_saturation(x, 0)``.
-- ``contrast``: contrast halved, each pixel blended halfway to the image's mean gray, ``adjust_contrast(x, 0.5)``.
-- ``texture``: fine detail removed by a Gaussian blur with sigma = S / 48 pixels (4.7 px at S = 224;
+- `hue`: the hue turned by half a circle (180 degrees; red becomes cyan), `adjust_hue(x, 0.5)`.
+- `saturation`: all colour removed (the ITU-R 601-2 gray of each pixel), `adjust_saturation(x, 0)`.
+- `contrast`: contrast halved, each pixel blended halfway to the image's mean gray, `adjust_contrast(x, 0.5)`.
+- `texture`: fine detail removed by a Gaussian blur with sigma = S / 48 pixels (4.7 px at S = 224;
   a stripe pattern of period S / 16 keeps about a tenth of its amplitude), kernel 2 * ceil(3 sigma) + 1.
-- ``shape``: the image cut into an 8 x 8 grid of tiles that are moved by one fixed permutation (the same
+- `shape`: the image cut into an 8 x 8 grid of tiles that are moved by one fixed permutation (the same
   for every image) that leaves no tile in place and no two neighbouring tiles side by side
-  (:func:`shuffle_tiles`); colour and texture inside each tile are kept, outlines larger than a tile are
+  (`shuffle_tiles`); colour and texture inside each tile are kept, outlines larger than a tile are
   broken. With S not a multiple of 8 the last S mod 8 rows and columns stay where they are.
 
 Cost: one batched pass over the union of the top images, six forward passes per batch (the original and
@@ -64,7 +64,7 @@ class Perturbations:
         saturation_factor: 0 = gray, 1 = unchanged.
         contrast_factor: 0 = a flat mean gray, 1 = unchanged.
         blur_sigma: Gaussian blur sigma as a fraction of the image side S.
-        shuffle_grid: the shape perturbation's tiles per side (even, >= 8; see :func:`shuffle_tiles`).
+        shuffle_grid: the shape perturbation's tiles per side (even, >= 8; see `shuffle_tiles`).
     """
 
     hue_shift: float = 0.5
@@ -84,7 +84,7 @@ class Perturbations:
             raise ValueError(f"shuffle_grid must be even and >= 8, got {self.shuffle_grid}")
 
     def describe(self, image_size: int) -> dict[str, str]:
-        """Each perturbation in plain words, with its parameters at input size ``image_size``."""
+        """Each perturbation in plain words, with its parameters at input size `image_size`."""
         sigma, kernel = self.blur(image_size)
         tile = image_size // self.shuffle_grid
         return {
@@ -99,12 +99,12 @@ class Perturbations:
         }
 
     def blur(self, image_size: int) -> tuple[float, int]:
-        """(sigma in pixels, odd kernel size) of the texture perturbation at input size ``image_size``."""
+        """(sigma in pixels, odd kernel size) of the texture perturbation at input size `image_size`."""
         sigma = self.blur_sigma * image_size
         return sigma, 2 * math.ceil(3 * sigma) + 1
 
     def apply(self, name: str, rgb: torch.Tensor) -> torch.Tensor:
-        """Perturb images ``rgb`` (B, 3, S, S) in [0, 1] by perturbation ``name`` (one of :data:`ASPECTS`)."""
+        """Perturb images `rgb` (B, 3, S, S) in [0, 1] by perturbation `name` (one of `ASPECTS`)."""
         if name == "hue":
             return TF.adjust_hue(rgb, self.hue_shift)
         if name == "saturation":
@@ -120,7 +120,7 @@ class Perturbations:
 
 
 def shuffle_tiles(images: torch.Tensor, grid: int = 8) -> torch.Tensor:
-    """Move the tiles of a ``grid`` x ``grid`` cut of every image so that no tile stays and no neighbours stay.
+    """Move the tiles of a `grid` x `grid` cut of every image so that no tile stays and no neighbours stay.
 
     Tile (r, c) moves to ((r + 2c + 3) mod g, (2r + 5c + 3) mod g). The map is a bijection (its matrix
     [[1, 2], [2, 5]] has determinant 1); for even g no tile stays in place ((2c, 2r + 4c) is even, -3 is
@@ -156,10 +156,10 @@ def shuffle_tiles(images: torch.Tensor, grid: int = 8) -> torch.Tensor:
 def dominant_aspect(drops: Mapping[str, float | None]) -> str | None:
     """The perturbation a prototype depends on most, or None when none stands out.
 
-    Rule: the perturbation with the largest drop, when that drop is at least :data:`DOMINANT_DROP` (0.3)
-    and exceeds by at least :data:`DOMINANT_MARGIN` (0.1) every drop of another aspect (hue and saturation
+    Rule: the perturbation with the largest drop, when that drop is at least `DOMINANT_DROP` (0.3)
+    and exceeds by at least `DOMINANT_MARGIN` (0.1) every drop of another aspect (hue and saturation
     are one aspect, colour, so a colour prototype that loses both is still "about colour"). Ties go to the
-    earlier name in :data:`ASPECTS`.
+    earlier name in `ASPECTS`.
     """
     known = {k: v for k, v in drops.items() if v is not None and not math.isnan(v)}
     if not known:
@@ -173,7 +173,7 @@ def dominant_aspect(drops: Mapping[str, float | None]) -> str | None:
 
 
 def can_perturb(shape: Sequence[int], perturbations: Perturbations = Perturbations()) -> bool:
-    """Whether inputs of ``shape`` (C, H, W) are images the perturbations apply to: RGB, at least one pixel per tile."""
+    """Whether inputs of `shape` (C, H, W) are images the perturbations apply to: RGB, at least one pixel per tile."""
     return len(shape) == 3 and shape[0] == 3 and min(shape[1:]) >= perturbations.shuffle_grid
 
 
@@ -201,23 +201,23 @@ def prototype_sensitivity(
     progress: bool = False,
     perturbations: Perturbations = Perturbations(),
 ) -> dict:
-    """The ``sensitivity`` block of the prototype report card: each prototype's presence drop per perturbation.
+    """The `sensitivity` block of the prototype report card: each prototype's presence drop per perturbation.
 
-    Runs under ``torch.inference_mode()`` in eval mode and never changes the model.
+    Runs under `torch.inference_mode()` in eval mode and never changes the model.
 
     Args:
         model: a PIP-Net.
-        dataset: items ``(x, label)`` with x the model's input ((3, S, S), normalised with
-            ``model.normalization``), as every pipnet evaluation data set built for the model yields them.
-        top: prototype id -> indices in ``dataset`` of its top images (e.g. a projection's row).
+        dataset: items `(x, label)` with x the model's input ((3, S, S), normalised with
+            `model.normalization`), as every pipnet evaluation data set built for the model yields them.
+        top: prototype id -> indices in `dataset` of its top images (e.g. a projection's row).
         device: where to run (default: the model's device).
         batch_size: images per forward pass.
         progress: show a progress bar.
         perturbations: the perturbations' parameters.
 
     Returns:
-        ``{"perturbations": {name: plain words}, "prototypes": {"12": {name: drop or None}},
-        "dominant": {"12": name or None}, "params": {...}}`` with prototype ids as strings (JSON keys).
+        `{"perturbations": {name: plain words}, "prototypes": {"12": {name: drop or None}},
+        "dominant": {"12": name or None}, "params": {...}}` with prototype ids as strings (JSON keys).
         A drop is None when the prototype is present (p >= 0.1) on none of its top images.
     """
     top = _checked_top(top, model.num_prototypes, len(dataset))

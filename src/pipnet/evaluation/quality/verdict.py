@@ -1,10 +1,10 @@
-"""Plain-language verdicts on each prototype, read from the ``quality`` block of ``metrics.json``.
+"""Plain-language verdicts on each prototype, read from the `quality` block of `metrics.json`.
 
-The report card's numbers (:func:`pipnet.evaluation.quality.quality_card`) turned into short lines a reader can act
+The report card's numbers ([`pipnet.evaluation.quality.quality_card`][pipnet.evaluation.quality.quality_card]) turned into short lines a reader can act
 on, each line carrying the numbers it rests on ("fires on 98% of the images of every class: likely
 background", "mostly about colour: presence drops 80% when the hue is turned 180 degrees"). Nothing is
 computed here beyond formatting and the thresholds the blocks themselves record; a block that is missing
-or null (older ``metrics.json`` files have no ``quality``; data without part keypoints has no consistency
+or null (older `metrics.json` files have no `quality`; data without part keypoints has no consistency
 or stability) simply adds no line.
 
 Lines come in a fixed order, the most telling first: shortcut suspect, present everywhere, duplicate,
@@ -49,7 +49,7 @@ def verdicts(quality: Mapping[str, Any] | None, *, num_classes: int | None = Non
     """Plain-language lines per prototype, each with its numbers.
 
     Args:
-        quality: the ``quality`` block (see :func:`pipnet.evaluation.quality.quality_card`); None or missing keys
+        quality: the `quality` block (see [`pipnet.evaluation.quality.quality_card`][pipnet.evaluation.quality.quality_card]); None or missing keys
             are fine.
         num_classes: the model's number of classes, to say "each of the 6 classes" (optional).
 

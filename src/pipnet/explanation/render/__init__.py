@@ -1,6 +1,6 @@
 """Renderers: turn explanations, projections and training histories into pictures and an HTML report.
 
-Nothing here computes an explanation; it draws what :mod:`pipnet.explanation.explain` and :mod:`pipnet.evaluation.projection` return.
+Nothing here computes an explanation; it draws what `pipnet.explanation.explain` and `pipnet.evaluation.projection` return.
 """
 
 from pipnet.explanation.render.html import render_report, write_report

@@ -1,8 +1,8 @@
 """One self-contained HTML report of a trained PIP-Net (paper Figures 2, 3, 4 and the scoring sheet).
 
-The report is a single file: every picture is embedded as a base64 ``data:`` URI, the CSS is inline, there
+The report is a single file: every picture is embedded as a base64 `data:` URI, the CSS is inline, there
 is no script and no external reference, so it can be mailed or archived as is. The template is
-``pipnet/explanation/templates/report.html.j2`` (Jinja2, autoescaped); this module only prepares what it shows.
+`pipnet/explanation/templates/report.html.j2` (Jinja2, autoescaped); this module only prepares what it shows.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ _ENV = jinja2.Environment(
 
 
 def data_uri(image: Image.Image | bytes, fmt: str = "png") -> str:
-    """A ``data:`` URI of a PIL image (encoded as ``fmt``: png, or jpeg for photos) or of PNG bytes."""
+    """A `data:` URI of a PIL image (encoded as `fmt`: png, or jpeg for photos) or of PNG bytes."""
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format=fmt.upper(), **({"quality": 90} if fmt == "jpeg" else {}))
@@ -78,7 +78,7 @@ def _format(value: Any) -> str:
 
 
 def metric_rows(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Flatten nested metrics (``ood``, ``purity``, ...) into (name, formatted value) rows; skips matrices."""
+    """Flatten nested metrics (`ood`, `purity`, ...) into (name, formatted value) rows; skips matrices."""
     rows = []
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -92,7 +92,7 @@ def metric_rows(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str,
 
 
 def quality_rows(quality: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """The ``quality`` block's summary for the metrics table (the per-prototype numbers go on the cards)."""
+    """The `quality` block's summary for the metrics table (the per-prototype numbers go on the cards)."""
     if not quality:
         return []
     rows = []
@@ -191,17 +191,17 @@ def render_report(
 
     Args:
         model: the trained PIP-Net (only read).
-        metrics: ``Metrics.to_dict()`` (or a ``Metrics``), shown as a table; nested OoD and purity included.
-        history: per-epoch rows of the training log, for the sparsity curve (see :func:`sparsity_curve`).
-        projection: :func:`pipnet.evaluation.projection.project` of ``projection_dataset``, for the prototype gallery.
-        projection_dataset: the projected data set, with ``raw_image(index)``.
-        explanations: (explanation, image to draw on, section) triples; sections ``test``, ``ood`` and
-            ``multi`` get a title and a caption, any other name is shown under its own name.
+        metrics: `Metrics.to_dict()` (or a `Metrics`), shown as a table; nested OoD and purity included.
+        history: per-epoch rows of the training log, for the sparsity curve (see `sparsity_curve`).
+        projection: [`pipnet.evaluation.projection.project`][pipnet.evaluation.projection.project] of `projection_dataset`, for the prototype gallery.
+        projection_dataset: the projected data set, with `raw_image(index)`.
+        explanations: (explanation, image to draw on, section) triples; sections `test`, `ood` and
+            `multi` get a title and a caption, any other name is shown under its own name.
         title: the page title.
         gallery_k: patches per prototype in the gallery.
         patch_px: side of a gallery patch.
-        edits: the model's edit log (records of ``edits.jsonl``), shown as a table when not empty.
-        diagnostics: findings of :func:`pipnet.train.diagnostics.diagnose`, shown in plain words.
+        edits: the model's edit log (records of `edits.jsonl`), shown as a table when not empty.
+        diagnostics: findings of `pipnet.train.diagnostics.diagnose`, shown in plain words.
     """
     if metrics is not None and hasattr(metrics, "to_dict"):
         metrics = metrics.to_dict()
@@ -266,7 +266,7 @@ def _edit_row(r: Mapping[str, Any]) -> dict[str, str]:
 
 
 def write_report(path: str | Path, **report: Any) -> Path:
-    """Render the report (keyword arguments of :func:`render_report`) and write it atomically to ``path``."""
+    """Render the report (keyword arguments of `render_report`) and write it atomically to `path`."""
     path = Path(path)
     html = render_report(**report)
     with atomic_write(path) as tmp:

@@ -1,9 +1,9 @@
 """Pictures of PIP-Net's explanations (paper Figures 2, 3 and 4), drawn with PIL.
 
-Every function takes data (an :class:`~pipnet.explanation.explain.ImageExplanation`, a
-:class:`~pipnet.evaluation.projection.Projection`, a training history) and returns a new image; nothing is computed
-with the model here. Patches are cropped from the data set's untransformed originals (``raw_image(i)``),
-the model-input box scaled to the original's size (spec section 7), so they keep their full resolution
+Every function takes data (an [`ImageExplanation`][pipnet.explanation.explain.ImageExplanation], a
+[`Projection`][pipnet.evaluation.projection.Projection], a training history) and returns a new image; nothing is computed
+with the model here. Patches are cropped from the data set's untransformed originals (`raw_image(i)`),
+the model-input box scaled to the original's size (paper supplementary Sec. 1.2), so they keep their full resolution
 whatever the original's shape or colour mode.
 """
 
@@ -58,7 +58,7 @@ class RawImageDataset(Protocol):
 
 @lru_cache(maxsize=8)
 def font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's built-in font at ``size`` pixels (the fixed-size bitmap font on Pillow < 10.1)."""
+    """PIL's built-in font at `size` pixels (the fixed-size bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sizes
@@ -66,7 +66,7 @@ def font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def text_block(lines: Sequence[str], *, size: int = 13, colour: Colour = INK, width: int | None = None) -> Image.Image:
-    """Lines of text on a white background, as narrow as the text unless ``width`` is given."""
+    """Lines of text on a white background, as narrow as the text unless `width` is given."""
     f = font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [probe.textbbox((0, 0), line or " ", font=f) for line in lines]
@@ -112,7 +112,7 @@ def pad(image: Image.Image, margin: int = 10) -> Image.Image:
 
 
 def fit(image: Image.Image, longest: int) -> Image.Image:
-    """Resize so that the longer side is ``longest`` pixels, keeping the aspect ratio."""
+    """Resize so that the longer side is `longest` pixels, keeping the aspect ratio."""
     scale = longest / max(image.size)
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
 
@@ -120,7 +120,7 @@ def fit(image: Image.Image, longest: int) -> Image.Image:
 def draw_boxes(
     image: Image.Image, boxes: Iterable[Box], colors: Sequence[Colour] | None = None, width: int | None = None
 ) -> Image.Image:
-    """A copy of ``image`` (as RGB) with rectangles drawn on it.
+    """A copy of `image` (as RGB) with rectangles drawn on it.
 
     Args:
         image: any PIL image.
@@ -145,7 +145,7 @@ def _colour_map(values: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(image: Image.Image, map_hw: torch.Tensor, alpha: float = 0.5) -> Image.Image:
-    """``image`` blended with a prototype map (h, w), upsampled bilinearly to the image's size.
+    """`image` blended with a prototype map (h, w), upsampled bilinearly to the image's size.
 
     The map is shown relative to its own maximum (its peak is the brightest colour).
     """
@@ -161,7 +161,7 @@ def heatmap_overlay(image: Image.Image, map_hw: torch.Tensor, alpha: float = 0.5
 
 
 class OriginalImages:
-    """``dataset.raw_image`` as RGB, each image decoded once per drawing."""
+    """`dataset.raw_image` as RGB, each image decoded once per drawing."""
 
     def __init__(self, dataset: RawImageDataset):
         self.dataset, self.cache = dataset, {}
@@ -173,7 +173,7 @@ class OriginalImages:
 
 
 def crop_patch(original: Image.Image, box: Box, input_size: tuple[int, int], patch_px: int) -> Image.Image:
-    """The patch of an original image under a model-input box, resized to ``patch_px`` square."""
+    """The patch of an original image under a model-input box, resized to `patch_px` square."""
     top, bottom, left, right = scale_box(box, input_size, (original.height, original.width))
     return original.crop((left, top, right, bottom)).resize((patch_px, patch_px), Image.BILINEAR)
 
@@ -225,9 +225,9 @@ def prototype_gallery(
     """Paper Figure 4: one row of top-k patches per prototype (its id on the left, presences below).
 
     Args:
-        projection: :func:`pipnet.evaluation.projection.project` of ``dataset``.
-        dataset: the projected data set; needs ``raw_image(index) -> PIL.Image``.
-        prototypes: which prototypes, in this order (e.g. ``model.used_prototypes().tolist()``).
+        projection: [`pipnet.evaluation.projection.project`][pipnet.evaluation.projection.project] of `dataset`.
+        dataset: the projected data set; needs `raw_image(index) -> PIL.Image`.
+        prototypes: which prototypes, in this order (e.g. `model.used_prototypes().tolist()`).
         k: patches per row (at most the projection's k).
         patch_px: side of each patch in the picture.
     """
@@ -256,10 +256,10 @@ def explanation_figure(
     image, presence p, weight w, evidence p·w, and (with a projection) the prototype's typical patches.
 
     Args:
-        explanation: from :func:`pipnet.explanation.explain.explain`.
+        explanation: from [`pipnet.explanation.explain.explain`][pipnet.explanation.explain.explain].
         image: the explained image, at any size (its original, say); boxes are scaled to it.
         projection: optional projection, for the typical patches beside each prototype.
-        dataset: the projected data set (with ``raw_image``).
+        dataset: the projected data set (with `raw_image`).
         max_prototypes: prototypes shown per class, largest evidence first (the rest are summed in one line).
         k: typical patches per prototype.
         image_px: longer side of the image thumbnails.
@@ -338,7 +338,7 @@ History = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 
 def _column(history: History, keys: Sequence[str]) -> tuple[str, list[float]] | None:
-    """The first column named in ``keys`` as floats (blank cells -> NaN), from rows or from a dict of lists."""
+    """The first column named in `keys` as floats (blank cells -> NaN), from rows or from a dict of lists."""
     if isinstance(history, Mapping):
         columns = {k: list(v) for k, v in history.items()}
     else:
@@ -354,10 +354,10 @@ def sparsity_curve(history: History) -> bytes:
     """Paper Figure 2: sparsity ratio and test accuracy per epoch, as PNG bytes (600 x 320, drawn with PIL).
 
     Args:
-        history: per-epoch rows (dicts, e.g. from ``csv.DictReader``) or a dict of columns. Read columns:
-            ``epoch`` (else 1, 2, ...), sparsity from the first of ``sparsity`` / ``sparsity_ratio``, accuracy
-            from the first of ``test_top1`` / ``test_accuracy`` / ``test_acc`` / ``val_top1`` / ``top1`` /
-            ``accuracy``. Values in [0, 1] or percent, as given; a blank cell leaves a gap in its line.
+        history: per-epoch rows (dicts, e.g. from `csv.DictReader`) or a dict of columns. Read columns:
+            `epoch` (else 1, 2, ...), sparsity from the first of `sparsity` / `sparsity_ratio`, accuracy
+            from the first of `test_top1` / `test_accuracy` / `test_acc` / `val_top1` / `top1` /
+            `accuracy`. Values in [0, 1] or percent, as given; a blank cell leaves a gap in its line.
     """
     sparsity, accuracy = _column(history, SPARSITY_KEYS), _column(history, ACCURACY_KEYS)
     length = max(len(c[1]) for c in (sparsity, accuracy) if c) if (sparsity or accuracy) else 0

@@ -1,8 +1,8 @@
-"""``pipnet serve``: a local web page to explore a PIP-Net and edit it.
+"""`pipnet serve`: a local web page to explore a PIP-Net and edit it.
 
 Upload an image (or pick one of the data set's) and see why the model decides what it does; browse the
 prototypes and the scoring sheet; switch prototypes off, for every class or for one, and see at once how
-the explanation and the test accuracy change; save the edited model as a new folder. Needs the ``serve``
+the explanation and the test accuracy change; save the edited model as a new folder. Needs the `serve`
 extra (FastAPI, uvicorn, python-multipart).
 """
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    """The parser of ``pipnet serve``."""
+    """The parser of `pipnet serve`."""
     parser = argparse.ArgumentParser(prog="pipnet serve", description="a local web page to explore a model and switch prototypes off")
     parser.add_argument("model", help="a model folder (model.safetensors + config.json), e.g. a run folder")
     parser.add_argument(
@@ -56,7 +56,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the web app until interrupted (``pipnet serve --help`` lists the options)."""
+    """Run the web app until interrupted (`pipnet serve --help` lists the options)."""
     parser = serve_parser()
     args = parser.parse_args(argv)
     if args.workers < 1 or args.max_visitors < 1 or args.idle_minutes <= 0 or (args.max_megapixels or 1) <= 0:

@@ -1,8 +1,8 @@
-"""The web app: a few FastAPI routes over an :class:`~pipnet.use.serve.session.Explorer`.
+"""The web app: a few FastAPI routes over an `Explorer`.
 
-Pages are rendered on the server (Jinja2, autoescaped) from ``templates/``; every change is a plain HTML
+Pages are rendered on the server (Jinja2, autoescaped) from `templates/`; every change is a plain HTML
 form POST answered by a redirect to the page, so the browser needs no script (a few lines filter the gallery
-and the scoring sheet). A browser gets its own state (its :class:`~pipnet.use.serve.session.Visitor`: edits,
+and the scoring sheet). A browser gets its own state (its `Visitor`: edits,
 image, messages) with its first action on the page (an upload, a pick, an edit), through a random session
 cookie (HttpOnly, SameSite=Strict); a request that only looks (a page, a 404, a refused request, whatever
 site's page made the browser send it) makes none, so no number of them pushes out a visitor's work. What one
@@ -10,8 +10,8 @@ visitor does is never seen or saved by another. The tabs of one browser share it
 answers an action ("Saved to ...") is shown by the page that action leads to, not by another tab. Heavy
 work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits in their own,
 so that a page is answered while a refit runs. Safe by default: the app answers only to local host names
-unless told otherwise, refuses POSTs from other sites' pages (by their ``Origin``, or ``Referer``), cannot be
-framed (``X-Frame-Options``, CSP ``frame-ancestors``), loads nothing but its own script, caps uploads (10 MB)
+unless told otherwise, refuses POSTs from other sites' pages (by their `Origin`, or `Referer`), cannot be
+framed (`X-Frame-Options`, CSP `frame-ancestors`), loads nothing but its own script, caps uploads (10 MB)
 and their pixels (Pillow's limit, 89.48 megapixels, unless set), and decodes them only as common image
 formats. Images from the data set are chosen by index; no file-system path ever comes from the browser.
 """
@@ -101,22 +101,22 @@ def create_app(
     """The web app of one model.
 
     Args:
-        model_dir: a saved model (``model.safetensors`` + ``config.json``), e.g. a run folder.
-        data: a run folder or training config YAML whose data to use, or a ``DataConfig``; default: the
-            model folder's own ``config.yaml`` when it has one.
-        out_dir: where edited models are saved, each in a new folder (default: beside ``model_dir``).
+        model_dir: a saved model (`model.safetensors` + `config.json`), e.g. a run folder.
+        data: a run folder or training config YAML whose data to use, or a `DataConfig`; default: the
+            model folder's own `config.yaml` when it has one.
+        out_dir: where edited models are saved, each in a new folder (default: beside `model_dir`).
         device: where to run the model (default: CUDA when present).
         max_upload_bytes: the largest image file accepted.
         max_pixels: the most pixels (width x height) an image may have, for this whole process
-            (:func:`pipnet.data.images.set_max_pixels`: Pillow's guard, raised or lowered); None keeps the
+            (`pipnet.data.images.set_max_pixels`: Pillow's guard, raised or lowered); None keeps the
             current limit (Pillow's default: 89.48 megapixels).
-        allowed_hosts: host names the app answers to (``["*"]`` for any, when served on a network).
+        allowed_hosts: host names the app answers to (`["*"]` for any, when served on a network).
         workers: threads that decode, explain and draw (the pages of that many visitors are made at once).
         max_visitors: visitor states kept (the least recent is forgotten first).
         idle_minutes: a visitor's state is forgotten after this long without a request.
-        detector: which stored detector gives the verdicts: ``auto`` (the folder's choice), ``knn`` or ``paper``.
-        precision: the precision of the verdicts: ``auto`` (the detectors', fp32 unless set otherwise), ``fp32``,
-            ``bf16`` or ``fp16``.
+        detector: which stored detector gives the verdicts: `auto` (the folder's choice), `knn` or `paper`.
+        precision: the precision of the verdicts: `auto` (the detectors', fp32 unless set otherwise), `fp32`,
+            `bf16` or `fp16`.
     """
     if max_pixels is not None:
         set_max_pixels(max_pixels)
@@ -145,7 +145,7 @@ def create_app(
         return Response(status_code=400)  # nobody is there to read it
 
     async def work(fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on a worker thread of the pool."""
+        """`fn(*args)` on a worker thread of the pool."""
         return await asyncio.wrap_future(pool.submit(fn, *args))
 
     def as_visitor(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -326,7 +326,7 @@ def create_app(
 
 
 def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, done: Future) -> None:
-    """Tell the visitor how the refit ended (on the page that asks for ``notice``), and free its folder name."""
+    """Tell the visitor how the refit ended (on the page that asks for `notice`), and free its folder name."""
     explorer.release(path)
     state = None
     try:
@@ -354,9 +354,9 @@ def _refit_message(path: Path, result: RefitResult) -> str:
 
 
 def _from_another_site(request: Request) -> bool:
-    """A request that another site's page made the browser send: its ``Origin``, or without one its ``Referer``,
-    names another host than the request's own (``Origin: null``, sent by sandboxed and privacy-minded pages, too).
-    A request with neither (a script, ``curl``) is not a browser's cross-site request and passes."""
+    """A request that another site's page made the browser send: its `Origin`, or without one its `Referer`,
+    names another host than the request's own (`Origin: null`, sent by sandboxed and privacy-minded pages, too).
+    A request with neither (a script, `curl`) is not a browser's cross-site request and passes."""
     source = request.headers.get("origin") or request.headers.get("referer")
     return source is not None and urlsplit(source).netloc != request.headers.get("host")
 
@@ -369,10 +369,10 @@ def _integer(value: object, what: str) -> int:
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
-    """The name and bytes of the form's ``image`` file, reading at most ``limit`` bytes of it.
+    """The name and bytes of the form's `image` file, reading at most `limit` bytes of it.
 
     Raises:
-        UploadError: no file, a malformed form, or a file larger than ``limit``.
+        UploadError: no file, a malformed form, or a file larger than `limit`.
     """
     too_large = UploadTooLarge(f"the file is larger than {limit / 2**20:g} MB")
     received, more, tail = 0, True, b""
@@ -416,7 +416,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[str, bytes]:
 
 
 def _boundary(content_type: str) -> str | None:
-    """The boundary of a ``multipart/form-data`` content type, or None for another type."""
+    """The boundary of a `multipart/form-data` content type, or None for another type."""
     kind, _, params = content_type.partition(";")
     if kind.strip().lower() != "multipart/form-data":
         return None

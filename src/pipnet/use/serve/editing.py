@@ -1,9 +1,9 @@
 """Editing a PIP-Net by hand: switch prototypes off for every class, or for one class, and back on.
 
-A prototype switched off for every class uses the model's own mechanism (``PIPNet.disable_prototypes``,
-recorded in ``config.json``). Switching one off for one class sets that class's weight for it to zero in
-the edited copy; the weight it had is kept, so the edit can be undone, and is written to ``edits.json``
-beside the saved model. Loading a folder with an ``edits.json`` restores the unedited model and the edits,
+A prototype switched off for every class uses the model's own mechanism (`PIPNet.disable_prototypes`,
+recorded in `config.json`). Switching one off for one class sets that class's weight for it to zero in
+the edited copy; the weight it had is kept, so the edit can be undone, and is written to `edits.json`
+beside the saved model. Loading a folder with an `edits.json` restores the unedited model and the edits,
 so an edited model can be served, edited further, or taken back to where it came from.
 """
 
@@ -26,7 +26,7 @@ __all__ = ["ClassEdit", "ModelEditor", "safe_folder_name"]
 
 @dataclass(frozen=True)
 class ClassEdit:
-    """One classifier weight set to zero: prototype ``prototype`` no longer counts for class ``class_index``."""
+    """One classifier weight set to zero: prototype `prototype` no longer counts for class `class_index`."""
 
     class_index: int
     class_name: str
@@ -39,7 +39,7 @@ class ModelEditor:
 
     Args:
         model: the unedited model.
-        source: the folder it was loaded from (recorded in ``edits.json``).
+        source: the folder it was loaded from (recorded in `edits.json`).
     """
 
     def __init__(self, model: PIPNet, source: str | Path | None = None):
@@ -89,7 +89,7 @@ class ModelEditor:
         return bool(self.disabled or self.class_edits)
 
     def switch_off(self, prototypes: list[int], class_index: int | None = None) -> None:
-        """Switch prototypes off for every class (``class_index`` None) or for one class."""
+        """Switch prototypes off for every class (`class_index` None) or for one class."""
         self._check(prototypes, class_index)
         if class_index is None:
             self.model.disable_prototypes(prototypes)
@@ -105,7 +105,7 @@ class ModelEditor:
         self.version += 1
 
     def switch_on(self, prototypes: list[int], class_index: int | None = None) -> None:
-        """Undo :meth:`switch_off` for these prototypes (for every class, or for one class)."""
+        """Undo `switch_off` for these prototypes (for every class, or for one class)."""
         self._check(prototypes, class_index)
         if class_index is None:
             self.model.enable_prototypes(prototypes)
@@ -123,7 +123,7 @@ class ModelEditor:
         self.version += 1
 
     def status(self, prototype: int, class_index: int | None = None) -> str:
-        """``"off"`` (for every class), ``"off for class"`` (``class_index`` given and edited) or ``"on"``."""
+        """`"off"` (for every class), `"off for class"` (`class_index` given and edited) or `"on"`."""
         if prototype in self.model.config.disabled_prototypes:
             return "off"
         if class_index is not None and (class_index, prototype) in self.class_edits:
@@ -148,27 +148,27 @@ class ModelEditor:
     # ---- saving -------------------------------------------------------------------------------------
 
     def record(self) -> dict:
-        """What ``edits.json`` holds: where the model came from and the per-class edits.
+        """What `edits.json` holds: where the model came from and the per-class edits.
 
-        The prototypes switched off for every class are not repeated here: the saved model's ``config.json``
-        (``disabled_prototypes``) is their one record. Files written before this held a copy; it is ignored.
+        The prototypes switched off for every class are not repeated here: the saved model's `config.json`
+        (`disabled_prototypes`) is their one record. Files written before this held a copy; it is ignored.
         """
         edits = sorted(self.class_edits.values(), key=lambda e: (e.class_index, e.prototype))
         return {"source": self.source, "data_config": self.data_config, "class_edits": [asdict(e) for e in edits]}
 
     def save(self, directory: str | Path, *, edit_log: list[dict] | None = None,
              inherited_from: str | Path | None = None, detectors=None) -> Path:
-        """Write the edited model (``model.safetensors``, ``config.json``, ``edits.json``) to a NEW folder, all or nothing.
+        """Write the edited model (`model.safetensors`, `config.json`, `edits.json`) to a NEW folder, all or nothing.
 
         Args:
             directory: the new folder.
-            edit_log: records for its ``edits.jsonl`` (:func:`pipnet.train.refit.append_edits`), if any.
-            inherited_from: a model folder whose ``edits.jsonl`` comes first.
+            edit_log: records for its `edits.jsonl` (`pipnet.train.refit.append_edits`), if any.
+            inherited_from: a model folder whose `edits.jsonl` comes first.
             detectors: the edited model's [StoredDetectors][pipnet.evaluation.detectors.StoredDetectors]
                 (fitted again: edits change the scores), or one saying it has none.
 
         Raises:
-            FileExistsError: ``directory`` exists already (nothing is ever overwritten).
+            FileExistsError: `directory` exists already (nothing is ever overwritten).
         """
         from pipnet.train.refit import append_edits
 
@@ -183,8 +183,8 @@ class ModelEditor:
 
 
 def _head_copy(model: PIPNet) -> PIPNet:
-    """A copy of ``model`` whose scoring sheet (classifier) and prototype mask are its own; every other tensor
-    is shared with ``model`` (edits change only those two, and nothing ever changes the shared ones), so an
+    """A copy of `model` whose scoring sheet (classifier) and prototype mask are its own; every other tensor
+    is shared with `model` (edits change only those two, and nothing ever changes the shared ones), so an
     edited copy costs kilobytes, not a second backbone."""
     own = {id(t) for t in [*model.classifier.parameters(), *model.classifier.buffers(), model.prototype_mask]}
     memo = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in own}
@@ -192,9 +192,9 @@ def _head_copy(model: PIPNet) -> PIPNet:
 
 
 def read_edits(directory: str | Path) -> dict:
-    """``edits.json`` of a saved model: ``source``, ``data_config`` (str or None) and ``class_edits`` (ClassEdit).
+    """`edits.json` of a saved model: `source`, `data_config` (str or None) and `class_edits` (ClassEdit).
 
-    A ``disabled_prototypes`` list in files written by earlier versions is ignored: the model's ``config.json``
+    A `disabled_prototypes` list in files written by earlier versions is ignored: the model's `config.json`
     holds the same list and is the one that is applied.
     """
     folder = RunFolder(directory)
@@ -210,7 +210,7 @@ def read_edits(directory: str | Path) -> dict:
 
 
 def safe_folder_name(name: str, max_length: int = 80) -> str:
-    """A folder name typed by a user, reduced to letters, digits, ``-``, ``_`` and single inner dots.
+    """A folder name typed by a user, reduced to letters, digits, `-`, `_` and single inner dots.
 
     Raises:
         ValueError: nothing usable is left.

@@ -1,15 +1,15 @@
-"""What the web page works on: the model, its data, and one :class:`Visitor` state per person using the page.
+"""What the web page works on: the model, its data, and one `Visitor` state per person using the page.
 
-An :class:`Explorer` holds what every visitor shares and nobody changes: the loaded model, the run's data when
+An `Explorer` holds what every visitor shares and nobody changes: the loaded model, the run's data when
 there is one (the training images are projected once, for the prototypes' typical patches; the test set is
-kept as tensors, so that the accuracy after each edit is one quick :func:`~pipnet.evaluation.evaluate.evaluate`), the
-thresholds and the edit history. A :class:`Visitor` holds one person's edits (a
-:class:`~pipnet.use.serve.editing.ModelEditor` whose edited model shares every tensor but the scoring sheet's
+kept as tensors, so that the accuracy after each edit is one quick [`evaluate`][pipnet.evaluation.evaluate.evaluate]), the
+thresholds and the edit history. A `Visitor` holds one person's edits (a
+`ModelEditor` whose edited model shares every tensor but the scoring sheet's
 with the loaded one, so a visitor costs kilobytes, not a model), the image on show, this session's edit log
-and the messages waiting for the page that shows them. :class:`Visitors` keeps a bounded number of them,
+and the messages waiting for the page that shows them. `Visitors` keeps a bounded number of them,
 forgets those idle too long, and when full forgets first those who lose least (a client that never came
 back with its cookie, then a visitor without unsaved edits). Nothing here knows about HTTP; the web app gives
-each browser its visitor by a cookie and holds :attr:`Visitor.lock` while working on one.
+each browser its visitor by a cookie and holds `Visitor.lock` while working on one.
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ class Explorer:
     """One model to explore and edit, with its data: what every visitor of the page shares, never changed by them.
 
     Args:
-        model_dir: a saved model (``model.safetensors`` + ``config.json``), e.g. a run folder.
-        data: a training config YAML or a run folder whose ``config.yaml`` gives the data, or a ``DataConfig``;
-            default: ``model_dir/config.yaml`` when present (or the data an edited model was explored with).
-        out_dir: where edited models are saved (default: beside ``model_dir``).
-        device: where to run the model (:func:`pipnet.evaluation.inference.choose_device`; default: CUDA when present).
+        model_dir: a saved model (`model.safetensors` + `config.json`), e.g. a run folder.
+        data: a training config YAML or a run folder whose `config.yaml` gives the data, or a `DataConfig`;
+            default: `model_dir/config.yaml` when present (or the data an edited model was explored with).
+        out_dir: where edited models are saved (default: beside `model_dir`).
+        device: where to run the model ([`pipnet.evaluation.inference.choose_device`][pipnet.evaluation.inference.choose_device]; default: CUDA when present).
         gallery_k: typical patches shown per prototype.
     """
 
@@ -144,7 +144,7 @@ class Explorer:
         return Visitor(secrets.token_urlsafe(32), self.editor.fork())
 
     def cached(self, key: tuple, make: Callable[[], T]) -> T:
-        """``make()``, computed once per ``key`` for every visitor (keys name the unedited model or a prototype)."""
+        """`make()`, computed once per `key` for every visitor (keys name the unedited model or a prototype)."""
         with self._cache_lock:
             if key in self._cache:
                 return self._cache[key]
@@ -183,13 +183,13 @@ class Explorer:
     # ---- the image on show -------------------------------------------------------------------------
 
     def show_upload(self, visitor: Visitor, filename: str, content: bytes) -> Shown:
-        """Decode an uploaded file (PNG, JPEG, GIF, BMP, WebP or TIFF) and show it to ``visitor``.
+        """Decode an uploaded file (PNG, JPEG, GIF, BMP, WebP or TIFF) and show it to `visitor`.
 
         A large image is reduced while decoding to what the page needs (the model input and the display).
 
         Raises:
             UploadError: not one of those formats, truncated or corrupt, or more pixels than the limit
-                (:func:`pipnet.data.images.set_max_pixels`).
+                (`pipnet.data.images.set_max_pixels`).
         """
         if not content:
             raise UploadError("the file is empty")
@@ -208,7 +208,7 @@ class Explorer:
         return self._show(visitor, f"uploaded image {filename[:80]}", image, self.transform(image))
 
     def show_item(self, visitor: Visitor, split: str, index: int) -> Shown:
-        """Show image ``index`` of one of the data sets (``test`` or ``train``) to ``visitor``."""
+        """Show image `index` of one of the data sets (`test` or `train`) to `visitor`."""
         if self.data is None or split not in self.data.picker:
             raise IndexError(f"there is no {split!r} data set to pick from")
         dataset = self.data.picker[split]
@@ -272,7 +272,7 @@ class Explorer:
     # ---- the refit and saving ------------------------------------------------------------------------------
 
     def reserve(self, name: str, kind: str) -> Path:
-        """The folder ``out_dir/<name, sanitised>`` (or the next free suggested name), held until :meth:`release`.
+        """The folder `out_dir/<name, sanitised>` (or the next free suggested name), held until `release`.
 
         Raises:
             ValueError: no usable name.
@@ -290,13 +290,13 @@ class Explorer:
             self._reserved.discard(path)
 
     def refit(self, visitor: Visitor, path: Path, reason: str | None = None) -> tuple[Path, RefitResult]:
-        """Re-fit the scoring sheet without the visitor's switched-off prototypes, into the new folder ``path``.
+        """Re-fit the scoring sheet without the visitor's switched-off prototypes, into the new folder `path`.
 
         Prototypes switched off for every class are switched off in the new model (weight 0); those
         switched off for one class keep weight 0 for it. The refit starts from the unedited model, so its
         "before" accuracy is the unedited model's. The folder gets the data's config, re-set thresholds and
         the edit log (the loaded model's, the visitor's edits, and the refit with its accuracies), all or
-        nothing. The visitor's edits are read once, at the start (call with :attr:`Visitor.lock` held for that).
+        nothing. The visitor's edits are read once, at the start (call with `Visitor.lock` held for that).
 
         Raises:
             ValueError: no data (the refit needs the training images and a test set).
@@ -305,7 +305,7 @@ class Explorer:
         return self.refit_job(visitor, path, reason)()
 
     def refit_job(self, visitor: Visitor, path: Path, reason: str | None = None) -> Callable[[], tuple[Path, RefitResult]]:
-        """:meth:`refit` split in two: the visitor's edits are read now; the returned function does the work."""
+        """`refit` split in two: the visitor's edits are read now; the returned function does the work."""
         if self.data is None or self.data.test is None:
             raise ValueError("the refit needs the run's training and test images: start with --data RUN_OR_CONFIG")
         editor, keep_zero = visitor.editor, None
@@ -330,7 +330,7 @@ class Explorer:
         return result
 
     def suggested_name(self, kind: str = "edited") -> str:
-        """``<model>-<kind>-N`` with the first N that is not taken (nor being written) in the output folder."""
+        """`<model>-<kind>-N` with the first N that is not taken (nor being written) in the output folder."""
         with self._names_lock:
             return self._free_name(kind)
 
@@ -343,7 +343,7 @@ class Explorer:
         return f"{self.model_dir.name}-{kind}-{n}"
 
     def save(self, visitor: Visitor, name: str) -> Path:
-        """Save the visitor's edited model to a new folder ``out_dir/<name, sanitised>``, all or nothing.
+        """Save the visitor's edited model to a new folder `out_dir/<name, sanitised>`, all or nothing.
 
         Raises:
             ValueError: no usable name.
@@ -363,7 +363,7 @@ class Explorer:
         return paper.tpr if paper is not None else 0.95
 
     def _fit_detectors(self, model: PIPNet) -> StoredDetectors:
-        """The detectors of an edited model (as ``pipnet refit`` fits them), or a note that it has none."""
+        """The detectors of an edited model (as `pipnet refit` fits them), or a note that it has none."""
         if self.data is None or self.data.test is None:
             return StoredDetectors(note="saved from the web page without its data (start it with --data RUN_OR_CONFIG "
                                         "to store detectors, or run `pipnet evaluate` on this folder)")
@@ -397,7 +397,7 @@ class Visitor:
         self._saved_edits = self.edit_state()  # the edits as last saved (at first: as loaded)
 
     def cached(self, key: tuple, make: Callable[[], T], *, one_of_kind: bool = False) -> T:
-        """``make()``, computed once per ``key`` (emptied when a new image is shown).
+        """`make()`, computed once per `key` (emptied when a new image is shown).
 
         Args:
             one_of_kind: keep no other entry of this kind (the key's first element), e.g. older model versions.
@@ -410,16 +410,16 @@ class Visitor:
         return self.cache[key]
 
     def log_edit(self, action: str, prototypes: list[int], class_index: int | None = None, reason: str | None = None) -> None:
-        """Remember an edit of this session for ``edits.jsonl`` (``switch_off``, ``switch_on`` or ``reset``)."""
+        """Remember an edit of this session for `edits.jsonl` (`switch_off`, `switch_on` or `reset`)."""
         self.session_edits.append(
             edit_record(action, prototypes=prototypes, class_index=class_index, reason=reason, tool="pipnet serve")
         )
 
     def notify(self, message: str, notice: str | None = None) -> str:
-        """Keep ``message`` for the page that asks for ``notice`` (a new id by default); returns the id.
+        """Keep `message` for the page that asks for `notice` (a new id by default); returns the id.
 
         A notice answers one action, so it is shown by the page that action leads to (its URL names the id),
-        not by whichever tab of the browser happens to load next. At most ``MAX_NOTICES`` wait; older ones go.
+        not by whichever tab of the browser happens to load next. At most `MAX_NOTICES` wait; older ones go.
         """
         notice = notice or secrets.token_urlsafe(8)
         with self._notices_lock:
@@ -429,7 +429,7 @@ class Visitor:
         return notice
 
     def take_notice(self, notice: str | None) -> str | None:
-        """The message kept for ``notice``, once (None when there is none, or it was shown already)."""
+        """The message kept for `notice`, once (None when there is none, or it was shown already)."""
         with self._notices_lock:
             return self.notices.pop(notice, None) if notice else None
 
@@ -438,7 +438,7 @@ class Visitor:
         return tuple(self.editor.disabled), frozenset(self.editor.class_edits)
 
     def mark_saved(self, state: tuple | None = None) -> None:
-        """The edits as they are now (or as in ``state``, an earlier :meth:`edit_state`) are in a saved folder."""
+        """The edits as they are now (or as in `state`, an earlier `edit_state`) are in a saved folder."""
         self._saved_edits = self.edit_state() if state is None else state
 
     @property
@@ -453,16 +453,16 @@ class Visitor:
 
 
 class Visitors:
-    """At most ``limit`` visitors, each forgotten after ``idle_seconds`` without a request.
+    """At most `limit` visitors, each forgotten after `idle_seconds` without a request.
 
-    A visitor is made only by :meth:`create` (the app calls it for an action from the page itself, never for a
+    A visitor is made only by `create` (the app calls it for an action from the page itself, never for a
     plain visit), so requests that another site's page makes a browser send (they carry no cookie) make none.
     When the table is full, the visitor forgotten to make room is, in this order: one whose cookie never came
-    back (a client that keeps no cookies) for ``GRACE_SECONDS`` after its first answer, then any other whose
+    back (a client that keeps no cookies) for `GRACE_SECONDS` after its first answer, then any other whose
     cookie never came back, then one with no unsaved edits, then one with unsaved edits; the least recently
     seen first within each. A visitor whose first request is still being answered (a large upload) goes only
     when every other is in the same case. A visitor forgotten with an image or edits is remembered by key
-    (:meth:`forgotten`), so that its next page can say what happened.
+    (`forgotten`), so that its next page can say what happened.
 
     Args:
         make: makes a new visitor.
@@ -477,7 +477,7 @@ class Visitors:
         self._lock = threading.Lock()
 
     def find(self, key: str | None) -> Visitor | None:
-        """The visitor of ``key`` (now seen, and known to keep its cookie), or None when unknown or forgotten."""
+        """The visitor of `key` (now seen, and known to keep its cookie), or None when unknown or forgotten."""
         now = time.monotonic()
         with self._lock:
             self._forget_idle(now)
@@ -488,7 +488,7 @@ class Visitors:
             return visitor
 
     def create(self) -> Visitor:
-        """A new visitor, kept, and :attr:`Visitor.pending` until :meth:`answered`; when the table is full, another
+        """A new visitor, kept, and `Visitor.pending` until `answered`; when the table is full, another
         is forgotten first (see the class)."""
         visitor = self.make()
         visitor.pending = True
@@ -500,12 +500,12 @@ class Visitors:
         return visitor
 
     def answered(self, visitor: Visitor) -> None:
-        """The request that made ``visitor`` is answered: its browser has the cookie from now on."""
+        """The request that made `visitor` is answered: its browser has the cookie from now on."""
         with self._lock:
             visitor.pending, visitor.last_seen = False, time.monotonic()
 
     def forgotten(self, key: str | None) -> str | None:
-        """Why the visitor of ``key`` was forgotten with an image or edits, once; None for another key."""
+        """Why the visitor of `key` was forgotten with an image or edits, once; None for another key."""
         with self._lock:
             return self._gone.pop(key, None) if key else None
 
@@ -542,7 +542,7 @@ class Visitors:
 
 
 def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | None) -> Path | None:
-    """The config YAML whose data to use: ``data`` (a file, or a run folder), else the model's own."""
+    """The config YAML whose data to use: `data` (a file, or a run folder), else the model's own."""
     if data is not None:
         path = config_file(data)
         if not path.is_file():
@@ -555,7 +555,7 @@ def _data_config_path(model_dir: Path, data: str | Path | None, recorded: str | 
 
 
 def _read_quality(model_dir: Path) -> dict | None:
-    """The ``quality`` block of ``model_dir/metrics.json`` (the prototype report card), or None."""
+    """The `quality` block of `model_dir/metrics.json` (the prototype report card), or None."""
     path = model_dir / "metrics.json"
     try:
         quality = json.loads(path.read_text(encoding="utf-8")).get("quality") if path.is_file() else None
@@ -566,7 +566,7 @@ def _read_quality(model_dir: Path) -> dict | None:
 
 
 def _in_memory(dataset: Dataset, batch_size: int = 64) -> Dataset:
-    """The (x, label) items as one TensorDataset when they fit in ``TEST_CACHE_BYTES``, else ``dataset``."""
+    """The (x, label) items as one TensorDataset when they fit in `TEST_CACHE_BYTES`, else `dataset`."""
     if len(dataset) * dataset[0][0].numel() * 4 > TEST_CACHE_BYTES:
         return dataset
     xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in DataLoader(dataset, batch_size=batch_size)])

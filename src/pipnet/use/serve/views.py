@@ -1,7 +1,7 @@
 """What the page shows, as plain dicts for the template: the explanation, the gallery, the scoring sheet.
 
 Pictures of the image on show (the evidence boxed on it, each prototype's heat map) are embedded as
-``data:`` URIs and drawn once per image; the prototypes' typical patches are separate PNGs served by the app.
+`data:` URIs and drawn once per image; the prototypes' typical patches are separate PNGs served by the app.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_EVIDENCE = 6  # evidence rows shown per class; the rest are summed in one li
 
 
 def page_context(explorer: Explorer, visitor: Visitor) -> dict[str, Any]:
-    """Everything ``index.html.j2`` shows to one visitor (call with ``visitor.lock`` held)."""
+    """Everything `index.html.j2` shows to one visitor (call with `visitor.lock` held)."""
     model, editor = visitor.editor.model, visitor.editor
     sheet = scoring_sheet(editor.original)  # the unedited sheet: edited entries stay visible, marked off
     return {
@@ -102,7 +102,7 @@ def _refit_running(visitor: Visitor) -> dict[str, Any] | None:
 
 
 def _edit_log(explorer: Explorer, visitor: Visitor) -> list[dict[str, Any]]:
-    """The loaded model's ``edits.jsonl`` followed by this session's edits, oldest first."""
+    """The loaded model's `edits.jsonl` followed by this session's edits, oldest first."""
     rows = []
     for r, session in [(r, False) for r in explorer.history] + [(r, True) for r in visitor.session_edits]:
         cls = r.get("class_index")
@@ -163,7 +163,7 @@ def _verdict(e: ImageExplanation) -> str:
 
 def _judgement(explorer: Explorer, visitor: Visitor, x) -> dict[str, str]:
     """The verdict on the image as the model now stands (the visitor's edits applied), from the same
-    [Predictor][pipnet.Predictor] as ``pipnet predict``: its kind and its sentence."""
+    [Predictor][pipnet.Predictor] as `pipnet predict`: its kind and its sentence."""
     (decision,) = explorer.predictor.for_model(visitor.editor.model).decide(x[None])
     return {"kind": decision.verdict.kind, "sentence": decision.verdict.sentence}
 
