@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,20 +32,11 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import cpu_model_name, print_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train_once(args: argparse.Namespace, views: int, seed: int, isa: str, out: Path) -> dict[str, object]:
@@ -92,7 +82,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("extra", nargs="*", help="more `pipnet train` flags, after --")
     args = parser.parse_args()
-    print(f"# feature bank: {args.root.name if args.root else 'planted (synthetic)'}, {cpu_name()}, "
+    print(f"# feature bank: {args.root.name if args.root else 'planted (synthetic)'}, {cpu_model_name()}, "
           f"{os.cpu_count()} cores, {date.today()}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -33,15 +32,6 @@ MODELS = {  # name: (backbone, backbone kwargs, num_features, image size, batch)
     "resnet18": ("resnet18", {}, 0, 112, 16),
 }
 
-
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
@@ -72,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import print_table, timed_round_robin
+    from common import cpu_model_name, print_table, timed_round_robin
 
     import pipnet
     from pipnet.evaluation.inference import eval_mode

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -47,3 +49,14 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
     print("|" + "|".join("---" for _ in headers) + "|")
     for row in cells:
         print("| " + " | ".join(row) + " |", flush=True)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (every time quoted names its CPU kind)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -75,6 +75,15 @@ def inference_precision_args() -> argparse.ArgumentParser:
     return parser
 
 
+def edit_args(what: str) -> argparse.ArgumentParser:
+    """``--out``, ``--reason`` and ``--data`` of a command that writes an edited model to a new folder."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--out", required=True, help=f"a new folder for the {what} model (never overwritten)")
+    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
+    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
+    return parser
+
+
 def command_parser(name: str, description: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The parser of `pipnet NAME` over the shared groups `parents`."""
     return argparse.ArgumentParser(prog=f"pipnet {name}", description=description, parents=list(parents))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipnet.cli.common import (command_parser, device_args, inference_precision, inference_precision_args, model_args,
-                               out, progress_args)
+from pipnet.cli.common import (command_parser, device_args, edit_args, inference_precision, inference_precision_args,
+                               model_args, out, progress_args)
 
 DESCRIPTION = "switch prototypes off and re-fit only the scoring sheet (seconds); logs the edit"
 INTERRUPTED = "no model folder was written (a refit's folder appears only when complete); run it again"
@@ -22,11 +22,8 @@ def prototype_list(text: str) -> list[int]:
 
 def build_parser():
     """The parser of `pipnet refit`."""
-    parser = command_parser("refit", DESCRIPTION, model_args(), progress_args(), device_args(), inference_precision_args())
+    parser = command_parser("refit", DESCRIPTION, model_args(), edit_args("refit"), progress_args(), device_args(), inference_precision_args())
     parser.add_argument("--disable", type=prototype_list, required=True, help="prototypes to switch off, e.g. 12,40")
-    parser.add_argument("--out", required=True, help="a new folder for the refit model (never overwritten)")
-    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
-    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
     parser.add_argument("--epochs", type=int, default=30, help="passes over the cached training presences")
     parser.add_argument("--lr", type=float, default=0.05, help="AdamW learning rate of the scoring sheet (paper: 0.05)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass and presences per step")
@@ -39,13 +36,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1 or not 0 < args.tpr <= 1:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive, --tpr in (0, 1]")
-    from pipnet.core.train_config import load_config
-    from pipnet.data.errors import DataError
-    from pipnet.evaluation.inference import build_model_data, choose_device
-    from pipnet.evaluation.thresholds import describe_data
+    from pipnet.evaluation.inference import choose_device
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.model.run_folder import config_file
-    from pipnet.train.refit import class_edit_mask, edit_record, read_edit_log, refit, save_refit
+    from pipnet.train.refit import class_edit_mask, edit_data, edit_record, read_edit_log, refit, save_refit
 
     target = Path(args.out)
     if target.exists():
@@ -55,17 +48,11 @@ def main(argv: list[str]) -> int:
     if bad:
         raise ModelLoadError(f"{args.model} has prototypes 0..{model.num_prototypes - 1}; no prototype {bad[0]}")
     device = choose_device(args.device)
-    data_config = config_file(args.data or args.model)
-    if not data_config.is_file():
-        raise DataError(f"no data config at {data_config}: the refit needs the training images (give --data RUN_OR_CONFIG)")
-    config = load_config(str(data_config)).data
-    data = build_model_data(config, model)
-    if data.test is None:
-        raise DataError(f"the data of {data_config} has no test split for the accuracies")
+    data = edit_data(args.model, model, args.data, purpose="refit")
     # Prototypes switched off for one class in the web page stay off for it.
     keep_zero = class_edit_mask(args.model, model.num_classes, model.num_prototypes)
     with inference_precision(args.precision, device, args.model):  # the presences; the refit itself is fp32
-        result = refit(model, data.projection, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
+        result = refit(model, data.train, data.test, args.disable, keep_zero=keep_zero, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, device=device, progress=not args.no_progress)
         settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
         records = [
@@ -73,9 +60,8 @@ def main(argv: list[str]) -> int:
             edit_record("refit", prototypes=result.disabled, reason=args.reason, tool="pipnet refit", source=str(args.model),
                         **result.summary(), settings=settings),
         ]
-        save_refit(result, target, source=args.model, test_data=data.test, train_data=data.projection, records=records,
-                   config_path=data_config, tpr=args.tpr,
-                   data_description=describe_data(config.source, config.root, "test", len(data.test)),
+        save_refit(result, target, source=args.model, test_data=data.test, train_data=data.train, records=records,
+                   config_path=data.config_path, tpr=args.tpr, data_description=data.description,
                    batch_size=args.batch_size, device=device)
     rows = [
         ("test accuracy before the edit", f"{result.accuracy_before:.2%}"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipnet.cli.common import command_parser, device_args, model_args, out, progress_args
+from pipnet.cli.common import command_parser, device_args, edit_args, model_args, out, progress_args
 from pipnet.cli.refit import prototype_list
 
 DESCRIPTION = "forbid prototypes' patches, fine-tune, re-fit the scoring sheet (a shortcut repair); logs the edit"
@@ -11,14 +11,11 @@ INTERRUPTED = "no model folder was written (a repair's folder appears only when 
 
 def build_parser():
     """The parser of `pipnet repair`."""
-    parser = command_parser("repair", DESCRIPTION, model_args(), progress_args(), device_args())
+    parser = command_parser("repair", DESCRIPTION, model_args(), edit_args("repaired"), progress_args(), device_args())
     parser.add_argument("--forbid", type=prototype_list, required=True,
                         help="prototypes whose patches no prototype may answer to any more, e.g. 12,40 (switched off)")
     parser.add_argument("--remember", type=prototype_list, default=None,
                         help="prototypes that must keep their response (default: every used one not forbidden)")
-    parser.add_argument("--out", required=True, help="a new folder for the repaired model (never overwritten)")
-    parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")
-    parser.add_argument("--data", help="a run folder or training config YAML whose data to use (default: MODEL/config.yaml)")
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning passes over the training images (0: switch off + re-fit only)")
     parser.add_argument("--no-backbone", action="store_true", help="fine-tune only the add-on layer (cheaper; needs num_features > 0)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the backbone")

@@ -37,6 +37,7 @@ __all__ = [
     "RefitResult",
     "append_edits",
     "class_edit_mask",
+    "edit_data",
     "edit_record",
     "fit_scoring_sheet",
     "presence_table",
@@ -355,6 +356,40 @@ def class_edit_mask(directory: str | Path, num_classes: int, num_prototypes: int
     except (AttributeError, KeyError, TypeError, IndexError, ValueError) as e:
         raise ModelLoadError(f"{folder.edits} is not a valid record of edits: {e}") from e
     return mask if mask.any() else None
+
+
+@dataclass(frozen=True)
+class EditData:
+    """The images an edit of a saved model re-fits on: its data config, the training images through the
+    evaluation transform (the presences, and the knn detector's reference) and the test split."""
+
+    config_path: Path
+    train: Dataset
+    test: Dataset
+    description: str  # what the test split is, for the detectors' files
+
+
+def edit_data(model_dir: str | Path, model: PIPNet, data: str | Path | None = None, *, purpose: str = "refit") -> EditData:
+    """The data an edit of the model in ``model_dir`` needs: ``data`` (a run folder or training config YAML) or
+    the model folder's own ``config.yaml``.
+
+    Raises:
+        DataError: no data config there, or its data has no test split.
+    """
+    from pipnet.core.train_config import load_config
+    from pipnet.data.errors import DataError
+    from pipnet.evaluation.inference import build_model_data
+    from pipnet.evaluation.thresholds import describe_data
+    from pipnet.model.run_folder import config_file
+
+    path = config_file(data or model_dir)
+    if not path.is_file():
+        raise DataError(f"no data config at {path}: the {purpose} needs the training images (give --data RUN_OR_CONFIG)")
+    config = load_config(str(path)).data
+    bundle = build_model_data(config, model)
+    if bundle.test is None:
+        raise DataError(f"the data of {path} has no test split for the accuracies and the detectors")
+    return EditData(path, bundle.projection, bundle.test, describe_data(config.source, config.root, "test", len(bundle.test)))
 
 
 def append_edits(directory: str | Path, records: list[dict[str, Any]], *, inherited_from: str | Path | None = None) -> Path:

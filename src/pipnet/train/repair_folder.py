@@ -54,13 +54,9 @@ def repair_model_folder(
         DataError: no data config, or its data has no test split.
         ModelLoadError: a prototype out of range.
     """
-    from pipnet.core.train_config import load_config
-    from pipnet.data.errors import DataError
-    from pipnet.evaluation.inference import build_model_data, choose_device
-    from pipnet.evaluation.thresholds import describe_data
+    from pipnet.evaluation.inference import choose_device
     from pipnet.model import ModelLoadError, PIPNet
-    from pipnet.model.run_folder import config_file
-    from pipnet.train.refit import class_edit_mask
+    from pipnet.train.refit import class_edit_mask, edit_data
 
     out = Path(out)
     if out.exists():
@@ -77,21 +73,15 @@ def repair_model_folder(
     if not settings.train_backbone and model.config.num_features == 0:
         raise ModelLoadError(f"{model_dir} has no add-on layer (num_features 0): a repair without the backbone has "
                              "nothing to fine-tune; leave out --no-backbone")
-    data_config = config_file(data or model_dir)
-    if not data_config.is_file():
-        raise DataError(f"no data config at {data_config}: the repair needs the training images (give --data RUN_OR_CONFIG)")
-    config = load_config(str(data_config)).data
-    bundle = build_model_data(config, model)
-    if bundle.test is None:
-        raise DataError(f"the data of {data_config} has no test split for the accuracies and thresholds")
+    bundle = edit_data(model_dir, model, data, purpose="repair")
     dev = choose_device(device)
     keep_zero = class_edit_mask(model_dir, model.num_classes, model.num_prototypes)  # per-class switch-offs stay
-    result = repair(model, bundle.projection, bundle.test, forbid, remember, settings=settings, keep_zero=keep_zero,
+    result = repair(model, bundle.train, bundle.test, forbid, remember, settings=settings, keep_zero=keep_zero,
                     device=dev, progress=progress)
-    save_repair(result, out, source=model_dir, train_data=bundle.projection, test_data=bundle.test,
-                data_description=describe_data(config.source, config.root, "test", len(bundle.test)),
+    save_repair(result, out, source=model_dir, train_data=bundle.train, test_data=bundle.test,
+                data_description=bundle.description,
                 records=repair_records(result, source=str(model_dir), reason=reason, tool=tool),
-                config_path=data_config, tpr=tpr, batch_size=settings.batch_size, device=dev)
+                config_path=bundle.config_path, tpr=tpr, batch_size=settings.batch_size, device=dev)
     return result
 
 
