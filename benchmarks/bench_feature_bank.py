@@ -7,9 +7,9 @@ median seconds of a classification epoch (history.csv, the test evaluation after
 the whole command's wall time, and the final test top-1, sparsity and local size (metrics.json); the
 ratio columns compare with the run without a bank of the same set, seed and CPU setting.
 
-``--isa avx2`` runs with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (what an AVX2-only CPU
-computes with; ``precision auto`` then also decides for that CPU only if it reads those variables, so
-the table names the precision each run used). Without ``--root`` the synthetic planted-parts data is
+``--isa avx2`` runs with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (the kernels an AVX2-only CPU
+computes with; ``precision auto`` reads those variables and resolves to fp32 there; the table names the
+precision each run used). Without ``--root`` the synthetic planted-parts data is
 used. ``--epochs`` / ``--epochs-pretrain`` shorten the schedule for a timing-only run.
 
 Examples:

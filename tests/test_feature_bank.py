@@ -77,7 +77,7 @@ def test_each_stored_view_is_read_once_per_cycle_of_epochs():
 
 
 def test_training_over_the_bank_learns_and_leaves_the_prefix_untouched(tmp_path):
-    cfg = tiny_config(tmp_path / "run", epochs=5, freeze_epochs=5, feature_bank_views=3)
+    cfg = tiny_config(tmp_path / "run", epochs=6, freeze_epochs=6, feature_bank_views=3)
     cfg.optim.sparsify_threshold = 0.06  # a coarse threshold so that a short run shows sparsity
     plans = plan_epochs(cfg.schedule)
     initial = _prefix_state(tmp_path, cfg, plans)
