@@ -390,7 +390,10 @@ class Visitor:
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
         self.notices: OrderedDict[str, str] = OrderedDict()  # id -> message, shown once, by the page that asks for it
         self._notices_lock = threading.Lock()  # not `lock`: the app reads notices without waiting for a page being drawn
-        self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
+        self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit or repair runs
+        self.refit_kind = "refit"  # which of the two runs: "refit" or "repair"
+        self.marks: dict[int, str] = {}  # prototype -> "forbid" or "keep", for the next repair
+        self.repaired = None  # the last repair this visitor ran (a pipnet.use.serve.repairing.Repaired), for before/after
         self.last_seen = time.monotonic()
         self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
         self.pending = False  # the request that made this visitor is still being answered (e.g. a large upload)
