@@ -89,7 +89,7 @@ def repair_job(explorer: Explorer, visitor: Visitor, path: Path, *, reason: str 
         save_repair(result, path, source=explorer.model_dir, train_data=data.projection_set, test_data=data.test,
                     data_description=describe_data(config.source, config.root, "test", len(data.test)),
                     records=repair_records(result, source=str(explorer.model_dir), reason=reason, tool="pipnet serve"),
-                    config_path=data.config_path, tpr=explorer._tpr(), batch_size=settings.batch_size, device=device)
+                    config_path=data.config_path, tpr=explorer.threshold_tpr(), batch_size=settings.batch_size, device=device)
         predictor = Predictor.load(path, device=device, precision=explorer.predictor.precision)
         return Repaired(path, repair_lines(result), result.forbidden, predictor)
 
