@@ -8,8 +8,8 @@ cookie (HttpOnly, SameSite=Strict); a request that only looks (a page, a 404, a 
 site's page made the browser send it) makes none, so no number of them pushes out a visitor's work. What one
 visitor does is never seen or saved by another. The tabs of one browser share its state; a message that
 answers an action ("Saved to ...") is shown by the page that action leads to, not by another tab. Heavy
-work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits in their own,
-so that a page is answered while a refit runs. Safe by default: the app answers only to local host names
+work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits and shortcut
+repairs (`repairing`) in their own, one at a time, so that a page is answered while one runs. Safe by default: the app answers only to local host names
 unless told otherwise, refuses POSTs from other sites' pages (by their `Origin`, or `Referer`), cannot be
 framed (`X-Frame-Options`, CSP `frame-ancestors`), loads nothing but its own script, caps uploads (10 MB)
 and their pixels (Pillow's limit, 89.48 megapixels, unless set), and decodes them only as common image
