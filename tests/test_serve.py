@@ -362,7 +362,7 @@ def test_mark_a_shortcut_repair_it_and_compare_the_verdicts(page, server, run_di
     """In the browser: forbid and keep from the gallery, the repair button, the page reloading itself until
     the repair is done, then its table and both verdicts on the image on show."""
     expect = sync_api.expect
-    url, out_dir = server
+    _, out_dir = server
     data = build_data(_config(run_dir).data)
     upload(page, "before-after.png", png_bytes(data.test.raw_image(1)))
     submit(page, page.locator('#prototype-0 button.mark-forbid'))

@@ -15,19 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import tiny_config
+from reliability_helpers import TINY_BACKBONE, tiny_config
 
 pytest.importorskip("uvicorn", reason="the serve extra is missing (pip install -e '.[serve]')")
 pytest.importorskip("fastapi", reason="the serve extra is missing (pip install -e '.[serve]')")
 
-from test_serve_visitors import Client, raw, serving  # noqa: E402
+from test_serve_visitors import Client, raw, serving
 
-from pipnet import Predictor, create_model  # noqa: E402
-from pipnet.core.train_config import dump_config  # noqa: E402
-from pipnet.data import build_data  # noqa: E402
-from pipnet.model import PIPNet  # noqa: E402
-from pipnet.use.serve import create_app  # noqa: E402
-from reliability_helpers import TINY_BACKBONE  # noqa: E402
+from pipnet import Predictor, create_model
+from pipnet.core.train_config import dump_config
+from pipnet.data import build_data
+from pipnet.model import PIPNet
+from pipnet.use.serve import create_app
 
 pytestmark = pytest.mark.slow  # a server and a fine-tuning epoch
 
@@ -104,7 +103,7 @@ def test_mark_repair_in_the_background_and_compare_before_and_after(run_dir, tmp
         assert (repaired / "config.yaml").is_file() and (repaired / "thresholds.json").is_file()
 
         # The page: the repair's table (its numbers those of the log) and both verdicts on the image on show.
-        table = re.search(r'<pre id="repair-table">(.*?)</pre>', html, re.S).group(1)
+        table = re.search(r'<pre id="repair-table">(.*?)</pre>', html, re.DOTALL).group(1)
         assert "test accuracy before the repair" in table and "their presence at forbidden patches" in table
         assert f"{forbid['accuracy_original']:.2%}" in table
         rows = re.findall(r'<tr class="repair-verdict" data-kind="\w+"><th>([^<]+)</th><td><strong>([^<]+)</strong>', html)
