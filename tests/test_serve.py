@@ -356,3 +356,28 @@ def test_another_sites_requests_do_not_cost_a_visitor_the_image_and_edits(browse
     expect(page.locator(f'#edit-list tr.edit[data-prototype="{off}"]')).to_contain_text("off for every class")
     expect(page.locator("#notice")).to_have_count(0)
     context.close()
+
+
+def test_mark_a_shortcut_repair_it_and_compare_the_verdicts(page, server, run_dir):
+    """In the browser: forbid and keep from the gallery, the repair button, the page reloading itself until
+    the repair is done, then its table and both verdicts on the image on show."""
+    expect = sync_api.expect
+    _, out_dir = server
+    data = build_data(_config(run_dir).data)
+    upload(page, "before-after.png", png_bytes(data.test.raw_image(1)))
+    submit(page, page.locator('#prototype-0 button.mark-forbid'))
+    submit(page, page.locator('#prototype-1 button.mark-keep'))
+    expect(page.locator("#mark-list tr.mark")).to_have_count(2)
+    expect(page.locator('#mark-list tr.mark[data-prototype="0"]')).to_have_attribute("data-mark", "forbid")
+    expect(page.locator("#prototype-1 .marks .badge")).to_have_text("keep")
+    page.fill("#repair-form input[name=epochs]", "1")
+    page.fill("#repair-form input[name=reason]", "a mark, not the object")
+    submit(page, page.locator("#repair-form button"))
+    repaired = out_dir / f"{run_dir.name}-repaired-1"
+    expect(page.locator("#notice")).to_contain_text(f"saved it to {repaired}", timeout=90_000)  # the page reloads itself
+    expect(page.locator("#repair-table")).to_contain_text("test accuracy before the repair")
+    expect(page.locator("#repair-verdicts tr.repair-verdict")).to_have_count(2)
+    expect(page.locator("#explanation h2")).to_contain_text("uploaded image before-after.png")
+    assert PIPNet.from_pretrained(repaired).config.disabled_prototypes == [0]
+    log = [json.loads(line) for line in (repaired / "edits.jsonl").read_text().splitlines()]
+    assert [r["action"] for r in log] == ["forbid", "refit"] and log[0]["reason"] == "a mark, not the object"

@@ -76,7 +76,7 @@ def inference_precision_args() -> argparse.ArgumentParser:
 
 
 def edit_args(what: str) -> argparse.ArgumentParser:
-    """``--out``, ``--reason`` and ``--data`` of a command that writes an edited model to a new folder."""
+    """`--out`, `--reason` and `--data` of a command that writes an edited model to a new folder."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--out", required=True, help=f"a new folder for the {what} model (never overwritten)")
     parser.add_argument("--reason", help="why, recorded in the edit log (edits.jsonl)")

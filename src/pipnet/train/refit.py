@@ -370,8 +370,8 @@ class EditData:
 
 
 def edit_data(model_dir: str | Path, model: PIPNet, data: str | Path | None = None, *, purpose: str = "refit") -> EditData:
-    """The data an edit of the model in ``model_dir`` needs: ``data`` (a run folder or training config YAML) or
-    the model folder's own ``config.yaml``.
+    """The data an edit of the model in `model_dir` needs: `data` (a run folder or training config YAML) or
+    the model folder's own `config.yaml`.
 
     Raises:
         DataError: no data config there, or its data has no test split.

@@ -2,7 +2,8 @@
 
 Upload an image (or pick one of the data set's) and see why the model decides what it does; browse the
 prototypes and the scoring sheet; switch prototypes off, for every class or for one, and see at once how
-the explanation and the test accuracy change; save the edited model as a new folder. Needs the `serve`
+the explanation and the test accuracy change; save the edited model as a new folder; mark prototypes
+forbid or keep and repair a shortcut, comparing the model before and after. Needs the `serve`
 extra (FastAPI, uvicorn, python-multipart).
 """
 

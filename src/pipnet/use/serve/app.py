@@ -8,8 +8,8 @@ cookie (HttpOnly, SameSite=Strict); a request that only looks (a page, a 404, a 
 site's page made the browser send it) makes none, so no number of them pushes out a visitor's work. What one
 visitor does is never seen or saved by another. The tabs of one browser share its state; a message that
 answers an action ("Saved to ...") is shown by the page that action leads to, not by another tab. Heavy
-work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits in their own,
-so that a page is answered while a refit runs. Safe by default: the app answers only to local host names
+work (decoding, explanations, pages, saves) runs in a bounded pool of worker threads, refits and shortcut
+repairs (`repairing`) in their own, one at a time, so that a page is answered while one runs. Safe by default: the app answers only to local host names
 unless told otherwise, refuses POSTs from other sites' pages (by their `Origin`, or `Referer`), cannot be
 framed (`X-Frame-Options`, CSP `frame-ancestors`), loads nothing but its own script, caps uploads (10 MB)
 and their pixels (Pillow's limit, 89.48 megapixels, unless set), and decodes them only as common image
@@ -44,6 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pipnet.core.data_config import DataConfig
 from pipnet.data.images import max_pixels as pixel_limit, megapixels, set_max_pixels
 from pipnet.train.refit import RefitResult
+from pipnet.use.serve import repairing
 from pipnet.use.serve.session import Explorer, UploadError, Visitor, Visitors
 from pipnet.use.serve.views import page_context
 
@@ -294,7 +295,7 @@ def create_app(
 
         def start(visitor: Visitor) -> tuple[Path, str, Callable[[], tuple[Path, RefitResult]]]:
             if visitor.refit is not None:
-                raise ValueError(f"a refit into {visitor.refit[0]} is running: wait until it is done")
+                raise ValueError(f"a {visitor.refit_kind} into {visitor.refit[0]} is running: wait until it is done")
             path = explorer.reserve(str(form.get("name", "")), "refit")
             try:
                 job = explorer.refit_job(visitor, path, reason)  # reads the visitor's edits now
@@ -311,6 +312,46 @@ def create_app(
         except (ValueError, FileExistsError) as e:
             return await page(request, f"Not refit: {e}", 400)
         refits.submit(job).add_done_callback(lambda done: _refit_done(explorer, visitor, path, notice, done))
+        if message := forgotten(request):
+            visitor.notify(message, notice)
+        return RedirectResponse(f"/?notice={notice}#edits", status_code=303)
+
+    @app.post("/mark")
+    async def mark(request: Request) -> Response:
+        form = await request.form()
+        visitor = visitor_for_action(request)
+        try:
+            prototype, what = _integer(form.get("prototype"), "prototype"), str(form.get("mark"))
+            await work(as_visitor(repairing.mark), visitor, prototype, what, explorer.model.num_prototypes)
+        except ValueError as e:
+            return await page(request, str(e), 400)
+        return back_to(request, str(form.get("back", "")))
+
+    @app.post("/repair")
+    async def repair(request: Request) -> Response:
+        form = await request.form()
+        visitor = visitor_for_action(request)
+        reason = str(form.get("reason", "")).strip()[:500] or None
+
+        def start(visitor: Visitor) -> tuple[Path, str, Callable[[], repairing.Repaired]]:
+            if visitor.refit is not None:
+                raise ValueError(f"a {visitor.refit_kind} into {visitor.refit[0]} is running: wait until it is done")
+            epochs = _integer(form.get("epochs", str(repairing.RepairSettings().epochs)), "epochs")
+            path = explorer.reserve(str(form.get("name", "")), "repaired")
+            try:
+                job = repairing.repair_job(explorer, visitor, path, reason=reason, epochs=epochs)  # reads the marks now
+            except BaseException:
+                explorer.release(path)
+                raise
+            visitor.refit, visitor.refit_kind = (path, time.monotonic()), "repair"
+            return path, secrets.token_urlsafe(8), job
+
+        try:
+            path, notice, job = await work(as_visitor(start), visitor)
+        except (ValueError, FileExistsError) as e:
+            return await page(request, f"Not repaired: {e}", 400)
+        started = time.monotonic()
+        refits.submit(job).add_done_callback(lambda done: _repair_done(explorer, visitor, path, notice, started, done))
         if message := forgotten(request):
             visitor.notify(message, notice)
         return RedirectResponse(f"/?notice={notice}#edits", status_code=303)
@@ -342,6 +383,26 @@ def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, d
         visitor.refit = None
         if state is not None:
             visitor.mark_saved(state)
+        visitor.notify(message, notice)
+
+
+def _repair_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, started: float, done: Future) -> None:
+    """Tell the visitor how the repair ended (as `_refit_done` does), and keep it for the before/after view."""
+    explorer.release(path)
+    repaired = None
+    try:
+        repaired = done.result()
+    except (ValueError, OSError) as e:
+        message = f"Not repaired: {e}"
+    except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
+        log.exception("the repair into %s failed", path)
+        message = f"Not repaired: the repair into {path} failed (the server's log says why)"
+    else:
+        message = repairing.repair_message(repaired, started)
+    with visitor.lock:
+        visitor.refit, visitor.refit_kind = None, "refit"
+        if repaired is not None:
+            visitor.repaired = repaired
         visitor.notify(message, notice)
 
 

@@ -324,7 +324,7 @@ class Explorer:
                              source=str(self.model_dir), **result.summary())  # fmt: skip
         save_refit(
             result, path, source=self.model_dir, test_data=self.data.test, train_data=self.data.projection_set,
-            records=[*session_edits, record], config_path=self.data.config_path, tpr=self._tpr(),
+            records=[*session_edits, record], config_path=self.data.config_path, tpr=self.threshold_tpr(),
             data_description=describe_data(config.source, config.root, "test", len(self.data.test)), device=self.device,
         )  # fmt: skip
         return result
@@ -358,7 +358,8 @@ class Explorer:
         finally:
             self.release(path)
 
-    def _tpr(self) -> float:
+    def threshold_tpr(self) -> float:
+        """The TPR of the OoD thresholds of models saved from the page (the loaded model's, else 0.95)."""
         paper = self.detectors.detectors.get("paper")
         return paper.tpr if paper is not None else 0.95
 
@@ -368,7 +369,7 @@ class Explorer:
             return StoredDetectors(note="saved from the web page without its data (start it with --data RUN_OR_CONFIG "
                                         "to store detectors, or run `pipnet evaluate` on this folder)")
         config = self.data.config
-        return fit_detectors(model, self.data.projection_set, self.data.test, tpr=self._tpr(), device=self.device,
+        return fit_detectors(model, self.data.projection_set, self.data.test, tpr=self.threshold_tpr(), device=self.device,
                              description=describe_data(config.source, config.root, "test", len(self.data.test)))
 
 
@@ -390,7 +391,10 @@ class Visitor:
         self.session_edits: list[dict] = []  # this session's edits, written into every folder it saves
         self.notices: OrderedDict[str, str] = OrderedDict()  # id -> message, shown once, by the page that asks for it
         self._notices_lock = threading.Lock()  # not `lock`: the app reads notices without waiting for a page being drawn
-        self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit runs
+        self.refit: tuple[Path, float] | None = None  # (folder, start time) while a refit or repair runs
+        self.refit_kind = "refit"  # which of the two runs: "refit" or "repair"
+        self.marks: dict[int, str] = {}  # prototype -> "forbid" or "keep", for the next repair
+        self.repaired = None  # the last repair this visitor ran (a pipnet.use.serve.repairing.Repaired), for before/after
         self.last_seen = time.monotonic()
         self.returned = False  # a request came back with this visitor's cookie (a browser keeps it)
         self.pending = False  # the request that made this visitor is still being answered (e.g. a large upload)

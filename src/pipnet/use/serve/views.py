@@ -14,6 +14,8 @@ from PIL import Image
 from pipnet.explanation.explain import ClassExplanation, ImageExplanation, class_name, scoring_sheet
 from pipnet.model.patches import scale_box
 from pipnet.evaluation.quality.verdict import verdicts
+from pipnet.train.repair import RepairSettings
+from pipnet.use.serve.repairing import verdicts_before_after
 from pipnet.explanation.render.html import data_uri
 from pipnet.explanation.render.png import PALETTE, draw_boxes, fit, heatmap_overlay
 from pipnet.use.serve.session import Explorer, Visitor
@@ -51,6 +53,8 @@ def page_context(explorer: Explorer, visitor: Visitor) -> dict[str, Any]:
         "can_refit": explorer.data is not None and explorer.data.test is not None,
         "edit_log": _edit_log(explorer, visitor),
         "refit_running": _refit_running(visitor),
+        "marks": [{"prototype": p, "mark": m} for p, m in sorted(visitor.marks.items())],
+        "repair": _repair(explorer, visitor),
         "thresholds": _thresholds(explorer),
         "out_dir": str(explorer.out_dir),
         "has_patches": explorer.data is not None,
@@ -98,7 +102,20 @@ def _refit_running(visitor: Visitor) -> dict[str, Any] | None:
     if visitor.refit is None:
         return None
     path, started = visitor.refit
-    return {"path": str(path), "seconds": f"{time.monotonic() - started:.0f}"}
+    return {"kind": visitor.refit_kind, "path": str(path), "seconds": f"{time.monotonic() - started:.0f}"}
+
+
+def _repair(explorer: Explorer, visitor: Visitor) -> dict[str, Any]:
+    """The repair form's state (why it cannot run, if so) and the last repair's table and verdicts before/after."""
+    data = explorer.data is not None and explorer.data.test is not None
+    repaired = visitor.repaired
+    return {
+        "name": explorer.suggested_name("repaired"),
+        "epochs": RepairSettings().epochs,
+        "unavailable": None if data else "The repair needs the training and test images: start the page with --data RUN_OR_CONFIG.",
+        "done": {"path": str(repaired.path), "lines": repaired.lines} if repaired is not None else None,
+        "verdicts": verdicts_before_after(explorer, visitor),
+    }
 
 
 def _edit_log(explorer: Explorer, visitor: Visitor) -> list[dict[str, Any]]:
@@ -239,6 +256,7 @@ def _gallery(explorer: Explorer, visitor: Visitor, sheet) -> list[dict[str, Any]
             "classes": uses.get(p, []),
             "filter": " ".join([f"#{p}"] + [u["name"].lower() for u in uses.get(p, [])]),
             "card": cards.get(p, []),
+            "mark": visitor.marks.get(p),
         }
         for p in sheet.used_prototypes
     ]
