@@ -92,16 +92,14 @@ def test_model_records_its_normalisation_and_grid_and_every_input_path_uses_it(t
     assert data.train.transform.normalization == loaded.normalization
 
 
-def test_a_model_saved_before_normalisation_was_recorded_keeps_imagenets_with_a_warning(tmp_path, caplog):
+def test_a_config_without_normalisation_gets_its_backbones_and_a_bad_one_is_refused(tmp_path):
     model = pipnet.create_model("efficientnet_lite0", 3, stages=3, image_size=32)
     model.save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
-    del raw["normalization"], raw["grid"]  # the config.json an older pipnet wrote
+    del raw["normalization"], raw["grid"]  # a hand-written config.json: the defaults are filled in
     (tmp_path / "config.json").write_text(json.dumps(raw))
-    with caplog.at_level(logging.WARNING, logger="pipnet.model"):
-        old = PIPNet.from_pretrained(tmp_path)
-    assert old.normalization == IMAGENET and old.config.grid == "stride"
-    assert "records no input normalisation" in caplog.text
+    loaded = PIPNet.from_pretrained(tmp_path)
+    assert loaded.normalization == model.normalization != IMAGENET and loaded.config.grid == "stride"
     raw["normalization"] = {"mean": [0.5] * 3, "std": [0.0] * 3}
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(pipnet.model.ModelLoadError, match="normalisation"):
