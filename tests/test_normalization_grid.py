@@ -2,7 +2,6 @@
 option (``stride`` | ``dilate``): what they declare is what their weights declare, and models keep both."""
 
 import json
-import logging
 
 import pytest
 import torch
