@@ -11,43 +11,21 @@ import json
 import re
 import shutil
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from reliability_helpers import TINY_BACKBONE, tiny_config
 
 pytest.importorskip("uvicorn", reason="the serve extra is missing (pip install -e '.[serve]')")
 pytest.importorskip("fastapi", reason="the serve extra is missing (pip install -e '.[serve]')")
 
-from test_serve_visitors import Client, raw, serving
+from test_serve_visitors import Client, raw, run_dir, serving  # noqa: F401 (run_dir: the tiny run folder fixture)
 
-from pipnet import Predictor, create_model
-from pipnet.core.train_config import dump_config
-from pipnet.data import build_data
+from pipnet import Predictor
 from pipnet.model import PIPNet
 from pipnet.use.serve import create_app
 
 pytestmark = pytest.mark.slow  # a server and a fine-tuning epoch
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny run folder (model + config.yaml) whose every class has weight on two prototypes."""
-    run = tmp_path_factory.mktemp("run")
-    config = tiny_config(run)
-    classes = build_data(config.data).classes
-    torch.manual_seed(0)
-    model = create_model(TINY_BACKBONE, num_classes=3, num_features=8, image_size=32, class_names=classes, pretrained=False)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        for c in range(3):
-            model.classifier.weight[c, [c, c + 3]] = torch.tensor([2.0, 1.0])
-    model.save_pretrained(run)
-    (run / "config.yaml").write_text(dump_config(config))
-    return run
 
 
 def marks(html: str) -> dict[int, str]:
