@@ -320,7 +320,7 @@ def repair(
         generator = torch.Generator().manual_seed(settings.seed)
         kept_t, live_d = torch.tensor(kept, dtype=torch.long, device=dev), live.to(dev)
         for _ in tqdm(range(settings.epochs), desc="repair", disable=not progress, leave=False):
-            sums = {"loss": 0.0, "forbid": 0.0, "remember": 0.0}
+            sums = torch.zeros(3, device=dev)  # loss, forbid, remember: summed on the device, read once per epoch
             steps = 0
             for idx in torch.randperm(len(omega_f), generator=generator).split(settings.batch_size):
                 if not omega_f[idx].any() and not omega_k[idx].any():
@@ -332,10 +332,10 @@ def repair(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                for name, value in (("loss", loss), ("forbid", l_f), ("remember", l_r)):
-                    sums[name] += float(value.detach())
+                sums += torch.stack([v.detach().float() for v in (loss, l_f, l_r)])
                 steps += 1
-            history.append({k: v / max(steps, 1) for k, v in sums.items()})
+            means = (sums / max(steps, 1)).tolist()
+            history.append(dict(zip(("loss", "forbid", "remember"), means)))
     seconds_fine_tune = time.perf_counter() - tune_started
     for p in tuned.parameters():
         p.requires_grad_(False)

@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 import jinja2
 import torch
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -366,22 +365,28 @@ def create_app(
     return app
 
 
+def _outcome(done: Future, path: Path, job: str, not_done: str) -> tuple[Any, str | None]:
+    """A background job's result and None, or None and the line that tells the visitor why it failed
+    (`job`: "refit" or "repair"; `not_done`: the line's start, "Not refit")."""
+    try:
+        return done.result(), None
+    except (ValueError, OSError) as e:
+        return None, f"{not_done}: {e}"
+    except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
+        log.exception("the %s into %s failed", job, path)
+        return None, f"{not_done}: the {job} into {path} failed (the server's log says why)"
+
+
 def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, done: Future) -> None:
     """Tell the visitor how the refit ended (on the page that asks for `notice`), and free its folder name."""
     explorer.release(path)
-    state = None
-    try:
-        state, _, result = done.result()
-    except (ValueError, OSError) as e:
-        message = f"Not refit: {e}"
-    except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
-        log.exception("the refit into %s failed", path)
-        message = f"Not refit: the refit into {path} failed (the server's log says why)"
-    else:
+    outcome, message = _outcome(done, path, "refit", "Not refit")
+    if outcome is not None:
+        state, _, result = outcome
         message = _refit_message(path, result)
     with visitor.lock:
         visitor.refit = None
-        if state is not None:
+        if outcome is not None:
             visitor.mark_saved(state)
         visitor.notify(message, notice)
 
@@ -389,15 +394,8 @@ def _refit_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, d
 def _repair_done(explorer: Explorer, visitor: Visitor, path: Path, notice: str, started: float, done: Future) -> None:
     """Tell the visitor how the repair ended (as `_refit_done` does), and keep it for the before/after view."""
     explorer.release(path)
-    repaired = None
-    try:
-        repaired = done.result()
-    except (ValueError, OSError) as e:
-        message = f"Not repaired: {e}"
-    except BaseException:  # noqa: BLE001 (the visitor gets a line; the log gets the traceback)
-        log.exception("the repair into %s failed", path)
-        message = f"Not repaired: the repair into {path} failed (the server's log says why)"
-    else:
+    repaired, message = _outcome(done, path, "repair", "Not repaired")
+    if repaired is not None:
         message = repairing.repair_message(repaired, started)
     with visitor.lock:
         visitor.refit, visitor.refit_kind = None, "refit"
